@@ -1,0 +1,74 @@
+"""Argument checks shared by objectives and losses. Each raises with the argument's name and value."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .vocab import Vocab
+
+
+def check_token_ids(x: object, vocab: Vocab, name: str = "input_ids") -> torch.Tensor:
+    """Check a padded batch of token ids: an integer ``[B, T]`` tensor with ids in ``[0, vocab.size)``."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape [B, T], got {type(x).__name__}")
+    if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer token ids (torch.long), got dtype {x.dtype}")
+    if x.dim() != 2:
+        raise ValueError(f"{name} must have rank 2 [B, T], got shape {tuple(x.shape)}")
+    if x.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); need at least one token in one sequence")
+    lo, hi = int(x.min()), int(x.max())
+    if lo < 0 or hi >= vocab.size:
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"{name} holds id {bad}, outside [0, {vocab.size}) (vocab.size={vocab.size})")
+    return x.long()
+
+
+def check_like(x: object, ref: torch.Tensor, name: str, *, dtype: str = "int") -> torch.Tensor:
+    """Check an extra per-token tensor (word ids, document ids, mask) has the shape of ``ref``."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape {tuple(ref.shape)}, got {type(x).__name__}")
+    if tuple(x.shape) != tuple(ref.shape):
+        raise ValueError(f"{name} must have the shape of input_ids {tuple(ref.shape)}, got {tuple(x.shape)}")
+    if dtype == "bool":
+        if x.dtype != torch.bool and (x.dtype.is_floating_point or x.dtype.is_complex):
+            raise TypeError(f"{name} must be a bool (or 0/1 integer) tensor, got dtype {x.dtype}")
+        return x.to(device=ref.device, dtype=torch.bool)
+    if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor, got dtype {x.dtype}")
+    return x.to(device=ref.device, dtype=torch.long)
+
+
+def check_probability(value: object, name: str, *, low_open: bool = False, high_open: bool = False) -> float:
+    """Check a float in [0, 1] (ends optionally open)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(float(value)):
+        raise TypeError(f"{name} must be a float in [0, 1], got {value!r}")
+    v = float(value)
+    if v < 0 or v > 1 or (low_open and v == 0) or (high_open and v == 1):
+        lo, hi = "(" if low_open else "[", ")" if high_open else "]"
+        raise ValueError(f"{name} must lie in {lo}0, 1{hi}, got {value!r}")
+    return v
+
+
+def check_positive_int(value: object, name: str, *, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def check_generator(generator: object, device: torch.device) -> torch.Generator | None:
+    """A generator is optional but, when given, must live on the tensors' device type."""
+    if generator is None:
+        return None
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    if generator.device.type != device.type:
+        raise ValueError(
+            f"generator is on {generator.device.type!r} but input_ids is on {device.type!r}; "
+            f"create it with torch.Generator(device={device.type!r})"
+        )
+    return generator

@@ -1,0 +1,98 @@
+"""The batch every objective returns, and the attention pattern it describes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Protocol
+
+import torch
+
+from ..constants import IGNORE_INDEX
+
+__all__ = ["Batch", "Objective", "attention_mask_4d", "padding_mask"]
+
+
+@dataclass
+class Batch:
+    """A training batch after an objective's corruption.
+
+    Labels are **position-aligned**: ``labels[b, t]`` is the target for the
+    model's output at position ``t`` (CLM shifts once, inside the CLM
+    objective; no loss function shifts again). ``IGNORE_INDEX`` means no loss.
+    The attention pattern is data, not a model flag: ``causal``,
+    ``attention_mask`` and ``document_ids`` together say which key each query
+    may see (:func:`attention_mask_4d`).
+    """
+
+    input_ids: torch.Tensor  # (B, T) long, model input after corruption
+    labels: torch.Tensor  # (B, T) long, target at each position or IGNORE_INDEX
+    attention_mask: torch.Tensor  # (B, T) bool, True at real (non-padding) tokens
+    causal: bool  # True: query t sees keys <= t (decoder); False: bidirectional (encoder)
+    document_ids: torch.Tensor | None = None  # (B, T) long; if set, no attention across ids
+    position_ids: torch.Tensor | None = None  # (B, T) long; None means 0..T-1 in every row
+    token_type_ids: torch.Tensor | None = None  # (B, T) long; 0 = segment A, 1 = segment B
+    sentence_labels: torch.Tensor | None = None  # (B,) long; NSP: 1 = B is random, SOP: 1 = swapped
+    has_targets: torch.Tensor | None = None  # (B,) bool; False where a row had nothing to predict
+
+    def to(self, device: torch.device | str) -> "Batch":
+        """A copy with every tensor moved to ``device``."""
+        moved = {
+            f.name: (v.to(device) if isinstance(v := getattr(self, f.name), torch.Tensor) else v) for f in fields(self)
+        }
+        return replace(self, **moved)
+
+    @property
+    def num_targets(self) -> torch.Tensor:
+        """Number of positions with a label (a 0-dim tensor; no host sync)."""
+        return (self.labels != IGNORE_INDEX).sum()
+
+
+class Objective(Protocol):
+    """What :func:`lmobjectives.get_objective` returns: a seeded, pure transform."""
+
+    name: str
+
+    def __call__(self, input_ids: torch.Tensor, *, generator: torch.Generator | None = None, **extras: torch.Tensor) -> Batch: ...
+
+
+def padding_mask(input_ids: torch.Tensor, pad_id: int | None, eos_id: int | None = None) -> torch.Tensor:
+    """Guess which tokens are real when no ``attention_mask`` was given.
+
+    Padding is the trailing run of ``pad_id`` in each row. When ``pad_id ==
+    eos_id`` the first token of that run is the real end-of-sequence token
+    and stays unmasked (so EOS is still learned). Pass an explicit
+    ``attention_mask`` whenever this guess can be wrong (e.g. a row that ends
+    in EOS *and* is padded with EOS but whose true EOS you want to drop).
+
+    >>> padding_mask(torch.tensor([[5, 6, 2, 2, 2]]), pad_id=2, eos_id=2)
+    tensor([[ True,  True,  True, False, False]])
+    >>> padding_mask(torch.tensor([[5, 6, 0, 0, 0]]), pad_id=0)
+    tensor([[ True,  True, False, False, False]])
+    """
+    if pad_id is None:
+        return torch.ones_like(input_ids, dtype=torch.bool)
+    is_pad = input_ids == pad_id  # (B, T)
+    # trailing run: positions from which every later token is padding
+    trailing = is_pad.flip(-1).cumprod(-1).flip(-1).bool()  # (B, T)
+    if eos_id is not None and eos_id == pad_id:
+        # keep the first token of the trailing run: it is the real EOS
+        first = trailing & ~torch.cat([torch.zeros_like(trailing[:, :1]), trailing[:, :-1]], dim=1)
+        trailing = trailing & ~first
+    return ~trailing
+
+
+def attention_mask_4d(batch: Batch) -> torch.Tensor:
+    """Bool mask ``(B, 1, T, T)``, True where query ``i`` may attend to key ``j``.
+
+    Combines key padding, causality and document boundaries. Each query also
+    sees itself, so no row is empty (padding queries included): no NaN in SDPA.
+    """
+    B, T = batch.input_ids.shape
+    device = batch.input_ids.device
+    allowed = batch.attention_mask[:, None, :].expand(B, T, T)  # (B, Tq, Tk)
+    if batch.causal:
+        allowed = allowed & torch.ones(T, T, dtype=torch.bool, device=device).tril()
+    if batch.document_ids is not None:
+        allowed = allowed & (batch.document_ids[:, :, None] == batch.document_ids[:, None, :])
+    allowed = allowed | torch.eye(T, dtype=torch.bool, device=device)
+    return allowed[:, None]  # (B, 1, T, T)

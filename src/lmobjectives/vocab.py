@@ -1,0 +1,109 @@
+"""`Vocab`: the vocabulary size and the ids of the special tokens an objective needs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+__all__ = ["Vocab"]
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """Vocabulary size and special-token ids.
+
+    Objectives never look at strings, only at these ids. Build one by hand
+    (``Vocab(size=30522, pad_id=0, mask_id=103, cls_id=101, sep_id=102)``) or
+    from a tokenizer (:meth:`from_tokenizer`). An id of ``None`` means the
+    vocabulary has no such token; an objective that needs it says so.
+
+    ``pad_id`` may equal ``eos_id`` (GPT-2, Llama): objectives decide what is
+    padding from an ``attention_mask``, never from the pad id alone, so EOS
+    stays a learned label.
+    """
+
+    size: int  # number of rows of the embedding / output matrix
+    pad_id: int | None = None  # filler after the end of a sequence
+    mask_id: int | None = None  # [MASK], inserted by masked-LM corruption
+    cls_id: int | None = None  # [CLS], first token of a BERT sentence pair
+    sep_id: int | None = None  # [SEP], closes each BERT segment
+    bos_id: int | None = None  # beginning of sequence
+    eos_id: int | None = None  # end of sequence / document separator when packing
+    unk_id: int | None = None  # unknown token
+    extra_special_ids: tuple[int, ...] = field(default=())  # any other reserved ids (sentinels, ...)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size <= 0:
+            raise ValueError(f"Vocab: size must be a positive int, got {self.size!r}")
+        for name in ("pad_id", "mask_id", "cls_id", "sep_id", "bos_id", "eos_id", "unk_id"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or not 0 <= value < self.size):
+                raise ValueError(f"Vocab: {name} must be an int in [0, {self.size}), got {value!r}")
+        object.__setattr__(self, "extra_special_ids", tuple(int(i) for i in self.extra_special_ids))
+        for value in self.extra_special_ids:
+            if not 0 <= value < self.size:
+                raise ValueError(f"Vocab: extra_special_ids must lie in [0, {self.size}), got {value!r}")
+
+    @property
+    def special_ids(self) -> tuple[int, ...]:
+        """All reserved ids, sorted and without repeats."""
+        ids = {self.pad_id, self.mask_id, self.cls_id, self.sep_id, self.bos_id, self.eos_id, self.unk_id}
+        ids.update(self.extra_special_ids)
+        ids.discard(None)
+        return tuple(sorted(ids))  # type: ignore[arg-type]
+
+    def special_mask(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """Bool tensor ``[size]``, True at every special id (a lookup table)."""
+        table = torch.zeros(self.size, dtype=torch.bool, device=device)
+        if self.special_ids:
+            table[list(self.special_ids)] = True
+        return table
+
+    def require(self, *names: str, who: str) -> None:
+        """Raise ``ValueError`` if any of the named ids is missing."""
+        missing = [n for n in names if getattr(self, n) is None]
+        if missing:
+            raise ValueError(f"{who} needs Vocab.{', Vocab.'.join(missing)}; this vocab has None")
+
+    @classmethod
+    def from_tokenizer(cls, tok: Any) -> "Vocab":
+        """Read the ids from a HF ``transformers`` tokenizer or a ``tokenizers.Tokenizer``.
+
+        For a raw ``tokenizers.Tokenizer`` the usual spellings (``[PAD]``,
+        ``<pad>``, ``[MASK]``, ``<mask>``, ``[CLS]``, ``<s>``, ...) are looked up.
+        """
+        if hasattr(tok, "all_special_ids") and hasattr(tok, "pad_token_id"):  # transformers
+            size = len(tok)
+            named = {
+                "pad_id": tok.pad_token_id,
+                "mask_id": tok.mask_token_id,
+                "cls_id": tok.cls_token_id,
+                "sep_id": tok.sep_token_id,
+                "bos_id": tok.bos_token_id,
+                "eos_id": tok.eos_token_id,
+                "unk_id": tok.unk_token_id,
+            }
+            extra = [i for i in tok.all_special_ids if i not in named.values()]
+            return cls(size=size, extra_special_ids=tuple(extra), **named)
+        if hasattr(tok, "token_to_id") and hasattr(tok, "get_vocab_size"):  # tokenizers.Tokenizer
+            spellings = {
+                "pad_id": ("[PAD]", "<pad>", "<|pad|>"),
+                "mask_id": ("[MASK]", "<mask>", "<|mask|>"),
+                "cls_id": ("[CLS]", "<cls>", "<|cls|>"),
+                "sep_id": ("[SEP]", "<sep>", "<|sep|>"),
+                "bos_id": ("[BOS]", "<s>", "<bos>", "<|bos|>", "<|begin_of_text|>"),
+                "eos_id": ("[EOS]", "</s>", "<eos>", "<|eos|>", "<|endoftext|>", "<|end_of_text|>"),
+                "unk_id": ("[UNK]", "<unk>", "<|unk|>"),
+            }
+            named = {}
+            for key, names in spellings.items():
+                ids = [tok.token_to_id(n) for n in names]
+                named[key] = next((i for i in ids if i is not None), None)
+            added = list(tok.get_added_tokens_decoder()) if hasattr(tok, "get_added_tokens_decoder") else []
+            extra = [int(i) for i in added if i not in named.values()]
+            return cls(size=tok.get_vocab_size(with_added_tokens=True), extra_special_ids=tuple(extra), **named)
+        raise TypeError(
+            f"Vocab.from_tokenizer: tok must be a transformers tokenizer or a tokenizers.Tokenizer, got {type(tok).__name__}"
+        )
