@@ -1,0 +1,202 @@
+"""CPU benchmark: forward + backward time and peak extra RSS of linear cross-entropy.
+
+Methods (fp32, N x d x V = 4096 x 512 x 32000 by default, no ignored targets):
+
+* ``naive``   -- ``F.cross_entropy(input @ weight.T, target)``
+* ``native``  -- torch's chunked ``F.linear_cross_entropy(..., options=LinearCrossEntropyOptions())``
+  (skipped when the installed torch lacks it)
+* ``chunked`` -- ``lmobjectives.ops.linear_cross_entropy(..., impl="chunked")``
+
+Method: every (method, round) runs in a fresh Python subprocess, so allocator caches and the
+process high-water mark start clean. The child builds the inputs, touches them, and reads
+``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (peak resident set so far, KiB on Linux) as the
+baseline; it then runs ``--warmup`` untimed and ``--steps`` timed forward+backward steps
+(``time.perf_counter``) and reads ``ru_maxrss`` again. "Peak extra RSS" is the difference: the
+most memory one training step needed beyond the inputs, including the gradient tensors that
+the step leaves in ``.grad``. Time is the median over all timed steps of all rounds. Rounds
+alternate the methods so that a busy machine slows each of them alike; the 1-minute load
+average is recorded at the start and end.
+
+Run (this is the command behind benchmarks/results/linear_cross_entropy_cpu.*)::
+
+    python benchmarks/linear_cross_entropy_cpu.py --out benchmarks/results/linear_cross_entropy_cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+METHODS = ("naive", "native", "chunked")
+
+
+def child(args: argparse.Namespace) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from lmobjectives.ops import linear_cross_entropy
+
+    torch.manual_seed(0)
+    n, d, v = args.n, args.d, args.v
+    x = torch.randn(n, d).requires_grad_()  # (N, d)
+    w = (torch.randn(v, d) * d**-0.5).requires_grad_()  # (V, d)
+    t = torch.randint(0, v, (n,))  # (N,)
+    base_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    if args.child == "naive":
+        def loss_fn():
+            return F.cross_entropy(x @ w.T, t)
+    elif args.child == "native":
+        if not hasattr(torch.nn, "LinearCrossEntropyOptions"):
+            print(json.dumps({"skipped": "torch has no LinearCrossEntropyOptions"}))
+            return
+        options = torch.nn.LinearCrossEntropyOptions()
+
+        def loss_fn():
+            return F.linear_cross_entropy(x, w, t, options=options)
+    else:
+        def loss_fn():
+            return linear_cross_entropy(x, w, t, impl="chunked", chunk_size=args.chunk_size)
+
+    times, losses = [], []
+    for step in range(args.warmup + args.steps):
+        x.grad = None
+        w.grad = None
+        start = time.perf_counter()
+        loss = loss_fn()
+        loss.backward()
+        elapsed = time.perf_counter() - start
+        if step >= args.warmup:
+            times.append(elapsed)
+        losses.append(loss.item())
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({
+        "times_s": times,
+        "loss": losses[-1],
+        "peak_extra_rss_mib": (peak_kib - base_kib) / 1024,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }))
+
+
+def run_child(method: str, args: argparse.Namespace) -> dict:
+    cmd = [
+        sys.executable, __file__, "--child", method, "--n", str(args.n), "--d", str(args.d),
+        "--v", str(args.v), "--warmup", str(args.warmup), "--steps", str(args.steps),
+    ]
+    if args.chunk_size is not None:
+        cmd += ["--chunk-size", str(args.chunk_size)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1:]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=4096)
+    parser.add_argument("--d", type=int, default=512)
+    parser.add_argument("--v", type=int, default=32000)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--chunk-size", type=int, default=None, help="ours; default: auto")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--out", default=None, help="write OUT.json and OUT.md")
+    parser.add_argument("--child", choices=METHODS, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+
+    methods = args.methods.split(",")
+    load_start = os.getloadavg()[0]
+    runs: dict[str, list[dict]] = {m: [] for m in methods}
+    for r in range(args.rounds):
+        for m in methods:
+            res = run_child(m, args)
+            runs[m].append(res)
+            print(f"round {r} {m}: {res}", flush=True)
+    load_end = os.getloadavg()[0]
+
+    results = {}
+    for m, rs in runs.items():
+        ok = [r for r in rs if "times_s" in r]
+        if not ok:
+            results[m] = {"status": rs[-1] if rs else "not run"}
+            continue
+        times = [t for r in ok for t in r["times_s"]]
+        results[m] = {
+            "median_s": statistics.median(times),
+            "min_s": min(times),
+            "times_s": times,
+            "peak_extra_rss_mib": max(r["peak_extra_rss_mib"] for r in ok),
+            "loss": ok[-1]["loss"],
+        }
+    report = {
+        "command": "python benchmarks/linear_cross_entropy_cpu.py " + " ".join(sys.argv[1:]),
+        "shape": {"N": args.n, "d": args.d, "V": args.v, "dtype": "float32"},
+        "chunk_size": args.chunk_size or "auto",
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpu_count": os.cpu_count(),
+            "threads": next((r["threads"] for rs in runs.values() for r in rs if "threads" in r),
+                            None),
+            "torch": next((r["torch"] for rs in runs.values() for r in rs if "torch" in r), None),
+            "load_average_1min_start_end": [load_start, load_end],
+        },
+        "method": "fresh subprocess per (method, round); time = median of timed fwd+bwd steps; "
+                  "memory = ru_maxrss after steps minus ru_maxrss after building inputs",
+        "results": results,
+    }
+    print(json.dumps(results, indent=1))
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+        out.with_suffix(".md").write_text(markdown(report))
+
+
+def markdown(report: dict) -> str:
+    s = report["shape"]
+    naive = report["results"].get("naive", {})
+    lines = [
+        f"# Linear cross-entropy on CPU, fp32, N x d x V = {s['N']} x {s['d']} x {s['V']}",
+        "",
+        f"Command: `{report['command']}`",
+        "",
+        f"Machine: {report['machine']['platform']}, {report['machine']['cpu_count']} CPUs, "
+        f"{report['machine']['threads']} torch threads, torch {report['machine']['torch']}; "
+        f"1-min load average {report['machine']['load_average_1min_start_end']} (shared host).",
+        "",
+        f"Method: {report['method']}.",
+        "",
+        "| method | fwd+bwd median (s) | min (s) | vs naive time | peak extra RSS (MiB) "
+        "| vs naive memory |",
+        "|---|---|---|---|---|---|",
+    ]
+    for m, r in report["results"].items():
+        if "median_s" not in r:
+            lines.append(f"| {m} | {r.get('status')} | | | | |")
+            continue
+        rt = r["median_s"] / naive["median_s"] if "median_s" in naive else float("nan")
+        rm = (r["peak_extra_rss_mib"] / naive["peak_extra_rss_mib"]
+              if "peak_extra_rss_mib" in naive else float("nan"))
+        lines.append(
+            f"| {m} | {r['median_s']:.2f} | {r['min_s']:.2f} | {rt:.2f}x | "
+            f"{r['peak_extra_rss_mib']:.0f} | {rm:.2f}x |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,426 @@
+"""Chunked PyTorch linear cross-entropy (the CPU path and the fallback without Triton).
+
+The tokens are processed ``chunk_size`` rows at a time, so only one ``(chunk_size, V)`` block of
+logits exists at any moment (two with ``softcap``); the full ``(N, V)`` logits never do.
+
+Gradient strategy:
+
+* ``reduction="mean"`` / ``"sum"``: the upstream gradient is one scalar, so the forward computes
+  the gradients for an upstream gradient of 1 while each logits block is still in memory
+  (three GEMMs per chunk: logits, ``dinput``, ``dweight``) and the backward only multiplies them
+  by the scalar. This is the three-GEMM floor and needs no second pass over the vocabulary.
+* ``reduction="none"``: every token has its own upstream gradient, which is unknown during the
+  forward; the forward keeps only the per-token log-sum-exp and the backward recomputes the
+  logits block by block (four GEMMs in all).
+
+Gradient of one token's loss with respect to its (capped) logits ``z`` (see
+:func:`lmobjectives.ops.linear_cross_entropy` for the loss)::
+
+    dloss_i/dz_iv = p_iv * (1 + 2 * lam * lse_i) - (1 - eps) * [v == t_i] - eps / V,
+    p_iv = exp(z_iv - lse_i),
+
+times ``1 - tanh(logits_iv / softcap)**2`` when ``softcap`` is set, times the per-token upstream
+scale ``row_scale_i`` (0 for ignored tokens; ``1/num_valid`` for ``"mean"``).
+
+On CPU the GEMMs run in the accumulation dtype (float32; float64 for float64 inputs), because
+CPU half-precision matmuls are emulated and slow; on CUDA they run in the input dtype with the
+softmax math in float32.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "chunked_linear_cross_entropy",
+    "default_chunk_size",
+    "reduce_token_loss",
+    "row_scale_for_reduction",
+    "token_loss_from_stats",
+]
+
+_CHUNK_BYTES = 64 * 2**20
+"""Target size of one ``(chunk_size, V)`` logits block; measured best on a 2-core x86 CPU at
+N x d x V = 4096 x 512 x 32000 (see benchmarks/linear_cross_entropy_cpu.py)."""
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 stays float64; every other floating dtype accumulates in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def default_chunk_size(num_tokens: int, vocab_size: int, dtype: torch.dtype) -> int:
+    """Rows per chunk so that one logits block is about ``_CHUNK_BYTES`` (at least 1 row)."""
+    row_bytes = vocab_size * torch.finfo(accumulation_dtype(dtype)).bits // 8
+    return max(1, min(num_tokens, _CHUNK_BYTES // row_bytes))
+
+
+def token_loss_from_stats(
+    lse: Tensor,
+    z_target: Tensor,
+    z_sum: Tensor | None,
+    valid: Tensor,
+    *,
+    vocab_size: int,
+    label_smoothing: float,
+    z_loss: float,
+) -> Tensor:
+    """Per-token loss from per-token statistics, all ``(N,)``; 0 where ``valid`` is False.
+
+    ``loss_i = (1-eps)(lse_i - z_target_i) + eps(lse_i - z_sum_i / V) + lam * lse_i**2``.
+    """
+    loss = (1.0 - label_smoothing) * (lse - z_target)  # (N,)
+    if label_smoothing > 0.0:
+        assert z_sum is not None
+        loss = loss + label_smoothing * (lse - z_sum / vocab_size)
+    if z_loss > 0.0:
+        loss = loss + z_loss * lse.square()
+    return torch.where(valid, loss, torch.zeros_like(loss))
+
+
+def reduce_token_loss(token_loss: Tensor, valid: Tensor, reduction: str) -> Tensor:
+    """``"none"``: as is; ``"sum"``: sum; ``"mean"``: sum / max(1, number of valid tokens)."""
+    if reduction == "none":
+        return token_loss
+    total = token_loss.sum()
+    if reduction == "sum":
+        return total
+    return total / valid.sum().clamp_min(1).to(token_loss.dtype)
+
+
+def row_scale_for_reduction(valid: Tensor, reduction: str, dtype: torch.dtype) -> Tensor:
+    """``(N,)`` d(reduced loss)/d(token loss): ``valid / max(1, num_valid)`` for ``"mean"``,
+    ``valid`` otherwise (for ``"none"`` the caller multiplies by the upstream gradient)."""
+    scale = valid.to(dtype)  # (N,)
+    if reduction == "mean":
+        scale = scale / valid.sum().clamp_min(1).to(dtype)
+    return scale
+
+
+class _Problem:
+    """Tensors and options shared by every chunk of one call (casts done once)."""
+
+    def __init__(
+        self,
+        input: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        target: Tensor,
+        target_mask: Tensor,
+        *,
+        label_smoothing: float,
+        z_loss: float,
+        softcap: float | None,
+        chunk_size: int,
+        total_vocab: int | None = None,
+    ) -> None:
+        """``target``: ``(N,)`` class index into this ``weight``'s rows; ``target_mask``:
+        ``(N,)`` bool, rows whose target column is one of this weight's rows (the non-ignored
+        rows; in the vocabulary-parallel op, the rows whose target lives in this shard).
+        ``total_vocab``: ``V`` of the label-smoothing term (the full vocabulary when sharded)."""
+        self.acc_dtype = accumulation_dtype(input.dtype)
+        # GEMM dtype: see the module docstring.
+        self.gemm_dtype = self.acc_dtype if input.device.type == "cpu" else input.dtype
+        self.input = input  # (N, d), caller's dtype
+        self.weight_g = weight.to(self.gemm_dtype)  # (V, d)
+        self.bias_acc = None if bias is None else bias.to(self.acc_dtype)  # (V,)
+        self.safe_target = torch.where(target_mask, target, torch.zeros_like(target))  # (N,)
+        self.target_hit = target_mask.to(self.acc_dtype)  # (N,) 1.0 where the one-hot applies
+        self.num_tokens, self.vocab_size = input.shape[0], weight.shape[0]
+        self.total_vocab = self.vocab_size if total_vocab is None else total_vocab
+        self.label_smoothing = label_smoothing
+        self.z_loss = z_loss
+        self.softcap = softcap
+        self.chunk_size = chunk_size
+        rows = min(chunk_size, self.num_tokens)
+        device = input.device
+        # Reused blocks: (rows, V) logits (tanh(logits / cap) with softcap) and, with softcap
+        # only, a second (rows, V) block for z = cap * tanh(logits / cap).
+        self.block = torch.empty(rows, self.vocab_size, dtype=self.acc_dtype, device=device)
+        self.z_block = torch.empty_like(self.block) if softcap is not None else None
+
+    def chunks(self):
+        for start in range(0, self.num_tokens, self.chunk_size):
+            yield start, min(start + self.chunk_size, self.num_tokens)
+
+    def logits(self, start: int, end: int) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Fill the block with ``z`` for rows ``start:end``; returns ``(x_g, z, tanh)``."""
+        x_g = self.input[start:end].to(self.gemm_dtype)  # (C, d)
+        out = self.block[: end - start]  # (C, V)
+        if self.gemm_dtype == self.acc_dtype:
+            torch.mm(x_g, self.weight_g.t(), out=out)
+        else:
+            out.copy_(torch.mm(x_g, self.weight_g.t()))
+        if self.bias_acc is not None:
+            out.add_(self.bias_acc)
+        if self.softcap is None:
+            return x_g, out, None
+        t = out.div_(self.softcap).tanh_()  # (C, V) tanh(logits / cap)
+        z = torch.mul(t, self.softcap, out=self.z_block[: end - start])  # (C, V)
+        return x_g, z, t
+
+    def grad_into(
+        self,
+        start: int,
+        end: int,
+        x_g: Tensor,
+        p: Tensor,
+        t: Tensor | None,
+        row_scale: Tensor,
+        grads: dict[str, Tensor],
+    ) -> None:
+        """Turn ``p`` (``(C, V)``, holding ``a_i * p_iv``) into dlogits and accumulate grads.
+
+        ``a_i = row_scale_i * (1 + 2 lam lse_i)`` is already applied by the caller.
+        """
+        eps = self.label_smoothing
+        target = self.safe_target[start:end].unsqueeze(1)  # (C, 1)
+        hit = self.target_hit[start:end]  # (C,)
+        p.scatter_add_(1, target, (-(1.0 - eps) * row_scale * hit).unsqueeze(1))
+        if eps > 0.0:
+            p.sub_((eps / self.total_vocab * row_scale).unsqueeze(1))
+        if t is not None:  # chain rule through z = cap * tanh(logits / cap)
+            p.mul_(t.square_().neg_().add_(1.0))
+        dz = p if self.gemm_dtype == self.acc_dtype else p.to(self.gemm_dtype)  # (C, V)
+        if "input" in grads:
+            dx = grads["input"][start:end]  # (C, d)
+            if dx.dtype == self.gemm_dtype:
+                torch.mm(dz, self.weight_g, out=dx)
+            else:
+                dx.copy_(torch.mm(dz, self.weight_g))
+        if "weight" in grads:
+            dw = grads["weight"]  # (V, d) accumulation dtype
+            if dw.dtype == self.gemm_dtype:
+                dw.addmm_(dz.t(), x_g)
+            else:
+                dw.add_(torch.mm(dz.t(), x_g))
+        if "bias" in grads:
+            grads["bias"].add_(p.sum(0))
+
+    def new_grads(self, need_input: bool, need_weight: bool, need_bias: bool) -> dict[str, Tensor]:
+        grads: dict[str, Tensor] = {}
+        device = self.input.device
+        if need_input:  # rows are written once, so the GEMM dtype is enough
+            grads["input"] = torch.empty(
+                self.num_tokens, self.input.shape[1], dtype=self.gemm_dtype, device=device
+            )
+        if need_weight:
+            grads["weight"] = torch.zeros(
+                self.vocab_size, self.input.shape[1], dtype=self.acc_dtype, device=device
+            )
+        if need_bias:
+            grads["bias"] = torch.zeros(self.vocab_size, dtype=self.acc_dtype, device=device)
+        return grads
+
+
+def _forward(
+    problem: _Problem,
+    *,
+    want_argmax: bool,
+    row_scale: Tensor | None,
+    grads: dict[str, Tensor],
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """One pass over the chunks: per-token ``lse``, ``z_target``, ``z_sum``, ``argmax``; when
+    ``row_scale`` is given, also accumulates the gradients into ``grads``."""
+    n, acc = problem.num_tokens, problem.acc_dtype
+    device = problem.input.device
+    lse = torch.empty(n, dtype=acc, device=device)  # (N,)
+    z_target = torch.empty(n, dtype=acc, device=device)  # (N,)
+    z_sum = torch.empty(n, dtype=acc, device=device) if problem.label_smoothing > 0 else None
+    argmax = torch.empty(n, dtype=torch.int64, device=device) if want_argmax else None
+    for start, end in problem.chunks():
+        x_g, z, t = problem.logits(start, end)  # z: (C, V)
+        picked = z.gather(1, problem.safe_target[start:end].unsqueeze(1)).squeeze(1)  # (C,)
+        z_target[start:end] = picked * problem.target_hit[start:end]
+        if z_sum is not None:
+            z_sum[start:end] = z.sum(1)
+        if argmax is not None:
+            argmax[start:end] = z.argmax(1)
+        m = z.amax(1)  # (C,)
+        p = z.sub_(m.unsqueeze(1)).exp_()  # (C, V) unnormalised probabilities
+        s = p.sum(1)  # (C,)
+        lse_c = m + s.log()  # (C,)
+        lse[start:end] = lse_c
+        if row_scale is not None:
+            rs = row_scale[start:end]
+            a = rs * (1.0 + 2.0 * problem.z_loss * lse_c)  # (C,)
+            p.mul_((a / s).unsqueeze(1))
+            problem.grad_into(start, end, x_g, p, t, rs, grads)
+    return lse, z_target, z_sum, argmax
+
+
+def _backward_recompute(
+    problem: _Problem, lse: Tensor, row_scale: Tensor, grads: dict[str, Tensor]
+) -> None:
+    """Recompute the logits chunk by chunk with the saved ``lse`` and accumulate gradients."""
+    for start, end in problem.chunks():
+        x_g, z, t = problem.logits(start, end)
+        lse_c, rs = lse[start:end], row_scale[start:end]
+        a = rs * (1.0 + 2.0 * problem.z_loss * lse_c)  # (C,)
+        p = z.sub_(lse_c.unsqueeze(1)).exp_().mul_(a.unsqueeze(1))  # (C, V) a_i * p_iv
+        problem.grad_into(start, end, x_g, p, t, rs, grads)
+
+
+def _in_range(target: Tensor, valid: Tensor, vocab_size: int) -> Tensor:
+    """``(N,)`` rows whose one-hot term applies: valid and (unchecked targets) in ``[0, V)``."""
+    return valid & (target >= 0) & (target < vocab_size)
+
+
+def _finish_grads(
+    grads: dict[str, Tensor], input: Tensor, weight: Tensor, bias: Tensor | None
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    dx = grads.get("input")
+    dw = grads.get("weight")
+    db = grads.get("bias")
+    return (
+        None if dx is None else dx.to(input.dtype),
+        None if dw is None else dw.to(weight.dtype),
+        None if db is None or bias is None else db.to(bias.dtype),
+    )
+
+
+class _ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """Outputs ``(loss, lse, argmax)``; only ``loss`` is differentiable."""
+
+    @staticmethod
+    def forward(
+        ctx,
+        input: Tensor,  # (N, d)
+        weight: Tensor,  # (V, d)
+        bias: Tensor | None,  # (V,)
+        target: Tensor,  # (N,) int64
+        ignore_index: int,
+        reduction: str,
+        label_smoothing: float,
+        z_loss: float,
+        softcap: float | None,
+        chunk_size: int,
+        need_grads: tuple[bool, bool, bool],
+        want_argmax: bool,
+    ):
+        valid = target != ignore_index  # (N,)
+        problem = _Problem(
+            input,
+            weight,
+            bias,
+            target,
+            _in_range(target, valid, weight.shape[0]),
+            label_smoothing=label_smoothing,
+            z_loss=z_loss,
+            softcap=softcap,
+            chunk_size=chunk_size,
+        )
+        grads_in_forward = any(need_grads) and reduction != "none"
+        row_scale = (
+            row_scale_for_reduction(valid, reduction, problem.acc_dtype)
+            if grads_in_forward
+            else None
+        )
+        grads = problem.new_grads(*need_grads) if grads_in_forward else {}
+        lse, z_target, z_sum, argmax = _forward(
+            problem, want_argmax=want_argmax, row_scale=row_scale, grads=grads
+        )
+        token_loss = token_loss_from_stats(
+            lse,
+            z_target,
+            z_sum,
+            valid,
+            vocab_size=problem.vocab_size,
+            label_smoothing=label_smoothing,
+            z_loss=z_loss,
+        )
+        loss = reduce_token_loss(token_loss, valid, reduction)
+
+        ctx.grads_in_forward = grads_in_forward
+        ctx.has_bias = bias is not None
+        if grads_in_forward:
+            dx, dw, db = _finish_grads(grads, input, weight, bias)
+            ctx.grad_present = (dx is not None, dw is not None, db is not None)
+            ctx.save_for_backward(*[g for g in (dx, dw, db) if g is not None])
+        elif any(need_grads):  # reduction == "none": recompute in backward
+            ctx.options = (ignore_index, label_smoothing, z_loss, softcap, chunk_size, need_grads)
+            ctx.save_for_backward(input, weight, bias, target, lse)
+        if argmax is None:
+            argmax = torch.empty(0, dtype=torch.int64, device=input.device)
+        ctx.mark_non_differentiable(lse, argmax)
+        return loss, lse, argmax
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor, grad_lse: Tensor, grad_argmax: Tensor):
+        del grad_lse, grad_argmax  # non-differentiable outputs
+        nones = (None,) * 9
+        if ctx.grads_in_forward:
+            saved = iter(ctx.saved_tensors)
+            out = [next(saved) * grad_loss if present else None for present in ctx.grad_present]
+            return (*out[:2], out[2] if ctx.has_bias else None, *nones)
+
+        input, weight, bias, target, lse = ctx.saved_tensors
+        ignore_index, label_smoothing, z_loss, softcap, chunk_size, need_grads = ctx.options
+        valid = target != ignore_index
+        problem = _Problem(
+            input,
+            weight,
+            bias,
+            target,
+            _in_range(target, valid, weight.shape[0]),
+            label_smoothing=label_smoothing,
+            z_loss=z_loss,
+            softcap=softcap,
+            chunk_size=chunk_size,
+        )
+        row_scale = grad_loss.to(problem.acc_dtype) * valid.to(problem.acc_dtype)  # (N,)
+        grads = problem.new_grads(*need_grads)
+        _backward_recompute(problem, lse, row_scale, grads)
+        dx, dw, db = _finish_grads(grads, input, weight, bias)
+        return (dx, dw, db, *nones)
+
+
+def chunked_linear_cross_entropy(
+    input: Tensor,
+    weight: Tensor,
+    target: Tensor,
+    bias: Tensor | None,
+    *,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+    chunk_size: int | None,
+    want_argmax: bool,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Chunked forward (and custom backward) on flattened, validated tensors.
+
+    Args:
+        input: ``(N, d)``; weight: ``(V, d)``; target: ``(N,)`` int64; bias: ``(V,)`` or None.
+        chunk_size: rows per chunk; None picks :func:`default_chunk_size`.
+        want_argmax: also return the per-token argmax (costs one extra pass per chunk).
+
+    Returns:
+        ``(loss, lse, argmax)``: loss as in ``reduction`` (float32/float64), ``lse`` ``(N,)``,
+        ``argmax`` ``(N,)`` int64 or None.
+    """
+    if chunk_size is None:
+        chunk_size = default_chunk_size(input.shape[0], weight.shape[0], input.dtype)
+    grad_on = torch.is_grad_enabled()
+    need_grads = (
+        grad_on and input.requires_grad,
+        grad_on and weight.requires_grad,
+        grad_on and bias is not None and bias.requires_grad,
+    )
+    loss, lse, argmax = _ChunkedLinearCrossEntropy.apply(
+        input,
+        weight,
+        bias,
+        target,
+        ignore_index,
+        reduction,
+        label_smoothing,
+        z_loss,
+        softcap,
+        max(1, chunk_size),
+        need_grads,
+        want_argmax,
+    )
+    return loss, lse, argmax if want_argmax else None

@@ -1,0 +1,279 @@
+"""Launchers and autograd for the Triton linear cross-entropy (kernels in ``_triton_kernels``).
+
+Memory: besides the outputs, the forward allocates ``(S, N)`` float32 partials (``S`` vocabulary
+splits, at most a few dozen) and saves ``lse`` ``(N,)``; the backward allocates float32
+accumulators for the gradients it needs (``(N, d)``, ``(V, d)``, ``(V,)``) and casts them to the
+parameter dtypes at the end. No ``(N, V)`` tensor exists at any point.
+
+Cost: forward = one logits GEMM; backward = logits recomputation plus the two gradient GEMMs,
+so four GEMM-equivalents in all, with the gradient GEMMs accumulated through float32 atomics
+(so the gradients are not bitwise deterministic from run to run).
+
+Importing this module imports Triton; ``lmobjectives.ops`` only imports it on first use.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+from torch import Tensor
+
+from lmobjectives.ops._chunked import (
+    reduce_token_loss,
+    row_scale_for_reduction,
+    token_loss_from_stats,
+)
+from lmobjectives.ops._triton_kernels import lce_backward_kernel, lce_forward_kernel
+
+__all__ = ["triton_linear_cross_entropy"]
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _blocks(kind: str) -> dict[str, int]:
+    """Tile sizes and launch options; small tiles under the (slow, CPU) interpreter so that
+    tests with a few dozen rows still cover several blocks in every dimension."""
+    if _interpreting():
+        return dict(BLOCK_N=16, BLOCK_V=32, BLOCK_D=16)
+    if kind == "forward":
+        return dict(BLOCK_N=128, BLOCK_V=128, BLOCK_D=64, num_warps=8, num_stages=3)
+    return dict(BLOCK_N=128, BLOCK_V=128, BLOCK_D=64, num_warps=8, num_stages=2)
+
+
+def _target_programs(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4
+    return 4 * torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def forward_stats(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    target: Tensor,
+    *,
+    softcap: float | None,
+    need_zsum: bool,
+    need_argmax: bool,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """Per-token ``(lse, z_target, z_sum, argmax)`` for ``x`` ``(N, d)``, ``weight`` ``(V, d)``.
+
+    ``z_target`` is 0 for targets outside ``[0, V)`` (ignored positions included).
+    """
+    n, d = x.shape
+    v = weight.shape[0]
+    cfg = _blocks("forward")
+    row_blocks = triton.cdiv(n, cfg["BLOCK_N"])
+    vocab_blocks = triton.cdiv(v, cfg["BLOCK_V"])
+    # Split the vocabulary when there are too few row blocks to fill the GPU.
+    splits = min(vocab_blocks, max(1, triton.cdiv(_target_programs(x.device), max(row_blocks, 1))))
+    blocks_per_split = triton.cdiv(vocab_blocks, splits)
+    splits = triton.cdiv(vocab_blocks, blocks_per_split)  # every split gets >= 1 block
+
+    f32 = dict(dtype=torch.float32, device=x.device)
+    run_max = torch.empty(splits, n, **f32)  # (S, N)
+    sumexp = torch.empty(splits, n, **f32)  # (S, N)
+    z_target = torch.empty(splits, n, **f32)  # (S, N)
+    z_sum = torch.empty(splits, n, **f32) if need_zsum else run_max  # (S, N)
+    argmax = (
+        torch.empty(splits, n, dtype=torch.int64, device=x.device) if need_argmax else target
+    )  # (S, N)
+    if n > 0:
+        lce_forward_kernel[(row_blocks, splits)](
+            x,
+            weight,
+            bias if bias is not None else x,
+            target,
+            run_max,
+            sumexp,
+            z_target,
+            z_sum,
+            argmax,
+            n,
+            v,
+            d,
+            x.stride(0),
+            weight.stride(0),
+            float(softcap) if softcap is not None else 1.0,
+            blocks_per_split,
+            HAS_BIAS=bias is not None,
+            HAS_SOFTCAP=softcap is not None,
+            NEED_ZSUM=need_zsum,
+            NEED_ARGMAX=need_argmax,
+            UPCAST=x.dtype == torch.float32 or _interpreting(),
+            **cfg,
+        )
+    total_max = run_max.amax(0)  # (N,)
+    lse = total_max + (sumexp * (run_max - total_max).exp()).sum(0).log()  # (N,)
+    best = None
+    if need_argmax:
+        best_split = run_max.argmax(0, keepdim=True)  # (1, N): first split holding the max
+        best = argmax.gather(0, best_split).squeeze(0)  # (N,)
+    return lse, z_target.sum(0), z_sum.sum(0) if need_zsum else None, best
+
+
+def backward_grads(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    target: Tensor,
+    lse: Tensor,
+    row_scale: Tensor,
+    *,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+    need: tuple[bool, bool, bool],
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Gradients for per-token upstream scales ``row_scale`` ``(N,)`` (0 at ignored tokens)."""
+    n, d = x.shape
+    v = weight.shape[0]
+    coef_a = row_scale * (1.0 + 2.0 * z_loss * lse)  # (N,)
+    coef_b = row_scale * (1.0 - label_smoothing)  # (N,)
+    coef_c = row_scale * (label_smoothing / v)  # (N,)
+    f32 = dict(dtype=torch.float32, device=x.device)
+    need_dx, need_dw, need_db = need
+    dx = torch.zeros(n, d, **f32) if need_dx else coef_a  # (N, d)
+    dw = torch.zeros(v, d, **f32) if need_dw else coef_a  # (V, d)
+    db = torch.zeros(v, **f32) if need_db else coef_a  # (V,)
+    cfg = _blocks("backward")
+    row_blocks = triton.cdiv(n, cfg["BLOCK_N"])
+    vocab_blocks = triton.cdiv(v, cfg["BLOCK_V"])
+    if n > 0 and any(need):
+        lce_backward_kernel[(row_blocks * vocab_blocks,)](
+            x,
+            weight,
+            bias if bias is not None else x,
+            target,
+            lse,
+            coef_a,
+            coef_b,
+            coef_c,
+            dx,
+            dw,
+            db,
+            n,
+            v,
+            d,
+            x.stride(0),
+            weight.stride(0),
+            float(softcap) if softcap is not None else 1.0,
+            row_blocks,
+            HAS_BIAS=bias is not None,
+            HAS_SOFTCAP=softcap is not None,
+            NEED_DX=need_dx,
+            NEED_DW=need_dw,
+            NEED_DB=need_db,
+            UPCAST=x.dtype == torch.float32 or _interpreting(),
+            **cfg,
+        )
+    return (
+        dx.to(x.dtype) if need_dx else None,
+        dw.to(weight.dtype) if need_dw else None,
+        db.to(bias.dtype) if need_db and bias is not None else None,
+    )
+
+
+class _TritonLinearCrossEntropy(torch.autograd.Function):
+    """Outputs ``(loss, lse, argmax)``; only ``loss`` is differentiable."""
+
+    @staticmethod
+    def forward(
+        ctx,
+        x: Tensor,  # (N, d) contiguous
+        weight: Tensor,  # (V, d) contiguous
+        bias: Tensor | None,  # (V,)
+        target: Tensor,  # (N,) int64
+        ignore_index: int,
+        reduction: str,
+        label_smoothing: float,
+        z_loss: float,
+        softcap: float | None,
+        want_argmax: bool,
+    ):
+        lse, z_target, z_sum, argmax = forward_stats(
+            x,
+            weight,
+            bias,
+            target,
+            softcap=softcap,
+            need_zsum=label_smoothing > 0.0,
+            need_argmax=want_argmax,
+        )
+        valid = target != ignore_index  # (N,)
+        token_loss = token_loss_from_stats(
+            lse,
+            z_target,
+            z_sum,
+            valid,
+            vocab_size=weight.shape[0],
+            label_smoothing=label_smoothing,
+            z_loss=z_loss,
+        )
+        loss = reduce_token_loss(token_loss, valid, reduction)
+        ctx.save_for_backward(x, weight, bias, target, lse)
+        ctx.options = (ignore_index, reduction, label_smoothing, z_loss, softcap)
+        if argmax is None:
+            argmax = torch.empty(0, dtype=torch.int64, device=x.device)
+        ctx.mark_non_differentiable(lse, argmax)
+        return loss, lse, argmax
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor, grad_lse: Tensor, grad_argmax: Tensor):
+        del grad_lse, grad_argmax
+        x, weight, bias, target, lse = ctx.saved_tensors
+        ignore_index, reduction, label_smoothing, z_loss, softcap = ctx.options
+        valid = target != ignore_index
+        if reduction == "none":
+            row_scale = grad_loss.float() * valid.float()  # (N,)
+        else:
+            row_scale = row_scale_for_reduction(valid, reduction, torch.float32) * grad_loss.float()
+        dx, dw, db = backward_grads(
+            x,
+            weight,
+            bias,
+            target,
+            lse,
+            row_scale,
+            label_smoothing=label_smoothing,
+            z_loss=z_loss,
+            softcap=softcap,
+            need=tuple(ctx.needs_input_grad[:3]),
+        )
+        return dx, dw, db, None, None, None, None, None, None, None
+
+
+def triton_linear_cross_entropy(
+    input: Tensor,
+    weight: Tensor,
+    target: Tensor,
+    bias: Tensor | None,
+    *,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+    want_argmax: bool,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Triton forward/backward on flattened, validated tensors; same conventions as
+    ``chunked_linear_cross_entropy``. float64 is rejected (the kernels accumulate in float32)."""
+    if input.dtype == torch.float64:
+        raise TypeError("impl='triton' supports float16, bfloat16 and float32 inputs, not float64")
+    loss, lse, argmax = _TritonLinearCrossEntropy.apply(
+        input.contiguous(),
+        weight.contiguous(),
+        None if bias is None else bias.contiguous(),
+        target.contiguous(),
+        ignore_index,
+        reduction,
+        label_smoothing,
+        z_loss,
+        softcap,
+        want_argmax,
+    )
+    return loss, lse, argmax if want_argmax else None

@@ -1,0 +1,398 @@
+"""Fused linear + cross-entropy: the loss of ``input @ weight.T`` without the ``(N, V)`` logits.
+
+Math (per token ``i``, ``N`` tokens, vocabulary ``V``, ``eps = label_smoothing``,
+``lam = z_loss``, ``cap = softcap``)::
+
+    logits_i = input_i @ weight.T + bias                       # (V,)
+    z_i      = cap * tanh(logits_i / cap)   if cap else logits_i
+    lse_i    = log(sum_v exp(z_iv))
+    loss_i   = (1 - eps) * (lse_i - z_i[t_i])                  # cross-entropy
+             + eps * (lse_i - mean_v z_iv)                      # label smoothing
+             + lam * lse_i ** 2                                 # z-loss (PaLM), on capped logits
+    loss_i   = 0                              where t_i == ignore_index
+
+    reduction="mean": sum_i loss_i / max(1, #{i: t_i != ignore_index})
+    reduction="sum" : sum_i loss_i
+    reduction="none": loss_i, shaped like target
+
+With ``eps = lam = 0`` and no cap this is ``F.cross_entropy(input @ weight.T + bias, target)``,
+and ``eps > 0`` matches ``F.cross_entropy(..., label_smoothing=eps)``. When every token is
+ignored the mean is 0 and every gradient is 0 (never NaN).
+
+Worked example (check it by hand): ``V = 2``, ``weight = [[1, 0], [0, 1]]``, one token
+``input = [[0, 0]]`` so both logits are 0, ``lse = log 2``; with ``target = [0]`` the loss is
+``log 2 = 0.6931``; with ``z_loss = 1`` it is ``log 2 + (log 2)**2 = 1.1736``; with
+``target = [-100]`` it is ``0``.
+
+Implementations (``impl=``, see :class:`Impl`): ``"reference"`` materialises the logits;
+``"chunked"`` streams over token chunks in PyTorch (CPU default); ``"triton"`` is a blocked
+Triton kernel pair for CUDA; ``"auto"`` picks ``"triton"`` for CUDA tensors when Triton is
+importable, otherwise ``"chunked"``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from dataclasses import dataclass
+from enum import StrEnum
+
+import torch
+from torch import Tensor
+
+from lmobjectives.constants import IGNORE_INDEX
+
+__all__ = [
+    "Impl",
+    "LinearCrossEntropyOutput",
+    "linear_cross_entropy",
+    "linear_cross_entropy_with_stats",
+]
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+class Impl(StrEnum):
+    """Which implementation :func:`linear_cross_entropy` runs."""
+
+    REFERENCE = "reference"
+    """Plain PyTorch: builds the full ``(N, V)`` logits. Test oracle; small problems only."""
+    CHUNKED = "chunked"
+    """PyTorch over chunks of tokens with a custom autograd.Function (any device)."""
+    TRITON = "triton"
+    """Triton kernels blocked over tokens and vocabulary (CUDA, or CPU under
+    ``TRITON_INTERPRET=1``); never writes an ``(N, V)`` tensor."""
+    AUTO = "auto"
+    """``TRITON`` for non-float64 CUDA tensors when Triton is importable, else ``CHUNKED``."""
+
+
+@dataclass(frozen=True)
+class LinearCrossEntropyOutput:
+    """Loss plus per-token statistics from :func:`linear_cross_entropy_with_stats`.
+
+    Token-shaped fields have the shape of ``target`` (``input.shape[:-1]``).
+    """
+
+    loss: Tensor
+    """The loss as :func:`linear_cross_entropy` returns it (differentiable)."""
+    lse: Tensor
+    """Log-sum-exp of the (capped) logits per token, float32 (float64 for float64 input),
+    detached; also defined at ignored positions."""
+    correct: Tensor
+    """bool, ``argmax_v z_v == target`` per token; False at ignored positions."""
+    num_valid: Tensor
+    """0-dim int64, the number of tokens whose target is not ``ignore_index``."""
+
+    @property
+    def accuracy(self) -> Tensor:
+        """0-dim float32: ``correct.sum() / max(1, num_valid)`` (0 when every token is ignored)."""
+        return self.correct.sum().float() / self.num_valid.clamp_min(1).float()
+
+
+@functools.cache
+def _triton_importable() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _resolve_impl(
+    impl: str | Impl, device: torch.device, dtype: torch.dtype = torch.float32
+) -> Impl:
+    try:
+        impl = Impl(impl)
+    except ValueError:
+        raise ValueError(
+            f"impl must be one of {[i.value for i in Impl]}, got {impl!r}"
+        ) from None
+    if impl == Impl.AUTO:
+        use_triton = device.type == "cuda" and dtype != torch.float64 and _triton_importable()
+        return Impl.TRITON if use_triton else Impl.CHUNKED
+    if impl == Impl.TRITON:
+        if not _triton_importable():
+            raise ValueError(
+                "impl='triton' needs the optional dependency triton (pip install triton)"
+            )
+        if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError(
+                f"impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1), got device {device}"
+            )
+    return impl
+
+
+def validate_arguments(
+    input: Tensor,
+    weight: Tensor,
+    target: Tensor,
+    bias: Tensor | None,
+    *,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+) -> None:
+    """Raise ``TypeError``/``ValueError`` naming the bad argument and its value."""
+    for name, tensor in (("input", input), ("weight", weight), ("target", target)):
+        if not isinstance(tensor, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if not input.is_floating_point():
+        raise TypeError(f"input must be a floating-point tensor, got dtype {input.dtype}")
+    if weight.dtype != input.dtype:
+        raise TypeError(
+            f"weight dtype {weight.dtype} must match input dtype {input.dtype}"
+        )
+    if target.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+        raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
+    if input.dim() < 1:
+        raise ValueError(f"input must have shape (..., d), got a {input.dim()}-d tensor")
+    if weight.dim() != 2:
+        raise ValueError(f"weight must have shape (V, d), got shape {tuple(weight.shape)}")
+    if weight.shape[1] != input.shape[-1]:
+        raise ValueError(
+            f"weight has d={weight.shape[1]} but input has d={input.shape[-1]} "
+            f"(weight {tuple(weight.shape)}, input {tuple(input.shape)})"
+        )
+    if weight.shape[0] < 1:
+        raise ValueError(f"weight must have at least one row (class), got {tuple(weight.shape)}")
+    if target.shape != input.shape[:-1]:
+        raise ValueError(
+            f"target shape {tuple(target.shape)} must equal input.shape[:-1] "
+            f"= {tuple(input.shape[:-1])}"
+        )
+    if bias is not None:
+        if not isinstance(bias, Tensor):
+            raise TypeError(f"bias must be a torch.Tensor or None, got {type(bias).__name__}")
+        if bias.shape != (weight.shape[0],):
+            raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+        if bias.dtype != input.dtype:
+            raise TypeError(f"bias dtype {bias.dtype} must match input dtype {input.dtype}")
+    devices = {t.device for t in (input, weight, target) + ((bias,) if bias is not None else ())}
+    if len(devices) != 1:
+        raise ValueError(f"input, weight, target (and bias) must share one device, got {devices}")
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise TypeError(f"ignore_index must be an int, got {ignore_index!r}")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    if not (isinstance(label_smoothing, (int, float)) and 0.0 <= label_smoothing <= 1.0):
+        raise ValueError(f"label_smoothing must be a float in [0, 1], got {label_smoothing!r}")
+    if not (isinstance(z_loss, (int, float)) and math.isfinite(z_loss) and z_loss >= 0.0):
+        raise ValueError(f"z_loss must be a finite float >= 0, got {z_loss!r}")
+    if softcap is not None and not (
+        isinstance(softcap, (int, float)) and math.isfinite(softcap) and softcap > 0.0
+    ):
+        raise ValueError(f"softcap must be None or a finite float > 0, got {softcap!r}")
+
+
+def check_target_range(
+    target: Tensor, *, vocab_size: int, ignore_index: int, vocab_offset: int = 0
+) -> None:
+    """Fail if a target is neither ``ignore_index`` nor in ``[offset, offset + vocab_size)``.
+
+    On CPU in eager mode this raises a ``ValueError`` showing a bad value (reading a CPU tensor
+    is not a device synchronisation). On CUDA, and under ``torch.compile``, it is
+    ``torch._assert_async``: no host sync, but a failure surfaces later as a device-side
+    assertion (a ``RuntimeError`` that poisons the CUDA context, like ``F.cross_entropy``'s).
+    """
+    lo, hi = vocab_offset, vocab_offset + vocab_size
+    ok = (target == ignore_index) | ((target >= lo) & (target < hi))
+    message = f"target values must be in [{lo}, {hi}) or equal ignore_index={ignore_index}"
+    if target.device.type == "cpu" and not torch.compiler.is_compiling():
+        if not bool(ok.all()):
+            bad = target[~ok].flatten()[0].item()
+            raise ValueError(f"{message}; found {bad}")
+    else:
+        torch._assert_async(ok.all(), message)
+
+
+def _run(
+    input: Tensor,
+    weight: Tensor,
+    target: Tensor,
+    bias: Tensor | None,
+    *,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+    impl: str | Impl,
+    chunk_size: int | None,
+    check_targets: bool,
+    want_argmax: bool,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
+    """Validate, flatten, dispatch. Returns ``(loss, lse, argmax, flat_target)`` with the
+    token-shaped tensors flattened to ``(N,)``."""
+    validate_arguments(
+        input,
+        weight,
+        target,
+        bias,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+    )
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+    ):
+        raise ValueError(f"chunk_size must be None or a positive int, got {chunk_size!r}")
+    resolved = _resolve_impl(impl, input.device, input.dtype)
+    x = input.reshape(-1, input.shape[-1])  # (N, d)
+    t = target.reshape(-1).long()  # (N,)
+    if check_targets:
+        check_target_range(t, vocab_size=weight.shape[0], ignore_index=ignore_index)
+    options = dict(
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=float(label_smoothing),
+        z_loss=float(z_loss),
+        softcap=None if softcap is None else float(softcap),
+    )
+    if resolved == Impl.REFERENCE:
+        from lmobjectives.ops._reference import reference_linear_cross_entropy
+
+        loss, lse, argmax = reference_linear_cross_entropy(x, weight, t, bias, **options)
+    elif resolved == Impl.CHUNKED:
+        from lmobjectives.ops._chunked import chunked_linear_cross_entropy
+
+        loss, lse, argmax = chunked_linear_cross_entropy(
+            x.contiguous(), weight, t, bias, chunk_size=chunk_size, want_argmax=want_argmax, **options
+        )
+    else:
+        from lmobjectives.ops._triton import triton_linear_cross_entropy
+
+        loss, lse, argmax = triton_linear_cross_entropy(
+            x, weight, t, bias, want_argmax=want_argmax, **options
+        )
+    return loss, lse, argmax, t
+
+
+def linear_cross_entropy(
+    input: Tensor,
+    weight: Tensor,
+    target: Tensor,
+    *,
+    bias: Tensor | None = None,
+    ignore_index: int = IGNORE_INDEX,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    impl: str | Impl = Impl.AUTO,
+    chunk_size: int | None = None,
+    check_targets: bool = True,
+) -> Tensor:
+    """Cross-entropy of ``input @ weight.T (+ bias)`` against ``target``, without the logits.
+
+    Drop-in for ``torch.nn.functional.linear_cross_entropy(input, linear_weight, target)``
+    (the bias is the keyword ``bias=`` here); the math is in this module's docstring.
+
+    Args:
+        input: ``(..., d)`` hidden states (float16, bfloat16, float32 or float64).
+        weight: ``(V, d)`` classifier (unembedding) weight, same dtype as ``input``.
+        target: ``(...)`` integer class indices, ``input.shape[:-1]``.
+        bias: optional ``(V,)`` bias, same dtype as ``input``.
+        ignore_index: target value that contributes neither loss nor gradient.
+        reduction: ``"mean"`` (over non-ignored tokens), ``"sum"`` or ``"none"``.
+        label_smoothing: ``eps`` in ``[0, 1]``.
+        z_loss: ``lam >= 0``, coefficient of ``lse**2``.
+        softcap: ``cap > 0`` to use ``cap * tanh(logits / cap)``, or None.
+        impl: ``"auto"``, ``"chunked"``, ``"triton"`` or ``"reference"`` (:class:`Impl`).
+        chunk_size: tokens per chunk for ``impl="chunked"``; None sizes a logits block to
+            about 64 MiB.
+        check_targets: verify every target is ``ignore_index`` or in ``[0, V)``; see
+            :func:`check_target_range` (an eager ``ValueError`` on CPU, an async device
+            assertion on CUDA). With False, the chunked and Triton paths give an
+            out-of-range target a target logit of 0 (never an out-of-bounds access) and the
+            reference path raises from ``gather``.
+
+    Returns:
+        The loss: 0-dim for ``"mean"``/``"sum"``, ``target.shape`` for ``"none"`` (0 at
+        ignored positions). float32 for half/float32 inputs, float64 for float64 inputs.
+        Gradients flow to ``input``, ``weight`` and ``bias`` (accumulated in float32, returned
+        in their own dtypes); none are computed for tensors that do not require grad.
+
+    Example::
+
+        >>> w = torch.eye(2)
+        >>> linear_cross_entropy(torch.zeros(1, 2), w, torch.tensor([0]))
+        tensor(0.6931)
+    """
+    loss, _, _, _ = _run(
+        input,
+        weight,
+        target,
+        bias,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+        impl=impl,
+        chunk_size=chunk_size,
+        check_targets=check_targets,
+        want_argmax=False,
+    )
+    return loss.reshape(target.shape) if reduction == "none" else loss
+
+
+def linear_cross_entropy_with_stats(
+    input: Tensor,
+    weight: Tensor,
+    target: Tensor,
+    *,
+    bias: Tensor | None = None,
+    ignore_index: int = IGNORE_INDEX,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    impl: str | Impl = Impl.AUTO,
+    chunk_size: int | None = None,
+    check_targets: bool = True,
+) -> LinearCrossEntropyOutput:
+    """Same loss as :func:`linear_cross_entropy` plus per-token log-sum-exp and argmax
+    accuracy from the same pass (the argmax costs one extra read of each logits block).
+
+    Arguments are those of :func:`linear_cross_entropy`. Per-token losses with gradients are
+    ``reduction="none"``.
+
+    Example::
+
+        >>> out = linear_cross_entropy_with_stats(
+        ...     torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]), torch.eye(2),
+        ...     torch.tensor([0, 0, -100]))
+        >>> out.correct, out.num_valid, out.accuracy
+        (tensor([ True, False, False]), tensor(2), tensor(0.5000))
+    """
+    loss, lse, argmax, flat_target = _run(
+        input,
+        weight,
+        target,
+        bias,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+        impl=impl,
+        chunk_size=chunk_size,
+        check_targets=check_targets,
+        want_argmax=True,
+    )
+    valid = flat_target != ignore_index  # (N,)
+    assert argmax is not None
+    correct = (argmax == flat_target) & valid  # (N,)
+    if reduction == "none":
+        loss = loss.reshape(target.shape)
+    return LinearCrossEntropyOutput(
+        loss=loss,
+        lse=lse.reshape(target.shape),
+        correct=correct.reshape(target.shape),
+        num_valid=valid.sum(),
+    )

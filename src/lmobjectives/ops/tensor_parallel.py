@@ -1,0 +1,221 @@
+"""Linear cross-entropy with the vocabulary (weight rows) sharded over a process group.
+
+Layout (Megatron convention): with ``W`` ranks in ``group`` and the full weight ``(V, d)``,
+rank ``r`` holds rows ``[r * V_r, (r + 1) * V_r)`` as ``weight_shard`` ``(V_r, d)``, every shard
+the same size (``V = W * V_r``; pad the vocabulary if needed -- padded rows then count as
+classes, so give them a very negative ``bias_shard`` entry or zero rows as you prefer).
+``input`` and ``target`` are replicated: every rank passes the same full tensors.
+
+Forward, per token ``i`` (each rank streams its shard in chunks, see ``_chunked.py``)::
+
+    lse_r  = log sum_{v in shard r} exp(z_iv)          local log-sum-exp
+    m      = all_reduce_max(lse_r)
+    lse    = m + log(all_reduce_sum(exp(lse_r - m)))   global log-sum-exp, stable
+    z_t    = all_reduce_sum(z_i[t_i] if t_i in shard r else 0)
+    sum_z  = all_reduce_sum(sum_{v in shard r} z_iv)   (only with label smoothing)
+
+and the loss is formed from ``lse``, ``z_t`` and ``sum_z`` exactly as in
+:func:`lmobjectives.ops.linear_cross_entropy`, so every rank returns the same, unsharded loss.
+
+Backward: ``dz`` on each shard needs only the global ``lse`` (saved), the logits are recomputed
+chunk by chunk; ``dweight_shard`` and ``dbias_shard`` stay local, ``dinput`` is summed over the
+group with one all-reduce (the input was replicated, so its gradient is the sum of the
+contributions of every shard). Communication per call: three or four all-reduces of ``(N,)``
+float32 vectors forward and one ``(N, d)`` all-reduce backward.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from lmobjectives.constants import IGNORE_INDEX
+from lmobjectives.ops._chunked import (
+    _backward_recompute,
+    _finish_grads,
+    _forward,
+    _Problem,
+    default_chunk_size,
+    reduce_token_loss,
+    row_scale_for_reduction,
+    token_loss_from_stats,
+)
+from lmobjectives.ops.linear_cross_entropy import check_target_range, validate_arguments
+
+__all__ = ["linear_cross_entropy_vocab_parallel"]
+
+
+def _shard_problem(
+    input: Tensor,
+    weight_shard: Tensor,
+    bias_shard: Tensor | None,
+    target: Tensor,
+    valid: Tensor,
+    vocab_start: int,
+    total_vocab: int,
+    options: dict,
+) -> _Problem:
+    """This shard's chunked problem; ``z_target`` comes out 0 for targets in other shards."""
+    local_target = target - vocab_start  # (N,)
+    in_shard = valid & (local_target >= 0) & (local_target < weight_shard.shape[0])  # (N,)
+    return _Problem(
+        input,
+        weight_shard,
+        bias_shard,
+        local_target,
+        in_shard,
+        label_smoothing=options["label_smoothing"],
+        z_loss=options["z_loss"],
+        softcap=options["softcap"],
+        chunk_size=options["chunk_size"],
+        total_vocab=total_vocab,
+    )
+
+
+class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx,
+        input: Tensor,  # (N, d), replicated
+        weight_shard: Tensor,  # (V_r, d)
+        bias_shard: Tensor | None,  # (V_r,)
+        target: Tensor,  # (N,) int64 global class indices, replicated
+        group,
+        vocab_start: int,
+        total_vocab: int,
+        reduction: str,
+        options: dict,
+    ) -> Tensor:
+        ignore_index = options["ignore_index"]
+        valid = target != ignore_index  # (N,)
+        problem = _shard_problem(
+            input, weight_shard, bias_shard, target, valid, vocab_start, total_vocab, options
+        )
+        lse_local, z_target, z_sum, _ = _forward(problem, want_argmax=False, row_scale=None, grads={})
+
+        lse_max = lse_local.clone()  # (N,)
+        dist.all_reduce(lse_max, op=dist.ReduceOp.MAX, group=group)
+        sum_exp = (lse_local - lse_max).exp()  # (N,)
+        # One sum all-reduce for the sum-of-exps, the target logit and (optionally) the logit sum.
+        pieces = [sum_exp, z_target] + ([z_sum] if z_sum is not None else [])
+        packed = torch.stack(pieces)  # (2 or 3, N)
+        dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=group)
+        lse = lse_max + packed[0].log()  # (N,) global log-sum-exp
+        token_loss = token_loss_from_stats(
+            lse,
+            packed[1],
+            packed[2] if z_sum is not None else None,
+            valid,
+            vocab_size=total_vocab,
+            label_smoothing=options["label_smoothing"],
+            z_loss=options["z_loss"],
+        )
+        loss = reduce_token_loss(token_loss, valid, reduction)
+
+        ctx.group, ctx.vocab_start, ctx.total_vocab = group, vocab_start, total_vocab
+        ctx.reduction, ctx.options = reduction, options
+        ctx.has_bias = bias_shard is not None
+        ctx.needs = (
+            input.requires_grad,
+            weight_shard.requires_grad,
+            bias_shard is not None and bias_shard.requires_grad,
+        )
+        ctx.save_for_backward(input, weight_shard, bias_shard, target, lse)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor):
+        input, weight_shard, bias_shard, target, lse = ctx.saved_tensors
+        valid = target != ctx.options["ignore_index"]
+        problem = _shard_problem(
+            input,
+            weight_shard,
+            bias_shard,
+            target,
+            valid,
+            ctx.vocab_start,
+            ctx.total_vocab,
+            ctx.options,
+        )
+        acc = problem.acc_dtype
+        if ctx.reduction == "none":
+            row_scale = grad_loss.to(acc) * valid.to(acc)  # (N,)
+        else:
+            row_scale = row_scale_for_reduction(valid, ctx.reduction, acc) * grad_loss.to(acc)
+        # dinput must be all-reduced even on ranks that would not need it locally.
+        grads = problem.new_grads(ctx.needs[0], ctx.needs[1], ctx.needs[2])
+        _backward_recompute(problem, lse, row_scale, grads)
+        if "input" in grads:
+            dx = grads["input"].to(acc)  # (N, d), sum over shards in full precision
+            dist.all_reduce(dx, op=dist.ReduceOp.SUM, group=ctx.group)
+            grads["input"] = dx
+        dx, dw, db = _finish_grads(grads, input, weight_shard, bias_shard)
+        return dx, dw, db if ctx.has_bias else None, None, None, None, None, None, None
+
+
+def linear_cross_entropy_vocab_parallel(
+    input: Tensor,
+    weight_shard: Tensor,
+    target: Tensor,
+    *,
+    bias_shard: Tensor | None = None,
+    group: dist.ProcessGroup | None = None,
+    ignore_index: int = IGNORE_INDEX,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    chunk_size: int | None = None,
+    check_targets: bool = True,
+) -> Tensor:
+    """:func:`lmobjectives.ops.linear_cross_entropy` with ``weight`` sharded by vocabulary rows.
+
+    Args:
+        input: ``(..., d)``, the same on every rank of ``group``.
+        weight_shard: ``(V_r, d)``, this rank's rows ``[rank * V_r, (rank + 1) * V_r)`` of the
+            full ``(W * V_r, d)`` weight (equal shards on every rank).
+        target: ``(...)`` class indices into the full vocabulary, the same on every rank.
+        bias_shard: optional ``(V_r,)`` slice of the bias.
+        group: the tensor-parallel process group (None: the default group).
+        ignore_index, reduction, label_smoothing, z_loss, softcap, check_targets: as in
+            :func:`~lmobjectives.ops.linear_cross_entropy` (``label_smoothing`` averages over
+            the full vocabulary).
+        chunk_size: tokens per chunk; None sizes a ``(chunk, V_r)`` block to about 64 MiB.
+
+    Returns:
+        The unsharded loss, identical on every rank. ``input.grad`` is the full gradient on
+        every rank; ``weight_shard.grad`` is this shard's slice of the full gradient.
+    """
+    validate_arguments(
+        input,
+        weight_shard,
+        target,
+        bias_shard,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+    )
+    world_size = dist.get_world_size(group)
+    rank = dist.get_rank(group)
+    shard_size = weight_shard.shape[0]
+    total_vocab = world_size * shard_size
+    x = input.reshape(-1, input.shape[-1]).contiguous()  # (N, d)
+    t = target.reshape(-1).long()  # (N,)
+    if check_targets:
+        check_target_range(t, vocab_size=total_vocab, ignore_index=ignore_index)
+    if chunk_size is None:
+        chunk_size = default_chunk_size(x.shape[0], shard_size, x.dtype)
+    options = dict(
+        ignore_index=ignore_index,
+        label_smoothing=float(label_smoothing),
+        z_loss=float(z_loss),
+        softcap=None if softcap is None else float(softcap),
+        chunk_size=max(1, chunk_size),
+    )
+    loss = _VocabParallelLinearCrossEntropy.apply(
+        x, weight_shard, bias_shard, t, group, rank * shard_size, total_vocab, reduction, options
+    )
+    return loss.reshape(target.shape) if reduction == "none" else loss

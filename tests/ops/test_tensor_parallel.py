@@ -1,0 +1,82 @@
+"""Vocabulary-parallel linear cross-entropy on 2 CPU processes (gloo) vs the unsharded op."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from lmobjectives.constants import IGNORE_INDEX
+from lmobjectives.ops import linear_cross_entropy, linear_cross_entropy_vocab_parallel
+
+WORLD_SIZE = 2
+
+# (reduction, options, dtype, bias, chunk_size)
+CASES = [
+    ("mean", dict(), torch.float64, False, None),
+    ("sum", dict(label_smoothing=0.1, z_loss=1e-2), torch.float64, True, 3),
+    ("none", dict(softcap=2.0, label_smoothing=0.3), torch.float64, True, 4),
+    ("mean", dict(z_loss=1e-3, softcap=5.0), torch.float32, False, 5),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, port: int) -> None:
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD_SIZE
+    )
+    try:
+        for reduction, opts, dtype, with_bias, chunk_size in CASES:
+            g = torch.Generator().manual_seed(0)  # identical data on every rank
+            n, d, shard = 13, 6, 9
+            x = torch.randn(2, n, d, generator=g, dtype=torch.float64).to(dtype)  # (2, n, d)
+            w = torch.randn(WORLD_SIZE * shard, d, generator=g, dtype=torch.float64).to(dtype)
+            b = torch.randn(WORLD_SIZE * shard, generator=g, dtype=torch.float64).to(dtype)
+            t = torch.randint(0, WORLD_SIZE * shard, (2, n), generator=g)
+            t[0, ::3] = IGNORE_INDEX
+            upstream = torch.rand(2, n, generator=g, dtype=torch.float64) + 0.5
+            rows = slice(rank * shard, (rank + 1) * shard)
+
+            ref_x, ref_w, ref_b = (a.clone().requires_grad_() for a in (x, w, b))
+            ref = linear_cross_entropy(
+                ref_x, ref_w, t, bias=ref_b if with_bias else None, reduction=reduction,
+                impl="reference", **opts,
+            )
+            (ref * upstream.to(ref.dtype)).sum().backward()
+
+            xs = x.clone().requires_grad_()
+            ws = w[rows].clone().requires_grad_()
+            bs = b[rows].clone().requires_grad_() if with_bias else None
+            loss = linear_cross_entropy_vocab_parallel(
+                xs, ws, t, bias_shard=bs, reduction=reduction, chunk_size=chunk_size, **opts
+            )
+            (loss * upstream.to(loss.dtype)).sum().backward()
+
+            tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else {}
+            torch.testing.assert_close(loss, ref.detach(), **tol)
+            torch.testing.assert_close(xs.grad, ref_x.grad, **tol)
+            torch.testing.assert_close(ws.grad, ref_w.grad[rows], **tol)
+            if with_bias:
+                torch.testing.assert_close(bs.grad, ref_b.grad[rows], **tol)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_vocab_parallel_matches_unsharded_two_processes():
+    mp.spawn(_worker, args=(_free_port(),), nprocs=WORLD_SIZE, join=True)
+
+
+def test_vocab_parallel_validates_arguments():
+    with pytest.raises(ValueError, match="reduction"):
+        linear_cross_entropy_vocab_parallel(
+            torch.zeros(2, 3), torch.zeros(4, 3), torch.zeros(2, dtype=torch.long),
+            reduction="bad",
+        )

@@ -1,0 +1,28 @@
+"""The Triton kernels on CPU through the Triton interpreter, in a subprocess.
+
+TRITON_INTERPRET must be set before Triton is imported, and another test module may already
+have imported Triton in this pytest process, so the checks run in a fresh interpreter.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("triton") is None, reason="triton (optional extra) not installed"
+)
+
+
+def test_triton_kernels_match_reference_under_interpreter():
+    script = Path(__file__).with_name("_triton_interp_checks.py")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
