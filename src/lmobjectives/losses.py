@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .constants import IGNORE_INDEX
+from .ops import linear_cross_entropy_with_stats
 
 __all__ = ["LossOutput", "lm_loss", "sentence_loss"]
 
@@ -49,49 +50,51 @@ def lm_loss(
     reduction: Reduction = "mean",
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
+    softcap: float | None = None,
     gather_targets: bool = True,
+    impl: str = "auto",
 ) -> LossOutput:
     """Cross-entropy of ``hidden @ weight.T`` against ``labels`` at non-ignored positions.
 
     Per target: ``(1-ε)·(lse - z_y) + ε·(lse - mean_v z_v) + λ·lse²`` with
-    ``ε = label_smoothing`` and ``λ = z_loss`` (PaLM's auxiliary z-loss).
-    ``reduction="mean"`` divides by the number of targets; ``"sum"`` does not,
-    so that gradient accumulation can divide by the total count over
-    micro-batches (``sum(loss_i) / sum(num_tokens_i)``). With no target at all
-    the loss is an exact 0 connected to the graph (zero gradients, no NaN).
+    ``ε = label_smoothing`` and ``λ = z_loss`` (PaLM's auxiliary z-loss), ``z``
+    the (optionally soft-capped) logits. ``reduction="mean"`` divides by the
+    number of targets; ``"sum"`` does not, so that gradient accumulation can
+    divide by the total count over micro-batches (``sum(loss_i) /
+    sum(num_tokens_i)``). With no target at all the loss is an exact 0
+    connected to the graph (zero gradients, no NaN).
 
-    ``gather_targets`` first selects the positions that have a label (for MLM
-    ~15 % of tokens), so only those go through the vocabulary projection.
+    The logits are never materialised: the projection and the loss run in
+    :func:`lmobjectives.ops.linear_cross_entropy` (``impl`` picks the fused
+    Triton kernel on CUDA, the chunked path elsewhere, or ``"reference"``).
+    ``gather_targets`` first selects the positions that have a label (for
+    MLM ~15 % of tokens), so only those go through the vocabulary projection;
+    it costs one host sync (the number of targets), so turn it off for
+    CLM-like batches where nearly every position is a target.
 
     Shapes: hidden ``(..., d)``, weight ``(V, d)``, labels ``(...)``.
     """
     _check_reduction(reduction)
     if hidden.shape[:-1] != labels.shape:
         raise ValueError(f"hidden {tuple(hidden.shape)} and labels {tuple(labels.shape)} disagree on leading dims")
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"label_smoothing must lie in [0, 1], got {label_smoothing!r}")
-    if z_loss < 0:
-        raise ValueError(f"z_loss must be >= 0, got {z_loss!r}")
     h = hidden.reshape(-1, hidden.shape[-1])  # (N, d)
     y = labels.reshape(-1)  # (N,)
     if gather_targets:
         keep = (y != IGNORE_INDEX).nonzero().squeeze(-1)  # (M,)
         h, y = h[keep], y[keep]  # (M, d), (M,)
-    logits = F.linear(h, weight, bias).float()  # (M, V)
-    valid = y != IGNORE_INDEX  # (M,)
-    safe_y = torch.where(valid, y, 0)
-    lse = torch.logsumexp(logits, dim=-1)  # (M,)
-    nll = lse - logits.gather(-1, safe_y[:, None]).squeeze(-1)  # (M,)
-    if label_smoothing > 0:
-        nll = (1 - label_smoothing) * nll + label_smoothing * (lse - logits.mean(-1))
-    if z_loss > 0:
-        nll = nll + z_loss * lse.square()
-    per_token = torch.where(valid, nll, 0.0)
-    num = valid.sum()
-    total = per_token.sum()
-    loss = total / num.clamp(min=1) if reduction == "mean" else total
-    correct = ((logits.argmax(-1) == y) & valid).sum()
-    return LossOutput(loss=loss, num_tokens=num, num_correct=correct)
+    out = linear_cross_entropy_with_stats(
+        h,
+        weight,
+        y,
+        bias=bias,
+        ignore_index=IGNORE_INDEX,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+        impl=impl,
+    )
+    return LossOutput(loss=out.loss, num_tokens=out.num_valid, num_correct=out.correct.sum())
 
 
 def sentence_loss(logits: torch.Tensor, labels: torch.Tensor, *, reduction: Reduction = "mean") -> LossOutput:
