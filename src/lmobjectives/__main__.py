@@ -1,0 +1,7 @@
+"""``python -m lmobjectives`` is ``lmobj``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,266 @@
+"""A small pre-norm transformer that is an encoder or a decoder depending on the batch.
+
+The attention pattern is data (:func:`lmobjectives.attention_mask_4d`): the
+same weights run bidirectionally for MLM/NSP/SOP batches and causally for CLM
+batches. Positions are relative (ALiBi by default, or RoPE), read from
+``batch.position_ids`` when the objective sets them (CLM with document masking
+restarts them at every document). There are no learned absolute positions: in
+our trials they kept a 2-layer MLM encoder at the unigram loss for hundreds of
+steps, where ALiBi learned at once.
+
+The model returns hidden states after the final norm, not logits. The LM head
+is tied to the token embedding and exposed as :attr:`Transformer.output_weight`,
+so the loss is ``lm_loss(out.hidden, model.output_weight, batch.labels)`` and
+a fused kernel can replace the vocabulary projection without touching the model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..objectives.base import Batch, attention_mask_4d
+
+__all__ = ["ModelOutput", "Transformer", "TransformerConfig", "alibi_slopes"]
+
+
+@dataclass
+class TransformerConfig:
+    vocab_size: int  # rows of the (tied) embedding / output matrix, tokenizer.vocab.size
+    d_model: int = 128  # width of the residual stream
+    n_layers: int = 2  # number of transformer blocks
+    n_heads: int = 4  # attention heads per block; d_model must be divisible by it
+    d_ff: int = 512  # hidden width of the MLP in each block
+    dropout: float = 0.0  # dropout on attention weights and residual branches (0 = off)
+    max_seq_len: int = 512  # longest sequence forward() accepts
+    n_token_types: int = 2  # segment (token-type) embeddings for sentence pairs; 0 = none
+    positions: Literal["alibi", "rope"] = "alibi"  # relative position scheme
+    n_sentence_classes: int = 0  # classes of the [CLS] sentence head (2 for NSP/SOP); 0 = no head
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"TransformerConfig.{name} must be a positive int, got {value!r}")
+        for name in ("n_token_types", "n_sentence_classes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"TransformerConfig.{name} must be an int >= 0, got {value!r}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"TransformerConfig: d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        if self.positions == "rope" and (self.d_model // self.n_heads) % 2:
+            raise ValueError(f"TransformerConfig: RoPE needs an even head size, got {self.d_model // self.n_heads}")
+        if self.positions not in ("alibi", "rope"):
+            raise ValueError(f"TransformerConfig.positions must be 'alibi' or 'rope', got {self.positions!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"TransformerConfig.dropout must lie in [0, 1), got {self.dropout!r}")
+
+
+@dataclass
+class ModelOutput:
+    hidden: torch.Tensor  # (B, T, d) after the final norm; logits = hidden @ output_weight.T
+    sentence_logits: torch.Tensor | None  # (B, n_sentence_classes) from the [CLS] pooler, None without a head
+
+
+# -----------------------------------------------------------------------------
+# relative positions
+
+
+def alibi_slopes(n_heads: int) -> torch.Tensor:
+    """Per-head ALiBi slopes (Press et al. 2022): a geometric sequence starting at 2^(-8/n).
+
+    For a head count that is not a power of two, the paper's recipe takes the
+    slopes of the next lower power of two and interleaves every other slope of
+    the next higher one.
+
+    >>> alibi_slopes(4)
+    tensor([0.2500, 0.0625, 0.0156, 0.0039])
+    """
+
+    def power_of_two(n: int) -> list[float]:
+        start = 2 ** (-8 / n)
+        return [start ** (i + 1) for i in range(n)]
+
+    if math.log2(n_heads).is_integer():
+        slopes = power_of_two(n_heads)
+    else:
+        lower = 2 ** math.floor(math.log2(n_heads))
+        slopes = power_of_two(lower) + power_of_two(2 * lower)[0::2][: n_heads - lower]
+    return torch.tensor(slopes)
+
+
+def alibi_bias(position_ids: torch.Tensor, slopes: torch.Tensor) -> torch.Tensor:
+    """Additive attention bias ``-slope * |pos_q - pos_k|``, shape ``(B, nh, T, T)``.
+
+    Symmetric in query and key, so it serves the encoder too; in a decoder the
+    causal mask removes the keys after the query anyway.
+    """
+    distance = (position_ids[:, :, None] - position_ids[:, None, :]).abs()  # (B, T, T)
+    return -slopes[None, :, None, None] * distance[:, None].to(slopes.dtype)  # (B, nh, T, T)
+
+
+def rope_cos_sin(position_ids: torch.Tensor, head_size: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary embedding angles (Su et al. 2021) for each position, each ``(B, 1, T, hs/2)``."""
+    inv_freq = base ** (-torch.arange(0, head_size, 2, device=position_ids.device, dtype=torch.float32) / head_size)
+    angles = position_ids[:, None, :, None].float() * inv_freq  # (B, 1, T, hs/2)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the pairs ``(x[..., i], x[..., i + hs/2])`` of ``x`` ``(B, nh, T, hs)`` by the angles."""
+    x1, x2 = x.chunk(2, dim=-1)  # (B, nh, T, hs/2) each
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
+
+
+# -----------------------------------------------------------------------------
+# blocks
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        self.n_heads = config.n_heads
+        self.dropout = config.dropout
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model)
+        self.proj = nn.Linear(config.d_model, config.d_model)
+        self.proj.is_residual_projection = True  # scaled init, see Transformer._init_weights
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None,
+        is_causal: bool,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)  # (B, T, C) each
+        q = q.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2)  # (B, nh, T, hs)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, nh, T, hs)
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
+        return self.proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        self.fc = nn.Linear(config.d_model, config.d_ff)
+        self.proj = nn.Linear(config.d_ff, config.d_model)
+        self.proj.is_residual_projection = True  # scaled init, see Transformer._init_weights
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(F.gelu(self.fc(x), approximate="tanh"))
+
+
+class Block(nn.Module):
+    """Pre-norm block: ``x + attn(ln(x))``, then ``x + mlp(ln(x))``."""
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.d_model)
+        self.attn = SelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.d_model)
+        self.mlp = MLP(config)
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x, attn_mask, is_causal, rope):
+        x = x + self.drop(self.attn(self.ln_1(x), attn_mask, is_causal, rope))
+        x = x + self.drop(self.mlp(self.ln_2(x)))
+        return x
+
+
+# -----------------------------------------------------------------------------
+# the model
+
+
+class Transformer(nn.Module):
+    """Token (+ token-type) embedding, ``n_layers`` pre-norm blocks, final LayerNorm, optional [CLS] head.
+
+    ``forward(batch)`` reads ``input_ids``, the attention pattern (``causal``,
+    ``attention_mask``, ``document_ids``), ``position_ids`` and
+    ``token_type_ids`` from a :class:`~lmobjectives.Batch`; it never reads the labels.
+    """
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
+        self.type_emb = nn.Embedding(config.n_token_types, config.d_model) if config.n_token_types else None
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.ln_f = nn.LayerNorm(config.d_model)
+        if config.n_sentence_classes:  # BERT pooler: tanh(dense(h[CLS])) -> classifier
+            self.pooler = nn.Linear(config.d_model, config.d_model)
+            self.sentence_head = nn.Linear(config.d_model, config.n_sentence_classes)
+        else:
+            self.pooler = self.sentence_head = None
+        if config.positions == "alibi":
+            self.register_buffer("alibi_slopes", alibi_slopes(config.n_heads), persistent=False)
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """GPT-2 init: N(0, 0.02), zero biases, residual projections scaled by 1/sqrt(2 * n_layers)."""
+        if isinstance(module, nn.Linear):
+            std = 0.02 / math.sqrt(2 * self.config.n_layers) if getattr(module, "is_residual_projection", False) else 0.02
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    @property
+    def output_weight(self) -> torch.Tensor:
+        """The LM head's weight ``(V, d)``: the token embedding itself (tied)."""
+        return self.tok_emb.weight
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def _attention_inputs(self, batch: Batch) -> tuple[torch.Tensor | None, bool, tuple[torch.Tensor, torch.Tensor] | None]:
+        """What every block's SDPA call needs: ``(attn_mask, is_causal, rope)``, built once per forward."""
+        B, T = batch.input_ids.shape
+        device = batch.input_ids.device
+        position_ids = batch.position_ids
+        if position_ids is None:
+            position_ids = torch.arange(T, device=device)[None]  # (1, T), shared by every row
+        plain = batch.document_ids is None and bool(batch.attention_mask.all())  # no padding, no documents
+        if self.config.positions == "rope":
+            rope = rope_cos_sin(position_ids, self.config.d_model // self.config.n_heads)
+            if plain:  # fast path: SDPA's own causal mask, or none at all
+                return None, batch.causal, rope
+            return attention_mask_4d(batch), False, rope  # (B, 1, T, T) bool
+        bias = alibi_bias(position_ids, self.alibi_slopes)  # (B or 1, nh, T, T)
+        if plain and not batch.causal:
+            return bias, False, None
+        allowed = attention_mask_4d(batch)  # (B, 1, T, T) bool; the diagonal is always allowed, so no row is empty
+        return bias.masked_fill(~allowed, float("-inf")), False, None  # (B, nh, T, T)
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        idx = batch.input_ids
+        B, T = idx.shape
+        if T > self.config.max_seq_len:
+            raise ValueError(f"sequence length {T} exceeds TransformerConfig.max_seq_len={self.config.max_seq_len}")
+        x = self.tok_emb(idx)  # (B, T, d)
+        if batch.token_type_ids is not None:
+            if self.type_emb is None:
+                raise ValueError("batch has token_type_ids but the model was built with n_token_types=0")
+            x = x + self.type_emb(batch.token_type_ids)  # (B, T, d)
+        x = self.drop(x)
+        attn_mask, is_causal, rope = self._attention_inputs(batch)
+        for block in self.blocks:
+            x = block(x, attn_mask, is_causal, rope)  # (B, T, d)
+        hidden = self.ln_f(x)  # (B, T, d)
+        sentence_logits = None
+        if self.sentence_head is not None:
+            pooled = torch.tanh(self.pooler(hidden[:, 0]))  # (B, d), the [CLS] position
+            sentence_logits = self.sentence_head(pooled)  # (B, n_sentence_classes)
+        return ModelOutput(hidden=hidden, sentence_logits=sentence_logits)

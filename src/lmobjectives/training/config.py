@@ -1,0 +1,107 @@
+"""`TrainConfig`: every knob of a training run, one field each. The CLI's flags are generated from it."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+from ..constants import DEFAULT_SEED
+from ..objectives import OBJECTIVES
+
+__all__ = ["TrainConfig"]
+
+MLM_UNITS = ("token", "word", "span")
+POSITIONS = ("alibi", "rope")
+SENTENCE_OBJECTIVES = ("nsp", "sop")  # objectives whose batches are sentence pairs with a [CLS] label
+
+
+@dataclass
+class TrainConfig:
+    # what to train
+    objective: str = "clm"  # training objective: clm, mlm, nsp or sop
+    data: str = "builtin"  # corpus: "builtin" (ships with the package) or a path (see data.corpus.load_corpus)
+    tokenizer: str = "byte"  # "byte", "bpe:N", "wordpiece:N" (trained on the corpus) or a saved tokenizer's path
+    out: str | None = None  # output folder (metrics, config, tokenizer, checkpoint); None: runs/<objective>
+    # optimisation
+    steps: int = 1000  # optimizer steps in the whole run (also the length of the cosine schedule); ~1 min for clm on 2 idle cores
+    batch_size: int = 16  # sequences (clm/mlm blocks, nsp/sop pairs) per step
+    seq_len: int = 128  # tokens per sequence: block size for clm/mlm, pair length for nsp/sop
+    lr: float = 2e-3  # peak learning rate (AdamW)
+    warmup_steps: int = 30  # linear warm-up from lr/warmup_steps to lr, then cosine decay
+    min_lr_ratio: float = 0.1  # the cosine decays to lr * min_lr_ratio at the last step
+    weight_decay: float = 0.1  # AdamW decoupled weight decay, on matrices only (not norms, biases)
+    grad_clip: float = 1.0  # clip the global gradient norm to this; 0 = no clipping
+    seed: int = DEFAULT_SEED  # seeds the init, the data order and every corruption / dropout draw
+    device: str = "auto"  # "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:1", ...
+    # objective options
+    mlm_unit: str = "token"  # what MLM masks: single tokens, whole words, or spans (mlm only)
+    mlm_probability: float = 0.15  # fraction of tokens the MLM corruption selects (mlm, nsp, sop)
+    document_masking: bool = False  # clm only: no attention or target across packed documents
+    # model (see models.TransformerConfig)
+    d_model: int = 128  # width of the residual stream
+    n_layers: int = 2  # transformer blocks
+    n_heads: int = 4  # attention heads
+    d_ff: int = 512  # MLP hidden width
+    dropout: float = 0.0  # dropout in the model (0 = off)
+    positions: str = "alibi"  # relative positions: "alibi" or "rope"
+    # bookkeeping
+    log_every: int = 10  # write a metrics line (mean over the last log_every steps) every this many steps
+    save_every: int = 200  # write a checkpoint every this many steps (and always at the end); 0 = only at the end
+    resume: bool = False  # continue from out/checkpoint (exactly: same data, same corruption, same losses)
+    stop_after: int | None = None  # stop (with a checkpoint) after this step, as if interrupted; resume later
+    progress: bool = True  # show a live progress bar on stderr
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}; choose one of: {', '.join(OBJECTIVES)}")
+        for name in ("steps", "batch_size", "seq_len", "log_every", "d_model", "n_layers", "n_heads", "d_ff"):
+            _positive_int(name, getattr(self, name))
+        for name in ("warmup_steps", "save_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        if self.stop_after is not None:
+            _positive_int("stop_after", self.stop_after)
+        if not _finite(self.lr) or self.lr <= 0:
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if not _finite(self.min_lr_ratio) or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio!r}")
+        if not _finite(self.weight_decay) or self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not _finite(self.grad_clip) or self.grad_clip < 0:
+            raise ValueError(f"grad_clip must be >= 0 (0 = off), got {self.grad_clip!r}")
+        if not _finite(self.mlm_probability) or not 0 < self.mlm_probability < 1:
+            raise ValueError(f"mlm_probability must lie in (0, 1), got {self.mlm_probability!r}")
+        if not _finite(self.dropout) or not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout!r}")
+        if self.mlm_unit not in MLM_UNITS:
+            raise ValueError(f"mlm_unit must be one of {', '.join(MLM_UNITS)}, got {self.mlm_unit!r}")
+        if self.mlm_unit != "token" and self.objective != "mlm":
+            raise ValueError(f"mlm_unit={self.mlm_unit!r} applies to the mlm objective only (objective={self.objective!r})")
+        if self.document_masking and self.objective != "clm":
+            raise ValueError(f"document_masking applies to the clm objective only (objective={self.objective!r})")
+        if self.positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {', '.join(POSITIONS)}, got {self.positions!r}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+        if self.objective in SENTENCE_OBJECTIVES and self.seq_len < 8:
+            raise ValueError(f"seq_len={self.seq_len} is too short for sentence pairs ([CLS] A [SEP] B [SEP]); use >= 8")
+        if self.out is None:
+            self.out = f"runs/{self.objective}"
+
+    @property
+    def is_sentence_objective(self) -> bool:
+        return self.objective in SENTENCE_OBJECTIVES
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

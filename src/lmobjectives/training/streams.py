@@ -1,0 +1,167 @@
+"""Training data as a pure function of ``(seed, step)``, so a resumed run sees exactly the same batches.
+
+Every epoch visits the examples in a fresh order, ``randperm`` from a
+generator seeded with ``(seed, epoch)``; step ``s`` takes the ``batch_size``
+examples at positions ``[s * batch_size, (s + 1) * batch_size)`` of the
+endless sequence of epochs. The objective's corruption (masking, random
+sentence choice) draws from a generator seeded with ``(seed, step)``. Nothing
+is carried from one step to the next, so resuming at step ``s`` needs only ``s``.
+
+- :class:`BlockStream` (clm, mlm): documents packed end to end into blocks of
+  ``seq_len`` tokens (``data.packing.pack_documents``: EOS between documents,
+  the last block padded). MLM blocks are plain text windows, no [CLS]/[SEP]:
+  the masked-LM loss does not need them, and nsp/sop add them themselves.
+- :class:`SentenceStream` (nsp, sop): a table of tokenised sentences; each step
+  hands a window of ``docs_per_step`` documents (in the epoch's order) to the
+  objective, which builds sentence pairs, and keeps ``batch_size`` of them
+  chosen at random (seeded from ``(seed, step)``; fewer if the window gave
+  fewer). The objective returns pairs in document order, so "the first
+  ``batch_size``" would fill most batches from the window's first document.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import fields, replace
+from functools import lru_cache
+from typing import Any
+
+import torch
+
+from ..objectives.base import Batch, Objective
+
+__all__ = ["BlockStream", "SentenceStream", "derive_seed", "epoch_indices"]
+
+
+def derive_seed(seed: int, *parts: object) -> int:
+    """A 63-bit seed from ``seed`` and a purpose/step, e.g. ``derive_seed(0, "corrupt", 12)``.
+
+    Hashing (not ``seed + step``) keeps streams of different seeds from
+    sliding onto each other (seed 0 at step 1 ≠ seed 1 at step 0).
+    """
+    text = ":".join(str(p) for p in (seed, *parts))
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
+
+
+@lru_cache(maxsize=4)
+def _epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(seed, "epoch", epoch)))
+
+
+def epoch_indices(seed: int, start: int, count: int, n: int) -> torch.Tensor:
+    """Indices ``(count,)`` into ``n`` examples at positions ``start .. start+count-1`` of the epoch sequence.
+
+    Position ``i`` is example ``order_e[i % n]`` with ``e = i // n`` and
+    ``order_e`` the seeded permutation of epoch ``e``.
+    """
+    positions = torch.arange(start, start + count)
+    epochs, offsets = positions // n, positions % n
+    out = torch.empty(count, dtype=torch.long)
+    for epoch in epochs.unique().tolist():
+        here = epochs == epoch
+        out[here] = _epoch_order(seed, epoch, n)[offsets[here]]
+    return out
+
+
+def corruption_generator(seed: int, step: int) -> torch.Generator:
+    """The generator an objective draws from at ``step`` (0-based data position)."""
+    return torch.Generator().manual_seed(derive_seed(seed, "corrupt", step))
+
+
+class BlockStream:
+    """Packed blocks ``(N, T)`` and their per-token extras; ``stream(step)`` is the step's :class:`Batch`."""
+
+    def __init__(self, objective: Objective, input_ids: torch.Tensor, extras: dict[str, torch.Tensor], *, batch_size: int, seed: int):
+        self.objective = objective
+        self.input_ids = input_ids  # (N, T) long
+        self.extras = extras  # name -> (N, T) tensor passed to the objective (attention_mask, document_ids, word_ids)
+        self.batch_size = batch_size
+        self.seed = seed
+
+    @property
+    def num_examples(self) -> int:
+        return self.input_ids.shape[0]
+
+    def __call__(self, step: int) -> Batch:
+        idx = epoch_indices(self.seed, step * self.batch_size, self.batch_size, self.num_examples)  # (B,)
+        extras = {name: value[idx] for name, value in self.extras.items()}
+        return self.objective(self.input_ids[idx], generator=corruption_generator(self.seed, step), **extras)
+
+    def position(self, step: int) -> dict[str, Any]:
+        """Where the stream stands before ``step`` (for the checkpoint's JSON; resuming needs only the step)."""
+        start = step * self.batch_size
+        return {"unit": "block", "num_examples": self.num_examples, "next_example": start, "epoch": start // self.num_examples}
+
+
+class SentenceStream:
+    """Sentences ``(S, L)`` grouped by document; ``stream(step)`` pairs a window of documents (nsp, sop)."""
+
+    def __init__(
+        self,
+        objective: Objective,
+        input_ids: torch.Tensor,
+        document_ids: torch.Tensor,
+        *,
+        batch_size: int,
+        seed: int,
+        docs_per_step: int | None = None,
+    ):
+        self.objective = objective
+        self.input_ids = input_ids  # (S, L) long, padded sentences
+        self.batch_size = batch_size
+        self.seed = seed
+        # rows of each document, in table order: document d owns rows order[offsets[d]:offsets[d+1]]
+        _, doc_index = torch.unique(document_ids, return_inverse=True)  # (S,) in 0..D-1
+        self.order = torch.argsort(doc_index, stable=True)  # (S,)
+        counts = torch.bincount(doc_index)  # (D,)
+        self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])  # (D+1,)
+        if self.num_documents < 2:
+            raise ValueError(f"{objective.name} needs at least 2 documents to draw sentence pairs from, got {self.num_documents}")
+        self.docs_per_step = docs_per_step if docs_per_step is not None else self._estimate_docs_per_step()
+
+    @property
+    def num_documents(self) -> int:
+        return self.offsets.numel() - 1
+
+    @property
+    def num_examples(self) -> int:
+        return self.num_documents
+
+    def _pairs(self, docs: torch.Tensor, generator: torch.Generator) -> Batch:
+        rows = torch.cat([self.order[self.offsets[d] : self.offsets[d + 1]] for d in docs.tolist()])  # (S',)
+        sizes = (self.offsets[docs + 1] - self.offsets[docs]).tolist()
+        window_ids = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))  # (S',) 0.. per window slot
+        return self.objective(self.input_ids[rows], document_ids=window_ids, generator=generator)
+
+    def _estimate_docs_per_step(self) -> int:
+        """Documents per window for ~3 x batch_size pairs on average (one seeded probe), so nearly every
+        window has batch_size pairs although document lengths vary a lot (built-in corpus: 1 to 173 sentences)."""
+        probe = min(self.num_documents, max(8, 4 * self.batch_size))
+        docs = epoch_indices(self.seed, 0, probe, self.num_documents)
+        pairs = self._pairs(docs, torch.Generator().manual_seed(derive_seed(self.seed, "probe"))).input_ids.shape[0]
+        per_doc = max(pairs, 1) / probe
+        return min(self.num_documents, max(2, math.ceil(3 * self.batch_size / per_doc)))
+
+    def __call__(self, step: int) -> Batch:
+        docs = epoch_indices(self.seed, step * self.docs_per_step, self.docs_per_step, self.num_documents)  # (D',)
+        generator = corruption_generator(self.seed, step)
+        batch = self._pairs(docs, generator)
+        keep = torch.randperm(batch.input_ids.shape[0], generator=generator)[: self.batch_size]  # (<= B,)
+        return _select_rows(batch, keep.sort().values)
+
+    def position(self, step: int) -> dict[str, Any]:
+        start = step * self.docs_per_step
+        return {
+            "unit": "document",
+            "num_examples": self.num_documents,
+            "docs_per_step": self.docs_per_step,
+            "next_example": start,
+            "epoch": start // self.num_documents,
+        }
+
+
+def _select_rows(batch: Batch, rows: torch.Tensor) -> Batch:
+    """``batch`` restricted to ``rows`` (every tensor field has the batch as its first dim)."""
+    sliced = {f.name: v[rows] for f in fields(batch) if isinstance(v := getattr(batch, f.name), torch.Tensor)}
+    return replace(batch, **sliced)

@@ -1,0 +1,366 @@
+"""`train(config)`: the training loop behind ``lmobj train``.
+
+One step: ``batch = stream(step)`` (objective already applied), ``out =
+model(batch)``, ``loss = lm_loss(out.hidden, model.output_weight,
+batch.labels)`` (mean over this batch's targets) plus ``sentence_loss`` for
+nsp/sop, AdamW with linear warm-up and cosine decay, gradient clipping.
+
+Outputs in ``config.out``: ``config.json`` (``vars`` of the train and model
+configs), ``tokenizer/``, ``metrics.jsonl`` (one JSON line per
+``log_every`` steps) and ``checkpoint/`` (see :mod:`.checkpoint`). Resuming
+from a checkpoint reproduces the uninterrupted run's losses exactly: the data
+and every random draw are functions of ``(seed, step)`` (:mod:`.streams`).
+The first Ctrl-C lets the current step finish, saves a checkpoint and stops;
+a second one aborts at once without saving.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data.corpus import load_corpus
+from ..data.packing import pack_documents, sentence_table, tokenize_corpus, tokenize_documents
+from ..data.tokenizers import load_tokenizer
+from ..losses import LossOutput, lm_loss, sentence_loss
+from ..models import Transformer, TransformerConfig
+from ..objectives import get_objective
+from .checkpoint import STATE_FILE, load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .streams import BlockStream, SentenceStream, derive_seed
+
+__all__ = ["TrainResult", "train"]
+
+# TrainConfig fields that may differ between a run and its resumption. None changes the losses except
+# steps, which stretches the cosine schedule (allowed, with a note); log_every only regroups the metrics lines.
+RESUMABLE_CHANGES = ("device", "log_every", "save_every", "resume", "stop_after", "progress", "out", "steps")
+
+
+@dataclass
+class TrainResult:
+    steps: int  # optimizer steps completed (including those of the runs this one resumed)
+    first_loss: float  # loss of the first metrics line (over the first log_every steps)
+    final_loss: float  # loss of the last metrics line
+    best_loss: float  # lowest loss over the metrics lines
+    tokens: int  # real (non-padding) input tokens seen
+    elapsed_s: float  # training time, summed over resumptions
+    interrupted: bool  # stopped early (Ctrl-C or stop_after); resume with resume=True
+    out_dir: Path  # everything below lives here
+    metrics_path: Path  # metrics.jsonl
+    config_path: Path  # config.json
+    tokenizer_dir: Path  # the tokenizer, saved with tok.save()
+    checkpoint_dir: Path  # model.safetensors, optimizer.safetensors, state.json
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / max(self.elapsed_s, 1e-9)
+
+
+# -----------------------------------------------------------------------------
+# building blocks
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"device {name!r} is not a valid torch device ({e})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for CUDA but torch.cuda.is_available() is False; use --device cpu")
+    return device
+
+
+def build_objective(config: TrainConfig, vocab):
+    if config.objective == "clm":
+        return get_objective("clm", vocab=vocab, document_masking=config.document_masking)
+    if config.objective == "mlm":
+        return get_objective("mlm", vocab=vocab, probability=config.mlm_probability, unit=config.mlm_unit)
+    return get_objective(config.objective, vocab=vocab, max_seq_length=config.seq_len, mlm_probability=config.mlm_probability)
+
+
+def build_stream(config: TrainConfig, documents: list[list[str]], tokenizer, objective) -> BlockStream | SentenceStream:
+    """Tokenise the corpus once and lay it out for the objective (see :mod:`.streams`)."""
+    vocab = tokenizer.vocab
+    if config.is_sentence_objective:
+        table = sentence_table(tokenize_corpus(documents, tokenizer), pad_id=vocab.pad_id, max_length=config.seq_len)
+        return SentenceStream(objective, table.input_ids, table.document_ids, batch_size=config.batch_size, seed=config.seed)
+    with_words = config.objective == "mlm" and config.mlm_unit != "token"
+    token_docs, word_docs = tokenize_documents(documents, tokenizer, with_words=with_words)
+    packed = pack_documents(token_docs, config.seq_len, vocab.eos_id, pad_id=vocab.pad_id, word_ids=word_docs)
+    extras = {"attention_mask": packed.attention_mask}
+    if config.document_masking:
+        extras["document_ids"] = packed.document_ids
+    if with_words:
+        extras["word_ids"] = packed.word_ids
+    return BlockStream(objective, packed.input_ids, extras, batch_size=config.batch_size, seed=config.seed)
+
+
+def model_config_for(config: TrainConfig, vocab_size: int) -> TransformerConfig:
+    return TransformerConfig(
+        vocab_size=vocab_size,
+        d_model=config.d_model,
+        n_layers=config.n_layers,
+        n_heads=config.n_heads,
+        d_ff=config.d_ff,
+        dropout=config.dropout,
+        max_seq_len=config.seq_len,
+        n_token_types=2 if config.is_sentence_objective else 0,
+        positions=config.positions,  # type: ignore[arg-type]
+        n_sentence_classes=2 if config.is_sentence_objective else 0,
+    )
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices (embedding included, as in GPT-2), not on biases and norms."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.95), eps=1e-8)
+
+
+def learning_rate(step: int, config: TrainConfig) -> float:
+    """Learning rate of update number ``step`` (1-based): linear warm-up, then cosine to ``lr * min_lr_ratio``."""
+    if step <= config.warmup_steps:
+        return config.lr * step / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    min_lr = config.lr * config.min_lr_ratio
+    return min_lr + 0.5 * (config.lr - min_lr) * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def train_step(model: Transformer, optimizer: torch.optim.Optimizer, batch, grad_clip: float) -> tuple[LossOutput, LossOutput | None]:
+    """One update on one batch; returns the LM loss and (nsp/sop) the sentence loss, both means over this batch.
+
+    The whole batch is one micro-batch, so the mean over its targets is the
+    right normalisation (``Meter`` weights by ``num_tokens`` across steps). With
+    gradient accumulation one would use ``reduction="sum"`` and divide by the
+    total target count over the micro-batches instead.
+    """
+    out = model(batch)
+    lm = lm_loss(out.hidden, model.output_weight, batch.labels)  # tied head: the embedding is the output matrix
+    sent = sentence_loss(out.sentence_logits, batch.sentence_labels) if out.sentence_logits is not None else None
+    loss = lm.loss if sent is None else lm.loss + sent.loss
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return lm, sent
+
+
+class Meter:
+    """Sums over the steps since the last metrics line; token-weighted means on :meth:`read`."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.steps = 0
+        self.lm_sum = self.lm_targets = self.lm_correct = 0.0
+        self.sent_sum = self.sent_count = self.sent_correct = 0.0
+        self.tokens = 0
+        self.started = time.perf_counter()
+
+    def add(self, lm: LossOutput, sent: LossOutput | None, tokens: int) -> None:
+        self.steps += 1
+        self.lm_sum += lm.loss.item() * lm.num_tokens.item()
+        self.lm_targets += lm.num_tokens.item()
+        self.lm_correct += lm.num_correct.item()
+        if sent is not None:
+            self.sent_sum += sent.loss.item() * sent.num_tokens.item()
+            self.sent_count += sent.num_tokens.item()
+            self.sent_correct += sent.num_correct.item()
+        self.tokens += tokens
+
+    def read(self) -> dict[str, Any]:
+        seconds = time.perf_counter() - self.started
+        lm = self.lm_sum / max(self.lm_targets, 1)
+        row: dict[str, Any] = {"loss": lm, "lm_loss": lm, "sentence_loss": None, "accuracy": self.lm_correct / max(self.lm_targets, 1)}
+        if self.sent_count:
+            row["sentence_loss"] = self.sent_sum / self.sent_count
+            row["loss"] = lm + row["sentence_loss"]
+            row["sentence_accuracy"] = self.sent_correct / self.sent_count
+        row["tokens_per_s"] = self.tokens / max(seconds, 1e-9)
+        return row
+
+
+class StopOnCtrlC:
+    """First Ctrl-C: set :attr:`requested` (the loop saves and stops after the current step). Second: abort."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.previous = None
+
+    def _handler(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        tqdm.write(
+            "\nCtrl-C: finishing this step, saving a checkpoint, then stopping (Ctrl-C again to abort without saving)",
+            file=sys.stderr,
+        )
+
+    def __enter__(self) -> "StopOnCtrlC":
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+def _check_resumable(saved: dict[str, Any], config: TrainConfig) -> None:
+    current = config.to_dict()
+    changed = {k: (saved.get(k), v) for k, v in current.items() if k not in RESUMABLE_CHANGES and saved.get(k) != v}
+    if changed:
+        diff = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+        raise ValueError(f"cannot resume {config.out}: the run was made with different settings ({diff})")
+    if saved.get("steps") != config.steps:
+        tqdm.write(f"note: steps changed {saved.get('steps')} -> {config.steps}; the cosine schedule stretches accordingly")
+
+
+def _keep_metrics_up_to(path: Path, step: int) -> None:
+    """Drop metrics lines written after the checkpoint we resume from."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in lines))
+
+
+# -----------------------------------------------------------------------------
+# the loop
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train ``config.objective`` on ``config.data``; see the module docstring for what is written where."""
+    out = Path(config.out)  # type: ignore[arg-type]
+    checkpoint_dir, metrics_path, config_path, tokenizer_dir = out / "checkpoint", out / "metrics.jsonl", out / "config.json", out / "tokenizer"
+    has_checkpoint = (checkpoint_dir / STATE_FILE).exists()
+    if has_checkpoint and not config.resume:
+        raise FileExistsError(f"{out} already holds a checkpoint; pass resume=True (--resume) to continue it, or choose another out (--out)")
+    resuming = config.resume and has_checkpoint
+    if resuming:
+        _check_resumable(json.loads(config_path.read_text())["train"], config)
+    device = resolve_device(config.device)
+    tqdm.write(f"train config: {json.dumps(config.to_dict())}")
+
+    # data: the corpus, the tokenizer (trained on it unless loaded), the objective and the step -> batch stream
+    documents = load_corpus(config.data)
+    if resuming:
+        tokenizer = load_tokenizer(str(tokenizer_dir))
+    else:
+        tokenizer = load_tokenizer(config.tokenizer, texts=[s for doc in documents for s in doc])
+        out.mkdir(parents=True, exist_ok=True)
+        tokenizer.save(str(tokenizer_dir))
+    objective = build_objective(config, tokenizer.vocab)
+    stream = build_stream(config, documents, tokenizer, objective)
+
+    # model and optimizer
+    torch.manual_seed(config.seed)
+    model_config = model_config_for(config, tokenizer.vocab.size)
+    model = Transformer(model_config).to(device)
+    optimizer = make_optimizer(model, config)
+    tqdm.write(f"model config: {json.dumps(vars(model_config))}")
+    tqdm.write(f"model: {model.num_parameters():,} parameters on {device}; data: {stream.position(0)}")
+    config_path.write_text(json.dumps({"train": config.to_dict(), "model": vars(model_config)}, indent=2) + "\n")
+
+    state: dict[str, Any] = {"step": 0, "tokens": 0, "elapsed_s": 0.0, "first_loss": None, "final_loss": None, "best_loss": None}
+    if resuming:
+        state = load_checkpoint(checkpoint_dir, model, optimizer)
+        if state["data"]["num_examples"] != stream.num_examples:
+            raise ValueError(f"cannot resume: the data changed ({state['data']['num_examples']} examples then, {stream.num_examples} now)")
+        _keep_metrics_up_to(metrics_path, state["step"])
+        tqdm.write(f"resuming {out} at step {state['step']}")
+    else:
+        metrics_path.write_text("")
+
+    def save() -> None:
+        state["data"] = stream.position(state["step"])
+        state["seeds"] = {"seed": config.seed, "rule": "data order, corruption and dropout at step s are seeded from (seed, s)"}
+        save_checkpoint(checkpoint_dir, model, optimizer, state)
+
+    meter = Meter()
+    start_step = state["step"]
+    end_step = min(config.steps, config.stop_after or config.steps)
+    bar = tqdm(total=config.steps, initial=start_step, desc=f"{config.objective}", unit="step", disable=not config.progress, dynamic_ncols=True)
+    model.train()
+    started = time.perf_counter()
+    interrupted = False
+    with StopOnCtrlC() as ctrl_c, open(metrics_path, "a") as metrics_file:
+        for step in range(start_step + 1, end_step + 1):  # step = number of the update, 1-based
+            batch = stream(step - 1).to(device)  # data position step - 1
+            torch.manual_seed(derive_seed(config.seed, "dropout", step))  # dropout draws from the global RNG
+            lr = learning_rate(step, config)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+
+            lm, sent = train_step(model, optimizer, batch, config.grad_clip)
+            stopping = ctrl_c.requested  # read once: Ctrl-C may arrive at any moment
+            tokens = int(batch.attention_mask.sum())
+            meter.add(lm, sent, tokens)
+            state["step"], state["tokens"] = step, state["tokens"] + tokens
+            bar.update(1)
+            if step % config.log_every == 0 or step == end_step or stopping:  # never lose a partial interval
+                row = {"step": step, **meter.read(), "tokens": state["tokens"], "lr": lr}
+                metrics_file.write(json.dumps(row) + "\n")
+                metrics_file.flush()
+                meter.reset()
+                state["first_loss"] = row["loss"] if state["first_loss"] is None else state["first_loss"]
+                state["final_loss"] = row["loss"]
+                state["best_loss"] = row["loss"] if state["best_loss"] is None else min(state["best_loss"], row["loss"])
+                bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:,.0f}", lr=f"{lr:.2e}")
+            if stopping:
+                interrupted = True
+                break
+            if config.save_every and step % config.save_every == 0 and step != end_step:
+                state["elapsed_s"] += time.perf_counter() - started
+                started = time.perf_counter()
+                save()
+        bar.close()
+        state["elapsed_s"] += time.perf_counter() - started
+        interrupted = interrupted or state["step"] < config.steps
+        save()
+
+    result = TrainResult(
+        steps=state["step"],
+        first_loss=state["first_loss"] if state["first_loss"] is not None else float("nan"),
+        final_loss=state["final_loss"] if state["final_loss"] is not None else float("nan"),
+        best_loss=state["best_loss"] if state["best_loss"] is not None else float("nan"),
+        tokens=state["tokens"],
+        elapsed_s=state["elapsed_s"],
+        interrupted=interrupted,
+        out_dir=out,
+        metrics_path=metrics_path,
+        config_path=config_path,
+        tokenizer_dir=tokenizer_dir,
+        checkpoint_dir=checkpoint_dir,
+    )
+    print_summary(result, config)
+    return result
+
+
+def print_summary(result: TrainResult, config: TrainConfig, file=None) -> None:
+    file = file or sys.stdout
+    status = f"stopped at step {result.steps} of {config.steps} (continue with --resume)" if result.interrupted else f"done: {result.steps} steps"
+    print(f"\n{status} in {result.elapsed_s:.1f} s, {result.tokens:,} tokens ({result.tokens_per_s:,.0f} tokens/s)", file=file)
+    print(f"loss: {result.first_loss:.4f} (first log) -> {result.final_loss:.4f} (last), best {result.best_loss:.4f}", file=file)
+    print("outputs:", file=file)
+    for name, path in [
+        ("metrics", result.metrics_path),
+        ("config", result.config_path),
+        ("tokenizer", result.tokenizer_dir),
+        ("checkpoint", result.checkpoint_dir),
+    ]:
+        print(f"  {name:<11} {path}", file=file)
