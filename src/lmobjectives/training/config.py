@@ -24,7 +24,7 @@ class TrainConfig:
     tokenizer: str = "byte"  # "byte", "bpe:N", "wordpiece:N" (trained on the corpus) or a saved tokenizer's path
     out: str | None = None  # output folder (metrics, config, tokenizer, checkpoint); None: runs/<objective>
     # optimisation
-    steps: int = 1000  # optimizer steps in the whole run (also the length of the cosine schedule); ~1 min for clm on 2 idle cores
+    steps: int = 1000  # optimizer steps in the whole run (also the length of the cosine schedule); clm: ~1.5 min on 2 CPU cores
     batch_size: int = 16  # sequences (clm/mlm blocks, nsp/sop pairs) per step
     seq_len: int = 128  # tokens per sequence: block size for clm/mlm, pair length for nsp/sop
     lr: float = 2e-3  # peak learning rate (AdamW)
