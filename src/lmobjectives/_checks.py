@@ -19,7 +19,7 @@ def check_token_ids(x: object, vocab: Vocab, name: str = "input_ids") -> torch.T
         raise ValueError(f"{name} must have rank 2 [B, T], got shape {tuple(x.shape)}")
     if x.numel() == 0:
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); need at least one token in one sequence")
-    lo, hi = int(x.min()), int(x.max())
+    lo, hi = (int(v) for v in torch.aminmax(x))
     if lo < 0 or hi >= vocab.size:
         bad = lo if lo < 0 else hi
         raise ValueError(f"{name} holds id {bad}, outside [0, {vocab.size}) (vocab.size={vocab.size})")

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmobjectives import IGNORE_INDEX, OBJECTIVES, Vocab, get_objective
-from lmobjectives.objectives.mlm import MaskedLM, _at_least_one, _truncated_geometric, word_ids_from_starts
+from lmobjectives.objectives.mlm import MaskedLM, _at_least_one, _bernoulli_positions, _truncated_geometric, word_ids_from_starts
 
 T_, F_ = True, False
 V = Vocab(size=10, pad_id=0, cls_id=1, sep_id=2, mask_id=3)  # ordinary ids: 4..9
@@ -66,8 +66,8 @@ def test_docstring_deterministic_example():
 
 def test_docstring_seeded_examples():
     b = get_objective("mlm", vocab=V, probability=0.5)(X, generator=gen(0))
-    assert b.input_ids.tolist() == [[1, 4, 3, 3, 3, 8, 9, 4, 5, 6, 2, 0, 0]]
-    assert b.labels.tolist() == [[-100, -100, 5, 6, 7, -100, 9, -100, 5, -100, -100, -100, -100]]
+    assert b.input_ids.tolist() == [[1, 4, 5, 6, 7, 3, 9, 3, 8, 6, 2, 0, 0]]
+    assert b.labels.tolist() == [[-100, -100, -100, -100, -100, 8, -100, 4, 5, -100, -100, -100, -100]]
     b = get_objective("mlm", vocab=V, probability=0.5, unit="word")(X, word_ids=W, generator=gen(0))
     assert b.input_ids.tolist() == [[1, 3, 6, 6, 3, 3, 3, 3, 3, 3, 2, 0, 0]]
     assert b.labels.tolist() == [[-100, 4, 5, -100, 7, 8, 9, 4, 5, 6, -100, -100, -100]]
@@ -518,3 +518,21 @@ def test_runs_on_device(device, unit):
     assert torch.equal(b.labels[s], ids.to(device)[s])
     if unit == "token":
         assert s.sum(-1).tolist() == [max(1, round(n * 0.15)) for n in maskable_of(ids, real).sum(-1).tolist()]
+
+
+@pytest.mark.parametrize("p", [0.15, 0.5, 0.97])
+def test_bernoulli_positions_have_the_bernoulli_law(p):
+    # per-position rate p, count variance n p (1 - p) (independence), sorted and unique, in range
+    n, draws, g = 50, 4000, gen(11)
+    hits = torch.zeros(n)
+    counts = []
+    for _ in range(draws):
+        pos = _bernoulli_positions(n, p, g, torch.device("cpu"))
+        assert pos.numel() == 0 or (int(pos.min()) >= 0 and int(pos.max()) < n)
+        assert torch.all(pos[1:] > pos[:-1])
+        hits[pos] += 1
+        counts.append(pos.numel())
+    for c in hits.tolist():
+        assert binomial_ok(int(c), draws, p)
+    var = torch.tensor(counts, dtype=torch.float64).var().item()
+    assert abs(var / (n * p * (1 - p)) - 1) < 0.15

@@ -65,6 +65,31 @@ def _truncated_geometric(u: torch.Tensor, p: float, n: int | torch.Tensor) -> to
     return torch.minimum(length.clamp(min=1), n_t.clamp(min=1)).long()
 
 
+def _bernoulli_positions(n: int, p: float, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """Sorted positions in ``[0, n)`` of i.i.d. Bernoulli(``p``) successes, drawn as geometric gaps.
+
+    The gap between successive successes of a Bernoulli(p) sequence is
+    Geometric(p) on ``{1, 2, ...}``, ``floor(log(1 - u) / log(1 - p)) + 1``
+    for a uniform ``u``; cumulative gaps are the success positions. This
+    draws about ``n * p`` uniforms (float64) instead of ``n``.
+    """
+    if p >= 1.0:
+        return torch.arange(n, device=device)
+    log_q = math.log1p(-p)
+    parts, last, need = [], -1, n
+    while need > 0:
+        mean = need * p
+        k = int(mean + 6.0 * math.sqrt(mean * (1.0 - p)) + 16)  # enough in all but ~1e-9 of calls
+        u = torch.rand(k, generator=generator, device=device, dtype=torch.float64)  # (k,)
+        gaps = torch.floor(torch.log1p(-u) / log_q).long() + 1  # (k,) Geometric(p) on {1, 2, ...}
+        pos = gaps.cumsum(0) + last  # (k,)
+        parts.append(pos)
+        last = int(pos[-1])
+        need = n - 1 - last
+    pos = torch.cat(parts) if len(parts) > 1 else parts[0]
+    return pos[pos < n]
+
+
 def _any_per_row(x: torch.Tensor) -> torch.Tensor:
     """``x.any(-1)`` for a bool (B, T) tensor (a uint8 max: several times faster on CPU)."""
     return x.view(torch.uint8).amax(-1).bool()
@@ -117,11 +142,13 @@ class MaskedLM:
     Selection (``selection=``):
 
     * ``"bernoulli"`` (default, HF semantics): each maskable unit independently
-      with probability ``probability``. With ``unit="token"`` one uniform
-      ``u`` per token decides everything: selected if ``u < p``, then [MASK]
-      if ``u < p * mask_fraction``, random if ``u < p * (mask_fraction +
-      random_fraction)``; given ``u < p``, ``u / p`` is uniform, so the split
-      has exactly the stated law. A short row may get no target: its
+      with probability ``probability``. With ``unit="token"`` the selected
+      positions are drawn directly as geometric gaps between successes (the
+      same law, with ~p·B·T uniforms instead of B·T), and one more uniform
+      per selected token makes the [MASK] / random / keep split. On the rare
+      dense fallback (the redraw below) one uniform ``u`` per token decides
+      both: selected if ``u < p``, split on ``u / p``, uniform given
+      selection, so the split has exactly the stated law. A short row may get no target: its
       ``has_targets`` is False and its labels are all ``IGNORE_INDEX`` (no
       token is forced, as in HF). Only a batch with no target at all is
       redrawn, from the exact law conditioned on at least one target (see
@@ -190,9 +217,9 @@ class MaskedLM:
         input_ids      [[   1,    4,    5,    6,    7,    8,    9,    4,    5,    6,    2,    0,    0]]
         word_ids       [[  -1,    0,    0,    1,    2,    2,    2,    3,    4,    4,   -1,   -1,   -1]]
 
-        unit="token"   (9 and 5 are selected but kept)
-        -> input_ids   [[   1,    4,    3,    3,    3,    8,    9,    4,    5,    6,    2,    0,    0]]
-        -> labels      [[-100, -100,    5,    6,    7, -100,    9, -100,    5, -100, -100, -100, -100]]
+        unit="token"   (8 and 4 -> [MASK], 5 -> random 8)
+        -> input_ids   [[   1,    4,    5,    6,    7,    3,    9,    3,    8,    6,    2,    0,    0]]
+        -> labels      [[-100, -100, -100, -100, -100,    8, -100,    4,    5, -100, -100, -100, -100]]
 
         unit="word"    (words 0, 2, 3, 4 are selected; 5 -> random 6)
         -> input_ids   [[   1,    3,    6,    6,    3,    3,    3,    3,    3,    3,    2,    0,    0]]
@@ -278,12 +305,16 @@ class MaskedLM:
         else:
             real = check_like(attention_mask, input_ids, "attention_mask", dtype="bool")
         special, ordinary = self._tables(device)
-        maskable = real & ~special.index_select(0, input_ids.reshape(-1)).view_as(input_ids)  # (B, T)
-
         if self.unit == "token":
             if word_ids is not None:
                 raise ValueError("word_ids was given but unit='token'; set unit='word' or unit='span' to use it")
-        else:
+            if self.selection == "bernoulli":
+                batch = self._token_bernoulli(input_ids, real, special, ordinary, generator)
+                if batch is not None:
+                    return batch
+        maskable = real & ~special.index_select(0, input_ids.reshape(-1)).view_as(input_ids)  # (B, T)
+
+        if self.unit != "token":
             if word_ids is None:
                 raise ValueError(
                     f"unit={self.unit!r} needs word_ids (B, T): same id = same word, -1 = no word; "
@@ -315,6 +346,46 @@ class MaskedLM:
             attention_mask=real,
             causal=False,
             has_targets=_any_per_row(selected),
+        )
+
+    def _token_bernoulli(self, input_ids, real, special, ordinary, generator) -> Batch | None:
+        """Token-level Bernoulli selection touching only the ~p·B·T selected positions.
+
+        Candidates are Bernoulli(p) over all ``B * T`` positions
+        (:func:`_bernoulli_positions`); keeping the maskable ones gives each
+        maskable token an independent Bernoulli(p), the same law as drawing
+        per maskable token. One uniform per selected token then splits
+        [MASK] / random / keep. Returns None when nothing was selected, so the
+        caller takes the dense path (an error if nothing is maskable, else
+        the redraw conditioned on at least one target).
+        """
+        B, T = input_ids.shape
+        flat = input_ids.reshape(-1)  # (B*T,)
+        pos = _bernoulli_positions(flat.numel(), self.probability, generator, flat.device)  # (M,)
+        original = flat.index_select(0, pos)  # (M,)
+        keep = real.reshape(-1).index_select(0, pos) & ~special.index_select(0, original)  # (M,)
+        pos, original = pos[keep], original[keep]  # (S,) selected positions, ascending
+        if pos.numel() == 0:
+            return None
+        split = torch.rand(pos.shape, generator=generator, device=flat.device)  # (S,)
+        corrupted = flat.clone()
+        to_mask = split < self.mask_fraction  # (S,)
+        corrupted[pos[to_mask]] = self.vocab.mask_id
+        if self.random_fraction > 0:
+            to_random = ~to_mask & (split < self.mask_fraction + self.random_fraction)  # (S,)
+            where = pos[to_random]
+            pick = torch.randint(ordinary.numel(), where.shape, generator=generator, device=flat.device)
+            corrupted[where] = ordinary.index_select(0, pick)
+        labels = torch.full_like(flat, IGNORE_INDEX)
+        labels[pos] = original
+        has_targets = torch.zeros(B, dtype=torch.bool, device=flat.device)
+        has_targets[pos // T] = True
+        return Batch(
+            input_ids=corrupted.view(B, T),
+            labels=labels.view(B, T),
+            attention_mask=real,
+            causal=False,
+            has_targets=has_targets,
         )
 
     def _replace(self, input_ids, selected, split, scale, ordinary, generator) -> torch.Tensor:
