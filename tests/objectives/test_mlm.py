@@ -66,7 +66,7 @@ def test_docstring_deterministic_example():
 
 def test_docstring_seeded_examples():
     b = get_objective("mlm", vocab=V, probability=0.5)(X, generator=gen(0))
-    assert b.input_ids.tolist() == [[1, 4, 5, 6, 7, 3, 9, 3, 8, 6, 2, 0, 0]]
+    assert b.input_ids.tolist() == [[1, 4, 5, 6, 7, 3, 9, 3, 4, 6, 2, 0, 0]]
     assert b.labels.tolist() == [[-100, -100, -100, -100, -100, 8, -100, 4, 5, -100, -100, -100, -100]]
     b = get_objective("mlm", vocab=V, probability=0.5, unit="word")(X, word_ids=W, generator=gen(0))
     assert b.input_ids.tolist() == [[1, 3, 6, 6, 3, 3, 3, 3, 3, 3, 2, 0, 0]]

@@ -87,7 +87,7 @@ def _bernoulli_positions(n: int, p: float, generator: torch.Generator | None, de
         last = int(pos[-1])
         need = n - 1 - last
     pos = torch.cat(parts) if len(parts) > 1 else parts[0]
-    return pos[pos < n]
+    return pos[: int(torch.searchsorted(pos, n))]  # sorted: cut instead of a boolean mask
 
 
 def _any_per_row(x: torch.Tensor) -> torch.Tensor:
@@ -217,8 +217,8 @@ class MaskedLM:
         input_ids      [[   1,    4,    5,    6,    7,    8,    9,    4,    5,    6,    2,    0,    0]]
         word_ids       [[  -1,    0,    0,    1,    2,    2,    2,    3,    4,    4,   -1,   -1,   -1]]
 
-        unit="token"   (8 and 4 -> [MASK], 5 -> random 8)
-        -> input_ids   [[   1,    4,    5,    6,    7,    3,    9,    3,    8,    6,    2,    0,    0]]
+        unit="token"   (8 and 4 -> [MASK], 5 -> random 4)
+        -> input_ids   [[   1,    4,    5,    6,    7,    3,    9,    3,    4,    6,    2,    0,    0]]
         -> labels      [[-100, -100, -100, -100, -100,    8, -100,    4,    5, -100, -100, -100, -100]]
 
         unit="word"    (words 0, 2, 3, 4 are selected; 5 -> random 6)
@@ -354,32 +354,28 @@ class MaskedLM:
         Candidates are Bernoulli(p) over all ``B * T`` positions
         (:func:`_bernoulli_positions`); keeping the maskable ones gives each
         maskable token an independent Bernoulli(p), the same law as drawing
-        per maskable token. One uniform per selected token then splits
-        [MASK] / random / keep. Returns None when nothing was selected, so the
+        per maskable token. One uniform per candidate then splits
+        [MASK] / random / keep, and random ids are drawn per candidate. Returns None when nothing was selected, so the
         caller takes the dense path (an error if nothing is maskable, else
         the redraw conditioned on at least one target).
         """
         B, T = input_ids.shape
         flat = input_ids.reshape(-1)  # (B*T,)
-        pos = _bernoulli_positions(flat.numel(), self.probability, generator, flat.device)  # (M,)
+        pos = _bernoulli_positions(flat.numel(), self.probability, generator, flat.device)  # (M,) candidates
         original = flat.index_select(0, pos)  # (M,)
-        keep = real.reshape(-1).index_select(0, pos) & ~special.index_select(0, original)  # (M,)
-        pos, original = pos[keep], original[keep]  # (S,) selected positions, ascending
-        if pos.numel() == 0:
+        keep = real.reshape(-1).index_select(0, pos) & ~special.index_select(0, original)  # (M,) selected
+        if pos.numel() == 0 or not _any(keep):
             return None
-        split = torch.rand(pos.shape, generator=generator, device=flat.device)  # (S,)
-        corrupted = flat.clone()
-        to_mask = split < self.mask_fraction  # (S,)
-        corrupted[pos[to_mask]] = self.vocab.mask_id
+        # one write per tensor, no boolean indexing: unselected candidates are written their own value
+        split = torch.rand(pos.shape, generator=generator, device=flat.device)  # (M,)
+        new = torch.where(keep & (split < self.mask_fraction), self.vocab.mask_id, original)  # (M,)
         if self.random_fraction > 0:
-            to_random = ~to_mask & (split < self.mask_fraction + self.random_fraction)  # (S,)
-            where = pos[to_random]
-            pick = torch.randint(ordinary.numel(), where.shape, generator=generator, device=flat.device)
-            corrupted[where] = ordinary.index_select(0, pick)
-        labels = torch.full_like(flat, IGNORE_INDEX)
-        labels[pos] = original
-        has_targets = torch.zeros(B, dtype=torch.bool, device=flat.device)
-        has_targets[pos // T] = True
+            to_random = keep & (split >= self.mask_fraction) & (split < self.mask_fraction + self.random_fraction)
+            pick = torch.randint(ordinary.numel(), pos.shape, generator=generator, device=flat.device)  # (M,)
+            new = torch.where(to_random, ordinary.index_select(0, pick), new)
+        corrupted = flat.clone().index_put_((pos,), new)
+        labels = torch.full_like(flat, IGNORE_INDEX).index_put_((pos,), torch.where(keep, original, IGNORE_INDEX))
+        has_targets = torch.zeros(B, dtype=torch.long, device=flat.device).index_add_(0, pos // T, keep.long()) > 0
         return Batch(
             input_ids=corrupted.view(B, T),
             labels=labels.view(B, T),
