@@ -1,0 +1,14 @@
+"""The README's Python example runs as written."""
+
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_python_example_runs(capsys):
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    assert blocks, "the README lost its Python example"
+    for code in blocks:
+        exec(compile(code, str(README), "exec"), {})
+    assert "loss" in capsys.readouterr().out
