@@ -1,6 +1,10 @@
 """Triton kernels vs a float64 oracle under the Triton interpreter (CPU tensors).
 
-Run by test_triton_interpreter.py in a subprocess with TRITON_INTERPRET=1 set before Triton is
+``python _triton_interp_checks.py [IMPL]``: ``IMPL`` is ``triton`` (the default: the fused
+kernels) or ``vocab_chunked`` (its epilogue kernels, in chunks of 24 classes, plus a direct
+comparison of each epilogue kernel with its torch version).
+
+Run by test_triton_interpreter.py and test_vocab_chunked.py in a subprocess with TRITON_INTERPRET=1 set before Triton is
 imported (the variable is read at import time, and other test modules may already have
 imported Triton in the pytest process). Standalone:
 ``TRITON_INTERPRET=1 python tests/ops/_triton_interp_checks.py``. Small shapes only: the
@@ -32,11 +36,14 @@ CASES = [
 ]
 
 
+IMPL_OPTIONS = {"triton": {}, "vocab_chunked": dict(chunk_size=24)}
+
+
 def grads(x, w, b, t, upstream, impl, reduction, opts):
     leaves = [a.detach().clone().requires_grad_() for a in (x, w) + ((b,) if b is not None else ())]
     out = linear_cross_entropy_with_stats(
         leaves[0], leaves[1], t, bias=leaves[2] if b is not None else None,
-        reduction=reduction, impl=impl, **opts,
+        reduction=reduction, impl=impl, **opts, **IMPL_OPTIONS.get(impl, {}),
     )
     gs = torch.autograd.grad(out.loss, leaves, upstream.to(out.loss.dtype))
     return out, [out.loss.detach(), *gs]
@@ -47,7 +54,7 @@ def rel_err(a, ref):
     return ((a - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
 
 
-def main() -> int:
+def main(impl: str) -> int:
     failures = 0
     for n, d, v, dtype, reduction, opts, with_bias, ignore_every in CASES:
         g = torch.Generator().manual_seed(n * v)
@@ -61,7 +68,7 @@ def main() -> int:
         f64 = [None if a is None else a.double() for a in (x, w, b)]
         oracle_out, oracle = grads(*f64, t, upstream.double(), "reference", reduction, opts)
         ref_out, naive = grads(x, w, b, t, upstream, "reference", reduction, opts)
-        out, ours = grads(x, w, b, t, upstream, "triton", reduction, opts)
+        out, ours = grads(x, w, b, t, upstream, impl, reduction, opts)
         margin = 1e-6 if dtype == torch.float32 else 2e-3
         for name, o, nv, ref in zip(("loss", "dinput", "dweight", "dbias"), ours, naive, oracle):
             if not torch.isfinite(o).all() or o.dtype != nv.dtype:
@@ -89,13 +96,59 @@ def main() -> int:
     w = torch.randn(45, 20, generator=torch.Generator().manual_seed(6)) * 0.3
     t = torch.randint(0, 45, (21,), generator=torch.Generator().manual_seed(7))
     xs = [x.clone().requires_grad_() for _ in range(2)]
-    for xi, impl in zip(xs, ("reference", "triton")):
-        linear_cross_entropy_with_stats(xi, w, t, impl=impl).loss.backward()
+    for xi, name in zip(xs, ("reference", impl)):
+        linear_cross_entropy_with_stats(xi, w, t, impl=name, **IMPL_OPTIONS.get(name, {})
+                                        ).loss.backward()
     if w.grad is not None or rel_err(xs[1].grad, xs[0].grad) > 1e-5:
         failures += 1
         print("FAIL frozen weight")
+    if impl == "vocab_chunked":
+        failures += vocab_chunked_epilogues_match_torch()
     return 1 if failures else 0
 
 
+def vocab_chunked_epilogues_match_torch() -> int:
+    """Each vocab_chunked epilogue kernel against its torch version on the same inputs: float32
+    to 1e-5 (same math, different summation order), argmax exactly (ties included: the logits
+    are rounded to a coarse grid so that many ties exist)."""
+    from lmobjectives.ops import _vocab_chunked as vc
+
+    failures = 0
+    if vc.default_epilogue(torch.device("cpu"), torch.float32) != "triton":
+        print("FAIL vocab_chunked: the Triton epilogue is not the default under the interpreter")
+        return 1
+    g = torch.Generator().manual_seed(11)
+    n, d, v = 19, 12, 75
+    x = torch.randn(n, d, generator=g)
+    w = torch.randn(v, d, generator=g)
+    b = torch.randn(v, generator=g)
+    t = torch.randint(0, v, (n,), generator=g)
+    t[::5] = IGNORE_INDEX
+    # Inputs and weights in {-1, 0, 1}, zero bias: equal maximal logits in 11 of the 19 rows,
+    # in different chunks in 10 of them (the first one must win).
+    ties = (x.round().clamp(-1, 1), w.round().clamp(-1, 1), torch.zeros(v))
+    for inputs, opts in (((x, w, b), dict(softcap=2.5, label_smoothing=0.3, z_loss=0.1)),
+                         (ties, dict())):
+        outs = {}
+        for epilogue in ("torch", "triton"):
+            leaves = [a.clone().requires_grad_() for a in inputs]
+            loss, lse, argmax = vc.vocab_chunked_linear_cross_entropy(
+                leaves[0], leaves[1], t, leaves[2], ignore_index=IGNORE_INDEX, reduction="sum",
+                chunk_size=20, want_argmax=True, epilogue=epilogue, **{
+                    "label_smoothing": 0.0, "z_loss": 0.0, "softcap": None, **opts},
+            )
+            outs[epilogue] = [loss.detach(), lse, *torch.autograd.grad(loss, leaves)], argmax
+        (ref, ref_arg), (got, got_arg) = outs["torch"], outs["triton"]
+        for name, a, r in zip(("loss", "lse", "dinput", "dweight", "dbias"), got, ref):
+            if rel_err(a, r) > 1e-5:
+                failures += 1
+                print(f"FAIL vocab_chunked epilogue {opts}: {name} {rel_err(a, r):.3g}")
+        if not torch.equal(got_arg, ref_arg):
+            failures += 1
+            print(f"FAIL vocab_chunked epilogue {opts}: argmax differs")
+    print("ok vocab_chunked epilogues match torch", flush=True)
+    return failures
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "triton"))

@@ -1,5 +1,6 @@
-"""Tests for lmobjectives.ops.linear_cross_entropy (reference and chunked paths on CPU; the
-Triton kernels run under the interpreter in test_triton_interpreter.py and on CUDA below)."""
+"""Tests for lmobjectives.ops.linear_cross_entropy (reference, chunked and vocab_chunked paths
+on CPU; the Triton kernels run under the interpreter in test_triton_interpreter.py and
+test_vocab_chunked.py, and on CUDA below)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,11 @@ from lmobjectives.ops import (
 )
 
 CUDA = torch.cuda.is_available()
+
+# The CPU implementations under test, each with a chunk size that gives many chunks at the
+# accuracy-test shape (33 tokens, 1007 classes): tokens for "chunked", classes for
+# "vocab_chunked" (63 chunks, the last 39 classes deferred: see _vocab_chunked).
+CHUNKED_IMPLS = [("chunked", 8), ("vocab_chunked", 16)]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -131,20 +137,22 @@ OPTION_CASES = {
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("case", list(OPTION_CASES))
-def test_chunked_within_error_budget(case, reduction, dtype):
+@pytest.mark.parametrize("impl,chunk_size", CHUNKED_IMPLS)
+def test_chunked_within_error_budget(impl, chunk_size, case, reduction, dtype):
     opts = dict(OPTION_CASES[case])
     bias, ignore_every = opts.pop("bias", False), opts.pop("ignore_every", 0)
     assert_within_error_budget(
-        "chunked", dtype, 33, 48, 1007, bias=bias, ignore_every=ignore_every,
-        reduction=reduction, chunk_size=8, **opts,
+        impl, dtype, 33, 48, 1007, bias=bias, ignore_every=ignore_every,
+        reduction=reduction, chunk_size=chunk_size, **opts,
     )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("n", [1, 2])
-def test_chunked_single_token(n, dtype):
+@pytest.mark.parametrize("impl", ["chunked", "vocab_chunked"])
+def test_chunked_single_token(impl, n, dtype):
     assert_within_error_budget(
-        "chunked", dtype, n, 16, 1007, bias=True, ignore_every=0, reduction="mean", z_loss=1e-3
+        impl, dtype, n, 16, 1007, bias=True, ignore_every=0, reduction="mean", z_loss=1e-3
     )
 
 
@@ -161,6 +169,7 @@ def test_default_chunking_multiple_chunks(monkeypatch):
         torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("impl", ["chunked", "vocab_chunked"])
 @settings(max_examples=30, deadline=None)
 @given(
     n=st.integers(1, 20),
@@ -176,8 +185,9 @@ def test_default_chunking_multiple_chunks(monkeypatch):
     seed=st.integers(0, 2**16),
 )
 def test_property_chunked_equals_reference(
-    n, d, v, chunk, ignore_p, label_smoothing, z_loss, softcap, reduction, bias, seed
+    impl, n, d, v, chunk, ignore_p, label_smoothing, z_loss, softcap, reduction, bias, seed
 ):
+    """float64: every chunking (of tokens or of classes) gives the reference to rounding."""
     x, w, b, t = make_problem(n, d, v, dtype=torch.float64, bias=bias, seed=seed)
     g = torch.Generator().manual_seed(seed + 1)
     t = torch.where(torch.rand(n, generator=g) < ignore_p, IGNORE_INDEX, t)
@@ -185,7 +195,7 @@ def test_property_chunked_equals_reference(
         torch.tensor(0.7, dtype=torch.float64))
     kw = dict(reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap)
     ref = loss_and_grads(x, w, b, t, upstream, impl="reference", **kw)
-    got = loss_and_grads(x, w, b, t, upstream, impl="chunked", chunk_size=chunk, **kw)
+    got = loss_and_grads(x, w, b, t, upstream, impl=impl, chunk_size=chunk, **kw)
     for a, r in zip(got, ref):
         assert torch.isfinite(a).all()
         torch.testing.assert_close(a, r, rtol=1e-9, atol=1e-12)
@@ -194,7 +204,7 @@ def test_property_chunked_equals_reference(
 # --------------------------------------------------------------------------- edge cases
 
 
-@pytest.mark.parametrize("impl", ["reference", "chunked"])
+@pytest.mark.parametrize("impl", ["reference", "chunked", "vocab_chunked"])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_all_ignored_gives_zero_loss_and_zero_grads(impl, reduction):
     x, w, b, _ = make_problem(7, 5, 11, dtype=torch.float32, bias=True)
@@ -215,37 +225,47 @@ def test_custom_ignore_index_and_none_reduction_zeros():
     assert loss[1] == 0 and loss[4] == 0 and (loss[[0, 2, 3, 5]] > 0).all()
 
 
-def test_leading_dimensions_are_flattened():
+@pytest.mark.parametrize("impl", ["chunked", "vocab_chunked"])
+def test_leading_dimensions_are_flattened(impl):
     x, w, b, t = make_problem(12, 6, 17, dtype=torch.float64, ignore_every=5)
     x3, t3 = x.reshape(3, 4, 6), t.reshape(3, 4)
     for reduction in ("mean", "none"):
-        got = linear_cross_entropy(x3, w, t3, reduction=reduction, impl="chunked", chunk_size=5)
+        got = linear_cross_entropy(x3, w, t3, reduction=reduction, impl=impl, chunk_size=5)
         ref = linear_cross_entropy(x, w, t, reduction=reduction, impl="reference")
         assert got.shape == ((3, 4) if reduction == "none" else ())
         torch.testing.assert_close(got.reshape(ref.shape), ref)
-    out = linear_cross_entropy_with_stats(x3, w, t3, impl="chunked")
+    out = linear_cross_entropy_with_stats(x3, w, t3, impl=impl)
     assert out.lse.shape == out.correct.shape == (3, 4)
 
 
+@pytest.mark.parametrize("impl", ["chunked", "vocab_chunked"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=["fp64", "bf16"])
 @pytest.mark.parametrize("reduction", ["mean", "none"])
-def test_frozen_weight_and_input_without_grad(reduction):
-    x, w, _, t = make_problem(9, 5, 13, dtype=torch.float64, ignore_every=4)
+def test_frozen_weight_and_input_without_grad(reduction, dtype, impl):
+    """Only the gradients that are asked for are computed, and they do not change (bf16: the
+    vocab_chunked dinput accumulator cannot borrow dweight rows when the weight is frozen)."""
+    x, w, _, t = make_problem(9, 5, 13, dtype=dtype, ignore_every=4)
     upstream = torch.ones(9, dtype=torch.float64) if reduction == "none" else 1.0
+    kw = dict(reduction=reduction, impl=impl, chunk_size=4)
     ref_x, ref_w = x.clone().requires_grad_(), w.clone().requires_grad_()
-    ref = linear_cross_entropy(ref_x, ref_w, t, reduction=reduction, impl="reference")
+    ref = linear_cross_entropy(ref_x, ref_w, t, **kw)
     (ref * upstream).sum().backward()
+    if dtype == torch.float64:
+        ref_xd, ref_wd = x.clone().requires_grad_(), w.clone().requires_grad_()
+        (linear_cross_entropy(ref_xd, ref_wd, t, reduction=reduction, impl="reference")
+         * upstream).sum().backward()
+        torch.testing.assert_close(ref_x.grad, ref_xd.grad)
+        torch.testing.assert_close(ref_w.grad, ref_wd.grad)
 
     frozen = w.clone()  # weight.requires_grad False: no dweight
     xi = x.clone().requires_grad_()
-    (linear_cross_entropy(xi, frozen, t, reduction=reduction, impl="chunked", chunk_size=4)
-     * upstream).sum().backward()
+    (linear_cross_entropy(xi, frozen, t, **kw) * upstream).sum().backward()
     assert frozen.grad is None
-    torch.testing.assert_close(xi.grad, ref_x.grad)
+    torch.testing.assert_close(xi.grad, ref_x.grad, rtol=0, atol=0)
 
     wi = w.clone().requires_grad_()  # input without grad: only dweight
-    (linear_cross_entropy(x, wi, t, reduction=reduction, impl="chunked", chunk_size=4)
-     * upstream).sum().backward()
-    torch.testing.assert_close(wi.grad, ref_w.grad)
+    (linear_cross_entropy(x, wi, t, **kw) * upstream).sum().backward()
+    torch.testing.assert_close(wi.grad, ref_w.grad, rtol=0, atol=0)
 
 
 def test_no_grad_forward_and_retain_graph():
@@ -260,10 +280,11 @@ def test_no_grad_forward_and_retain_graph():
     torch.testing.assert_close(g1, g2)
 
 
-def test_stats_match_reference():
+@pytest.mark.parametrize("impl", ["chunked", "vocab_chunked"])
+def test_stats_match_reference(impl):
     x, w, b, t = make_problem(25, 7, 31, dtype=torch.float32, bias=True, ignore_every=4)
     ref = linear_cross_entropy_with_stats(x, w, t, bias=b, impl="reference", softcap=4.0)
-    got = linear_cross_entropy_with_stats(x, w, t, bias=b, impl="chunked", softcap=4.0,
+    got = linear_cross_entropy_with_stats(x, w, t, bias=b, impl=impl, softcap=4.0,
                                           chunk_size=6)
     torch.testing.assert_close(got.lse, ref.lse)
     assert torch.equal(got.correct, ref.correct)
@@ -272,9 +293,10 @@ def test_stats_match_reference():
     assert 0.0 <= got.accuracy.item() <= 1.0
 
 
-def test_grads_in_input_dtype_and_loss_in_float32():
+@pytest.mark.parametrize("impl", ["chunked", "vocab_chunked"])
+def test_grads_in_input_dtype_and_loss_in_float32(impl):
     x, w, b, t = make_problem(5, 4, 9, dtype=torch.bfloat16, bias=True)
-    loss, dx, dw, db = loss_and_grads(x, w, b, t, torch.tensor(1.0), impl="chunked")
+    loss, dx, dw, db = loss_and_grads(x, w, b, t, torch.tensor(1.0), impl=impl)
     assert loss.dtype == torch.float32
     assert dx.dtype == dw.dtype == db.dtype == torch.bfloat16
 
@@ -339,15 +361,19 @@ def test_invalid_arguments(change, error, match):
         linear_cross_entropy(*pos, **args)
 
 
+@pytest.mark.parametrize("impl", ["chunked", "vocab_chunked"])
 @pytest.mark.parametrize("bad", [5, 17, -1, -101])
-def test_out_of_range_target_raises(bad):
+def test_out_of_range_target_raises(bad, impl):
     x, w, _, t = _args()
     t[2] = bad
     with pytest.raises(ValueError, match=f"found {bad}"):
-        linear_cross_entropy(x, w, t, impl="chunked")
+        linear_cross_entropy(x, w, t, impl=impl)
     # Opt-out: no error and no out-of-bounds read (the bad target's logit counts as 0).
-    loss = linear_cross_entropy(x, w, t, impl="chunked", check_targets=False)
-    assert torch.isfinite(loss)
+    loss = linear_cross_entropy(x, w, t, impl=impl, check_targets=False, reduction="none")
+    assert torch.isfinite(loss).all()
+    if impl == "vocab_chunked":  # same convention as chunked
+        ref = linear_cross_entropy(x, w, t, impl="chunked", check_targets=False, reduction="none")
+        torch.testing.assert_close(loss, ref)
 
 
 def test_impl_resolution(monkeypatch):
@@ -356,6 +382,7 @@ def test_impl_resolution(monkeypatch):
 
     assert _resolve_impl("auto", torch.device("cpu")) is Impl.CHUNKED
     assert _resolve_impl(Impl.REFERENCE, torch.device("cpu")) is Impl.REFERENCE
+    assert _resolve_impl("vocab_chunked", torch.device("cpu")) is Impl.VOCAB_CHUNKED
     with pytest.raises(ValueError, match="impl='triton'"):
         _resolve_impl("triton", torch.device("cpu"))
 
@@ -368,6 +395,7 @@ def test_import_and_cpu_path_work_without_triton():
         "from lmobjectives.ops import linear_cross_entropy as f\n"
         "x = torch.randn(3, 4, requires_grad=True)\n"
         "f(x, torch.randn(5, 4), torch.tensor([0, 1, 2])).backward()\n"
+        "f(x, torch.randn(5, 4), torch.tensor([0, 1, 2]), impl='vocab_chunked').backward()\n"
         "assert 'triton' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
         "print('ok')\n"
     )
@@ -383,7 +411,7 @@ def test_import_and_cpu_path_work_without_triton():
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("impl", ["triton", "chunked"])
+@pytest.mark.parametrize("impl", ["triton", "chunked", "vocab_chunked"])
 @pytest.mark.parametrize("case", ["plain", "everything"])
 def test_cuda_within_error_budget(impl, dtype, case):
     opts = dict(OPTION_CASES[case])
@@ -404,12 +432,14 @@ def test_cuda_within_error_budget(impl, dtype, case):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
-def test_cuda_int64_indexing():
-    """N * V >= 2**31: the Triton kernels must use int64 offsets (compared with chunked)."""
+@pytest.mark.parametrize("impl,kw", [("triton", {}), ("vocab_chunked", dict(chunk_size=2**16 + 17))])
+def test_cuda_int64_indexing(impl, kw):
+    """N * V >= 2**31 (for vocab_chunked: N * chunk, one chunk of every class): the Triton
+    kernels must use int64 offsets (compared with chunked)."""
     n, d, v = 2**15 + 3, 64, 2**16 + 17  # N * V > 2**31
     x, w, _, t = make_problem(n, d, v, dtype=torch.bfloat16, device="cuda", ignore_every=17)
     one = torch.tensor(1.0, device="cuda")
     ref = loss_and_grads(x, w, None, t, one, impl="chunked")
-    got = loss_and_grads(x, w, None, t, one, impl="triton")
+    got = loss_and_grads(x, w, None, t, one, impl=impl, **kw)
     for a, r in zip(got, ref):
         assert rel_err(a, r) < 2e-2

@@ -26,8 +26,9 @@ Worked example (check it by hand): ``V = 2``, ``weight = [[1, 0], [0, 1]]``, one
 
 Implementations (``impl=``, see :class:`Impl`): ``"reference"`` materialises the logits;
 ``"chunked"`` streams over token chunks in PyTorch (CPU default); ``"triton"`` is a blocked
-Triton kernel pair for CUDA; ``"auto"`` picks ``"triton"`` for CUDA tensors when Triton is
-importable, otherwise ``"chunked"``.
+Triton kernel pair for CUDA; ``"vocab_chunked"`` streams over vocabulary chunks with cuBLAS
+GEMMs and small epilogue kernels (a second GPU design); ``"auto"`` picks ``"triton"`` for CUDA
+tensors when Triton is importable, otherwise ``"chunked"``.
 """
 
 from __future__ import annotations
@@ -63,6 +64,11 @@ class Impl(StrEnum):
     TRITON = "triton"
     """Triton kernels blocked over tokens and vocabulary (CUDA, or CPU under
     ``TRITON_INTERPRET=1``); never writes an ``(N, V)`` tensor."""
+    VOCAB_CHUNKED = "vocab_chunked"
+    """Chunks of classes (rows of ``weight``): each chunk's logits come from a cuBLAS GEMM in
+    the input dtype and are reduced by an epilogue kernel (Triton on CUDA, torch elsewhere);
+    the backward recomputes them, writes ``dweight`` chunk by chunk and accumulates ``dinput``
+    in float32. Four GEMMs, one ``(N, chunk)`` logits buffer (about 64 MiB); any device."""
     AUTO = "auto"
     """``TRITON`` for non-float64 CUDA tensors when Triton is importable, else ``CHUNKED``."""
 
@@ -263,6 +269,12 @@ def _run(
         loss, lse, argmax = chunked_linear_cross_entropy(
             x.contiguous(), weight, t, bias, chunk_size=chunk_size, want_argmax=want_argmax, **options
         )
+    elif resolved == Impl.VOCAB_CHUNKED:
+        from lmobjectives.ops._vocab_chunked import vocab_chunked_linear_cross_entropy
+
+        loss, lse, argmax = vocab_chunked_linear_cross_entropy(
+            x, weight, t, bias, chunk_size=chunk_size, want_argmax=want_argmax, **options
+        )
     else:
         from lmobjectives.ops._triton import triton_linear_cross_entropy
 
@@ -302,9 +314,10 @@ def linear_cross_entropy(
         label_smoothing: ``eps`` in ``[0, 1]``.
         z_loss: ``lam >= 0``, coefficient of ``lse**2``.
         softcap: ``cap > 0`` to use ``cap * tanh(logits / cap)``, or None.
-        impl: ``"auto"``, ``"chunked"``, ``"triton"`` or ``"reference"`` (:class:`Impl`).
-        chunk_size: tokens per chunk for ``impl="chunked"``; None sizes a logits block to
-            about 64 MiB.
+        impl: ``"auto"``, ``"chunked"``, ``"triton"``, ``"vocab_chunked"`` or
+            ``"reference"`` (:class:`Impl`).
+        chunk_size: tokens per chunk for ``impl="chunked"``, classes per chunk for
+            ``impl="vocab_chunked"``; None sizes a logits block to about 64 MiB.
         check_targets: verify every target is ``ignore_index`` or in ``[0, V)``; see
             :func:`check_target_range` (an eager ``ValueError`` on CPU, an async device
             assertion on CUDA). With False, the chunked and Triton paths give an

@@ -1,0 +1,558 @@
+"""Vocabulary-chunked linear cross-entropy: cuBLAS GEMMs over chunks of classes, small epilogues.
+
+The vocabulary (the rows of ``weight``) is cut into chunks of ``C`` classes. For each chunk the
+logits ``(N, C)`` come from one ``torch.mm`` in the input dtype (cuBLAS: float32 accumulation
+inside the GEMM), and an epilogue -- a Triton kernel (``_vocab_chunked_kernels``) on CUDA and
+under ``TRITON_INTERPRET=1``, the same math in plain torch otherwise -- reads the chunk once:
+
+* forward: folds the chunk into per-token running max, sum of exponentials, target logit, logit
+  sum and argmax (an online log-sum-exp over chunks). Saves ``input``, ``weight``, ``bias``,
+  ``target`` and ``lse`` (``N`` floats), never logits.
+* backward: recomputes the chunk's logits (GEMM), turns them in place into
+  ``dlogits`` (see :mod:`lmobjectives.ops._chunked` for the formula), then
+  ``dweight[chunk] = dlogits.T @ input`` straight into the chunk's rows of the gradient (the
+  chunks partition those rows, so nothing is accumulated across chunks and the GEMM's float32
+  accumulator is rounded once), ``dbias[chunk] = dlogits.sum(0)`` in float32, and
+  ``dinput += dlogits @ weight[chunk]`` into a float32 accumulator. Only the gradients that are
+  needed are computed.
+
+Cost: four GEMMs of ``2 N d V`` FLOPs each (forward logits; backward logits, dweight, dinput),
+i.e. 4/3 of the three-GEMM floor, with exact gradients (nothing is skipped) -- plus, when the
+``dinput`` accumulator borrows ``dweight`` rows (below), one more logits GEMM over those
+``~N`` classes, a fraction ``N / V`` of a GEMM. Memory traffic besides the GEMM operands: each
+logits element is written and read about seven times in bf16 over forward and backward (~14
+bytes per logit), and the float32 ``dinput`` accumulator is read and written once per chunk
+(``8 N d`` bytes per chunk). No host synchronisation (besides the one-time probe below).
+
+Memory: one ``(N, C)`` logits chunk in the input dtype, ``C`` a multiple of 128 chosen so that
+the chunk plus ``_TOKEN_BYTES`` per token of ``(N,)`` vectors fit in 64 MiB (``chunk_size``
+overrides ``C``), plus the gradients themselves. ``dinput`` must be summed over all chunks in
+float32: summing in bf16 rounds once per chunk and costs about ``sqrt(#chunks)`` times the
+single-rounding error (one bf16 rounding is ~1.7e-3 relative, so 32 chunks would miss a 3e-3
+goal). Accumulating a block of rows at a time in float32 is no way out: a row block's
+``dinput`` needs that block's ``dlogits`` for every class, i.e. a second sweep over the
+vocabulary in token order (a fifth GEMM, and ``dweight`` would then be summed across row
+blocks). A float32 accumulator is ``4 N d`` bytes against the ``2 N d`` of the bf16 gradient;
+the extra ``2 N d`` is found in memory that exists anyway:
+
+* rows ``[0, N/2)`` of the accumulator live in the storage of the bf16 ``dinput`` gradient
+  itself (``N d`` bf16 elements hold ``N/2 * d`` floats) and are cast down in place at the end,
+  front to back (a bf16 row never lands on a float32 row that has not been read yet);
+* rows ``[N/2, N)`` live in the last ``~N`` rows of the bf16 ``dweight`` gradient, which are not
+  written until the accumulator is done: those classes' chunks contribute to ``dinput`` (and
+  ``dbias``) in the main loop, and their ``dweight`` rows are written afterwards, recomputing
+  their logits (a fifth GEMM over ``N`` of the ``V`` classes; the cast's temporary lives in
+  the idle chunk buffer meanwhile).
+
+So with half-precision inputs that need both ``dinput`` and ``dweight`` and ``V >= N``, the peak
+extra memory is the gradients + 64 MiB. Otherwise (frozen weight, ``V < N``, or
+``borrow_dweight=False``) the second half is a separate float32 ``(N/2, d)`` buffer: gradients
++ 64 MiB + ``2 N d`` bytes. float32/float64 inputs accumulate into the gradient itself.
+
+Benchmark shapes (bf16), default chunks::
+
+    N x d x V             C    chunk    recomputed (borrowed rows)   without borrowing
+    8192 x 4096 x 128256  3968 62 MiB   8192 classes, 6.4 % of a GEMM   +64 MiB more
+    8192 x 2304 x 256000  3968 62 MiB   8192 classes, 3.2 % of a GEMM   +36 MiB more
+    32768 x 4096 x 128256  896 56 MiB  32768 classes, 26 % of a GEMM   +256 MiB more
+
+All three meet "gradients + 64 MiB" with borrowing; none does without it.
+
+The ``dinput`` GEMM accumulates into float32 with ``torch.addmm(acc, dz, w, out_dtype=float32,
+out=acc)`` where the installed torch supports it on the device (recent torch on CUDA; detected
+once with a tiny probe); elsewhere (CPU, older torch) with float32 copies of the operands, which
+gives the same result (products of half-precision values are exact in float32) at the cost of
+temporary memory.
+
+On CPU the GEMMs also run in the input dtype (the epilogues in float32): this path exists there
+for tests and as the fallback, not for speed (use ``impl="chunked"`` on CPU).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from lmobjectives.ops._chunked import (
+    accumulation_dtype,
+    reduce_token_loss,
+    row_scale_for_reduction,
+    token_loss_from_stats,
+)
+from lmobjectives.ops.linear_cross_entropy import _triton_importable
+
+__all__ = [
+    "default_epilogue",
+    "default_vocab_chunk",
+    "dinput_accumulation",
+    "vocab_chunked_linear_cross_entropy",
+]
+
+_CHUNK_BYTES = 64 * 2**20
+"""Target size of one ``(N, C)`` logits chunk in the input dtype: the "+64 MiB" memory goal."""
+_CHUNK_MULTIPLE = 128
+"""Default chunks are a multiple of this many classes (a whole number of GEMM tiles)."""
+_TOKEN_BYTES = 64
+"""Bytes per token of the ``(N,)`` vectors alive next to the chunk (running statistics, lse,
+row scales, masks; about 40 in fact), kept inside the ``_CHUNK_BYTES`` budget."""
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def default_vocab_chunk(num_tokens: int, vocab_size: int, dtype: torch.dtype) -> int:
+    """Classes per chunk: the largest multiple of 128 whose ``(N, C)`` chunk in ``dtype`` plus
+    ``_TOKEN_BYTES`` per token fits in ``_CHUNK_BYTES`` (at least 128), at most ``vocab_size``.
+
+    >>> default_vocab_chunk(8192, 128256, torch.bfloat16), default_vocab_chunk(32768, 128256,
+    ...     torch.bfloat16)
+    (3968, 896)
+    """
+    tokens = max(1, num_tokens)
+    budget = _CHUNK_BYTES - _TOKEN_BYTES * tokens
+    chunk = max(1, budget // (tokens * torch.finfo(dtype).bits // 8) // _CHUNK_MULTIPLE)
+    chunk *= _CHUNK_MULTIPLE
+    return min(chunk, vocab_size)
+
+
+def _split(start: int, end: int, size: int) -> list[tuple[int, int]]:
+    """``[start, end)`` cut into consecutive ranges of ``size`` (the last one may be shorter)."""
+    return [(s, min(s + size, end)) for s in range(start, end, size)]
+
+
+# --------------------------------------------------------------------------- epilogue choice
+
+
+def default_epilogue(device: torch.device, dtype: torch.dtype) -> str:
+    """``"triton"`` on CUDA (or any device under ``TRITON_INTERPRET=1``) for half/float32 inputs
+    when Triton is importable; ``"torch"`` otherwise (float64 included)."""
+    triton_device = device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+    if triton_device and dtype != torch.float64 and _triton_importable():
+        return "triton"
+    return "torch"
+
+
+# --------------------------------------------------------------------------- dinput accumulation
+
+
+@functools.cache
+def _fused_fp32_addmm(device_type: str, index: int | None, dtype: torch.dtype) -> bool:
+    """Does ``torch.addmm(acc, a, b, out_dtype=float32, out=acc)`` accumulate half-precision
+    products into a float32 ``acc`` on this device? One tiny probe per device and dtype."""
+    device = torch.device(device_type, index) if index is not None else torch.device(device_type)
+    try:
+        a = torch.ones(2, 3, dtype=dtype, device=device)
+        b = torch.full((3, 2), 0.25, dtype=dtype, device=device)
+        acc = torch.full((2, 2), 256.0, dtype=torch.float32, device=device)
+        torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
+        # 256.75 is exact in float32; a half-precision detour would round it to 256 or 257/258.
+        return acc.dtype == torch.float32 and bool((acc == 256.75).all())
+    except (RuntimeError, TypeError, ValueError):  # NotImplementedError is a RuntimeError
+        return False
+
+
+def dinput_accumulation(device: torch.device, dtype: torch.dtype) -> str:
+    """How ``dinput`` is accumulated for inputs of ``dtype`` on ``device`` (for reports):
+    ``"in the gradient"`` (float32/float64), ``"addmm out_dtype=float32"`` (fused, no
+    temporaries) or ``"float32 operand copies"`` (fallback)."""
+    if dtype not in _HALF:
+        return "in the gradient"
+    if _fused_fp32_addmm(device.type, device.index, dtype):
+        return "addmm out_dtype=float32"
+    return "float32 operand copies"
+
+
+class _DinputAccumulator:
+    """``dinput = sum over chunks of dz_c @ W_c`` with float32 (float64) accumulation, placed as
+    described in the module docstring. ``rows`` of the accumulator are kept as up to two parts
+    ``(row_start, row_end, float tensor)``."""
+
+    def __init__(
+        self,
+        num_tokens: int,
+        dim: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        borrowed: Tensor | None,
+    ) -> None:
+        """``borrowed``: a float32 ``(N - N//2, d)`` view of not-yet-written ``dweight`` rows to
+        hold the second half, or None to allocate it (half-precision ``dtype`` only)."""
+        n, d = num_tokens, dim
+        self.out = torch.empty(n, d, dtype=dtype, device=device)  # (N, d) the gradient
+        self.dtype = dtype
+        if dtype not in _HALF:
+            self.parts = [(0, n, self.out)]
+            self.fused = False
+        else:
+            h = n // 2
+            lo = self.out.view(-1)[: 2 * h * d].view(torch.float32).view(h, d)  # (h, d)
+            hi = borrowed
+            if hi is None:
+                hi = torch.empty(n - h, d, dtype=torch.float32, device=device)  # (N - h, d)
+            self.parts = [(0, h, lo), (h, n, hi)]
+            self.fused = _fused_fp32_addmm(device.type, device.index, dtype)
+        for _, _, part in self.parts:
+            part.zero_()
+
+    def add(self, dz: Tensor, w: Tensor) -> None:
+        """``acc += dz @ w`` for ``dz`` ``(N, C)``, ``w`` ``(C, d)``."""
+        for start, end, part in self.parts:
+            if end == start:
+                continue
+            a = dz[start:end]
+            if part.dtype == dz.dtype:
+                part.addmm_(a, w)
+            elif self.fused:
+                torch.addmm(part, a, w, out_dtype=torch.float32, out=part)
+            else:
+                part.addmm_(a.to(part.dtype), w.to(part.dtype))
+
+    def finish(self, scratch: Tensor) -> Tensor:
+        """Cast down to the input dtype (in place) and return the ``(N, d)`` gradient; after
+        this the borrowed rows are free. ``scratch``: idle memory in the input dtype (the chunk
+        buffer) for the cast's temporary; the cast runs in blocks of its size."""
+        if self.dtype not in _HALF:
+            return self.out
+        (_, h, lo), (_, n, hi) = self.parts
+        d = self.out.shape[1]
+        block = max(1, scratch.numel() // max(1, d))
+        if scratch.numel() < d:
+            scratch = torch.empty(d, dtype=self.dtype, device=self.out.device)
+        # bf16 rows [s, e) overwrite bytes of float32 rows [s/2, e/2), all read already or in
+        # this block (read into the temporary first).
+        for s in range(0, h, block):
+            e = min(s + block, h)
+            tmp = scratch[: (e - s) * d].view(e - s, d)
+            tmp.copy_(lo[s:e])
+            self.out[s:e].copy_(tmp)
+        # bf16 rows [h, N) overwrite float32 rows [h/2, N/2) of ``lo``: cast above.
+        if n > h:
+            self.out[h:n].copy_(hi)
+        return self.out
+
+
+def _borrow_rows(num_tokens: int, vocab_size: int) -> int | None:
+    """First ``dweight`` row of the region that can hold the accumulator's second half
+    (``N - N//2`` float32 rows = ``2 * (N - N//2)`` half rows), a multiple of 8 so that the view
+    is 16-byte aligned; None if the vocabulary is too small."""
+    rows = 2 * (num_tokens - num_tokens // 2)
+    start = (vocab_size - rows) // 8 * 8
+    return start if start >= 0 and rows > 0 else None
+
+
+# --------------------------------------------------------------------------- epilogues
+
+
+@dataclass
+class _State:
+    """Per-token running statistics over the chunks seen so far, all ``(N,)``."""
+
+    max: Tensor
+    sumexp: Tensor
+    z_target: Tensor
+    z_sum: Tensor | None
+    argmax: Tensor | None
+
+    def as_tuple(self):
+        return self.max, self.sumexp, self.z_target, self.z_sum, self.argmax
+
+
+def _capped(logits: Tensor, bias: Tensor | None, softcap: float | None, dtype: torch.dtype):
+    """``(z, tanh)`` in ``dtype``: ``logits + bias``, capped (``tanh`` None without cap)."""
+    z = logits.to(dtype)
+    if bias is not None:
+        z = z + bias.to(dtype)
+    if softcap is None:
+        return z, None
+    th = torch.tanh(z / softcap)
+    return softcap * th, th
+
+
+def _exp_diff(old: Tensor, new: Tensor) -> Tensor:
+    """``exp(old - new)``, with ``-inf - -inf`` read as 1 (not NaN)."""
+    return torch.where(old == new, torch.ones_like(old), torch.exp(old - new))
+
+
+def _forward_epilogue_torch(logits, bias, target, v_offset, state: _State, *, softcap) -> None:
+    """Torch version of ``_vocab_chunked_kernels.forward_epilogue`` (same math)."""
+    c = logits.shape[1]
+    z, _ = _capped(logits, bias, softcap, state.max.dtype)  # (N, C)
+    c_max = z.amax(1)  # (N,)
+    c_sum = torch.exp(z - c_max.unsqueeze(1)).sum(1)  # (N,)
+    new_max = torch.maximum(state.max, c_max)
+    state.sumexp.copy_(
+        state.sumexp * _exp_diff(state.max, new_max) + c_sum * _exp_diff(c_max, new_max)
+    )
+    col = target - v_offset  # (N,)
+    hit = (col >= 0) & (col < c)
+    picked = z.gather(1, col.clamp(0, c - 1).unsqueeze(1)).squeeze(1)
+    state.z_target.add_(torch.where(hit, picked, torch.zeros_like(picked)))
+    if state.z_sum is not None:
+        state.z_sum.add_(z.sum(1))
+    if state.argmax is not None:
+        state.argmax.copy_(torch.where(c_max > state.max, z.argmax(1) + v_offset, state.argmax))
+    state.max.copy_(new_max)
+
+
+def _backward_epilogue_torch(
+    logits, bias, target, v_offset, lse, row_scale, *, softcap, label_smoothing, z_loss,
+    vocab_size,
+) -> None:
+    """Torch version of ``_vocab_chunked_kernels.backward_epilogue`` (same math)."""
+    c = logits.shape[1]
+    z, th = _capped(logits, bias, softcap, lse.dtype)  # (N, C)
+    coef_a = row_scale * (1.0 + 2.0 * z_loss * lse)  # (N,)
+    dz = torch.exp(z - lse.unsqueeze(1)).mul_(coef_a.unsqueeze(1))  # (N, C)
+    cols = torch.arange(v_offset, v_offset + c, device=logits.device)  # (C,)
+    one_hot = cols.unsqueeze(0) == target.unsqueeze(1)  # (N, C)
+    dz.sub_(torch.where(one_hot, (row_scale * (1.0 - label_smoothing)).unsqueeze(1), 0.0))
+    if label_smoothing > 0.0:
+        dz.sub_((row_scale * (label_smoothing / vocab_size)).unsqueeze(1))
+    if th is not None:
+        dz.mul_(1.0 - th.square())
+    dz = torch.where((row_scale != 0).unsqueeze(1), dz, torch.zeros_like(dz))
+    logits.copy_(dz)
+
+
+# --------------------------------------------------------------------------- the problem
+
+
+class _Problem:
+    """Tensors, options and the chunk buffer shared by every chunk of one pass."""
+
+    def __init__(self, x, weight, bias, target, *, softcap, chunk, epilogue) -> None:
+        self.x, self.weight, self.bias, self.target = x, weight, bias, target
+        self.num_tokens, self.vocab_size = x.shape[0], weight.shape[0]
+        self.softcap = softcap
+        self.chunk = chunk
+        self.epilogue = epilogue
+        self.acc_dtype = accumulation_dtype(x.dtype)
+        # One (N, C) chunk, reused; chunk i views its first N * C_i elements.
+        self.buffer = torch.empty(
+            self.num_tokens * min(chunk, self.vocab_size), dtype=x.dtype, device=x.device
+        )
+        if epilogue == "triton":
+            from lmobjectives.ops import _vocab_chunked_kernels as kernels
+
+            self.kernels = kernels
+
+    def logits(self, v0: int, v1: int) -> Tensor:
+        """``input @ weight[v0:v1].T`` into the buffer, ``(N, v1 - v0)`` (no bias)."""
+        out = self.buffer[: self.num_tokens * (v1 - v0)].view(self.num_tokens, v1 - v0)
+        return torch.mm(self.x, self.weight[v0:v1].t(), out=out)
+
+    def bias_chunk(self, v0: int, v1: int) -> Tensor | None:
+        return None if self.bias is None else self.bias[v0:v1]
+
+    def fold(self, v0: int, v1: int, state: _State) -> None:
+        logits = self.logits(v0, v1)
+        if self.epilogue == "triton":
+            self.kernels.forward_epilogue(
+                logits, self.bias_chunk(v0, v1), self.target, v0, state.as_tuple(),
+                softcap=self.softcap,
+            )
+        else:
+            _forward_epilogue_torch(
+                logits, self.bias_chunk(v0, v1), self.target, v0, state, softcap=self.softcap
+            )
+
+    def dlogits(self, v0: int, v1: int, lse, row_scale, *, label_smoothing, z_loss) -> Tensor:
+        """``(N, v1 - v0)`` dlogits in the input dtype (in the buffer)."""
+        logits = self.logits(v0, v1)
+        kw = dict(softcap=self.softcap, label_smoothing=label_smoothing, z_loss=z_loss,
+                  vocab_size=self.vocab_size)
+        if self.epilogue == "triton":
+            self.kernels.backward_epilogue(
+                logits, self.bias_chunk(v0, v1), self.target, v0, lse, row_scale, **kw
+            )
+        else:
+            _backward_epilogue_torch(
+                logits, self.bias_chunk(v0, v1), self.target, v0, lse, row_scale, **kw
+            )
+        return logits
+
+
+def _forward_stats(problem: _Problem, *, need_zsum: bool, need_argmax: bool):
+    n, device, acc = problem.num_tokens, problem.x.device, problem.acc_dtype
+    state = _State(
+        max=torch.full((n,), float("-inf"), dtype=acc, device=device),
+        sumexp=torch.zeros(n, dtype=acc, device=device),
+        z_target=torch.zeros(n, dtype=acc, device=device),
+        z_sum=torch.zeros(n, dtype=acc, device=device) if need_zsum else None,
+        argmax=torch.zeros(n, dtype=torch.int64, device=device) if need_argmax else None,
+    )
+    for v0, v1 in _split(0, problem.vocab_size, problem.chunk):
+        problem.fold(v0, v1, state)
+    lse = state.max + state.sumexp.log()  # (N,)
+    return lse, state.z_target, state.z_sum, state.argmax
+
+
+def _backward_grads(
+    problem: _Problem,
+    lse: Tensor,
+    row_scale: Tensor,
+    *,
+    label_smoothing: float,
+    z_loss: float,
+    need: tuple[bool, bool, bool],
+    borrow: bool,
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """``(dinput, dweight, dbias)`` in the input dtype (None where not needed)."""
+    x, weight = problem.x, problem.weight
+    (n, d), v = x.shape, problem.vocab_size
+    need_dx, need_dw, need_db = need
+    dw = torch.empty(v, d, dtype=weight.dtype, device=x.device) if need_dw else None  # (V, d)
+    db = torch.empty(v, dtype=problem.acc_dtype, device=x.device) if need_db else None  # (V,)
+
+    # Rows [split, V) of dweight host the dinput accumulator's second half (see module doc).
+    split = v
+    borrowed = None
+    if need_dx and need_dw and borrow and x.dtype in _HALF:
+        start = _borrow_rows(n, v)
+        if start is not None:
+            split = start
+            rows = n - n // 2
+            borrowed = dw.view(-1)[start * d : (start + 2 * rows) * d].view(torch.float32)
+            borrowed = borrowed.view(rows, d)  # (N - N//2, d) float32
+    acc = _DinputAccumulator(n, d, x.dtype, x.device, borrowed) if need_dx else None
+
+    main = _split(0, split, problem.chunk)
+    tail = _split(split, v, problem.chunk)  # dweight deferred until dinput is done
+    kw = dict(label_smoothing=label_smoothing, z_loss=z_loss)
+    for v0, v1 in main + tail:
+        dz = problem.dlogits(v0, v1, lse, row_scale, **kw)  # (N, C)
+        if db is not None:
+            torch.sum(dz, 0, dtype=db.dtype, out=db[v0:v1])
+        if dw is not None and v1 <= split:
+            torch.mm(dz.t(), x, out=dw[v0:v1])
+        if acc is not None:
+            acc.add(dz, weight[v0:v1])
+    dx = acc.finish(scratch=problem.buffer) if acc is not None else None
+    if dw is not None:
+        for v0, v1 in tail:  # the borrowed rows are free now
+            dz = problem.dlogits(v0, v1, lse, row_scale, **kw)
+            torch.mm(dz.t(), x, out=dw[v0:v1])
+    return dx, dw, None if db is None else db.to(weight.dtype)
+
+
+class _VocabChunkedLinearCrossEntropy(torch.autograd.Function):
+    """Outputs ``(loss, lse, argmax)``; only ``loss`` is differentiable."""
+
+    @staticmethod
+    def forward(
+        ctx,
+        x: Tensor,  # (N, d)
+        weight: Tensor,  # (V, d)
+        bias: Tensor | None,  # (V,)
+        target: Tensor,  # (N,) int64
+        ignore_index: int,
+        reduction: str,
+        label_smoothing: float,
+        z_loss: float,
+        softcap: float | None,
+        chunk: int,
+        epilogue: str,
+        borrow: bool,
+        want_argmax: bool,
+    ):
+        problem = _Problem(x, weight, bias, target, softcap=softcap, chunk=chunk,
+                           epilogue=epilogue)
+        lse, z_target, z_sum, argmax = _forward_stats(
+            problem, need_zsum=label_smoothing > 0.0, need_argmax=want_argmax
+        )
+        del problem  # frees the chunk buffer
+        valid = target != ignore_index  # (N,)
+        token_loss = token_loss_from_stats(
+            lse, z_target, z_sum, valid, vocab_size=weight.shape[0],
+            label_smoothing=label_smoothing, z_loss=z_loss,
+        )
+        loss = reduce_token_loss(token_loss, valid, reduction)
+        ctx.save_for_backward(x, weight, bias, target, lse)
+        ctx.options = (ignore_index, reduction, label_smoothing, z_loss, softcap, chunk,
+                       epilogue, borrow)
+        if argmax is None:
+            argmax = torch.empty(0, dtype=torch.int64, device=x.device)
+        ctx.mark_non_differentiable(lse, argmax)
+        return loss, lse, argmax
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor, grad_lse: Tensor, grad_argmax: Tensor):
+        del grad_lse, grad_argmax  # non-differentiable outputs
+        x, weight, bias, target, lse = ctx.saved_tensors
+        (ignore_index, reduction, label_smoothing, z_loss, softcap, chunk, epilogue,
+         borrow) = ctx.options
+        need = tuple(ctx.needs_input_grad[:3])
+        nones = (None,) * 10
+        if not any(need):
+            return (None, None, None, *nones)
+        acc = lse.dtype
+        valid = target != ignore_index  # (N,)
+        if reduction == "none":
+            row_scale = grad_loss.to(acc) * valid.to(acc)  # (N,)
+        else:
+            row_scale = row_scale_for_reduction(valid, reduction, acc) * grad_loss.to(acc)
+        problem = _Problem(x, weight, bias, target, softcap=softcap, chunk=chunk,
+                           epilogue=epilogue)
+        dx, dw, db = _backward_grads(
+            problem, lse, row_scale, label_smoothing=label_smoothing, z_loss=z_loss,
+            need=need, borrow=borrow,
+        )
+        return (dx, dw, db if bias is not None else None, *nones)
+
+
+def vocab_chunked_linear_cross_entropy(
+    input: Tensor,
+    weight: Tensor,
+    target: Tensor,
+    bias: Tensor | None,
+    *,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+    chunk_size: int | None,
+    want_argmax: bool,
+    epilogue: str | None = None,
+    borrow_dweight: bool = True,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Vocabulary-chunked forward and backward on flattened, validated tensors; same
+    conventions as ``chunked_linear_cross_entropy``.
+
+    Args:
+        input: ``(N, d)``; weight: ``(V, d)``; target: ``(N,)`` int64; bias: ``(V,)`` or None.
+        chunk_size: classes per chunk; None picks :func:`default_vocab_chunk`.
+        want_argmax: also return the per-token argmax.
+        epilogue: ``"triton"`` or ``"torch"``; None picks :func:`default_epilogue`.
+        borrow_dweight: let the ``dinput`` accumulator borrow unwritten ``dweight`` rows (see
+            the module docstring); False allocates a separate float32 ``(N/2, d)`` instead
+            (no recomputed logits, ``2 N d`` more bytes).
+
+    Returns:
+        ``(loss, lse, argmax)``: loss as in ``reduction`` (float32/float64), ``lse`` ``(N,)``,
+        ``argmax`` ``(N,)`` int64 or None.
+    """
+    n, v = input.shape[0], weight.shape[0]
+    chunk = default_vocab_chunk(n, v, input.dtype) if chunk_size is None else chunk_size
+    if epilogue is None:
+        epilogue = default_epilogue(input.device, input.dtype)
+    if epilogue not in ("torch", "triton"):
+        raise ValueError(f"epilogue must be 'torch' or 'triton', got {epilogue!r}")
+    loss, lse, argmax = _VocabChunkedLinearCrossEntropy.apply(
+        input,
+        weight,
+        None if bias is None else bias.contiguous(),
+        target.contiguous(),
+        ignore_index,
+        reduction,
+        label_smoothing,
+        z_loss,
+        softcap,
+        max(1, min(chunk, v)),
+        epilogue,
+        borrow_dweight,
+        want_argmax,
+    )
+    return loss, lse, argmax if want_argmax else None
