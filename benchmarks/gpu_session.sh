@@ -27,7 +27,7 @@ run)
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
     python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$out/gpu.txt"
     # 1. correctness on the GPU: the ops suite, CUDA tests included (they skip on CPU machines)
-    timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/ops/test_linear_cross_entropy.py 2>&1 \
+    timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/ops/test_linear_cross_entropy.py tests/ops/test_vocab_chunked.py 2>&1 \
         | tail -30 | tee "$out/gpu_tests.log" || true
     # 2. full-size correctness + the whole benchmark (writes its files after every method)
     python3 benchmarks/linear_cross_entropy_gpu.py --out "$out/linear_cross_entropy_h200"

@@ -17,3 +17,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# A script run in a subprocess under TRITON_INTERPRET=1 (see tests/ops/test_triton_interpreter.py), not a test module.
+collect_ignore = ["ops/_triton_interp_checks.py"]
