@@ -30,6 +30,13 @@ def test_vocab_validation():
     v = Vocab(size=8, pad_id=0, mask_id=3, cls_id=1, sep_id=2, eos_id=0, extra_special_ids=(7,))
     assert v.special_ids == (0, 1, 2, 3, 7)
     assert v.special_mask().tolist() == [True, True, True, True, False, False, False, True]
+    # an id is an integer, never a bool or a float (True would silently be id 1, 2.7 id 2)
+    with pytest.raises(ValueError, match="pad_id must be an int in \\[0, 5\\), got True"):
+        Vocab(size=5, pad_id=True)
+    with pytest.raises(ValueError, match="extra_special_ids must hold ints in \\[0, 5\\), got 2.7"):
+        Vocab(size=5, extra_special_ids=(2.7,))
+    w = Vocab(size=5, pad_id=torch.tensor(0), extra_special_ids=[torch.tensor(4)])  # integer-like ids become ints
+    assert (type(w.pad_id), w.extra_special_ids) == (int, (4,))
 
 
 def test_vocab_from_hf_tokenizers():
@@ -48,6 +55,22 @@ def test_vocab_from_hf_tokenizers():
         tokenizer_object=raw, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]"
     )
     assert Vocab.from_tokenizer(fast) == v
+    raw.add_tokens(["hello"])  # an ordinary added token is not special: it may be masked and drawn
+    raw.add_special_tokens(["[EXTRA]"])
+    v = Vocab.from_tokenizer(raw)
+    assert (v.size, v.extra_special_ids) == (9, (8,))
+
+
+def test_public_names_are_importable():
+    import lmobjectives.data
+    import lmobjectives.losses
+    import lmobjectives.objectives
+
+    for module in (lmobjectives, lmobjectives.objectives, lmobjectives.data, lmobjectives.losses):
+        for name in module.__all__:
+            assert getattr(module, name) is not None, (module.__name__, name)
+    # what public functions return or the docs point to is exported from the package
+    assert {"SentencePairs", "word_ids_from_starts"} <= set(lmobjectives.objectives.__all__)
     with pytest.raises(TypeError, match="tok"):
         Vocab.from_tokenizer(object())
 

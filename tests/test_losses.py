@@ -80,3 +80,14 @@ def test_sentence_loss():
     out = sentence_loss(logits, labels)
     torch.testing.assert_close(out.loss, F.cross_entropy(logits[:2], labels[:2]))
     assert (out.num_tokens.item(), out.num_correct.item()) == (2, 1)
+
+
+def test_sentence_loss_dtypes():
+    # float64 logits are not rounded to float32; int32 labels work; float labels are refused
+    logits = torch.tensor([[1.0, 1.0 + 1e-12], [0.5, -0.5]], dtype=torch.float64)
+    labels = torch.tensor([0, 1])
+    out = sentence_loss(logits, labels.int())
+    assert out.loss.dtype == torch.float64
+    assert out.loss.item() == F.cross_entropy(logits, labels).item()
+    with pytest.raises(TypeError, match="labels must hold integer class ids, got dtype torch.float32"):
+        sentence_loss(logits, labels.float())

@@ -27,7 +27,10 @@ def check_token_ids(x: object, vocab: Vocab, name: str = "input_ids") -> torch.T
 
 
 def check_like(x: object, ref: torch.Tensor, name: str, *, dtype: str = "int") -> torch.Tensor:
-    """Check an extra per-token tensor (word ids, document ids, mask) has the shape of ``ref``."""
+    """Check an extra per-token tensor (word ids, document ids, mask) has the shape of ``ref``.
+
+    Returns a new tensor (never ``x`` itself), so a :class:`Batch` does not alias the caller's tensors.
+    """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape {tuple(ref.shape)}, got {type(x).__name__}")
     if tuple(x.shape) != tuple(ref.shape):
@@ -35,10 +38,10 @@ def check_like(x: object, ref: torch.Tensor, name: str, *, dtype: str = "int") -
     if dtype == "bool":
         if x.dtype != torch.bool and (x.dtype.is_floating_point or x.dtype.is_complex):
             raise TypeError(f"{name} must be a bool (or 0/1 integer) tensor, got dtype {x.dtype}")
-        return x.to(device=ref.device, dtype=torch.bool)
+        return x.to(device=ref.device, dtype=torch.bool, copy=True)
     if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
         raise TypeError(f"{name} must be an integer tensor, got dtype {x.dtype}")
-    return x.to(device=ref.device, dtype=torch.long)
+    return x.to(device=ref.device, dtype=torch.long, copy=True)
 
 
 def check_probability(value: object, name: str, *, low_open: bool = False, high_open: bool = False) -> float:

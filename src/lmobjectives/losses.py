@@ -102,8 +102,11 @@ def sentence_loss(logits: torch.Tensor, labels: torch.Tensor, *, reduction: Redu
     _check_reduction(reduction)
     if logits.dim() != 2 or labels.shape != logits.shape[:1]:
         raise ValueError(f"logits must be (B, C) and labels (B,), got {tuple(logits.shape)} and {tuple(labels.shape)}")
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise TypeError(f"labels must hold integer class ids, got dtype {labels.dtype}")
     valid = labels != IGNORE_INDEX
-    per = F.cross_entropy(logits.float(), torch.where(valid, labels, 0), reduction="none")
+    work = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp32 at least; float64 stays float64
+    per = F.cross_entropy(work, torch.where(valid, labels, 0).long(), reduction="none")
     total = torch.where(valid, per, 0.0).sum()
     num = valid.sum()
     loss = total / num.clamp(min=1) if reduction == "mean" else total

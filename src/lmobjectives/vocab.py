@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 __all__ = ["Vocab"]
+
+
+def _as_id(value: object, size: int) -> int | None:
+    """``value`` as a Python int if it is an integer (not a bool, not a float) in ``[0, size)``, else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        i = operator.index(value)  # int, numpy integer, 0-dim integer tensor
+    except TypeError:
+        return None
+    return i if 0 <= i < size else None
 
 
 @dataclass(frozen=True)
@@ -39,12 +51,16 @@ class Vocab:
             raise ValueError(f"Vocab: size must be a positive int, got {self.size!r}")
         for name in ("pad_id", "mask_id", "cls_id", "sep_id", "bos_id", "eos_id", "unk_id"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or not 0 <= value < self.size):
-                raise ValueError(f"Vocab: {name} must be an int in [0, {self.size}), got {value!r}")
-        object.__setattr__(self, "extra_special_ids", tuple(int(i) for i in self.extra_special_ids))
+            if value is not None:
+                if (i := _as_id(value, self.size)) is None:
+                    raise ValueError(f"Vocab: {name} must be an int in [0, {self.size}), got {value!r}")
+                object.__setattr__(self, name, i)
+        extra = []
         for value in self.extra_special_ids:
-            if not 0 <= value < self.size:
-                raise ValueError(f"Vocab: extra_special_ids must lie in [0, {self.size}), got {value!r}")
+            if (i := _as_id(value, self.size)) is None:
+                raise ValueError(f"Vocab: extra_special_ids must hold ints in [0, {self.size}), got {value!r}")
+            extra.append(i)
+        object.__setattr__(self, "extra_special_ids", tuple(extra))
 
     @property
     def special_ids(self) -> tuple[int, ...]:
@@ -101,8 +117,9 @@ class Vocab:
             for key, names in spellings.items():
                 ids = [tok.token_to_id(n) for n in names]
                 named[key] = next((i for i in ids if i is not None), None)
-            added = list(tok.get_added_tokens_decoder()) if hasattr(tok, "get_added_tokens_decoder") else []
-            extra = [int(i) for i in added if i not in named.values()]
+            added = tok.get_added_tokens_decoder() if hasattr(tok, "get_added_tokens_decoder") else {}
+            # only special added tokens are reserved; tok.add_tokens(["word"]) adds an ordinary token
+            extra = [int(i) for i, t in added.items() if getattr(t, "special", True) and i not in named.values()]
             return cls(size=tok.get_vocab_size(with_added_tokens=True), extra_special_ids=tuple(extra), **named)
         raise TypeError(
             f"Vocab.from_tokenizer: tok must be a transformers tokenizer or a tokenizers.Tokenizer, got {type(tok).__name__}"

@@ -95,7 +95,14 @@ def test_properties(lengths, doc_mask, seed):
     x = torch.randint(1, 20, (len(lengths), T_), generator=g)
     mask = torch.arange(T_)[None] < torch.tensor(lengths)[:, None]
     x = torch.where(mask, x, 0)
-    b = get_objective("clm", vocab=vocab, document_masking=doc_mask)(x, attention_mask=mask)
+    clm = get_objective("clm", vocab=vocab, document_masking=doc_mask)
+    # a target wherever this and the next token are real (and, with document masking, this one is not EOS)
+    expected = mask[:, :-1] & mask[:, 1:] & ((x[:, :-1] != 1) if doc_mask else True)
+    if not expected.any():
+        with pytest.raises(ValueError, match="nothing to predict"):
+            clm(x, attention_mask=mask)
+        return
+    b = clm(x, attention_mask=mask)
     lab = b.labels
     has = lab != IGNORE_INDEX
     # every label is the next input token, and only from real to real tokens
@@ -108,6 +115,7 @@ def test_properties(lengths, doc_mask, seed):
     else:
         # no target crosses an EOS boundary
         assert not (has[:, :-1] & (x[:, :-1] == 1)).any()
+    assert torch.equal(has[:, :-1], expected)
     assert torch.equal(b.has_targets, has.any(-1))
 
 
@@ -130,3 +138,35 @@ def test_bad_input(bad, exc, words):
 def test_document_ids_without_document_masking_is_an_error():
     with pytest.raises(ValueError, match="document_masking"):
         get_objective("clm", vocab=V)(torch.tensor([[3, 4]]), document_ids=torch.tensor([[0, 0]]))
+
+
+@pytest.mark.parametrize(
+    "x, options, extras",
+    [
+        (torch.tensor([[5], [6]]), {}, {}),  # T = 1: no next token
+        (torch.tensor([[2, 2, 2], [2, 2, 2]]), {}, {}),  # pad == eos: only the first EOS of a row is real
+        (torch.tensor([[5, 6, 7]]), {"document_masking": True}, {"document_ids": torch.tensor([[0, 1, 2]])}),
+    ],
+)
+def test_nothing_to_predict_is_an_error(x, options, extras):
+    # README: a batch with nothing to predict is an error, not a silent all-ignored batch (as MaskedLM)
+    with pytest.raises(ValueError, match=rf"input_ids of shape \({x.shape[0]}, {x.shape[1]}\) has nothing to predict"):
+        get_objective("clm", vocab=V, **options)(x, **extras)
+
+
+def test_batch_does_not_alias_caller_tensors():
+    x = torch.tensor([[7, 8, 2, 9, 2, 2]])
+    mask = torch.tensor([[T, T, T, T, T, F_]])
+    docs = torch.tensor([[0, 0, 0, 1, 1, 2]])
+    b = get_objective("clm", vocab=V, document_masking=True)(x, attention_mask=mask, document_ids=docs)
+    b.attention_mask[0, 0] = False
+    b.document_ids[0, 0] = 5
+    assert mask[0, 0].item() is True and docs[0, 0].item() == 0
+
+
+def test_int_and_uint8_inputs():
+    b = get_objective("clm", vocab=V)(
+        torch.tensor([[7, 8, 9, 9]], dtype=torch.int32), attention_mask=torch.tensor([[1, 1, 1, 0]], dtype=torch.uint8)
+    )
+    assert b.input_ids.dtype == torch.long and b.attention_mask.dtype == torch.bool
+    assert b.labels.tolist() == [[8, 9, -100, -100]]

@@ -536,3 +536,12 @@ def test_bernoulli_positions_have_the_bernoulli_law(p):
         assert binomial_ok(int(c), draws, p)
     var = torch.tensor(counts, dtype=torch.float64).var().item()
     assert abs(var / (n * p * (1 - p)) - 1) < 0.15
+
+
+def test_attention_mask_is_not_aliased():
+    mask = torch.ones_like(X, dtype=torch.bool)
+    for selection in ("bernoulli", "exact"):  # the sparse token path and the dense path
+        b = get_objective("mlm", vocab=V, selection=selection)(X, attention_mask=mask, generator=gen())
+        assert b.attention_mask is not mask
+        b.attention_mask[0, 0] = False
+        assert bool(mask[0, 0])

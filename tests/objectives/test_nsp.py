@@ -466,3 +466,12 @@ def test_registry():
     with pytest.raises(ValueError, match="unknown option.*'swap_prob'.*random_next_prob"):
         get_objective("nsp", vocab=V, swap_prob=0.5)
     assert nsp == get_objective("nsp", vocab=V, max_seq_length=64, random_next_prob=0.3)
+
+
+@pytest.mark.parametrize("cls", [NextSentencePrediction, SentenceOrderPrediction])
+def test_bernoulli_masking_needs_max_predictions_none(cls):
+    # the default max_predictions=20 belongs to "exact"; the error names this objective's options
+    with pytest.raises(ValueError, match=rf"{cls.__name__}: max_predictions=20 .*mlm_selection='bernoulli' pass max_predictions=None"):
+        cls(V, mlm_selection="bernoulli")
+    cls(V, mlm_selection="bernoulli", max_predictions=None)
+    cls(V, mlm_selection="bernoulli", mlm_probability=0)  # no MLM, nothing to cap

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import torch
 
+from ..objectives.mlm import word_ids_from_starts
 from ..vocab import Vocab
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -171,10 +172,7 @@ class ByteTokenizer:
                 f"got values from {int(ids.min())} to {int(ids.max())}"
             )
         in_word = self._in_word.to(ids.device)[ids]  # (B, T)
-        starts = in_word.clone()  # (B, T) True at the first byte of each word
-        starts[:, 1:] &= ~in_word[:, :-1]
-        index = starts.long().cumsum(-1) - 1  # (B, T) index of the word begun at or before t
-        return torch.where(in_word, index, torch.full_like(index, -1))
+        return word_ids_from_starts(torch.zeros_like(in_word), in_word)  # a word = a maximal run of in-word bytes
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of ``ids``: bytes decoded as UTF-8 (``errors="replace"``), specials by name.

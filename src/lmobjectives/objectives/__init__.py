@@ -12,8 +12,8 @@ from typing import Any
 from ..vocab import Vocab
 from .base import Batch, Objective, attention_mask_4d, padding_mask
 from .clm import CausalLM
-from .mlm import MaskedLM
-from .nsp import NextSentencePrediction, SentenceOrderPrediction
+from .mlm import MaskedLM, word_ids_from_starts
+from .nsp import NextSentencePrediction, SentenceOrderPrediction, SentencePairs
 
 __all__ = [
     "OBJECTIVES",
@@ -23,9 +23,11 @@ __all__ = [
     "NextSentencePrediction",
     "Objective",
     "SentenceOrderPrediction",
+    "SentencePairs",
     "attention_mask_4d",
     "get_objective",
     "padding_mask",
+    "word_ids_from_starts",
 ]
 
 OBJECTIVES: dict[str, type] = {

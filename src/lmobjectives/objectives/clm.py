@@ -61,7 +61,10 @@ class CausalLM:
         position_ids     [[ 0,  1,  2,    0,  1,    0]]       # document_masking=True
         attention_mask   [[ T,  T,  T,    T,  T,    F]]
 
-    No randomness: ``generator`` is accepted for a uniform interface.
+    A batch with no target at all (``T = 1``, no row with two consecutive
+    real tokens of one document) raises ``ValueError``; rows without a target
+    are reported in ``has_targets``. No randomness: ``generator`` is accepted
+    for a uniform interface.
     """
 
     vocab: Vocab  # vocabulary (eos_id used for document boundaries, pad_id for padding)
@@ -96,6 +99,13 @@ class CausalLM:
             position_ids = positions_within_documents(document_ids)
         elif document_ids is not None:
             raise ValueError("document_ids was given but document_masking=False; set document_masking=True to use it")
+        has_targets = keep.any(-1)  # (B,)
+        if not bool(has_targets.any()):  # host sync, as in MaskedLM: never a silently all-ignored batch
+            raise ValueError(
+                f"CausalLM: input_ids of shape {tuple(input_ids.shape)} has nothing to predict (no row holds two "
+                "consecutive real tokens" + (" of one document" if self.document_masking else "")
+                + "); refusing to return a batch with no target"
+            )
         labels[:, :-1] = torch.where(keep, input_ids[:, 1:], IGNORE_INDEX)
         return Batch(
             input_ids=input_ids.clone(),
@@ -104,5 +114,5 @@ class CausalLM:
             causal=True,
             document_ids=document_ids,
             position_ids=position_ids,
-            has_targets=keep.any(-1),
+            has_targets=has_targets,
         )

@@ -79,6 +79,12 @@ class _SentencePairObjective:
         if self.mlm_selection not in _SELECTIONS:
             raise ValueError(f"{who}: mlm_selection must be one of {_SELECTIONS}, got {self.mlm_selection!r}")
         check_positive_int(self.max_predictions, "max_predictions", allow_none=True)
+        if self.mlm_selection == "bernoulli" and self.max_predictions is not None and self.mlm_probability > 0:
+            # say it in this objective's terms (MaskedLM would name its own options)
+            raise ValueError(
+                f"{who}: max_predictions={self.max_predictions!r} caps the fixed count of mlm_selection='exact'; "
+                "with mlm_selection='bernoulli' pass max_predictions=None"
+            )
         mlm = None
         if self.mlm_probability > 0:
             self.vocab.require("mask_id", who=f"{who} with mlm_probability > 0")
