@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from lmobjectives import cli as cli_module
 from lmobjectives.cli import EXIT_INTERRUPTED, build_parser, main
 
 TINY = ["--d-model", "32", "--layers", "1", "--heads", "2", "--d-ff", "64", "--seq-len", "32", "--batch-size", "4",
@@ -44,7 +45,9 @@ def test_train_end_to_end(tmp_path, capsys):
     for path in (out / "metrics.jsonl", out / "config.json", out / "tokenizer", out / "checkpoint"):
         assert path.exists() and str(path) in printed  # the summary says where everything is
     assert "done: 3 steps" in printed
-    assert (out / "checkpoint" / "model.safetensors").exists() and (out / "checkpoint" / "optimizer.safetensors").exists()
+    assert sorted(p.name for p in (out / "checkpoint").iterdir()) == [
+        "model-0000003.safetensors", "optimizer-0000003.safetensors", "state.json"
+    ]
     config = json.loads((out / "config.json").read_text())["train"]
     assert config["objective"] == "mlm" and config["mlm_unit"] == "word" and config["n_layers"] == 1
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
@@ -107,3 +110,12 @@ def test_errors_found_while_training_are_reported_without_a_traceback(tmp_path, 
     assert "already holds a checkpoint; pass resume=True (--resume)" in capsys.readouterr().err
     assert main(["train", "--steps", "1", "--data", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "b"), *TINY]) == 2
     assert "lmobj train: error:" in capsys.readouterr().err
+
+
+def test_ctrl_c_outside_the_training_loop_exits_130_without_a_traceback(tmp_path, capsys, monkeypatch):
+    def interrupted_while_loading(config):
+        raise KeyboardInterrupt  # Ctrl-C while the corpus loads, or a second Ctrl-C while training
+
+    monkeypatch.setattr(cli_module, "train", interrupted_while_loading)
+    assert main(["train", "--steps", "1", "--out", str(tmp_path / "run"), *TINY]) == EXIT_INTERRUPTED
+    assert "lmobj train: interrupted" in capsys.readouterr().err

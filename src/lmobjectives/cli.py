@@ -170,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, FileExistsError, FileNotFoundError) as e:
             print(f"lmobj train: error: {e}", file=sys.stderr)
             return EXIT_USAGE
+        except KeyboardInterrupt:  # Ctrl-C before the training loop, or a second one inside it
+            print("lmobj train: interrupted; the last checkpoint saved (if any) is intact", file=sys.stderr)
+            return EXIT_INTERRUPTED
         planned = min(config.steps, config.stop_after or config.steps)
         return EXIT_INTERRUPTED if result.steps < planned else 0
     return 0

@@ -80,6 +80,34 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues_exactly(tmp_path, monkey
     assert losses(resumed.metrics_path) == expected
 
 
+def test_resume_after_a_crash_keeps_every_step_in_the_metrics(tmp_path, monkeypatch):
+    """Killed after a periodic checkpoint that falls between two metrics lines: the resumed metrics.jsonl
+    equals the uninterrupted run's (a line is written at every checkpoint), a half-written line is dropped."""
+    base = dict(TINY, objective="clm", steps=8, warmup_steps=2, log_every=4, save_every=3)
+    straight = train(TrainConfig(**base, out=str(tmp_path / "straight")))
+    rows = [json.loads(line) for line in straight.metrics_path.read_text().splitlines()]
+    assert [r["step"] for r in rows] == [3, 4, 6, 8]
+
+    original = trainer_module.BlockStream.__call__
+
+    def crash_at_update_5(self, step):
+        if step == 4:
+            raise RuntimeError("killed")
+        return original(self, step)
+
+    monkeypatch.setattr(trainer_module.BlockStream, "__call__", crash_at_update_5)
+    with pytest.raises(RuntimeError, match="killed"):
+        train(TrainConfig(**base, out=str(tmp_path / "run")))
+    monkeypatch.setattr(trainer_module.BlockStream, "__call__", original)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == [3, 4]  # checkpoint at 3
+    with open(metrics, "a") as f:
+        f.write('{"step": 5, "lo')  # cut short by the crash
+    resumed = train(TrainConfig(**base, out=str(tmp_path / "run"), resume=True))
+    assert resumed.metrics_path.read_text().count("\n") == 4
+    assert losses(resumed.metrics_path) == losses(straight.metrics_path)
+
+
 def test_outputs(tmp_path):
     result = train(TrainConfig(**dict(TINY, objective="nsp", seq_len=48, steps=3, warmup_steps=1), out=str(tmp_path)))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint", "config.json", "metrics.jsonl", "tokenizer"]

@@ -1,16 +1,18 @@
 """Checkpoints: model and AdamW state as safetensors, the trainer's position as a small JSON.
 
-Layout of ``out/checkpoint/``::
+Layout of ``out/checkpoint/`` (``S`` = the step, zero-padded to 7 digits)::
 
-    model.safetensors      # model.state_dict() (the tied LM head is the embedding, stored once)
-    optimizer.safetensors  # "<param name>.exp_avg", "<param name>.exp_avg_sq", "<param name>.step"
-    state.json             # step, tokens seen, best loss, elapsed time, data position, seeds
+    model-S.safetensors      # model.state_dict() (the tied LM head is the embedding, stored once)
+    optimizer-S.safetensors  # "<param name>.exp_avg", "<param name>.exp_avg_sq", "<param name>.step"
+    state.json               # step, tokens seen, best loss, elapsed time, data position, seeds
 
-Each file is written to a temporary name and renamed, ``state.json`` last,
-and all three carry the step, so a crash while saving is detected on load
-instead of resuming from a mix of two checkpoints. The learning rate is a
-function of the step and every random draw is seeded from ``(seed, step)``
-(see :mod:`.streams`), so no scheduler or generator state is stored.
+Saving is atomic: the new step's two weight files are written (each to a temporary name,
+flushed to disk, renamed) next to the old ones, then ``state.json`` is replaced the same way,
+which commits the new checkpoint, and only then are the old step's files deleted. A crash or a
+second Ctrl-C at any moment leaves ``state.json`` naming a complete checkpoint: the old one or
+the new one, never a mix. The safetensors files also carry the step in their metadata, checked
+on load. The learning rate is a function of the step and every random draw is seeded from
+``(seed, step)`` (see :mod:`.streams`), so no scheduler or generator state is stored.
 """
 
 from __future__ import annotations
@@ -27,16 +29,43 @@ from ..models import Transformer, TransformerConfig
 
 __all__ = ["load_checkpoint", "load_model", "save_checkpoint"]
 
-MODEL_FILE = "model.safetensors"
-OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "state.json"
+
+
+def model_file(step: int) -> str:
+    return f"model-{step:07d}.safetensors"
+
+
+def optimizer_file(step: int) -> str:
+    return f"optimizer-{step:07d}.safetensors"
+
+
+def _commit(tmp: Path, path: Path) -> None:
+    """Flush ``tmp`` to disk and rename it to ``path`` (atomic on POSIX and Windows)."""
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the renames in ``directory`` durable (POSIX; a no-op where a folder cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _write_safetensors(tensors: dict[str, torch.Tensor], path: Path, step: int) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     save_file(tensors, str(tmp), metadata={"format": "pt", "step": str(step)})
-    os.replace(tmp, path)
+    _commit(tmp, path)
 
 
 def optimizer_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
@@ -69,15 +98,20 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     state: dict[str, Any],
 ) -> Path:
-    """Write the three files for ``state["step"]``; returns the folder."""
+    """Write the checkpoint of ``state["step"]`` atomically (see the module docstring); returns the folder."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     step = int(state["step"])
-    _write_safetensors(model.state_dict(), directory / MODEL_FILE, step)
-    _write_safetensors(optimizer_tensors(model, optimizer), directory / OPTIMIZER_FILE, step)
+    keep = {model_file(step), optimizer_file(step), STATE_FILE}
+    _write_safetensors(model.state_dict(), directory / model_file(step), step)
+    _write_safetensors(optimizer_tensors(model, optimizer), directory / optimizer_file(step), step)
     tmp = directory / (STATE_FILE + ".tmp")
     tmp.write_text(json.dumps(state, indent=2) + "\n")
-    os.replace(tmp, directory / STATE_FILE)
+    _commit(tmp, directory / STATE_FILE)  # the commit point
+    _fsync_directory(directory)
+    for path in directory.iterdir():  # the previous step's files and leftovers of a crashed save
+        if path.name not in keep and (path.suffix in (".safetensors", ".tmp")):
+            path.unlink(missing_ok=True)
     return directory
 
 
@@ -90,24 +124,24 @@ def load_checkpoint(directory: str | Path, model: torch.nn.Module, optimizer: to
     """Load weights (and optimizer state) in place; returns the state JSON."""
     directory = Path(directory)
     state = json.loads((directory / STATE_FILE).read_text())
-    files = [directory / MODEL_FILE] + ([directory / OPTIMIZER_FILE] if optimizer is not None else [])
+    step = int(state["step"])
+    files = [directory / model_file(step)] + ([directory / optimizer_file(step)] if optimizer is not None else [])
     for path in files:
-        if _file_step(path) != state["step"]:
-            raise RuntimeError(
-                f"{path} is from step {_file_step(path)} but {directory / STATE_FILE} says step {state['step']}: "
-                "the checkpoint was only partly written (interrupted while saving?)"
-            )
+        if not path.exists():
+            raise RuntimeError(f"{directory / STATE_FILE} says step {step} but {path} is missing")
+        if _file_step(path) != step:
+            raise RuntimeError(f"{path} is from step {_file_step(path)} but {directory / STATE_FILE} says step {step}")
     device = next(model.parameters()).device
-    model.load_state_dict(load_file(str(directory / MODEL_FILE), device=str(device)))
+    model.load_state_dict(load_file(str(files[0]), device=str(device)))
     if optimizer is not None:
-        load_optimizer_tensors(model, optimizer, load_file(str(directory / OPTIMIZER_FILE)))
+        load_optimizer_tensors(model, optimizer, load_file(str(files[1])))
     return state
 
 
 def load_model(out_dir: str | Path, device: str = "cpu") -> Transformer:
-    """The trained model of a run folder (``out/config.json`` + ``out/checkpoint/model.safetensors``), in eval mode."""
+    """The trained model of a run folder (``out/config.json`` + ``out/checkpoint/``), in eval mode."""
     out_dir = Path(out_dir)
     config = json.loads((out_dir / "config.json").read_text())
     model = Transformer(TransformerConfig(**config["model"])).to(device)
-    model.load_state_dict(load_file(str(out_dir / "checkpoint" / MODEL_FILE), device=device))
+    load_checkpoint(out_dir / "checkpoint", model)
     return model.eval()

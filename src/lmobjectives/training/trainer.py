@@ -59,7 +59,7 @@ class TrainResult:
     metrics_path: Path  # metrics.jsonl
     config_path: Path  # config.json
     tokenizer_dir: Path  # the tokenizer, saved with tok.save()
-    checkpoint_dir: Path  # model.safetensors, optimizer.safetensors, state.json
+    checkpoint_dir: Path  # model and optimizer safetensors, state.json (see .checkpoint)
 
     @property
     def tokens_per_s(self) -> float:
@@ -232,11 +232,23 @@ def _check_resumable(saved: dict[str, Any], config: TrainConfig) -> None:
 
 
 def _keep_metrics_up_to(path: Path, step: int) -> None:
-    """Drop metrics lines written after the checkpoint we resume from."""
+    """Drop metrics lines written after the checkpoint we resume from (and a last line cut short by a crash).
+
+    A metrics line is written at every checkpoint, so the kept lines cover exactly steps ``1..step``.
+    """
     if not path.exists():
         return
-    lines = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in lines))
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a crash, necessarily after the checkpoint
+            continue
+        if row["step"] <= step:
+            kept.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.replace(path)
 
 
 # -----------------------------------------------------------------------------
@@ -312,7 +324,9 @@ def train(config: TrainConfig) -> TrainResult:
             meter.add(lm, sent, tokens)
             state["step"], state["tokens"] = step, state["tokens"] + tokens
             bar.update(1)
-            if step % config.log_every == 0 or step == end_step or stopping:  # never lose a partial interval
+            saving = bool(config.save_every) and step % config.save_every == 0 and step != end_step
+            # A line at every checkpoint too: resuming from it then drops no step's metrics.
+            if step % config.log_every == 0 or step == end_step or stopping or saving:
                 row = {"step": step, **meter.read(), "tokens": state["tokens"], "lr": lr}
                 metrics_file.write(json.dumps(row) + "\n")
                 metrics_file.flush()
@@ -324,7 +338,7 @@ def train(config: TrainConfig) -> TrainResult:
             if stopping:
                 interrupted = True
                 break
-            if config.save_every and step % config.save_every == 0 and step != end_step:
+            if saving:
                 state["elapsed_s"] += time.perf_counter() - started
                 started = time.perf_counter()
                 save()
