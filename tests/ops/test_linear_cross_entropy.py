@@ -381,6 +381,8 @@ def test_impl_resolution(monkeypatch):
     from lmobjectives.ops.linear_cross_entropy import _resolve_impl
 
     assert _resolve_impl("auto", torch.device("cpu")) is Impl.CHUNKED
+    assert _resolve_impl("auto", torch.device("cuda"), torch.bfloat16) is Impl.VOCAB_CHUNKED
+    assert _resolve_impl("auto", torch.device("cuda"), torch.float64) is Impl.CHUNKED
     assert _resolve_impl(Impl.REFERENCE, torch.device("cpu")) is Impl.REFERENCE
     assert _resolve_impl("vocab_chunked", torch.device("cpu")) is Impl.VOCAB_CHUNKED
     with pytest.raises(ValueError, match="impl='triton'"):

@@ -27,8 +27,9 @@ Worked example (check it by hand): ``V = 2``, ``weight = [[1, 0], [0, 1]]``, one
 Implementations (``impl=``, see :class:`Impl`): ``"reference"`` materialises the logits;
 ``"chunked"`` streams over token chunks in PyTorch (CPU default); ``"triton"`` is a blocked
 Triton kernel pair for CUDA; ``"vocab_chunked"`` streams over vocabulary chunks with cuBLAS
-GEMMs and small epilogue kernels (a second GPU design); ``"auto"`` picks ``"triton"`` for CUDA
-tensors when Triton is importable, otherwise ``"chunked"``.
+GEMMs and small epilogue kernels (Triton on CUDA); ``"auto"`` picks ``"vocab_chunked"`` for
+CUDA tensors (not float64), otherwise ``"chunked"``. Which GPU design is faster is for the GPU
+benchmark to say (``benchmarks/linear_cross_entropy_gpu.py``); ``"auto"`` follows it.
 """
 
 from __future__ import annotations
@@ -70,7 +71,9 @@ class Impl(StrEnum):
     the backward recomputes them, writes ``dweight`` chunk by chunk and accumulates ``dinput``
     in float32. Four GEMMs, one ``(N, chunk)`` logits buffer (about 64 MiB); any device."""
     AUTO = "auto"
-    """``TRITON`` for non-float64 CUDA tensors when Triton is importable, else ``CHUNKED``."""
+    """``VOCAB_CHUNKED`` for non-float64 CUDA tensors (its cost is predictable: four cuBLAS GEMMs
+    at the memory floor; the fused ``TRITON`` design has yet to be measured on a GPU), else
+    ``CHUNKED``."""
 
 
 @dataclass(frozen=True)
@@ -115,8 +118,8 @@ def _resolve_impl(
             f"impl must be one of {[i.value for i in Impl]}, got {impl!r}"
         ) from None
     if impl == Impl.AUTO:
-        use_triton = device.type == "cuda" and dtype != torch.float64 and _triton_importable()
-        return Impl.TRITON if use_triton else Impl.CHUNKED
+        on_gpu = device.type == "cuda" and dtype != torch.float64
+        return Impl.VOCAB_CHUNKED if on_gpu else Impl.CHUNKED
     if impl == Impl.TRITON:
         if not _triton_importable():
             raise ValueError(
