@@ -41,7 +41,13 @@ def test_block_stream_is_a_function_of_the_step():
     torch.testing.assert_close(a.input_ids, b.input_ids)
     torch.testing.assert_close(a.labels, b.labels)
     assert not torch.equal(a.labels, c.labels)
-    assert stream.position(5) == {"unit": "block", "num_examples": 10, "next_example": 20, "epoch": 2}
+    assert stream.position(5) == {
+        "unit": "block",
+        "num_examples": 10,
+        "fingerprint": stream.fingerprint,
+        "next_example": 20,
+        "epoch": 2,
+    }
 
 
 def test_sentence_stream_is_a_function_of_the_step_and_keeps_at_most_batch_size_pairs():

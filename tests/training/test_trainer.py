@@ -166,3 +166,14 @@ def test_bad_device_and_data_are_clear_errors(tmp_path):
         train(TrainConfig(**dict(TINY, steps=1, device="tpu", out=str(tmp_path / "a"))))
     with pytest.raises((ValueError, FileNotFoundError)):
         train(TrainConfig(**dict(TINY, steps=1, data=str(tmp_path / "missing.txt"), out=str(tmp_path / "b"))))
+
+
+def test_resume_refuses_data_that_changed_in_place(tmp_path):
+    # same file, same number of documents and blocks, different text: resuming would silently train on other data
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("The first document has a sentence. And another one.\n\nA second document follows here.\n")
+    base = dict(TINY, objective="clm", steps=4, stop_after=2, warmup_steps=1, data=str(corpus), out=str(tmp_path / "run"))
+    train(TrainConfig(**base))
+    corpus.write_text("The first document has a sentence! And another one.\n\nA second document follows here.\n")
+    with pytest.raises(ValueError, match="data changed.*fingerprint"):
+        train(TrainConfig(**base, resume=True))

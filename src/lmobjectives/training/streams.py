@@ -31,7 +31,7 @@ import torch
 
 from ..objectives.base import Batch, Objective
 
-__all__ = ["BlockStream", "SentenceStream", "derive_seed", "epoch_indices"]
+__all__ = ["BlockStream", "SentenceStream", "derive_seed", "data_fingerprint", "epoch_indices"]
 
 
 def derive_seed(seed: int, *parts: object) -> int:
@@ -64,6 +64,15 @@ def epoch_indices(seed: int, start: int, count: int, n: int) -> torch.Tensor:
     return out
 
 
+def data_fingerprint(*tensors: torch.Tensor) -> str:
+    """A short SHA-256 of the tensors' contents, to tell on resume whether the data changed."""
+    digest = hashlib.sha256()
+    for t in tensors:
+        digest.update(str((t.dtype, tuple(t.shape))).encode())
+        digest.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def corruption_generator(seed: int, step: int) -> torch.Generator:
     """The generator an objective draws from at ``step`` (0-based data position)."""
     return torch.Generator().manual_seed(derive_seed(seed, "corrupt", step))
@@ -78,6 +87,7 @@ class BlockStream:
         self.extras = extras  # name -> (N, T) tensor passed to the objective (attention_mask, document_ids, word_ids)
         self.batch_size = batch_size
         self.seed = seed
+        self.fingerprint = data_fingerprint(input_ids, *extras.values())  # checked on resume
 
     @property
     def num_examples(self) -> int:
@@ -91,7 +101,13 @@ class BlockStream:
     def position(self, step: int) -> dict[str, Any]:
         """Where the stream stands before ``step`` (for the checkpoint's JSON; resuming needs only the step)."""
         start = step * self.batch_size
-        return {"unit": "block", "num_examples": self.num_examples, "next_example": start, "epoch": start // self.num_examples}
+        return {
+            "unit": "block",
+            "num_examples": self.num_examples,
+            "fingerprint": self.fingerprint,
+            "next_example": start,
+            "epoch": start // self.num_examples,
+        }
 
 
 class SentenceStream:
@@ -116,6 +132,7 @@ class SentenceStream:
         self.order = torch.argsort(doc_index, stable=True)  # (S,)
         counts = torch.bincount(doc_index)  # (D,)
         self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])  # (D+1,)
+        self.fingerprint = data_fingerprint(input_ids, self.order, self.offsets)  # checked on resume
         if self.num_documents < 2:
             raise ValueError(f"{objective.name} needs at least 2 documents to draw sentence pairs from, got {self.num_documents}")
         self.docs_per_step = docs_per_step if docs_per_step is not None else self._estimate_docs_per_step()
@@ -155,6 +172,7 @@ class SentenceStream:
         return {
             "unit": "document",
             "num_examples": self.num_documents,
+            "fingerprint": self.fingerprint,
             "docs_per_step": self.docs_per_step,
             "next_example": start,
             "epoch": start // self.num_documents,

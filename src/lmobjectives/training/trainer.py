@@ -291,8 +291,13 @@ def train(config: TrainConfig) -> TrainResult:
     state: dict[str, Any] = {"step": 0, "tokens": 0, "elapsed_s": 0.0, "first_loss": None, "final_loss": None, "best_loss": None}
     if resuming:
         state = load_checkpoint(checkpoint_dir, model, optimizer)
-        if state["data"]["num_examples"] != stream.num_examples:
-            raise ValueError(f"cannot resume: the data changed ({state['data']['num_examples']} examples then, {stream.num_examples} now)")
+        then, now = state["data"], stream.position(state["step"])
+        if (then["num_examples"], then.get("fingerprint")) != (now["num_examples"], now["fingerprint"]):
+            raise ValueError(
+                f"cannot resume {out}: the data changed since the checkpoint "
+                f"({then['num_examples']} examples, fingerprint {then.get('fingerprint')} then; "
+                f"{now['num_examples']} examples, fingerprint {now['fingerprint']} now)"
+            )
         _keep_metrics_up_to(metrics_path, state["step"])
         tqdm.write(f"resuming {out} at step {state['step']}")
     else:
