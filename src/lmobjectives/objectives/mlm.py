@@ -122,6 +122,23 @@ def _at_least_one(u: torch.Tensor, eligible: torch.Tensor, p: float, generator: 
     return torch.where(before, 1.0, torch.where(at, u * p, u))
 
 
+def _bernoulli_at_least_one(
+    eligible: torch.Tensor, p: float, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(selected, u)``: i.i.d. Bernoulli(p) over ``eligible`` places, conditioned on >= 1 success.
+
+    A plain draw, redrawn with :func:`_at_least_one` when it came out empty: together
+    exactly the conditional law. ``selected = eligible & (u < p)``; ``u / p`` is uniform
+    given selection.
+    """
+    u = torch.rand(eligible.shape, generator=generator, device=eligible.device)
+    selected = eligible & (u < p)
+    if not _any(selected):
+        u = _at_least_one(torch.rand(eligible.shape, generator=generator, device=eligible.device), eligible, p, generator)
+        selected = eligible & (u < p)
+    return selected, u
+
+
 @dataclass(frozen=True)
 class MaskedLM:
     """Masked-LM corruption: select tokens, replace most by [MASK], predict the originals.
@@ -411,14 +428,10 @@ class MaskedLM:
     def _select_tokens(self, maskable: torch.Tensor, generator):
         B, T = maskable.shape
         device = maskable.device
-        u = torch.rand(B, T, generator=generator, device=device)  # (B, T)
         if self.selection == "bernoulli":
-            selected = maskable & (u < self.probability)
-            if not _any(selected):  # redraw conditioned on >= 1 target (exact, see _at_least_one)
-                u = torch.rand(B, T, generator=generator, device=device)
-                u = _at_least_one(u, maskable, self.probability, generator)
-                selected = maskable & (u < self.probability)
+            selected, u = _bernoulli_at_least_one(maskable, self.probability, generator)  # (B, T) each
             return selected, u, self.probability  # one uniform: select if u < p, split on u / p
+        u = torch.rand(B, T, generator=generator, device=device)  # (B, T)
         k = self._budget(maskable.sum(-1))  # (B,)
         top = int(k.max())
         keys = torch.where(maskable, u, 2.0)  # (B, T); non-maskable never among the k smallest (k <= n)
@@ -452,14 +465,10 @@ class MaskedLM:
         index, length, n_words = self._words(maskable, word_ids)
         W = length.shape[1]
         exists = torch.arange(W, device=device) < n_words[:, None]  # (B, W) word slots in use
-        u = torch.rand(B, W, generator=generator, device=device)  # (B, W) one uniform per word
         if self.selection == "bernoulli":
-            word_sel = exists & (u < self.probability)
-            if not _any(word_sel):  # redraw conditioned on >= 1 target (exact, see _at_least_one)
-                u = torch.rand(B, W, generator=generator, device=device)
-                u = _at_least_one(u, exists, self.probability, generator)
-                word_sel = exists & (u < self.probability)
+            word_sel, _ = _bernoulli_at_least_one(exists, self.probability, generator)  # (B, W) per word
         else:
+            u = torch.rand(B, W, generator=generator, device=device)  # (B, W) one uniform per word
             k = self._budget(maskable.sum(-1))  # (B,) token budget; at most k words are taken
             top = min(int(k.max()), W)
             keys = torch.where(exists, u, 2.0)  # (B, W)
@@ -479,12 +488,7 @@ class MaskedLM:
         if self.selection == "exact":
             budget = self._budget(maskable.sum(-1))  # (B,)
         else:
-            u = torch.rand(B, T, generator=generator, device=device)
-            drawn = maskable & (u < self.probability)
-            if not _any(drawn):  # redraw conditioned on >= 1 target (exact, see _at_least_one)
-                u = torch.rand(B, T, generator=generator, device=device)
-                u = _at_least_one(u, maskable, self.probability, generator)
-                drawn = maskable & (u < self.probability)
+            drawn, _ = _bernoulli_at_least_one(maskable, self.probability, generator)  # (B, T)
             budget = drawn.sum(-1)  # (B,) ~ Binomial(n, p)
             if self.max_predictions is not None:
                 budget = budget.clamp(max=self.max_predictions)

@@ -280,6 +280,23 @@ def _finish_grads(
     )
 
 
+def _problem(input, weight, bias, target, ignore_index, label_smoothing, z_loss, softcap, chunk_size):
+    """The chunked problem of one call, and its ``valid`` mask ``(N,)`` (forward and backward alike)."""
+    valid = target != ignore_index  # (N,)
+    problem = _Problem(
+        input,
+        weight,
+        bias,
+        target,
+        _in_range(target, valid, weight.shape[0]),
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+        chunk_size=chunk_size,
+    )
+    return problem, valid
+
+
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     """Outputs ``(loss, lse, argmax)``; only ``loss`` is differentiable."""
 
@@ -299,18 +316,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         need_grads: tuple[bool, bool, bool],
         want_argmax: bool,
     ):
-        valid = target != ignore_index  # (N,)
-        problem = _Problem(
-            input,
-            weight,
-            bias,
-            target,
-            _in_range(target, valid, weight.shape[0]),
-            label_smoothing=label_smoothing,
-            z_loss=z_loss,
-            softcap=softcap,
-            chunk_size=chunk_size,
-        )
+        problem, valid = _problem(input, weight, bias, target, ignore_index, label_smoothing, z_loss, softcap, chunk_size)
         grads_in_forward = any(need_grads) and reduction != "none"
         row_scale = (
             row_scale_for_reduction(valid, reduction, problem.acc_dtype)
@@ -357,18 +363,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
 
         input, weight, bias, target, lse = ctx.saved_tensors
         ignore_index, label_smoothing, z_loss, softcap, chunk_size, need_grads = ctx.options
-        valid = target != ignore_index
-        problem = _Problem(
-            input,
-            weight,
-            bias,
-            target,
-            _in_range(target, valid, weight.shape[0]),
-            label_smoothing=label_smoothing,
-            z_loss=z_loss,
-            softcap=softcap,
-            chunk_size=chunk_size,
-        )
+        problem, valid = _problem(input, weight, bias, target, ignore_index, label_smoothing, z_loss, softcap, chunk_size)
         row_scale = grad_loss.to(problem.acc_dtype) * valid.to(problem.acc_dtype)  # (N,)
         grads = problem.new_grads(*need_grads)
         _backward_recompute(problem, lse, row_scale, grads)
