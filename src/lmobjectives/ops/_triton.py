@@ -25,23 +25,47 @@ from lmobjectives.ops._chunked import (
     row_scale_for_reduction,
     token_loss_from_stats,
 )
-from lmobjectives.ops._triton_kernels import lce_backward_kernel, lce_forward_kernel
+from lmobjectives.ops._triton_kernels import (
+    COMPILE_OPTIONS,
+    lce_backward_kernel,
+    lce_forward_kernel,
+)
 
-__all__ = ["triton_linear_cross_entropy"]
+__all__ = ["launch_config", "triton_linear_cross_entropy"]
 
 
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _blocks(kind: str) -> dict[str, int]:
-    """Tile sizes and launch options; small tiles under the (slow, CPU) interpreter so that
-    tests with a few dozen rows still cover several blocks in every dimension."""
-    if _interpreting():
+def launch_config(
+    kind: str, *, upcast: bool, interpret: bool | None = None
+) -> dict[str, int]:
+    """Tile sizes and launch options of the ``"forward"`` or ``"backward"`` kernel; ``upcast``
+    is the kernels' ``UPCAST`` (float32 matmuls: float32 inputs). Small tiles under the (slow,
+    CPU) interpreter (``interpret``, default: ``TRITON_INTERPRET=1``) so that tests with a few
+    dozen rows still cover several blocks in every dimension.
+
+    Chosen so that every variant compiles for sm_90 without register spills with Triton 3.6
+    and 3.9 (``tests/ops/test_triton_resources.py``): half precision uses 128x128 tiles on
+    tensor cores; the float32 ("ieee") matmuls need more registers, and at 128x128 the
+    backward spilled 14 KB per thread, hence 64x64 tiles.
+    """
+    if _interpreting() if interpret is None else interpret:
         return dict(BLOCK_N=16, BLOCK_V=32, BLOCK_D=16)
     if kind == "forward":
-        return dict(BLOCK_N=128, BLOCK_V=128, BLOCK_D=64, num_warps=8, num_stages=3)
-    return dict(BLOCK_N=128, BLOCK_V=128, BLOCK_D=64, num_warps=8, num_stages=2)
+        if upcast:
+            return dict(BLOCK_N=64, BLOCK_V=64, BLOCK_D=32, num_warps=8, num_stages=2, **COMPILE_OPTIONS)
+        return dict(BLOCK_N=128, BLOCK_V=128, BLOCK_D=64, num_warps=8, num_stages=3, **COMPILE_OPTIONS)
+    if upcast:
+        return dict(BLOCK_N=64, BLOCK_V=64, BLOCK_D=32, num_warps=8, num_stages=2, **COMPILE_OPTIONS)
+    return dict(BLOCK_N=128, BLOCK_V=128, BLOCK_D=64, num_warps=8, num_stages=2, **COMPILE_OPTIONS)
+
+
+def _upcast(x: Tensor) -> bool:
+    """The kernels' UPCAST: float32 matmuls for float32 inputs, and always under the
+    interpreter, whose bfloat16 ``tl.dot`` is wrong in Triton 3.x."""
+    return x.dtype == torch.float32 or _interpreting()
 
 
 def _target_programs(device: torch.device) -> int:
@@ -66,7 +90,7 @@ def forward_stats(
     """
     n, d = x.shape
     v = weight.shape[0]
-    cfg = _blocks("forward")
+    cfg = launch_config("forward", upcast=_upcast(x))
     row_blocks = triton.cdiv(n, cfg["BLOCK_N"])
     vocab_blocks = triton.cdiv(v, cfg["BLOCK_V"])
     # Split the vocabulary when there are too few row blocks to fill the GPU.
@@ -104,7 +128,7 @@ def forward_stats(
             HAS_SOFTCAP=softcap is not None,
             NEED_ZSUM=need_zsum,
             NEED_ARGMAX=need_argmax,
-            UPCAST=x.dtype == torch.float32 or _interpreting(),
+            UPCAST=_upcast(x),
             **cfg,
         )
     total_max = run_max.amax(0)  # (N,)
@@ -140,7 +164,7 @@ def backward_grads(
     dx = torch.zeros(n, d, **f32) if need_dx else coef_a  # (N, d)
     dw = torch.zeros(v, d, **f32) if need_dw else coef_a  # (V, d)
     db = torch.zeros(v, **f32) if need_db else coef_a  # (V,)
-    cfg = _blocks("backward")
+    cfg = launch_config("backward", upcast=_upcast(x))
     row_blocks = triton.cdiv(n, cfg["BLOCK_N"])
     vocab_blocks = triton.cdiv(v, cfg["BLOCK_V"])
     if n > 0 and any(need):
@@ -168,7 +192,7 @@ def backward_grads(
             NEED_DX=need_dx,
             NEED_DW=need_dw,
             NEED_DB=need_db,
-            UPCAST=x.dtype == torch.float32 or _interpreting(),
+            UPCAST=_upcast(x),
             **cfg,
         )
     return (

@@ -30,6 +30,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+# Compile options every launch passes (besides tiles, warps and stages): fused multiply-adds
+# on, as Triton did by default up to 3.9 (3.10 turns them off unless asked).
+COMPILE_OPTIONS = dict(enable_fp_fusion=True)
+
 
 @triton.jit
 def _tanh(x):

@@ -30,17 +30,19 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from lmobjectives.ops._triton_kernels import _tanh
+from lmobjectives.ops._triton_kernels import COMPILE_OPTIONS, _tanh
 
-__all__ = ["backward_epilogue", "forward_epilogue"]
+__all__ = ["backward_epilogue", "forward_epilogue", "launch_config"]
 
 
-def _config() -> dict[str, int]:
-    """Rows per program, columns per step. Small under the (CPU) interpreter so that tests with
-    a few dozen rows and columns still cover several programs and several steps."""
-    if os.environ.get("TRITON_INTERPRET") == "1":
+def launch_config(*, interpret: bool | None = None) -> dict[str, int]:
+    """Rows per program, columns per step. Small under the (CPU) interpreter (``interpret``,
+    default: ``TRITON_INTERPRET=1``) so that tests with a few dozen rows and columns still
+    cover several programs and several steps."""
+    if os.environ.get("TRITON_INTERPRET") == "1" if interpret is None else interpret:
         return dict(BLOCK_N=4, BLOCK_V=32)
-    return dict(BLOCK_N=4, BLOCK_V=1024, num_warps=4)
+    # 8 warps: no register spills on sm_90 (tests/ops/test_triton_resources.py).
+    return dict(BLOCK_N=4, BLOCK_V=1024, num_warps=8, **COMPILE_OPTIONS)
 
 
 @triton.jit
@@ -197,7 +199,7 @@ def forward_epilogue(
     run_max, sumexp, z_target, z_sum, argmax = state
     if n == 0 or c == 0:
         return
-    cfg = _config()
+    cfg = launch_config()
     _forward_epilogue_kernel[(triton.cdiv(n, cfg["BLOCK_N"]),)](
         logits,
         logits if bias is None else bias,
@@ -237,7 +239,7 @@ def backward_epilogue(
     n, c = logits.shape
     if n == 0 or c == 0:
         return
-    cfg = _config()
+    cfg = launch_config()
     _backward_epilogue_kernel[(triton.cdiv(n, cfg["BLOCK_N"]),)](
         logits,
         logits if bias is None else bias,
