@@ -1,8 +1,11 @@
 """Triton kernels vs a float64 oracle under the Triton interpreter (CPU tensors).
 
-``python _triton_interp_checks.py [IMPL]``: ``IMPL`` is ``triton`` (the default: the fused
-kernels) or ``vocab_chunked`` (its epilogue kernels, in chunks of 24 classes, plus a direct
-comparison of each epilogue kernel with its torch version).
+``python _triton_interp_checks.py [IMPL [TILES]]``: ``IMPL`` is ``triton`` (the default: the
+fused kernels) or ``vocab_chunked`` (its epilogue kernels, in chunks of 24 classes, plus a
+direct comparison of each epilogue kernel with its torch version). ``TILES`` is
+``interpreter`` (the default: the launchers' small interpreter tiles), or ``gpu-half`` /
+``gpu-float``: the tiles a GPU launch uses for half-precision / float32 inputs, larger than
+most of these problems, so that one partial tile covers a whole dimension.
 
 Run by test_triton_interpreter.py and test_vocab_chunked.py in a subprocess with TRITON_INTERPRET=1 set before Triton is
 imported (the variable is read at import time, and other test modules may already have
@@ -49,12 +52,32 @@ def grads(x, w, b, t, upstream, impl, reduction, opts):
     return out, [out.loss.detach(), *gs]
 
 
+def use_gpu_tiles(half: bool) -> None:
+    """Make the launchers use the tile sizes of a GPU launch (not its warps or stages, which
+    the interpreter has no use for)."""
+    from lmobjectives.ops import _triton
+    from lmobjectives.ops import _vocab_chunked_kernels as epilogues
+
+    def tiles(config):
+        return {k: v for k, v in config.items() if k.startswith("BLOCK_")}
+
+    fused, epilogue = _triton.launch_config, epilogues.launch_config
+    _triton.launch_config = lambda kind, *, upcast, interpret=None: tiles(
+        fused(kind, upcast=not half, interpret=False)
+    )
+    epilogues.launch_config = lambda *, interpret=None: tiles(epilogue(interpret=False))
+
+
 def rel_err(a, ref):
     a, ref = a.double(), ref.double()
     return ((a - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
 
 
 def main(impl: str) -> int:
+    from lmobjectives.ops import _triton, _vocab_chunked_kernels
+
+    print("tiles:", _triton.launch_config("forward", upcast=True),
+          _triton.launch_config("backward", upcast=True), _vocab_chunked_kernels.launch_config())
     failures = 0
     for n, d, v, dtype, reduction, opts, with_bias, ignore_every in CASES:
         g = torch.Generator().manual_seed(n * v)
@@ -151,4 +174,8 @@ def vocab_chunked_epilogues_match_torch() -> int:
 
 
 if __name__ == "__main__":
+    tiles = sys.argv[2] if len(sys.argv) > 2 else "interpreter"
+    if tiles != "interpreter":
+        assert tiles in ("gpu-half", "gpu-float"), tiles
+        use_gpu_tiles(half=tiles == "gpu-half")
     sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "triton"))

@@ -19,10 +19,18 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def test_triton_kernels_match_reference_under_interpreter():
+@pytest.mark.parametrize("tiles", ["interpreter", "gpu-half", "gpu-float"])
+@pytest.mark.parametrize("impl", ["triton", "vocab_chunked"])
+def test_triton_kernels_match_reference_under_interpreter(impl, tiles):
+    """The accuracy cases of _triton_interp_checks.py through the fused kernels
+    (``impl="triton"``) or the vocab_chunked epilogue kernels (each also against its torch
+    version), with the interpreter's small tiles and with the tiles of a GPU launch."""
     script = Path(__file__).with_name("_triton_interp_checks.py")
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     proc = subprocess.run(
-        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, str(script), impl, tiles],
+        env=env, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    if impl == "vocab_chunked":
+        assert "ok vocab_chunked epilogues match torch" in proc.stdout

@@ -1,14 +1,11 @@
 """Tests specific to impl="vocab_chunked" (lmobjectives.ops._vocab_chunked): chunk sizing, the
-placement of the float32 dinput accumulator, its accuracy over many chunks, and the Triton
-epilogues under the interpreter. The accuracy matrix it shares with the other implementations
-is in test_linear_cross_entropy.py."""
+placement of the float32 dinput accumulator, and its accuracy over many chunks. The accuracy
+matrix it shares with the other implementations is in test_linear_cross_entropy.py; the
+Triton epilogues under the interpreter are in test_triton_interpreter.py."""
 
 from __future__ import annotations
 
 import importlib.util
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -157,18 +154,6 @@ def test_epilogue_choice_and_validation(monkeypatch):
             x, w, t, None, ignore_index=-100, reduction="mean", label_smoothing=0.0,
             z_loss=0.0, softcap=None, chunk_size=None, want_argmax=False, epilogue="cuda",
         )
-
-
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
-def test_triton_epilogues_under_interpreter():
-    """The accuracy cases of _triton_interp_checks.py through impl="vocab_chunked" with the
-    Triton epilogues (interpreted), and each epilogue against its torch version."""
-    script = Path(__file__).with_name("_triton_interp_checks.py")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, str(script), "vocab_chunked"], env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "ok vocab_chunked epilogues match torch" in proc.stdout
 
 
 @pytest.mark.gpu
