@@ -8,6 +8,7 @@ import os
 import signal
 
 import pytest
+import torch
 
 from lmobjectives.training import TrainConfig, load_model, train
 from lmobjectives.training import trainer as trainer_module
@@ -121,6 +122,14 @@ def test_outputs(tmp_path):
     assert rows[-1]["tokens"] == result.tokens > 0
     model = load_model(tmp_path)
     assert model.config.n_sentence_classes == 2 and not model.training
+
+
+def test_leaves_the_callers_global_rng_alone(tmp_path):
+    torch.manual_seed(1234)
+    expected = torch.rand(3)
+    torch.manual_seed(1234)
+    train(TrainConfig(**dict(TINY, objective="clm", steps=2, warmup_steps=1), out=str(tmp_path)))
+    assert torch.equal(torch.rand(3), expected)
 
 
 def test_refuses_to_overwrite_a_run_and_checks_resumed_settings(tmp_path):

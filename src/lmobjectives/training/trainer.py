@@ -256,7 +256,19 @@ def _keep_metrics_up_to(path: Path, step: int) -> None:
 
 
 def train(config: TrainConfig) -> TrainResult:
-    """Train ``config.objective`` on ``config.data``; see the module docstring for what is written where."""
+    """Train ``config.objective`` on ``config.data``; see the module docstring for what is written where.
+
+    The model's initialisation and dropout draw from torch's global RNG, seeded from
+    ``config.seed`` (dropout again at every step, so that a resumed run draws what the
+    uninterrupted one did); the caller's global RNG state is restored on return.
+    """
+    device = resolve_device(config.device)
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        return _train(config, device)
+
+
+def _train(config: TrainConfig, device: torch.device) -> TrainResult:
     out = Path(config.out)  # type: ignore[arg-type]
     checkpoint_dir, metrics_path, config_path, tokenizer_dir = out / "checkpoint", out / "metrics.jsonl", out / "config.json", out / "tokenizer"
     has_checkpoint = (checkpoint_dir / STATE_FILE).exists()
@@ -265,7 +277,6 @@ def train(config: TrainConfig) -> TrainResult:
     resuming = config.resume and has_checkpoint
     if resuming:
         _check_resumable(json.loads(config_path.read_text())["train"], config)
-    device = resolve_device(config.device)
     tqdm.write(f"train config: {json.dumps(config.to_dict())}")
 
     # data: the corpus, the tokenizer (trained on it unless loaded), the objective and the step -> batch stream
