@@ -24,7 +24,8 @@ pytestmark = pytest.mark.skipif(
 def test_triton_kernels_match_reference_under_interpreter(impl, tiles):
     """The accuracy cases of _triton_interp_checks.py through the fused kernels
     (``impl="triton"``) or the vocab_chunked epilogue kernels (each also against its torch
-    version), with the interpreter's small tiles and with the tiles of a GPU launch."""
+    version), with the interpreter's small tiles and with the tiles of a GPU launch, and both
+    under ``torch.compile(fullgraph=True)``."""
     script = Path(__file__).with_name("_triton_interp_checks.py")
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     proc = subprocess.run(
@@ -34,3 +35,4 @@ def test_triton_kernels_match_reference_under_interpreter(impl, tiles):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     if impl == "vocab_chunked":
         assert "ok vocab_chunked epilogues match torch" in proc.stdout
+    assert f"ok {impl} under torch.compile" in proc.stdout

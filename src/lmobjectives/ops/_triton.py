@@ -1,4 +1,6 @@
-"""Launchers and autograd for the Triton linear cross-entropy (kernels in ``_triton_kernels``).
+"""Launchers, forward and backward of the Triton linear cross-entropy (kernels in
+``_triton_kernels``; autograd and ``torch.compile`` through the custom operator in
+``_custom_ops``).
 
 Memory: besides the outputs, the forward allocates ``(S, N)`` float32 partials (``S`` vocabulary
 splits, at most a few dozen) and saves ``lse`` ``(N,)``; the backward allocates float32
@@ -25,6 +27,7 @@ from lmobjectives.ops._chunked import (
     row_scale_for_reduction,
     token_loss_from_stats,
 )
+from lmobjectives.ops._custom_ops import linear_cross_entropy_op
 from lmobjectives.ops._triton_kernels import (
     COMPILE_OPTIONS,
     lce_backward_kernel,
@@ -202,73 +205,61 @@ def backward_grads(
     )
 
 
-class _TritonLinearCrossEntropy(torch.autograd.Function):
-    """Outputs ``(loss, lse, argmax)``; only ``loss`` is differentiable."""
+def forward(
+    x: Tensor,  # (N, d) contiguous
+    weight: Tensor,  # (V, d) contiguous
+    bias: Tensor | None,  # (V,)
+    target: Tensor,  # (N,) int64
+    *,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+    want_argmax: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(loss, lse, argmax)``, ``argmax`` empty unless ``want_argmax``; no autograd (the
+    custom operator in ``_custom_ops`` pairs this with :func:`backward`)."""
+    lse, z_target, z_sum, argmax = forward_stats(
+        x, weight, bias, target, softcap=softcap, need_zsum=label_smoothing > 0.0,
+        need_argmax=want_argmax,
+    )
+    valid = target != ignore_index  # (N,)
+    token_loss = token_loss_from_stats(
+        lse, z_target, z_sum, valid, vocab_size=weight.shape[0],
+        label_smoothing=label_smoothing, z_loss=z_loss,
+    )
+    loss = reduce_token_loss(token_loss, valid, reduction)
+    if argmax is None:
+        argmax = torch.empty(0, dtype=torch.int64, device=x.device)
+    return loss, lse, argmax
 
-    @staticmethod
-    def forward(
-        ctx,
-        x: Tensor,  # (N, d) contiguous
-        weight: Tensor,  # (V, d) contiguous
-        bias: Tensor | None,  # (V,)
-        target: Tensor,  # (N,) int64
-        ignore_index: int,
-        reduction: str,
-        label_smoothing: float,
-        z_loss: float,
-        softcap: float | None,
-        want_argmax: bool,
-    ):
-        lse, z_target, z_sum, argmax = forward_stats(
-            x,
-            weight,
-            bias,
-            target,
-            softcap=softcap,
-            need_zsum=label_smoothing > 0.0,
-            need_argmax=want_argmax,
-        )
-        valid = target != ignore_index  # (N,)
-        token_loss = token_loss_from_stats(
-            lse,
-            z_target,
-            z_sum,
-            valid,
-            vocab_size=weight.shape[0],
-            label_smoothing=label_smoothing,
-            z_loss=z_loss,
-        )
-        loss = reduce_token_loss(token_loss, valid, reduction)
-        ctx.save_for_backward(x, weight, bias, target, lse)
-        ctx.options = (ignore_index, reduction, label_smoothing, z_loss, softcap)
-        if argmax is None:
-            argmax = torch.empty(0, dtype=torch.int64, device=x.device)
-        ctx.mark_non_differentiable(lse, argmax)
-        return loss, lse, argmax
 
-    @staticmethod
-    def backward(ctx, grad_loss: Tensor, grad_lse: Tensor, grad_argmax: Tensor):
-        del grad_lse, grad_argmax
-        x, weight, bias, target, lse = ctx.saved_tensors
-        ignore_index, reduction, label_smoothing, z_loss, softcap = ctx.options
-        valid = target != ignore_index
-        if reduction == "none":
-            row_scale = grad_loss.float() * valid.float()  # (N,)
-        else:
-            row_scale = row_scale_for_reduction(valid, reduction, torch.float32) * grad_loss.float()
-        dx, dw, db = backward_grads(
-            x,
-            weight,
-            bias,
-            target,
-            lse,
-            row_scale,
-            label_smoothing=label_smoothing,
-            z_loss=z_loss,
-            softcap=softcap,
-            need=tuple(ctx.needs_input_grad[:3]),
-        )
-        return dx, dw, db, None, None, None, None, None, None, None
+def backward(
+    grad_loss: Tensor,  # () or (N,) for reduction="none"
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    target: Tensor,
+    lse: Tensor,  # (N,) from forward
+    *,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+    need: tuple[bool, bool, bool],
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """``(dinput, dweight, dbias)`` for the upstream ``grad_loss``; None where not ``need``."""
+    valid = target != ignore_index
+    if reduction == "none":
+        row_scale = grad_loss.float() * valid.float()  # (N,)
+    else:
+        row_scale = row_scale_for_reduction(valid, reduction, torch.float32) * grad_loss.float()
+    return backward_grads(
+        x, weight, bias, target, lse, row_scale, label_smoothing=label_smoothing,
+        z_loss=z_loss, softcap=softcap, need=need,
+    )
 
 
 def triton_linear_cross_entropy(
@@ -288,16 +279,9 @@ def triton_linear_cross_entropy(
     ``chunked_linear_cross_entropy``. float64 is rejected (the kernels accumulate in float32)."""
     if input.dtype == torch.float64:
         raise TypeError("impl='triton' supports float16, bfloat16 and float32 inputs, not float64")
-    loss, lse, argmax = _TritonLinearCrossEntropy.apply(
-        input.contiguous(),
-        weight.contiguous(),
-        None if bias is None else bias.contiguous(),
-        target.contiguous(),
-        ignore_index,
-        reduction,
-        label_smoothing,
-        z_loss,
-        softcap,
-        want_argmax,
+    return linear_cross_entropy_op(
+        "triton", input.contiguous(), weight.contiguous(),
+        None if bias is None else bias.contiguous(), target.contiguous(),
+        ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
+        z_loss=z_loss, softcap=softcap, want_argmax=want_argmax,
     )
-    return loss, lse, argmax if want_argmax else None

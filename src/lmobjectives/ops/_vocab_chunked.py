@@ -83,7 +83,8 @@ from lmobjectives.ops._chunked import (
     row_scale_for_reduction,
     token_loss_from_stats,
 )
-from lmobjectives.ops.linear_cross_entropy import _triton_importable
+from lmobjectives.ops._custom_ops import linear_cross_entropy_op
+from lmobjectives.ops.linear_cross_entropy import TRITON_AVAILABLE
 
 __all__ = [
     "default_epilogue",
@@ -129,7 +130,7 @@ def default_epilogue(device: torch.device, dtype: torch.dtype) -> str:
     """``"triton"`` on CUDA (or any device under ``TRITON_INTERPRET=1``) for half/float32 inputs
     when Triton is importable; ``"torch"`` otherwise (float64 included)."""
     triton_device = device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
-    if triton_device and dtype != torch.float64 and _triton_importable():
+    if triton_device and dtype != torch.float64 and TRITON_AVAILABLE:
         return "triton"
     return "torch"
 
@@ -434,72 +435,72 @@ def _backward_grads(
         for v0, v1 in tail:  # the borrowed rows are free now
             dz = problem.dlogits(v0, v1, lse, row_scale, **kw)
             torch.mm(dz.t(), x, out=dw[v0:v1])
-    return dx, dw, None if db is None else db.to(weight.dtype)
+    return dx, dw, None if db is None else db.to(problem.bias.dtype)
 
 
-class _VocabChunkedLinearCrossEntropy(torch.autograd.Function):
-    """Outputs ``(loss, lse, argmax)``; only ``loss`` is differentiable."""
+def forward(
+    x: Tensor,  # (N, d)
+    weight: Tensor,  # (V, d)
+    bias: Tensor | None,  # (V,)
+    target: Tensor,  # (N,) int64
+    *,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+    chunk: int,
+    epilogue: str,
+    want_argmax: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(loss, lse, argmax)``, ``argmax`` empty unless ``want_argmax``; no autograd (the
+    custom operator in ``_custom_ops`` pairs this with :func:`backward`)."""
+    problem = _Problem(x, weight, bias, target, softcap=softcap, chunk=chunk, epilogue=epilogue)
+    lse, z_target, z_sum, argmax = _forward_stats(
+        problem, need_zsum=label_smoothing > 0.0, need_argmax=want_argmax
+    )
+    del problem  # frees the chunk buffer
+    valid = target != ignore_index  # (N,)
+    token_loss = token_loss_from_stats(
+        lse, z_target, z_sum, valid, vocab_size=weight.shape[0],
+        label_smoothing=label_smoothing, z_loss=z_loss,
+    )
+    loss = reduce_token_loss(token_loss, valid, reduction)
+    if argmax is None:
+        argmax = torch.empty(0, dtype=torch.int64, device=x.device)
+    return loss, lse, argmax
 
-    @staticmethod
-    def forward(
-        ctx,
-        x: Tensor,  # (N, d)
-        weight: Tensor,  # (V, d)
-        bias: Tensor | None,  # (V,)
-        target: Tensor,  # (N,) int64
-        ignore_index: int,
-        reduction: str,
-        label_smoothing: float,
-        z_loss: float,
-        softcap: float | None,
-        chunk: int,
-        epilogue: str,
-        borrow: bool,
-        want_argmax: bool,
-    ):
-        problem = _Problem(x, weight, bias, target, softcap=softcap, chunk=chunk,
-                           epilogue=epilogue)
-        lse, z_target, z_sum, argmax = _forward_stats(
-            problem, need_zsum=label_smoothing > 0.0, need_argmax=want_argmax
-        )
-        del problem  # frees the chunk buffer
-        valid = target != ignore_index  # (N,)
-        token_loss = token_loss_from_stats(
-            lse, z_target, z_sum, valid, vocab_size=weight.shape[0],
-            label_smoothing=label_smoothing, z_loss=z_loss,
-        )
-        loss = reduce_token_loss(token_loss, valid, reduction)
-        ctx.save_for_backward(x, weight, bias, target, lse)
-        ctx.options = (ignore_index, reduction, label_smoothing, z_loss, softcap, chunk,
-                       epilogue, borrow)
-        if argmax is None:
-            argmax = torch.empty(0, dtype=torch.int64, device=x.device)
-        ctx.mark_non_differentiable(lse, argmax)
-        return loss, lse, argmax
 
-    @staticmethod
-    def backward(ctx, grad_loss: Tensor, grad_lse: Tensor, grad_argmax: Tensor):
-        del grad_lse, grad_argmax  # non-differentiable outputs
-        x, weight, bias, target, lse = ctx.saved_tensors
-        (ignore_index, reduction, label_smoothing, z_loss, softcap, chunk, epilogue,
-         borrow) = ctx.options
-        need = tuple(ctx.needs_input_grad[:3])
-        nones = (None,) * 10
-        if not any(need):
-            return (None, None, None, *nones)
-        acc = lse.dtype
-        valid = target != ignore_index  # (N,)
-        if reduction == "none":
-            row_scale = grad_loss.to(acc) * valid.to(acc)  # (N,)
-        else:
-            row_scale = row_scale_for_reduction(valid, reduction, acc) * grad_loss.to(acc)
-        problem = _Problem(x, weight, bias, target, softcap=softcap, chunk=chunk,
-                           epilogue=epilogue)
-        dx, dw, db = _backward_grads(
-            problem, lse, row_scale, label_smoothing=label_smoothing, z_loss=z_loss,
-            need=need, borrow=borrow,
-        )
-        return (dx, dw, db if bias is not None else None, *nones)
+def backward(
+    grad_loss: Tensor,  # () or (N,) for reduction="none"
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    target: Tensor,
+    lse: Tensor,  # (N,) from forward
+    *,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+    chunk: int,
+    epilogue: str,
+    borrow: bool,
+    need: tuple[bool, bool, bool],
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """``(dinput, dweight, dbias)`` for the upstream ``grad_loss``; None where not ``need``."""
+    acc = lse.dtype
+    valid = target != ignore_index  # (N,)
+    if reduction == "none":
+        row_scale = grad_loss.to(acc) * valid.to(acc)  # (N,)
+    else:
+        row_scale = row_scale_for_reduction(valid, reduction, acc) * grad_loss.to(acc)
+    problem = _Problem(x, weight, bias, target, softcap=softcap, chunk=chunk, epilogue=epilogue)
+    return _backward_grads(
+        problem, lse, row_scale, label_smoothing=label_smoothing, z_loss=z_loss,
+        need=need, borrow=borrow,
+    )
 
 
 def vocab_chunked_linear_cross_entropy(
@@ -540,19 +541,9 @@ def vocab_chunked_linear_cross_entropy(
         epilogue = default_epilogue(input.device, input.dtype)
     if epilogue not in ("torch", "triton"):
         raise ValueError(f"epilogue must be 'torch' or 'triton', got {epilogue!r}")
-    loss, lse, argmax = _VocabChunkedLinearCrossEntropy.apply(
-        input,
-        weight,
-        None if bias is None else bias.contiguous(),
-        target.contiguous(),
-        ignore_index,
-        reduction,
-        label_smoothing,
-        z_loss,
-        softcap,
-        max(1, min(chunk, v)),
-        epilogue,
-        borrow_dweight,
-        want_argmax,
+    return linear_cross_entropy_op(
+        "vocab_chunked", input, weight, bias, target, ignore_index=ignore_index,
+        reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
+        chunk=max(1, min(chunk, v)), epilogue=epilogue, borrow=borrow_dweight,
+        want_argmax=want_argmax,
     )
-    return loss, lse, argmax if want_argmax else None

@@ -30,11 +30,16 @@ Triton kernel pair for CUDA; ``"vocab_chunked"`` streams over vocabulary chunks 
 GEMMs and small epilogue kernels (Triton on CUDA); ``"auto"`` picks ``"vocab_chunked"`` for
 CUDA tensors (not float64), otherwise ``"chunked"``. Which GPU design is faster is for the GPU
 benchmark to say (``benchmarks/linear_cross_entropy_gpu.py``); ``"auto"`` follows it.
+
+``torch.compile``: ``"chunked"`` is plain PyTorch and is traced (and may be fused);
+``"triton"`` and ``"vocab_chunked"`` are each one custom operator (``_custom_ops``), opaque to
+the compiler, so a compiled graph (``fullgraph=True`` included) runs them exactly as eager
+mode does.
 """
 
 from __future__ import annotations
 
-import functools
+import importlib.util
 import math
 import os
 from dataclasses import dataclass
@@ -99,13 +104,8 @@ class LinearCrossEntropyOutput:
         return self.correct.sum().float() / self.num_valid.clamp_min(1).float()
 
 
-@functools.cache
-def _triton_importable() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+TRITON_AVAILABLE = importlib.util.find_spec("triton") is not None
+"""Whether the optional dependency triton is installed (found without importing it)."""
 
 
 def _resolve_impl(
@@ -121,7 +121,7 @@ def _resolve_impl(
         on_gpu = device.type == "cuda" and dtype != torch.float64
         return Impl.VOCAB_CHUNKED if on_gpu else Impl.CHUNKED
     if impl == Impl.TRITON:
-        if not _triton_importable():
+        if not TRITON_AVAILABLE:
             raise ValueError(
                 "impl='triton' needs the optional dependency triton (pip install triton)"
             )

@@ -1,0 +1,172 @@
+"""The GPU implementations (``vocab_chunked``, ``triton``) as custom operators, opaque to
+``torch.compile``.
+
+Both loop over chunks or launch Triton kernels, ``vocab_chunked`` probes torch once and lends
+the ``dinput`` accumulator rows of the ``dweight`` gradient: things the compiler either
+cannot trace (``fullgraph=True`` failed on the probe's data-dependent branch; Dynamo cannot
+trace Triton's interpreter) or might rewrite (inductor re-plans buffers, and the borrowed
+storage must stay exactly where it is). As ``torch.library.custom_op`` s with shape-only
+("fake") versions and an autograd formula they run inside a compiled graph exactly as in
+eager mode: same loss, same gradients, same memory. The ``chunked`` path is plain PyTorch and
+stays traceable (the compiler may fuse it).
+
+Two operators: ``lmobjectives::lce_forward`` ``-> (loss, lse, argmax)`` and
+``lmobjectives::lce_backward`` ``-> (dinput, dweight, dbias)``, with an empty tensor for an
+output that is not wanted (custom operators return tensors, not None).
+"""
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from lmobjectives.ops._chunked import accumulation_dtype
+
+__all__ = ["linear_cross_entropy_op"]
+
+
+def _module(impl: str):
+    if impl == "triton":
+        from lmobjectives.ops import _triton
+
+        return _triton
+    if impl == "vocab_chunked":
+        from lmobjectives.ops import _vocab_chunked
+
+        return _vocab_chunked
+    raise ValueError(f"no custom operator for impl={impl!r}")
+
+
+def _impl_options(impl: str, chunk: int, epilogue: str) -> dict:
+    return dict(chunk=chunk, epilogue=epilogue) if impl == "vocab_chunked" else {}
+
+
+# The type hints are the operators' schemas (torch.library reads them), hence no
+# ``from __future__ import annotations`` in this module and typing.Optional in the signatures.
+@torch.library.custom_op("lmobjectives::lce_forward", mutates_args=())
+def _forward(
+    impl: str,
+    x: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    target: Tensor,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: Optional[float],
+    chunk: int,
+    epilogue: str,
+    borrow: bool,
+    want_argmax: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    del borrow  # a backward option, kept here so that the autograd context has it
+    return _module(impl).forward(
+        x, weight, bias, target, ignore_index=ignore_index, reduction=reduction,
+        label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
+        want_argmax=want_argmax, **_impl_options(impl, chunk, epilogue),
+    )
+
+
+@_forward.register_fake
+def _forward_fake(impl, x, weight, bias, target, ignore_index, reduction, label_smoothing,
+                  z_loss, softcap, chunk, epilogue, borrow, want_argmax):
+    n, acc = x.shape[0], accumulation_dtype(x.dtype)
+    loss = x.new_empty((n,) if reduction == "none" else (), dtype=acc)
+    lse = x.new_empty((n,), dtype=acc)
+    argmax = x.new_empty((n,) if want_argmax else (0,), dtype=torch.int64)
+    return loss, lse, argmax
+
+
+@torch.library.custom_op("lmobjectives::lce_backward", mutates_args=())
+def _backward(
+    impl: str,
+    grad_loss: Tensor,
+    x: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    target: Tensor,
+    lse: Tensor,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: Optional[float],
+    chunk: int,
+    epilogue: str,
+    borrow: bool,
+    need_dx: bool,
+    need_dw: bool,
+    need_db: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    options = _impl_options(impl, chunk, epilogue)
+    if impl == "vocab_chunked":
+        options["borrow"] = borrow
+    grads = _module(impl).backward(
+        grad_loss, x, weight, bias, target, lse, ignore_index=ignore_index,
+        reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
+        need=(need_dx, need_dw, need_db), **options,
+    )
+    return tuple(x.new_empty(0) if g is None else g for g in grads)
+
+
+@_backward.register_fake
+def _backward_fake(impl, grad_loss, x, weight, bias, target, lse, ignore_index, reduction,
+                   label_smoothing, z_loss, softcap, chunk, epilogue, borrow, need_dx,
+                   need_dw, need_db):
+    return (
+        torch.empty_like(x) if need_dx else x.new_empty(0),
+        torch.empty_like(weight) if need_dw else x.new_empty(0),
+        torch.empty_like(bias) if need_db else x.new_empty(0),
+    )
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    impl, x, weight, bias, target, *options = inputs
+    loss, lse, argmax = output
+    ctx.save_for_backward(x, weight, bias, target, lse)
+    ctx.impl, ctx.options = impl, options[:-1]  # all but want_argmax
+    ctx.mark_non_differentiable(lse, argmax)
+
+
+def _backward_formula(ctx, grad_loss, grad_lse, grad_argmax):
+    del grad_lse, grad_argmax  # non-differentiable outputs
+    x, weight, bias, target, lse = ctx.saved_tensors
+    need_dx, need_dw, need_db = ctx.needs_input_grad[1:4]
+    nones = (None,) * 10  # target and the options
+    if not (need_dx or need_dw or need_db):
+        return (None, None, None, None, *nones)
+    dx, dw, db = _backward(ctx.impl, grad_loss, x, weight, bias, target, lse, *ctx.options,
+                           need_dx, need_dw, need_db)
+    return (None, dx if need_dx else None, dw if need_dw else None,
+            db if need_db else None, *nones)
+
+
+_forward.register_autograd(_backward_formula, setup_context=_setup_context)
+
+
+def linear_cross_entropy_op(
+    impl: str,
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    target: Tensor,
+    *,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+    want_argmax: bool,
+    chunk: int = 0,
+    epilogue: str = "",
+    borrow: bool = False,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """``(loss, lse, argmax or None)`` of ``impl`` (``"triton"`` or ``"vocab_chunked"``, whose
+    ``chunk``/``epilogue``/``borrow`` options are ignored by ``"triton"``), differentiable in
+    ``x``, ``weight`` and ``bias``, one opaque operator to ``torch.compile``."""
+    loss, lse, argmax = _forward(
+        impl, x, weight, bias, target, ignore_index, reduction, float(label_smoothing),
+        float(z_loss), softcap, chunk, epilogue, borrow, want_argmax,
+    )
+    return loss, lse, argmax if want_argmax else None
