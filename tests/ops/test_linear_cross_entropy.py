@@ -368,6 +368,21 @@ def test_custom_operators_pass_opcheck(dtype, reduction):
         )
 
 
+@pytest.mark.parametrize("impl", ["reference", "chunked", "vocab_chunked"])
+def test_autocast_casts_like_f_linear(impl):
+    """Under autocast, float32 arguments run as their bfloat16 casts; the float32 leaves get
+    exactly the cast-back gradients of that bfloat16 computation."""
+    x, w, b, t = make_problem(23, 16, 50, dtype=torch.float32, bias=True, ignore_every=5)
+    leaves = [a.clone().requires_grad_() for a in (x, w, b)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = linear_cross_entropy(leaves[0], leaves[1], t, bias=leaves[2], impl=impl)
+    loss.backward()
+    ref = loss_and_grads(*(a.bfloat16() for a in (x, w, b)), t, torch.tensor(1.0), impl=impl)
+    assert loss.dtype == torch.float32 and torch.equal(loss.detach(), ref[0])
+    for leaf, g in zip(leaves, ref[1:]):
+        assert leaf.grad.dtype == torch.float32 and torch.equal(leaf.grad, g.float())
+
+
 # --------------------------------------------------------------------------- errors
 
 
@@ -475,6 +490,23 @@ def test_cuda_within_error_budget(impl, dtype, case):
         ours = loss_and_grads(x, w, b, t, upstream, impl=impl, **kw)
         for o, nv, ref in zip(ours, naive, oracle):
             assert rel_err(o, ref) <= 2.0 * rel_err(nv, ref) + MARGIN[dtype]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("impl", ["triton", "vocab_chunked"])
+def test_cuda_autocast_casts_like_f_linear(impl):
+    x, w, b, t = make_problem(1031, 256, 5003, dtype=torch.float32, device="cuda", bias=True,
+                              ignore_every=7)
+    leaves = [a.clone().requires_grad_() for a in (x, w, b)]
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = linear_cross_entropy(leaves[0], leaves[1], t, bias=leaves[2], impl=impl)
+    loss.backward()
+    one = torch.tensor(1.0, device="cuda")
+    ref = loss_and_grads(*(a.bfloat16() for a in (x, w, b)), t, one, impl=impl)
+    assert rel_err(loss.detach(), ref[0]) < 1e-6
+    for leaf, g in zip(leaves, ref[1:]):
+        assert leaf.grad.dtype == torch.float32 and rel_err(leaf.grad, g.float()) < 1e-2
 
 
 @pytest.mark.gpu

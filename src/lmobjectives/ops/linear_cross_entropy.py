@@ -217,6 +217,18 @@ def check_target_range(
         torch._assert_async(ok.all(), message)
 
 
+def _autocast_cast(dtype: torch.dtype):
+    """Autocast's rule for its lower-precision ops: floating tensors other than float64 are
+    cast to ``dtype``; float64 and None pass through."""
+
+    def cast(a: Tensor | None) -> Tensor | None:
+        if a is None or not a.is_floating_point() or a.dtype == torch.float64:
+            return a
+        return a.to(dtype)
+
+    return cast
+
+
 def _run(
     input: Tensor,
     weight: Tensor,
@@ -235,6 +247,18 @@ def _run(
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
     """Validate, flatten, dispatch. Returns ``(loss, lse, argmax, flat_target)`` with the
     token-shaped tensors flattened to ``(N,)``."""
+    device_type = input.device.type
+    if torch.is_autocast_enabled(device_type):
+        # As F.linear under autocast: the products run in the autocast dtype (the casts are
+        # differentiable, so float32 master weights get float32 gradients), the loss is float32.
+        cast = _autocast_cast(torch.get_autocast_dtype(device_type))
+        with torch.autocast(device_type, enabled=False):
+            return _run(
+                cast(input), cast(weight), target, cast(bias), ignore_index=ignore_index,
+                reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss,
+                softcap=softcap, impl=impl, chunk_size=chunk_size,
+                check_targets=check_targets, want_argmax=want_argmax,
+            )
     validate_arguments(
         input,
         weight,
@@ -332,6 +356,10 @@ def linear_cross_entropy(
         ignored positions). float32 for half/float32 inputs, float64 for float64 inputs.
         Gradients flow to ``input``, ``weight`` and ``bias`` (accumulated in float32, returned
         in their own dtypes); none are computed for tensors that do not require grad.
+
+    Under ``torch.autocast`` it behaves as ``F.linear`` does there: float32 (and other
+    non-float64) ``input``, ``weight`` and ``bias`` are cast to the autocast dtype first, so
+    the products run in that dtype and float32 master weights still get float32 gradients.
 
     Example::
 
