@@ -66,8 +66,31 @@ def _worker(rank: int, port: int) -> None:
             torch.testing.assert_close(ws.grad, ref_w.grad[rows], **tol)
             if with_bias:
                 torch.testing.assert_close(bs.grad, ref_b.grad[rows], **tol)
+        _check_autocast(rank)
     finally:
         dist.destroy_process_group()
+
+
+def _check_autocast(rank: int) -> None:
+    """Under autocast (bfloat16) float32 arguments are cast as in the unsharded op: the same
+    loss and float32 gradients as the unsharded op under autocast, to bfloat16 precision."""
+    g = torch.Generator().manual_seed(1)
+    n, d, shard = 13, 6, 9
+    x = torch.randn(n, d, generator=g)
+    w = torch.randn(WORLD_SIZE * shard, d, generator=g)
+    t = torch.randint(0, WORLD_SIZE * shard, (n,), generator=g)
+    rows = slice(rank * shard, (rank + 1) * shard)
+    ref_x, ref_w = x.clone().requires_grad_(), w.clone().requires_grad_()
+    xs, ws = x.clone().requires_grad_(), w[rows].clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = linear_cross_entropy(ref_x, ref_w, t)
+        loss = linear_cross_entropy_vocab_parallel(xs, ws, t)
+    ref.backward()
+    loss.backward()
+    assert loss.dtype == torch.float32 and xs.grad.dtype == ws.grad.dtype == torch.float32
+    torch.testing.assert_close(loss, ref.detach())
+    torch.testing.assert_close(xs.grad, ref_x.grad, rtol=1e-2, atol=1e-3)
+    torch.testing.assert_close(ws.grad, ref_w.grad[rows], rtol=1e-2, atol=1e-3)
 
 
 def test_vocab_parallel_matches_unsharded_two_processes():

@@ -39,6 +39,7 @@ mode does.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
 import os
@@ -217,16 +218,25 @@ def check_target_range(
         torch._assert_async(ok.all(), message)
 
 
-def _autocast_cast(dtype: torch.dtype):
-    """Autocast's rule for its lower-precision ops: floating tensors other than float64 are
-    cast to ``dtype``; float64 and None pass through."""
+def cast_for_autocast(
+    input: Tensor, weight: Tensor, bias: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor | None, contextlib.AbstractContextManager]:
+    """``(input, weight, bias, context)``. Under ``torch.autocast`` for ``input``'s device, as
+    ``F.linear`` does there: floating arguments other than float64 cast to the autocast dtype
+    (differentiably, so float32 master weights get float32 gradients), and a context that
+    turns autocast off for the computation on them. Otherwise the arguments unchanged and a
+    null context."""
+    device_type = input.device.type
+    if not torch.is_autocast_enabled(device_type):
+        return input, weight, bias, contextlib.nullcontext()
+    dtype = torch.get_autocast_dtype(device_type)
 
     def cast(a: Tensor | None) -> Tensor | None:
         if a is None or not a.is_floating_point() or a.dtype == torch.float64:
             return a
         return a.to(dtype)
 
-    return cast
+    return cast(input), cast(weight), cast(bias), torch.autocast(device_type, enabled=False)
 
 
 def _run(
@@ -247,68 +257,58 @@ def _run(
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
     """Validate, flatten, dispatch. Returns ``(loss, lse, argmax, flat_target)`` with the
     token-shaped tensors flattened to ``(N,)``."""
-    device_type = input.device.type
-    if torch.is_autocast_enabled(device_type):
-        # As F.linear under autocast: the products run in the autocast dtype (the casts are
-        # differentiable, so float32 master weights get float32 gradients), the loss is float32.
-        cast = _autocast_cast(torch.get_autocast_dtype(device_type))
-        with torch.autocast(device_type, enabled=False):
-            return _run(
-                cast(input), cast(weight), target, cast(bias), ignore_index=ignore_index,
-                reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss,
-                softcap=softcap, impl=impl, chunk_size=chunk_size,
-                check_targets=check_targets, want_argmax=want_argmax,
+    input, weight, bias, precision = cast_for_autocast(input, weight, bias)
+    with precision:
+        validate_arguments(
+            input,
+            weight,
+            target,
+            bias,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            label_smoothing=label_smoothing,
+            z_loss=z_loss,
+            softcap=softcap,
+        )
+        if chunk_size is not None and (
+            isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+        ):
+            raise ValueError(f"chunk_size must be None or a positive int, got {chunk_size!r}")
+        resolved = _resolve_impl(impl, input.device, input.dtype)
+        x = input.reshape(-1, input.shape[-1])  # (N, d)
+        t = target.reshape(-1).long()  # (N,)
+        if check_targets:
+            check_target_range(t, vocab_size=weight.shape[0], ignore_index=ignore_index)
+        options = dict(
+            ignore_index=ignore_index,
+            reduction=reduction,
+            label_smoothing=float(label_smoothing),
+            z_loss=float(z_loss),
+            softcap=None if softcap is None else float(softcap),
+        )
+        if resolved == Impl.REFERENCE:
+            from lmobjectives.ops._reference import reference_linear_cross_entropy
+
+            loss, lse, argmax = reference_linear_cross_entropy(x, weight, t, bias, **options)
+        elif resolved == Impl.CHUNKED:
+            from lmobjectives.ops._chunked import chunked_linear_cross_entropy
+
+            loss, lse, argmax = chunked_linear_cross_entropy(
+                x.contiguous(), weight, t, bias, chunk_size=chunk_size, want_argmax=want_argmax, **options
             )
-    validate_arguments(
-        input,
-        weight,
-        target,
-        bias,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        label_smoothing=label_smoothing,
-        z_loss=z_loss,
-        softcap=softcap,
-    )
-    if chunk_size is not None and (
-        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
-    ):
-        raise ValueError(f"chunk_size must be None or a positive int, got {chunk_size!r}")
-    resolved = _resolve_impl(impl, input.device, input.dtype)
-    x = input.reshape(-1, input.shape[-1])  # (N, d)
-    t = target.reshape(-1).long()  # (N,)
-    if check_targets:
-        check_target_range(t, vocab_size=weight.shape[0], ignore_index=ignore_index)
-    options = dict(
-        ignore_index=ignore_index,
-        reduction=reduction,
-        label_smoothing=float(label_smoothing),
-        z_loss=float(z_loss),
-        softcap=None if softcap is None else float(softcap),
-    )
-    if resolved == Impl.REFERENCE:
-        from lmobjectives.ops._reference import reference_linear_cross_entropy
+        elif resolved == Impl.VOCAB_CHUNKED:
+            from lmobjectives.ops._vocab_chunked import vocab_chunked_linear_cross_entropy
 
-        loss, lse, argmax = reference_linear_cross_entropy(x, weight, t, bias, **options)
-    elif resolved == Impl.CHUNKED:
-        from lmobjectives.ops._chunked import chunked_linear_cross_entropy
+            loss, lse, argmax = vocab_chunked_linear_cross_entropy(
+                x, weight, t, bias, chunk_size=chunk_size, want_argmax=want_argmax, **options
+            )
+        else:
+            from lmobjectives.ops._triton import triton_linear_cross_entropy
 
-        loss, lse, argmax = chunked_linear_cross_entropy(
-            x.contiguous(), weight, t, bias, chunk_size=chunk_size, want_argmax=want_argmax, **options
-        )
-    elif resolved == Impl.VOCAB_CHUNKED:
-        from lmobjectives.ops._vocab_chunked import vocab_chunked_linear_cross_entropy
-
-        loss, lse, argmax = vocab_chunked_linear_cross_entropy(
-            x, weight, t, bias, chunk_size=chunk_size, want_argmax=want_argmax, **options
-        )
-    else:
-        from lmobjectives.ops._triton import triton_linear_cross_entropy
-
-        loss, lse, argmax = triton_linear_cross_entropy(
-            x, weight, t, bias, want_argmax=want_argmax, **options
-        )
-    return loss, lse, argmax, t
+            loss, lse, argmax = triton_linear_cross_entropy(
+                x, weight, t, bias, want_argmax=want_argmax, **options
+            )
+        return loss, lse, argmax, t
 
 
 def linear_cross_entropy(

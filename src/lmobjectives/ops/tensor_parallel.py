@@ -41,7 +41,11 @@ from lmobjectives.ops._chunked import (
     row_scale_for_reduction,
     token_loss_from_stats,
 )
-from lmobjectives.ops.linear_cross_entropy import check_target_range, validate_arguments
+from lmobjectives.ops.linear_cross_entropy import (
+    cast_for_autocast,
+    check_target_range,
+    validate_arguments,
+)
 
 __all__ = ["linear_cross_entropy_vocab_parallel"]
 
@@ -185,37 +189,40 @@ def linear_cross_entropy_vocab_parallel(
 
     Returns:
         The unsharded loss, identical on every rank. ``input.grad`` is the full gradient on
-        every rank; ``weight_shard.grad`` is this shard's slice of the full gradient.
+        every rank; ``weight_shard.grad`` is this shard's slice of the full gradient. Under
+        ``torch.autocast`` the arguments are cast as in ``linear_cross_entropy``.
     """
-    validate_arguments(
-        input,
-        weight_shard,
-        target,
-        bias_shard,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        label_smoothing=label_smoothing,
-        z_loss=z_loss,
-        softcap=softcap,
-    )
-    world_size = dist.get_world_size(group)
-    rank = dist.get_rank(group)
-    shard_size = weight_shard.shape[0]
-    total_vocab = world_size * shard_size
-    x = input.reshape(-1, input.shape[-1]).contiguous()  # (N, d)
-    t = target.reshape(-1).long()  # (N,)
-    if check_targets:
-        check_target_range(t, vocab_size=total_vocab, ignore_index=ignore_index)
-    if chunk_size is None:
-        chunk_size = default_chunk_size(x.shape[0], shard_size, x.dtype)
-    options = dict(
-        ignore_index=ignore_index,
-        label_smoothing=float(label_smoothing),
-        z_loss=float(z_loss),
-        softcap=None if softcap is None else float(softcap),
-        chunk_size=max(1, chunk_size),
-    )
-    loss = _VocabParallelLinearCrossEntropy.apply(
-        x, weight_shard, bias_shard, t, group, rank * shard_size, total_vocab, reduction, options
-    )
-    return loss.reshape(target.shape) if reduction == "none" else loss
+    input, weight_shard, bias_shard, precision = cast_for_autocast(input, weight_shard, bias_shard)
+    with precision:
+        validate_arguments(
+            input,
+            weight_shard,
+            target,
+            bias_shard,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            label_smoothing=label_smoothing,
+            z_loss=z_loss,
+            softcap=softcap,
+        )
+        world_size = dist.get_world_size(group)
+        rank = dist.get_rank(group)
+        shard_size = weight_shard.shape[0]
+        total_vocab = world_size * shard_size
+        x = input.reshape(-1, input.shape[-1]).contiguous()  # (N, d)
+        t = target.reshape(-1).long()  # (N,)
+        if check_targets:
+            check_target_range(t, vocab_size=total_vocab, ignore_index=ignore_index)
+        if chunk_size is None:
+            chunk_size = default_chunk_size(x.shape[0], shard_size, x.dtype)
+        options = dict(
+            ignore_index=ignore_index,
+            label_smoothing=float(label_smoothing),
+            z_loss=float(z_loss),
+            softcap=None if softcap is None else float(softcap),
+            chunk_size=max(1, chunk_size),
+        )
+        loss = _VocabParallelLinearCrossEntropy.apply(
+            x, weight_shard, bias_shard, t, group, rank * shard_size, total_vocab, reduction, options
+        )
+        return loss.reshape(target.shape) if reduction == "none" else loss
