@@ -35,9 +35,8 @@ from torch import Tensor
 __all__ = [
     "chunked_linear_cross_entropy",
     "default_chunk_size",
-    "reduce_token_loss",
+    "loss_from_stats",
     "row_scale_for_reduction",
-    "token_loss_from_stats",
 ]
 
 _CHUNK_BYTES = 64 * 2**20
@@ -56,45 +55,47 @@ def default_chunk_size(num_tokens: int, vocab_size: int, dtype: torch.dtype) -> 
     return max(1, min(num_tokens, _CHUNK_BYTES // row_bytes))
 
 
-def token_loss_from_stats(
+def loss_from_stats(
     lse: Tensor,
     z_target: Tensor,
     z_sum: Tensor | None,
     valid: Tensor,
     *,
+    reduction: str,
     vocab_size: int,
     label_smoothing: float,
     z_loss: float,
 ) -> Tensor:
-    """Per-token loss from per-token statistics, all ``(N,)``; 0 where ``valid`` is False.
-
-    ``loss_i = (1-eps)(lse_i - z_target_i) + eps(lse_i - z_sum_i / V) + lam * lse_i**2``.
-    """
+    """The loss from per-token statistics, all ``(N,)``: per token
+    ``loss_i = (1-eps)(lse_i - z_target_i) + eps(lse_i - z_sum_i / V) + lam * lse_i**2``, 0 where
+    ``valid`` is False; then ``"none"``: as is, ``"sum"``: the sum, ``"mean"``: the sum over
+    max(1, number of valid tokens)."""
     loss = (1.0 - label_smoothing) * (lse - z_target)  # (N,)
     if label_smoothing > 0.0:
         assert z_sum is not None
         loss = loss + label_smoothing * (lse - z_sum / vocab_size)
     if z_loss > 0.0:
         loss = loss + z_loss * lse.square()
-    return torch.where(valid, loss, torch.zeros_like(loss))
-
-
-def reduce_token_loss(token_loss: Tensor, valid: Tensor, reduction: str) -> Tensor:
-    """``"none"``: as is; ``"sum"``: sum; ``"mean"``: sum / max(1, number of valid tokens)."""
+    loss = torch.where(valid, loss, torch.zeros_like(loss))
     if reduction == "none":
-        return token_loss
-    total = token_loss.sum()
+        return loss
+    total = loss.sum()
     if reduction == "sum":
         return total
-    return total / valid.sum().clamp_min(1).to(token_loss.dtype)
+    return total / valid.sum().clamp_min(1).to(loss.dtype)
 
 
-def row_scale_for_reduction(valid: Tensor, reduction: str, dtype: torch.dtype) -> Tensor:
-    """``(N,)`` d(reduced loss)/d(token loss): ``valid / max(1, num_valid)`` for ``"mean"``,
-    ``valid`` otherwise (for ``"none"`` the caller multiplies by the upstream gradient)."""
+def row_scale_for_reduction(
+    valid: Tensor, reduction: str, dtype: torch.dtype, grad_loss: Tensor | None = None
+) -> Tensor:
+    """``(N,)`` d(reduced loss)/d(token loss) -- ``valid / max(1, num_valid)`` for ``"mean"``,
+    ``valid`` otherwise -- times the upstream gradient ``grad_loss`` (0-dim, or ``(N,)`` for
+    ``"none"``; None: 1)."""
     scale = valid.to(dtype)  # (N,)
     if reduction == "mean":
         scale = scale / valid.sum().clamp_min(1).to(dtype)
+    if grad_loss is not None:
+        scale = scale * grad_loss.to(dtype)
     return scale
 
 
@@ -327,16 +328,16 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         lse, z_target, z_sum, argmax = _forward(
             problem, want_argmax=want_argmax, row_scale=row_scale, grads=grads
         )
-        token_loss = token_loss_from_stats(
+        loss = loss_from_stats(
             lse,
             z_target,
             z_sum,
             valid,
+            reduction=reduction,
             vocab_size=problem.vocab_size,
             label_smoothing=label_smoothing,
             z_loss=z_loss,
         )
-        loss = reduce_token_loss(token_loss, valid, reduction)
 
         ctx.grads_in_forward = grads_in_forward
         ctx.has_bias = bias is not None
@@ -364,7 +365,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         input, weight, bias, target, lse = ctx.saved_tensors
         ignore_index, label_smoothing, z_loss, softcap, chunk_size, need_grads = ctx.options
         problem, valid = _problem(input, weight, bias, target, ignore_index, label_smoothing, z_loss, softcap, chunk_size)
-        row_scale = grad_loss.to(problem.acc_dtype) * valid.to(problem.acc_dtype)  # (N,)
+        row_scale = row_scale_for_reduction(valid, "none", problem.acc_dtype, grad_loss)  # (N,)
         grads = problem.new_grads(*need_grads)
         _backward_recompute(problem, lse, row_scale, grads)
         dx, dw, db = _finish_grads(grads, input, weight, bias)

@@ -12,7 +12,10 @@ stays traceable (the compiler may fuse it).
 
 Two operators: ``lmobjectives::lce_forward`` ``-> (loss, lse, argmax)`` and
 ``lmobjectives::lce_backward`` ``-> (dinput, dweight, dbias)``, with an empty tensor for an
-output that is not wanted (custom operators return tensors, not None).
+output that is not wanted (custom operators return tensors, not None). Each implementation
+module provides ``forward_stats`` (per-token log-sum-exp, target logit, logit sum, argmax)
+and ``backward_grads`` (gradients for per-token upstream scales); the loss and those scales
+are computed here, once for both.
 """
 
 from typing import Optional
@@ -20,7 +23,11 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from lmobjectives.ops._chunked import accumulation_dtype
+from lmobjectives.ops._chunked import (
+    accumulation_dtype,
+    loss_from_stats,
+    row_scale_for_reduction,
+)
 
 __all__ = ["linear_cross_entropy_op"]
 
@@ -61,11 +68,17 @@ def _forward(
     want_argmax: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     del borrow  # a backward option, kept here so that the autograd context has it
-    return _module(impl).forward(
-        x, weight, bias, target, ignore_index=ignore_index, reduction=reduction,
-        label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
-        want_argmax=want_argmax, **_impl_options(impl, chunk, epilogue),
+    lse, z_target, z_sum, argmax = _module(impl).forward_stats(
+        x, weight, bias, target, softcap=softcap, need_zsum=label_smoothing > 0.0,
+        need_argmax=want_argmax, **_impl_options(impl, chunk, epilogue),
     )
+    loss = loss_from_stats(
+        lse, z_target, z_sum, target != ignore_index, reduction=reduction,
+        vocab_size=weight.shape[0], label_smoothing=label_smoothing, z_loss=z_loss,
+    )
+    if argmax is None:
+        argmax = torch.empty(0, dtype=torch.int64, device=x.device)
+    return loss, lse, argmax
 
 
 @_forward.register_fake
@@ -102,10 +115,10 @@ def _backward(
     options = _impl_options(impl, chunk, epilogue)
     if impl == "vocab_chunked":
         options["borrow"] = borrow
-    grads = _module(impl).backward(
-        grad_loss, x, weight, bias, target, lse, ignore_index=ignore_index,
-        reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
-        need=(need_dx, need_dw, need_db), **options,
+    row_scale = row_scale_for_reduction(target != ignore_index, reduction, lse.dtype, grad_loss)
+    grads = _module(impl).backward_grads(
+        x, weight, bias, target, lse, row_scale, label_smoothing=label_smoothing,
+        z_loss=z_loss, softcap=softcap, need=(need_dx, need_dw, need_db), **options,
     )
     return tuple(x.new_empty(0) if g is None else g for g in grads)
 

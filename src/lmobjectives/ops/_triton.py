@@ -22,11 +22,6 @@ import torch
 import triton
 from torch import Tensor
 
-from lmobjectives.ops._chunked import (
-    reduce_token_loss,
-    row_scale_for_reduction,
-    token_loss_from_stats,
-)
 from lmobjectives.ops._custom_ops import linear_cross_entropy_op
 from lmobjectives.ops._triton_kernels import (
     COMPILE_OPTIONS,
@@ -34,7 +29,7 @@ from lmobjectives.ops._triton_kernels import (
     lce_forward_kernel,
 )
 
-__all__ = ["launch_config", "triton_linear_cross_entropy"]
+__all__ = ["backward_grads", "forward_stats", "launch_config", "triton_linear_cross_entropy"]
 
 
 def _interpreting() -> bool:
@@ -202,63 +197,6 @@ def backward_grads(
         dx.to(x.dtype) if need_dx else None,
         dw.to(weight.dtype) if need_dw else None,
         db.to(bias.dtype) if need_db and bias is not None else None,
-    )
-
-
-def forward(
-    x: Tensor,  # (N, d) contiguous
-    weight: Tensor,  # (V, d) contiguous
-    bias: Tensor | None,  # (V,)
-    target: Tensor,  # (N,) int64
-    *,
-    ignore_index: int,
-    reduction: str,
-    label_smoothing: float,
-    z_loss: float,
-    softcap: float | None,
-    want_argmax: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``(loss, lse, argmax)``, ``argmax`` empty unless ``want_argmax``; no autograd (the
-    custom operator in ``_custom_ops`` pairs this with :func:`backward`)."""
-    lse, z_target, z_sum, argmax = forward_stats(
-        x, weight, bias, target, softcap=softcap, need_zsum=label_smoothing > 0.0,
-        need_argmax=want_argmax,
-    )
-    valid = target != ignore_index  # (N,)
-    token_loss = token_loss_from_stats(
-        lse, z_target, z_sum, valid, vocab_size=weight.shape[0],
-        label_smoothing=label_smoothing, z_loss=z_loss,
-    )
-    loss = reduce_token_loss(token_loss, valid, reduction)
-    if argmax is None:
-        argmax = torch.empty(0, dtype=torch.int64, device=x.device)
-    return loss, lse, argmax
-
-
-def backward(
-    grad_loss: Tensor,  # () or (N,) for reduction="none"
-    x: Tensor,
-    weight: Tensor,
-    bias: Tensor | None,
-    target: Tensor,
-    lse: Tensor,  # (N,) from forward
-    *,
-    ignore_index: int,
-    reduction: str,
-    label_smoothing: float,
-    z_loss: float,
-    softcap: float | None,
-    need: tuple[bool, bool, bool],
-) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """``(dinput, dweight, dbias)`` for the upstream ``grad_loss``; None where not ``need``."""
-    valid = target != ignore_index
-    if reduction == "none":
-        row_scale = grad_loss.float() * valid.float()  # (N,)
-    else:
-        row_scale = row_scale_for_reduction(valid, reduction, torch.float32) * grad_loss.float()
-    return backward_grads(
-        x, weight, bias, target, lse, row_scale, label_smoothing=label_smoothing,
-        z_loss=z_loss, softcap=softcap, need=need,
     )
 
 

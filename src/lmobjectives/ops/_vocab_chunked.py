@@ -77,19 +77,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lmobjectives.ops._chunked import (
-    accumulation_dtype,
-    reduce_token_loss,
-    row_scale_for_reduction,
-    token_loss_from_stats,
-)
+from lmobjectives.ops._chunked import accumulation_dtype
 from lmobjectives.ops._custom_ops import linear_cross_entropy_op
 from lmobjectives.ops.linear_cross_entropy import TRITON_AVAILABLE
 
 __all__ = [
+    "backward_grads",
     "default_epilogue",
     "default_vocab_chunk",
     "dinput_accumulation",
+    "forward_stats",
     "vocab_chunked_linear_cross_entropy",
 ]
 
@@ -375,8 +372,22 @@ class _Problem:
         return logits
 
 
-def _forward_stats(problem: _Problem, *, need_zsum: bool, need_argmax: bool):
-    n, device, acc = problem.num_tokens, problem.x.device, problem.acc_dtype
+def forward_stats(
+    x: Tensor,  # (N, d)
+    weight: Tensor,  # (V, d)
+    bias: Tensor | None,  # (V,)
+    target: Tensor,  # (N,) int64
+    *,
+    softcap: float | None,
+    need_zsum: bool,
+    need_argmax: bool,
+    chunk: int,
+    epilogue: str,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """Per-token ``(lse, z_target, z_sum, argmax)``, each ``(N,)`` (``z_sum``/``argmax`` None
+    unless asked for), over chunks of ``chunk`` classes."""
+    problem = _Problem(x, weight, bias, target, softcap=softcap, chunk=chunk, epilogue=epilogue)
+    n, device, acc = problem.num_tokens, x.device, problem.acc_dtype
     state = _State(
         max=torch.full((n,), float("-inf"), dtype=acc, device=device),
         sumexp=torch.zeros(n, dtype=acc, device=device),
@@ -390,18 +401,24 @@ def _forward_stats(problem: _Problem, *, need_zsum: bool, need_argmax: bool):
     return lse, state.z_target, state.z_sum, state.argmax
 
 
-def _backward_grads(
-    problem: _Problem,
-    lse: Tensor,
-    row_scale: Tensor,
+def backward_grads(
+    x: Tensor,  # (N, d)
+    weight: Tensor,  # (V, d)
+    bias: Tensor | None,  # (V,)
+    target: Tensor,  # (N,) int64
+    lse: Tensor,  # (N,) from forward_stats
+    row_scale: Tensor,  # (N,) d(loss)/d(token loss), 0 at ignored tokens
     *,
     label_smoothing: float,
     z_loss: float,
+    softcap: float | None,
     need: tuple[bool, bool, bool],
+    chunk: int,
+    epilogue: str,
     borrow: bool,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """``(dinput, dweight, dbias)`` in the input dtype (None where not needed)."""
-    x, weight = problem.x, problem.weight
+    """``(dinput, dweight, dbias)`` in the parameters' dtypes (None where not ``need``)."""
+    problem = _Problem(x, weight, bias, target, softcap=softcap, chunk=chunk, epilogue=epilogue)
     (n, d), v = x.shape, problem.vocab_size
     need_dx, need_dw, need_db = need
     dw = torch.empty(v, d, dtype=weight.dtype, device=x.device) if need_dw else None  # (V, d)
@@ -435,72 +452,7 @@ def _backward_grads(
         for v0, v1 in tail:  # the borrowed rows are free now
             dz = problem.dlogits(v0, v1, lse, row_scale, **kw)
             torch.mm(dz.t(), x, out=dw[v0:v1])
-    return dx, dw, None if db is None else db.to(problem.bias.dtype)
-
-
-def forward(
-    x: Tensor,  # (N, d)
-    weight: Tensor,  # (V, d)
-    bias: Tensor | None,  # (V,)
-    target: Tensor,  # (N,) int64
-    *,
-    ignore_index: int,
-    reduction: str,
-    label_smoothing: float,
-    z_loss: float,
-    softcap: float | None,
-    chunk: int,
-    epilogue: str,
-    want_argmax: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``(loss, lse, argmax)``, ``argmax`` empty unless ``want_argmax``; no autograd (the
-    custom operator in ``_custom_ops`` pairs this with :func:`backward`)."""
-    problem = _Problem(x, weight, bias, target, softcap=softcap, chunk=chunk, epilogue=epilogue)
-    lse, z_target, z_sum, argmax = _forward_stats(
-        problem, need_zsum=label_smoothing > 0.0, need_argmax=want_argmax
-    )
-    del problem  # frees the chunk buffer
-    valid = target != ignore_index  # (N,)
-    token_loss = token_loss_from_stats(
-        lse, z_target, z_sum, valid, vocab_size=weight.shape[0],
-        label_smoothing=label_smoothing, z_loss=z_loss,
-    )
-    loss = reduce_token_loss(token_loss, valid, reduction)
-    if argmax is None:
-        argmax = torch.empty(0, dtype=torch.int64, device=x.device)
-    return loss, lse, argmax
-
-
-def backward(
-    grad_loss: Tensor,  # () or (N,) for reduction="none"
-    x: Tensor,
-    weight: Tensor,
-    bias: Tensor | None,
-    target: Tensor,
-    lse: Tensor,  # (N,) from forward
-    *,
-    ignore_index: int,
-    reduction: str,
-    label_smoothing: float,
-    z_loss: float,
-    softcap: float | None,
-    chunk: int,
-    epilogue: str,
-    borrow: bool,
-    need: tuple[bool, bool, bool],
-) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """``(dinput, dweight, dbias)`` for the upstream ``grad_loss``; None where not ``need``."""
-    acc = lse.dtype
-    valid = target != ignore_index  # (N,)
-    if reduction == "none":
-        row_scale = grad_loss.to(acc) * valid.to(acc)  # (N,)
-    else:
-        row_scale = row_scale_for_reduction(valid, reduction, acc) * grad_loss.to(acc)
-    problem = _Problem(x, weight, bias, target, softcap=softcap, chunk=chunk, epilogue=epilogue)
-    return _backward_grads(
-        problem, lse, row_scale, label_smoothing=label_smoothing, z_loss=z_loss,
-        need=need, borrow=borrow,
-    )
+    return dx, dw, None if db is None else db.to(bias.dtype)
 
 
 def vocab_chunked_linear_cross_entropy(

@@ -37,9 +37,8 @@ from lmobjectives.ops._chunked import (
     _forward,
     _Problem,
     default_chunk_size,
-    reduce_token_loss,
+    loss_from_stats,
     row_scale_for_reduction,
-    token_loss_from_stats,
 )
 from lmobjectives.ops.linear_cross_entropy import (
     cast_for_autocast,
@@ -106,16 +105,16 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
         packed = torch.stack(pieces)  # (2 or 3, N)
         dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=group)
         lse = lse_max + packed[0].log()  # (N,) global log-sum-exp
-        token_loss = token_loss_from_stats(
+        loss = loss_from_stats(
             lse,
             packed[1],
             packed[2] if z_sum is not None else None,
             valid,
+            reduction=reduction,
             vocab_size=total_vocab,
             label_smoothing=options["label_smoothing"],
             z_loss=options["z_loss"],
         )
-        loss = reduce_token_loss(token_loss, valid, reduction)
 
         ctx.group, ctx.vocab_start, ctx.total_vocab = group, vocab_start, total_vocab
         ctx.reduction, ctx.options = reduction, options
@@ -142,16 +141,12 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
             ctx.total_vocab,
             ctx.options,
         )
-        acc = problem.acc_dtype
-        if ctx.reduction == "none":
-            row_scale = grad_loss.to(acc) * valid.to(acc)  # (N,)
-        else:
-            row_scale = row_scale_for_reduction(valid, ctx.reduction, acc) * grad_loss.to(acc)
+        row_scale = row_scale_for_reduction(valid, ctx.reduction, problem.acc_dtype, grad_loss)
         # dinput must be all-reduced even on ranks that would not need it locally.
         grads = problem.new_grads(ctx.needs[0], ctx.needs[1], ctx.needs[2])
         _backward_recompute(problem, lse, row_scale, grads)
         if "input" in grads:
-            dx = grads["input"].to(acc)  # (N, d), sum over shards in full precision
+            dx = grads["input"].to(problem.acc_dtype)  # (N, d), sum over shards in full precision
             dist.all_reduce(dx, op=dist.ReduceOp.SUM, group=ctx.group)
             grads["input"] = dx
         dx, dw, db = _finish_grads(grads, input, weight_shard, bias_shard)
