@@ -65,8 +65,8 @@ def lm_loss(
     connected to the graph (zero gradients, no NaN).
 
     The logits are never materialised: the projection and the loss run in
-    :func:`lmobjectives.ops.linear_cross_entropy` (``impl`` picks the fused
-    Triton kernel on CUDA, the chunked path elsewhere, or ``"reference"``).
+    :func:`lmobjectives.ops.linear_cross_entropy` (``impl="auto"`` picks its
+    vocabulary-chunked path on CUDA and its token-chunked path elsewhere).
     ``gather_targets`` first selects the positions that have a label (for
     MLM ~15 % of tokens), so only those go through the vocabulary projection;
     it costs one host sync (the number of targets), so turn it off for

@@ -410,6 +410,8 @@ def _args():
         (dict(target=torch.zeros(4)), TypeError, "target"),
         (dict(bias=torch.zeros(6)), ValueError, "bias"),
         (dict(input=torch.zeros(4, 3, dtype=torch.long)), TypeError, "input"),
+        (dict(input=torch.zeros(4, 3, dtype=torch.float64), weight=torch.zeros(5, 3, dtype=torch.float64),
+              bias=None, impl="triton"), TypeError, "not float64"),
     ],
 )
 def test_invalid_arguments(change, error, match):

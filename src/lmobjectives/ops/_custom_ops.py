@@ -44,8 +44,15 @@ def _module(impl: str):
     raise ValueError(f"no custom operator for impl={impl!r}")
 
 
-def _impl_options(impl: str, chunk: int, epilogue: str) -> dict:
-    return dict(chunk=chunk, epilogue=epilogue) if impl == "vocab_chunked" else {}
+def _impl_options(impl: str, chunk: int, epilogue: str, borrow: bool | None = None) -> dict:
+    """The implementation's own keyword options: vocab_chunked's chunk and epilogue (and, for
+    its backward, borrow); none for triton."""
+    if impl != "vocab_chunked":
+        return {}
+    options = dict(chunk=chunk, epilogue=epilogue)
+    if borrow is not None:
+        options["borrow"] = borrow
+    return options
 
 
 # The type hints are the operators' schemas (torch.library reads them), hence no
@@ -112,13 +119,11 @@ def _backward(
     need_dw: bool,
     need_db: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    options = _impl_options(impl, chunk, epilogue)
-    if impl == "vocab_chunked":
-        options["borrow"] = borrow
     row_scale = row_scale_for_reduction(target != ignore_index, reduction, lse.dtype, grad_loss)
     grads = _module(impl).backward_grads(
         x, weight, bias, target, lse, row_scale, label_smoothing=label_smoothing,
-        z_loss=z_loss, softcap=softcap, need=(need_dx, need_dw, need_db), **options,
+        z_loss=z_loss, softcap=softcap, need=(need_dx, need_dw, need_db),
+        **_impl_options(impl, chunk, epilogue, borrow),
     )
     return tuple(x.new_empty(0) if g is None else g for g in grads)
 

@@ -214,9 +214,7 @@ def triton_linear_cross_entropy(
     want_argmax: bool,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Triton forward/backward on flattened, validated tensors; same conventions as
-    ``chunked_linear_cross_entropy``. float64 is rejected (the kernels accumulate in float32)."""
-    if input.dtype == torch.float64:
-        raise TypeError("impl='triton' supports float16, bfloat16 and float32 inputs, not float64")
+    ``chunked_linear_cross_entropy`` (float64 is refused before this, by ``_resolve_impl``)."""
     return linear_cross_entropy_op(
         "triton", input.contiguous(), weight.contiguous(),
         None if bias is None else bias.contiguous(), target.contiguous(),

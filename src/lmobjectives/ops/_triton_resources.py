@@ -75,7 +75,6 @@ class KernelResources:
 
     variant: str  # Variant.name
     registers: int  # per thread
-    stack_bytes: int  # per thread stack frame (spilled registers and local arrays)
     spill_bytes: int  # per thread, spill stores + spill loads: > 0 means registers ran out
     shared_bytes: int  # per block
     config: dict[str, int]
@@ -140,14 +139,13 @@ def compile_resources(variant: Variant, target: GPUTarget = HOPPER) -> KernelRes
             capture_output=True, text=True, check=True,
         ).stderr
     regs = re.search(r"Used (\d+) registers", report)
-    spills = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", report)
+    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", report)
     if regs is None or spills is None:
         raise RuntimeError(f"cannot read the resource usage of {variant.name}:\n{report}")
     return KernelResources(
         variant=variant.name,
         registers=int(regs.group(1)),
-        stack_bytes=int(spills.group(1)),
-        spill_bytes=int(spills.group(2)) + int(spills.group(3)),
+        spill_bytes=int(spills.group(1)) + int(spills.group(2)),
         shared_bytes=int(compiled.metadata.shared),
         config=dict(variant.config),
     )

@@ -122,6 +122,10 @@ def _resolve_impl(
         on_gpu = device.type == "cuda" and dtype != torch.float64
         return Impl.VOCAB_CHUNKED if on_gpu else Impl.CHUNKED
     if impl == Impl.TRITON:
+        if dtype == torch.float64:  # the kernels accumulate in float32
+            raise TypeError(
+                "impl='triton' supports float16, bfloat16 and float32 inputs, not float64"
+            )
         if not TRITON_AVAILABLE:
             raise ValueError(
                 "impl='triton' needs the optional dependency triton (pip install triton)"
