@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from .constants import FIM_TOKENS, PARADIGM_TOKENS, sentinel_token
+
 __all__ = ["Vocab"]
 
 
@@ -20,6 +22,20 @@ def _as_id(value: object, size: int) -> int | None:
     except TypeError:
         return None
     return i if 0 <= i < size else None
+
+
+_SINGLE_IDS = (
+    "pad_id", "mask_id", "cls_id", "sep_id", "bos_id", "eos_id", "unk_id", *PARADIGM_TOKENS, *FIM_TOKENS
+)  # fmt: skip
+_RESERVED_SPELLINGS = {**{v: k for k, v in PARADIGM_TOKENS.items()}, **{v: k for k, v in FIM_TOKENS.items()}}
+
+
+def _sentinels(lookup: Any) -> tuple[int, ...]:
+    """``<extra_id_0>, <extra_id_1>, ...`` looked up until the first missing one."""
+    ids = []
+    while (i := lookup(sentinel_token(len(ids)))) is not None:
+        ids.append(i)
+    return tuple(ids)
 
 
 @dataclass(frozen=True)
@@ -44,28 +60,39 @@ class Vocab:
     bos_id: int | None = None  # beginning of sequence
     eos_id: int | None = None  # end of sequence / document separator when packing
     unk_id: int | None = None  # unknown token
-    extra_special_ids: tuple[int, ...] = field(default=())  # any other reserved ids (sentinels, ...)
+    sentinel_ids: tuple[int, ...] = field(default=())  # span-corruption sentinels in order: span k gets sentinel_ids[k]
+    nlu_id: int | None = None  # UL2 paradigm token [NLU] (R-denoisers)
+    nlg_id: int | None = None  # UL2 paradigm token [NLG] (X-denoisers)
+    s2s_id: int | None = None  # UL2 paradigm token [S2S] (S-denoiser, prefix LM)
+    fim_prefix_id: int | None = None  # fill-in-the-middle <|fim_prefix|>
+    fim_middle_id: int | None = None  # fill-in-the-middle <|fim_middle|>
+    fim_suffix_id: int | None = None  # fill-in-the-middle <|fim_suffix|>
+    extra_special_ids: tuple[int, ...] = field(default=())  # any other reserved ids, never selected nor drawn
 
     def __post_init__(self) -> None:
         if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size <= 0:
             raise ValueError(f"Vocab: size must be a positive int, got {self.size!r}")
-        for name in ("pad_id", "mask_id", "cls_id", "sep_id", "bos_id", "eos_id", "unk_id"):
+        for name in _SINGLE_IDS:
             value = getattr(self, name)
             if value is not None:
                 if (i := _as_id(value, self.size)) is None:
                     raise ValueError(f"Vocab: {name} must be an int in [0, {self.size}), got {value!r}")
                 object.__setattr__(self, name, i)
-        extra = []
-        for value in self.extra_special_ids:
-            if (i := _as_id(value, self.size)) is None:
-                raise ValueError(f"Vocab: extra_special_ids must hold ints in [0, {self.size}), got {value!r}")
-            extra.append(i)
-        object.__setattr__(self, "extra_special_ids", tuple(extra))
+        for name in ("sentinel_ids", "extra_special_ids"):
+            ids = []
+            for value in getattr(self, name):
+                if (i := _as_id(value, self.size)) is None:
+                    raise ValueError(f"Vocab: {name} must hold ints in [0, {self.size}), got {value!r}")
+                ids.append(i)
+            object.__setattr__(self, name, tuple(ids))
+        if len(set(self.sentinel_ids)) != len(self.sentinel_ids):
+            raise ValueError(f"Vocab: sentinel_ids must be distinct, got {self.sentinel_ids!r}")
 
     @property
     def special_ids(self) -> tuple[int, ...]:
         """All reserved ids, sorted and without repeats."""
-        ids = {self.pad_id, self.mask_id, self.cls_id, self.sep_id, self.bos_id, self.eos_id, self.unk_id}
+        ids = {getattr(self, name) for name in _SINGLE_IDS}
+        ids.update(self.sentinel_ids)
         ids.update(self.extra_special_ids)
         ids.discard(None)
         return tuple(sorted(ids))  # type: ignore[arg-type]
@@ -89,6 +116,10 @@ class Vocab:
 
         For a raw ``tokenizers.Tokenizer`` the usual spellings (``[PAD]``,
         ``<pad>``, ``[MASK]``, ``<mask>``, ``[CLS]``, ``<s>``, ...) are looked up.
+        For both, T5's ``<extra_id_0>, <extra_id_1>, ...`` fill ``sentinel_ids``
+        (in that order, up to the first missing one), ``[NLU] [NLG] [S2S]`` the
+        UL2 paradigm ids and ``<|fim_prefix|> <|fim_middle|> <|fim_suffix|>`` the
+        fill-in-the-middle ids.
         """
         if hasattr(tok, "all_special_ids") and hasattr(tok, "pad_token_id"):  # transformers
             size = len(tok)
@@ -101,9 +132,11 @@ class Vocab:
                 "eos_id": tok.eos_token_id,
                 "unk_id": tok.unk_token_id,
             }
-            extra = [i for i in tok.all_special_ids if i not in named.values()]
-            return cls(size=size, extra_special_ids=tuple(extra), **named)
-        if hasattr(tok, "token_to_id") and hasattr(tok, "get_vocab_size"):  # tokenizers.Tokenizer
+            table = tok.get_vocab()
+            lookup = table.get
+            special = list(tok.all_special_ids)
+        elif hasattr(tok, "token_to_id") and hasattr(tok, "get_vocab_size"):  # tokenizers.Tokenizer
+            size = tok.get_vocab_size(with_added_tokens=True)
             spellings = {
                 "pad_id": ("[PAD]", "<pad>", "<|pad|>"),
                 "mask_id": ("[MASK]", "<mask>", "<|mask|>"),
@@ -113,14 +146,21 @@ class Vocab:
                 "eos_id": ("[EOS]", "</s>", "<eos>", "<|eos|>", "<|endoftext|>", "<|end_of_text|>"),
                 "unk_id": ("[UNK]", "<unk>", "<|unk|>"),
             }
+            lookup = tok.token_to_id
             named = {}
             for key, names in spellings.items():
-                ids = [tok.token_to_id(n) for n in names]
+                ids = [lookup(n) for n in names]
                 named[key] = next((i for i in ids if i is not None), None)
             added = tok.get_added_tokens_decoder() if hasattr(tok, "get_added_tokens_decoder") else {}
             # only special added tokens are reserved; tok.add_tokens(["word"]) adds an ordinary token
-            extra = [int(i) for i, t in added.items() if getattr(t, "special", True) and i not in named.values()]
-            return cls(size=tok.get_vocab_size(with_added_tokens=True), extra_special_ids=tuple(extra), **named)
-        raise TypeError(
-            f"Vocab.from_tokenizer: tok must be a transformers tokenizer or a tokenizers.Tokenizer, got {type(tok).__name__}"
-        )
+            special = [int(i) for i, t in added.items() if getattr(t, "special", True)]
+        else:
+            raise TypeError(
+                f"Vocab.from_tokenizer: tok must be a transformers tokenizer or a tokenizers.Tokenizer, got {type(tok).__name__}"
+            )
+        for spelling, key in _RESERVED_SPELLINGS.items():
+            named[key] = lookup(spelling)
+        sentinels = _sentinels(lookup)
+        known = set(named.values()) | set(sentinels)
+        extra = tuple(i for i in special if i not in known)
+        return cls(size=size, sentinel_ids=sentinels, extra_special_ids=extra, **named)

@@ -87,7 +87,7 @@ def test_word_ids_from_starts():
 
 
 def test_registry_builds_from_fields():
-    assert OBJECTIVES["mlm"] is MaskedLM
+    assert OBJECTIVES["mlm"].objective is MaskedLM
     mlm = get_objective("mlm", vocab=V, probability=0.2, unit="token", selection="exact", max_predictions=3)
     assert isinstance(mlm, MaskedLM) and mlm.name == "mlm"
     assert (mlm.probability, mlm.selection, mlm.max_predictions) == (0.2, "exact", 3)

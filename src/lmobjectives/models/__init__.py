@@ -1,5 +1,10 @@
-"""Models that consume a :class:`~lmobjectives.Batch` and return hidden states (the loss is separate)."""
+"""Models used to train and compare objectives. :data:`MODELS` maps a :class:`~lmobjectives.objectives.ModelSpec`
+architecture name to the model class; each takes a :class:`TransformerConfig`."""
 
 from .transformer import ModelOutput, Transformer, TransformerConfig
 
-__all__ = ["ModelOutput", "Transformer", "TransformerConfig"]
+MODELS: dict[str, type] = {
+    "transformer": Transformer,  # one stack; encoder or decoder as the batch's attention pattern says
+}
+
+__all__ = ["MODELS", "ModelOutput", "Transformer", "TransformerConfig"]

@@ -1,7 +1,10 @@
 """Training objectives: seeded, pure tensor transforms from token ids to a :class:`Batch`.
 
 ``get_objective(name, vocab=..., **options)`` is the entry point; each name
-maps to a frozen dataclass whose fields are its options.
+maps to a frozen dataclass whose fields are its options. :data:`OBJECTIVES`
+is the registry: one :class:`Recipe` per name, saying what data the objective
+reads, what model it needs and how its loss is computed, so the trainer and
+the CLI never branch on a name.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from .base import Batch, Objective, attention_mask_4d, padding_mask
 from .clm import CausalLM
 from .mlm import MaskedLM, word_ids_from_starts
 from .nsp import NextSentencePrediction, SentenceOrderPrediction, SentencePairs
+from .recipe import ModelSpec, Option, Recipe, StepLoss, options_of
 
 __all__ = [
     "OBJECTIVES",
@@ -21,20 +25,47 @@ __all__ = [
     "CausalLM",
     "MaskedLM",
     "NextSentencePrediction",
+    "ModelSpec",
     "Objective",
+    "Option",
+    "Recipe",
     "SentenceOrderPrediction",
     "SentencePairs",
+    "StepLoss",
     "attention_mask_4d",
     "get_objective",
+    "options_of",
     "padding_mask",
     "word_ids_from_starts",
 ]
 
-OBJECTIVES: dict[str, type] = {
-    "clm": CausalLM,
-    "mlm": MaskedLM,
-    "nsp": NextSentencePrediction,
-    "sop": SentenceOrderPrediction,
+_SENTENCE_PAIRS = ModelSpec(n_token_types=2, n_sentence_classes=2)  # segment embeddings and the [CLS] head
+
+OBJECTIVES: dict[str, Recipe] = {
+    "clm": Recipe(
+        CausalLM,
+        "causal LM (GPT): predict token t+1 from tokens <= t",
+        block_extras=lambda o: ("document_ids",) if o.document_masking else (),
+    ),
+    "mlm": Recipe(
+        MaskedLM,
+        "masked LM (BERT): predict selected tokens, words or spans from both sides",
+        block_extras=lambda o: () if o.unit == "token" else ("word_ids",),
+    ),
+    "nsp": Recipe(
+        NextSentencePrediction,
+        "BERT sentence pairs: masked LM + is B the real next segment?",
+        data="sentences",
+        length_option="max_seq_length",
+        model=lambda o: _SENTENCE_PAIRS,
+    ),
+    "sop": Recipe(
+        SentenceOrderPrediction,
+        "ALBERT sentence pairs: masked LM + are A and B in order or swapped?",
+        data="sentences",
+        length_option="max_seq_length",
+        model=lambda o: _SENTENCE_PAIRS,
+    ),
 }
 
 
@@ -49,7 +80,7 @@ def get_objective(name: str, *, vocab: Vocab, **options: Any) -> Objective:
         raise ValueError(f"unknown objective name {name!r}; valid names: {', '.join(sorted(OBJECTIVES))}")
     if not isinstance(vocab, Vocab):
         raise TypeError(f"vocab must be a lmobjectives.Vocab, got {type(vocab).__name__}")
-    cls = OBJECTIVES[name]
+    cls = OBJECTIVES[name].objective
     valid = [f.name for f in dataclasses.fields(cls) if f.name != "vocab" and f.init]
     unknown = sorted(set(options) - set(valid))
     if unknown:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Protocol
+from typing import Literal, Protocol
 
 import torch
 
@@ -20,8 +20,14 @@ class Batch:
     model's output at position ``t`` (CLM shifts once, inside the CLM
     objective; no loss function shifts again). ``IGNORE_INDEX`` means no loss.
     The attention pattern is data, not a model flag: ``causal``,
-    ``attention_mask`` and ``document_ids`` together say which key each query
-    may see (:func:`attention_mask_4d`).
+    ``attention_mask``, ``document_ids``, ``prefix_mask`` and ``perm_mask``
+    together say which key each query may see (:func:`attention_mask_4d`).
+
+    An encoder-decoder batch (``decoder_input_ids`` set) uses the Hugging Face
+    names: ``input_ids`` / ``attention_mask`` feed the encoder,
+    ``decoder_input_ids`` / ``decoder_attention_mask`` the decoder, and
+    ``labels`` ``(B, Td)`` are aligned with the *decoder* positions
+    (``decoder_input_ids`` is ``labels`` shifted right, so no loss shifts).
     """
 
     input_ids: torch.Tensor  # (B, T) long, model input after corruption
@@ -33,6 +39,11 @@ class Batch:
     token_type_ids: torch.Tensor | None = None  # (B, T) long; 0 = segment A, 1 = segment B
     sentence_labels: torch.Tensor | None = None  # (B,) long; NSP: 1 = B is random, SOP: 1 = swapped
     has_targets: torch.Tensor | None = None  # (B,) bool; False where a row had nothing to predict
+    prefix_mask: torch.Tensor | None = None  # (B, T) bool; True in the bidirectional prefix of a causal row (prefix LM)
+    decoder_input_ids: torch.Tensor | None = None  # (B, Td) long; encoder-decoder: the decoder's input
+    decoder_attention_mask: torch.Tensor | None = None  # (B, Td) bool; True at real decoder tokens
+    perm_mask: torch.Tensor | None = None  # (B, T, T) bool; XLNet: True where query i may NOT see key j
+    target_mapping: torch.Tensor | None = None  # (B, P, T) float; XLNet: one-hot position of the p-th target
 
     def to(self, device: torch.device | str) -> "Batch":
         """A copy with every tensor moved to ``device``."""
@@ -81,18 +92,60 @@ def padding_mask(input_ids: torch.Tensor, pad_id: int | None, eos_id: int | None
     return ~trailing
 
 
-def attention_mask_4d(batch: Batch) -> torch.Tensor:
-    """Bool mask ``(B, 1, T, T)``, True where query ``i`` may attend to key ``j``.
+AttentionPart = Literal["self", "decoder", "cross"]
 
-    Combines key padding, causality and document boundaries. Each query also
+
+def attention_mask_4d(batch: Batch, part: AttentionPart = "self") -> torch.Tensor:
+    """Bool mask ``(B, 1, Tq, Tk)``, True where query ``i`` may attend to key ``j``.
+
+    ``part="self"`` is the pattern over ``input_ids`` (the whole model for a
+    decoder-only or encoder batch, the encoder of an encoder-decoder batch):
+    key padding, then causality (``causal``), except that inside the prefix
+    (``prefix_mask``) queries also see the later prefix keys, then document
+    boundaries (``document_ids``) and XLNet's ``perm_mask``. Each query also
     sees itself, so no row is empty (padding queries included): no NaN in SDPA.
+
+    ``part="decoder"`` (encoder-decoder only) is causal self-attention over
+    ``decoder_input_ids`` with its padding; ``part="cross"`` lets every
+    decoder query see every real encoder key, shape ``(B, 1, Td, T)``.
+
+    >>> b = Batch(input_ids=torch.zeros(1, 4, dtype=torch.long), labels=torch.zeros(1, 4, dtype=torch.long),
+    ...           attention_mask=torch.tensor([[True, True, True, False]]), causal=True,
+    ...           prefix_mask=torch.tensor([[True, True, False, False]]))
+    >>> attention_mask_4d(b)[0, 0].int()   # prefix LM: positions 0, 1 see each other; 2 is causal; 3 is padding
+    tensor([[1, 1, 0, 0],
+            [1, 1, 0, 0],
+            [1, 1, 1, 0],
+            [1, 1, 1, 1]], dtype=torch.int32)
     """
-    B, T = batch.input_ids.shape
-    device = batch.input_ids.device
-    allowed = batch.attention_mask[:, None, :].expand(B, T, T)  # (B, Tq, Tk)
-    if batch.causal:
-        allowed = allowed & torch.ones(T, T, dtype=torch.bool, device=device).tril()
-    if batch.document_ids is not None:
-        allowed = allowed & (batch.document_ids[:, :, None] == batch.document_ids[:, None, :])
-    allowed = allowed | torch.eye(T, dtype=torch.bool, device=device)
-    return allowed[:, None]  # (B, 1, T, T)
+    if part == "self":
+        B, T = batch.input_ids.shape
+        device = batch.input_ids.device
+        allowed = batch.attention_mask[:, None, :].expand(B, T, T)  # (B, Tq, Tk)
+        if batch.causal:
+            visible = torch.ones(T, T, dtype=torch.bool, device=device).tril()  # (T, T)
+            if batch.prefix_mask is not None:
+                visible = visible | (batch.prefix_mask[:, :, None] & batch.prefix_mask[:, None, :])  # (B, T, T)
+            allowed = allowed & visible
+        if batch.document_ids is not None:
+            allowed = allowed & (batch.document_ids[:, :, None] == batch.document_ids[:, None, :])
+        if batch.perm_mask is not None:
+            allowed = allowed & ~batch.perm_mask
+        allowed = allowed | torch.eye(T, dtype=torch.bool, device=device)
+        return allowed[:, None]  # (B, 1, T, T)
+    if batch.decoder_input_ids is None:
+        raise ValueError(f"attention_mask_4d: part={part!r} needs an encoder-decoder batch (decoder_input_ids is None)")
+    B, Td = batch.decoder_input_ids.shape
+    device = batch.decoder_input_ids.device
+    decoder_real = batch.decoder_attention_mask
+    if decoder_real is None:
+        decoder_real = torch.ones(B, Td, dtype=torch.bool, device=device)
+    if part == "decoder":
+        allowed = decoder_real[:, None, :] & torch.ones(Td, Td, dtype=torch.bool, device=device).tril()  # (B, Td, Td)
+        return (allowed | torch.eye(Td, dtype=torch.bool, device=device))[:, None]  # (B, 1, Td, Td)
+    if part == "cross":
+        T = batch.input_ids.shape[1]
+        allowed = batch.attention_mask[:, None, :].expand(B, Td, T)  # (B, Td, T)
+        empty = ~allowed.any(-1, keepdim=True)  # (B, Td, 1): an encoder row without a real token
+        return (allowed | empty)[:, None]  # (B, 1, Td, T), never an empty row
+    raise ValueError(f"attention_mask_4d: part must be 'self', 'decoder' or 'cross', got {part!r}")
