@@ -14,7 +14,7 @@ objective.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -87,7 +87,8 @@ class PermutationLM:
 
     * Randomness comes from the pre-drawn tensors above instead of HF's
       interleaved ``torch.randint`` / ``torch.randperm`` calls per row, and the
-      offset ``o`` from a float64 uniform (uniform up to ``c * 2**-53``).
+      offset ``o`` from a float64 uniform (each offset's probability is within
+      ``2**-53`` of ``1 / (c - s + 1)``).
     * A batch whose spans miss every ordinary token is drawn again (HF
       returns it with no target); a batch with no ordinary token at all
       raises ``ValueError``.
@@ -101,8 +102,9 @@ class PermutationLM:
     lengths with probability ``∝ 1/n``, snaps spans to word starts, and targets
     a fixed ``num_predict`` tokens with a compact ``(num_predict, L)``
     ``target_mapping``; it permutes each half independently, and a query of
-    the first half sees nothing of the second; it also hides special tokens
-    (SEP, CLS) from later-ranked queries as if they were targets; and it
+    the first half sees nothing of the second; it also treats special tokens
+    (SEP, CLS) as keys like targets, hidden from the queries ranked up to
+    them (HF hides targets only); and it
     keeps the original tokens as the content stream's input (the query
     stream's input is a learned mask embedding) instead of writing [MASK]
     into ``input_ids`` (huggingface/transformers#22435).
