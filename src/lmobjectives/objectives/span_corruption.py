@@ -1,0 +1,535 @@
+"""Span corruption (T5, Raffel et al. 2020): random spans become sentinels; the model predicts the spans.
+
+The noise mask is T5's ``random_spans_noise_mask`` (google-research/text-to-text-transfer-transformer,
+``t5/data/preprocessors.py``) drawn for a whole batch at once, with one length, noise density and mean
+span length per row (so that UL2 can mix denoisers in one batch, see :func:`random_spans_noise_mask`);
+:func:`noise_spans_to_inputs_targets` turns any noise mask into inputs and targets with sentinels.
+The length helpers say how many raw tokens to draw so that the model input has a given length
+(T5's ``random_spans_helper``, Hugging Face's ``compute_input_and_target_lengths``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from .._checks import check_generator, check_like, check_probability, check_token_ids
+from ..constants import IGNORE_INDEX
+from ..vocab import Vocab
+from .base import Batch, padding_mask
+
+__all__ = [
+    "SpanCorruption",
+    "SpanInputsTargets",
+    "noise_spans_to_inputs_targets",
+    "random_spans_noise_mask",
+    "raw_length_for_inputs",
+    "raw_length_for_total",
+    "span_corruption_lengths",
+]
+
+LAYOUTS = ("encoder_decoder", "decoder")
+
+
+# --------------------------------------------------------------------------- lengths
+def _check_density(value: object, name: str = "noise_density") -> float:
+    return check_probability(value, name, low_open=True, high_open=True)
+
+
+def _check_mean_span(value: object, name: str = "mean_noise_span_length") -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+        raise TypeError(f"{name} must be a finite float >= 1, got {value!r}")
+    if float(value) < 1:
+        raise ValueError(f"{name} must be >= 1 (a span holds at least one token), got {value!r}")
+    return float(value)
+
+
+def _check_length(value: object, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return value
+
+
+def _counts(n: int, density: float, mean_span: float) -> tuple[int, int]:
+    """(noise tokens, noise spans) of a row of ``n >= 2`` tokens, as T5 computes them (Python float64 rounding,
+    half to even)."""
+    noise = min(max(int(round(n * density)), 1), n - 1)
+    return noise, max(int(round(noise / mean_span)), 1)
+
+
+def _too_short(n: int, density: float, mean_span: float, what: str) -> ValueError:
+    if n < 2:
+        return ValueError(
+            f"{what} has {n} real token(s); span corruption needs at least 2 (one noise and one non-noise token)"
+        )
+    noise, spans = _counts(n, density, mean_span)
+    return ValueError(
+        f"{what} has {n} real tokens: noise_density={density!r} and mean_noise_span_length={mean_span!r} give "
+        f"{noise} noise tokens in {spans} spans, but the {n - noise} non-noise tokens cannot make the {spans} "
+        "non-empty non-noise spans that separate them; use longer rows, a lower noise_density or a longer "
+        "mean_noise_span_length"
+    )
+
+
+def span_corruption_lengths(
+    raw_length: int, noise_density: float = 0.15, mean_noise_span_length: float = 3.0
+) -> tuple[int, int]:
+    """``(inputs_length, targets_length)``, EOS included, of a row of ``raw_length`` tokens (exact).
+
+    ``noise = clip(round(raw_length * noise_density), 1, raw_length - 1)`` tokens in
+    ``spans = max(1, round(noise / mean_noise_span_length))`` spans; the inputs keep the
+    ``raw_length - noise`` other tokens plus one sentinel per span and EOS, the targets hold the
+    noise tokens, one sentinel per span and EOS.
+
+    >>> span_corruption_lengths(568)
+    (512, 114)
+    """
+    n = _check_length(raw_length, "raw_length", 2)
+    d, mu = _check_density(noise_density), _check_mean_span(mean_noise_span_length)
+    noise, spans = _counts(n, d, mu)
+    if spans > n - noise:
+        raise _too_short(n, d, mu, f"raw_length={n}")
+    return n - noise + spans + 1, noise + spans + 1
+
+
+def _inputs_length(n: int, d: float, mu: float) -> int:
+    noise, spans = _counts(n, d, mu)
+    return n - noise + spans + 1
+
+
+def raw_length_for_inputs(
+    inputs_length: int, noise_density: float = 0.15, mean_noise_span_length: float = 3.0
+) -> tuple[int, int]:
+    """``(raw_length, targets_length)``: the most raw tokens whose corrupted inputs (EOS included) fit in
+    ``inputs_length``, and the length of their targets.
+
+    T5's ``random_spans_helper`` (and Hugging Face's ``compute_input_and_target_lengths``), including
+    its rule for ``noise_density == 0.5``: when the targets would come out longer than the inputs, one
+    raw token fewer. *Deviation*: the targets length returned is the exact one of that raw length
+    (:func:`span_corruption_lengths`); T5 subtracts 1, which can exceed it by one.
+
+    >>> raw_length_for_inputs(512, 0.15, 3.0)
+    (568, 114)
+    """
+    target = _check_length(inputs_length, "inputs_length", 3)
+    d, mu = _check_density(noise_density), _check_mean_span(mean_noise_span_length)
+    n = max(target - 1, 2)  # inputs(n) <= n + 1: a start that fits
+    while _inputs_length(n + 1, d, mu) <= target:  # inputs(n) never decreases with n
+        n += 1
+    inputs, targets = span_corruption_lengths(n, d, mu)
+    if d == 0.5 and targets > inputs and n > 2:  # T5's "minor hack": targets no longer than inputs
+        n -= 1
+    return n, span_corruption_lengths(n, d, mu)[1]
+
+
+def raw_length_for_total(
+    total_length: int, noise_density: float = 0.15, mean_noise_span_length: float = 3.0
+) -> int:
+    """The most raw tokens whose inputs and targets together (EOS on each) fit in ``total_length``: the
+    decoder-only layout's length helper (inputs + targets = ``raw + 2 * spans + 2``).
+
+    >>> raw_length_for_total(626), span_corruption_lengths(568)
+    (568, (512, 114))
+    """
+    total = _check_length(total_length, "total_length", 6)
+    d, mu = _check_density(noise_density), _check_mean_span(mean_noise_span_length)
+    n = total - 4  # spans >= 1
+    while n > 2 and n + 2 * _counts(n, d, mu)[1] + 2 > total:  # the total never decreases with n
+        n -= 1
+    span_corruption_lengths(n, d, mu)  # raises if the density cannot be met at this length
+    return n
+
+
+# --------------------------------------------------------------------------- noise mask
+def _per_row(value: object, B: int, name: str, device: torch.device) -> torch.Tensor:
+    """A float or a ``(B,)`` tensor as a float64 ``(B,)`` tensor on ``device``."""
+    if isinstance(value, torch.Tensor):
+        if value.dim() != 1 or value.shape[0] != B:
+            raise ValueError(f"{name} must be a float or a tensor of shape (B,) = ({B},), got shape {tuple(value.shape)}")
+        if value.dtype == torch.bool or value.dtype.is_complex:
+            raise TypeError(f"{name} must be a real tensor, got dtype {value.dtype}")
+        return value.to(device=device, dtype=torch.float64)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float or a tensor of shape (B,), got {type(value).__name__}")
+    return torch.full((B,), float(value), dtype=torch.float64, device=device)
+
+
+def _segment_starts(items: torch.Tensor, segments: torch.Tensor, k: int, generator) -> torch.Tensor:
+    """Split ``items[b]`` items into ``segments[b]`` non-empty segments, uniformly over all such splits.
+
+    T5's ``_random_segmentation``: segment boundaries are a uniform random subset of ``segments - 1``
+    of the ``items - 1`` gaps between items (T5 shuffles a 0/1 vector; here the ``segments - 1`` gaps
+    with the smallest of i.i.d. uniform keys). Returns ``(B, k + 2)``, ``k = max(segments) - 1``:
+    column ``s`` is the first item of segment ``s``, and ``items[b]`` from column ``segments[b]`` on.
+    """
+    B = items.shape[0]
+    device = items.device
+    end = items[:, None]  # (B, 1)
+    zero = torch.zeros_like(end)
+    if k == 0:
+        return torch.cat([zero, end], 1)  # (B, 2)
+    gaps = int(items.max()) - 1  # >= k
+    keys = torch.rand(B, gaps, generator=generator, device=device, dtype=torch.float64)  # (B, G)
+    keys.masked_fill_(torch.arange(gaps, device=device) >= end - 1, 2.0)  # gaps past a row's items: never chosen
+    cut = keys.topk(k, dim=1, largest=False, sorted=True).indices + 1  # (B, k) by increasing key
+    cut = torch.where(torch.arange(k, device=device) < segments[:, None] - 1, cut, end)  # a row's smallest keys
+    return torch.cat([zero, cut.sort(1).values, end], 1)  # (B, k + 2)
+
+
+def random_spans_noise_mask(
+    lengths: torch.Tensor,
+    noise_density: float | torch.Tensor = 0.15,
+    mean_noise_span_length: float | torch.Tensor = 3.0,
+    *,
+    width: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """T5's ``random_spans_noise_mask`` for a batch: ``(B, width)`` bool, True at noise tokens.
+
+    Row ``b`` covers its first ``lengths[b]`` positions (False after them) with
+    ``noise = clip(round(lengths[b] * noise_density[b]), 1, lengths[b] - 1)`` noise tokens in
+    ``spans = max(1, round(noise / mean_noise_span_length[b]))`` spans. The noise tokens and the
+    other tokens are each split into ``spans`` non-empty segments, uniformly at random and
+    independently; the segments alternate, starting with non-noise (so every row **ends** with noise,
+    as in T5 without ``random_roll``). Every mask with these counts is equally likely.
+
+    ``noise_density`` and ``mean_noise_span_length`` are floats or ``(B,)`` tensors (one denoiser
+    per row, UL2); ``lengths`` is a ``(B,)`` integer tensor, ``width`` defaults to its maximum.
+    Rounding is float64 half-to-even, as Python's ``round`` in ``random_spans_helper``; T5's
+    TensorFlow mask rounds in float32, which can differ on an exact tie. No Python loop over rows:
+    two ``topk`` draws for the whole batch. Raises ``ValueError`` for a row shorter than 2 tokens or
+    one whose non-noise tokens are fewer than its spans (too short for the density and span length).
+
+    >>> random_spans_noise_mask(torch.tensor([5, 3]), 0.4, 2.0, generator=torch.Generator().manual_seed(0)).int()
+    tensor([[0, 0, 0, 1, 1],
+            [0, 0, 1, 0, 0]], dtype=torch.int32)
+    """
+    if not isinstance(lengths, torch.Tensor) or lengths.dim() != 1 or lengths.shape[0] == 0:
+        raise TypeError(f"lengths must be a non-empty (B,) integer tensor, got {lengths!r}")
+    if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
+        raise TypeError(f"lengths must be an integer tensor, got dtype {lengths.dtype}")
+    device = lengths.device
+    check_generator(generator, device)
+    B = lengths.shape[0]
+    n = lengths.long()  # (B,)
+    d = _per_row(noise_density, B, "noise_density", device)  # (B,) float64
+    mu = _per_row(mean_noise_span_length, B, "mean_noise_span_length", device)  # (B,) float64
+    if not bool(((d > 0) & (d < 1)).all()):
+        bad = int((~((d > 0) & (d < 1))).nonzero()[0, 0])
+        raise ValueError(f"noise_density must lie in (0, 1), got {float(d[bad])!r} (row {bad})")
+    if not bool(((mu >= 1) & mu.isfinite()).all()):
+        bad = int((~((mu >= 1) & mu.isfinite())).nonzero()[0, 0])
+        raise ValueError(f"mean_noise_span_length must be a finite float >= 1, got {float(mu[bad])!r} (row {bad})")
+    longest = int(n.max())
+    width = longest if width is None else _check_length(width, "width", 1)
+    if longest > width:
+        raise ValueError(f"lengths holds {longest}, more than width={width}")
+    noise = torch.minimum((n * d).round().long().clamp(min=1), n - 1)  # (B,)
+    spans = (noise / mu).round().long().clamp(min=1)  # (B,)
+    bad = (n < 2) | (spans > n - noise)  # (B,)
+    if bool(bad.any()):
+        b = int(bad.nonzero()[0, 0])
+        raise _too_short(int(n[b]), float(d[b]), float(mu[b]), f"row {b}")
+    k = int(spans.max()) - 1
+    noise_starts = _segment_starts(noise, spans, k, generator)  # (B, k + 2)
+    other_starts = _segment_starts(n - noise, spans, k, generator)  # (B, k + 2)
+    # noise span s starts after non-noise segments 0..s and noise segments 0..s-1; unused spans give n, n
+    begin = other_starts[:, 1:] + noise_starts[:, :-1]  # (B, k + 1)
+    end = other_starts[:, 1:] + noise_starts[:, 1:]  # (B, k + 1)
+    delta = torch.zeros(B, width + 1, dtype=torch.int32, device=device)  # (B, width + 1)
+    delta.scatter_add_(1, begin, torch.ones_like(begin, dtype=torch.int32))
+    delta.scatter_add_(1, end, torch.full_like(begin, -1, dtype=torch.int32))
+    return delta.cumsum(1, dtype=torch.int32)[:, :width] > 0  # (B, width)
+
+
+# --------------------------------------------------------------------------- inputs and targets
+@dataclass
+class SpanInputsTargets:
+    """Inputs and targets of span corruption, each right-padded to a fixed width."""
+
+    inputs: torch.Tensor  # (B, Wi) long: non-noise tokens, one sentinel per noise span, EOS, then pad_id
+    inputs_mask: torch.Tensor  # (B, Wi) bool: True up to and including the EOS
+    targets: torch.Tensor  # (B, Wt) long: per noise span its sentinel then its tokens, EOS, then pad_id
+    targets_mask: torch.Tensor  # (B, Wt) bool: True up to and including the EOS
+    inputs_length: torch.Tensor  # (B,) long: real tokens of each inputs row
+    targets_length: torch.Tensor  # (B,) long: real tokens of each targets row
+
+
+def _check_no_sentinels(input_ids: torch.Tensor, real: torch.Tensor, sentinels: torch.Tensor) -> None:
+    """Raise if a real token of ``input_ids`` is a sentinel (it could not be told from an inserted one)."""
+    lo, hi = int(sentinels.min()), int(sentinels.max())
+    hit = real & (input_ids >= lo) & (input_ids <= hi)  # (B, T); exact when the ids are a range
+    if hi - lo + 1 != sentinels.numel() and bool(hit.any()):
+        hit = hit & torch.isin(input_ids, sentinels)
+    if bool(hit.any()):
+        b, t = (int(i) for i in hit.nonzero()[0])
+        raise ValueError(
+            f"input_ids[{b}, {t}] = {int(input_ids[b, t])} is one of the sentinels (Vocab.sentinel_ids); a sentinel "
+            "in the text could not be told apart from the ones span corruption inserts"
+        )
+
+
+def noise_spans_to_inputs_targets(
+    input_ids: torch.Tensor,
+    noise_mask: torch.Tensor,
+    real: torch.Tensor,
+    sentinel_ids: tuple[int, ...] | list[int] | torch.Tensor,
+    *,
+    eos_id: int,
+    pad_id: int,
+    inputs_width: int | None = None,
+    targets_width: int | None = None,
+) -> SpanInputsTargets:
+    """Replace each noise span (maximal run of noise tokens) by one sentinel in the inputs; the targets
+    are, per span in order, its sentinel then its tokens; EOS ends both. Span ``k`` of a row gets
+    ``sentinel_ids[k]``.
+
+    Works for any noise mask (``noise_mask & real`` is used; ``real`` ``(B, T)`` marks the tokens that
+    exist, anywhere in the row). For a mask that starts with a non-noise token and ends with noise, as
+    every :func:`random_spans_noise_mask` row does, the targets are exactly T5's
+    ``nonnoise_span_to_unique_sentinel``; for other masks T5 gives the targets' sentinels to the
+    non-noise runs, which then no longer match the inputs' (a mask starting with noise), while here
+    a sentinel always names the same span in both. A row without noise gets its tokens and EOS as
+    inputs and EOS alone as targets. Widths default to the longest row (a host sync); a row longer
+    than a given width raises. Raises if a real token is a sentinel or if a row has more spans than
+    there are sentinels.
+
+    >>> out = noise_spans_to_inputs_targets(torch.tensor([[5, 6, 7, 8, 9]]), torch.tensor([[0, 1, 1, 0, 1]]).bool(),
+    ...                                     torch.ones(1, 5, dtype=torch.bool), (99, 98), eos_id=1, pad_id=0)
+    >>> out.inputs, out.targets
+    (tensor([[ 5, 99,  8, 98,  1]]), tensor([[99,  6,  7, 98,  9,  1]]))
+    """
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+        raise TypeError(f"input_ids must be a (B, T) integer tensor, got {type(input_ids).__name__}")
+    if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
+        raise TypeError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
+    ids = input_ids.long()  # (B, T)
+    B, T = ids.shape
+    device = ids.device
+    real = check_like(real, ids, "real", dtype="bool")  # (B, T)
+    noise = check_like(noise_mask, ids, "noise_mask", dtype="bool") & real  # (B, T)
+    sentinels = torch.as_tensor(sentinel_ids, dtype=torch.long, device=device).flatten()  # (K,)
+    if sentinels.numel():
+        _check_no_sentinels(ids, real, sentinels)
+    prev = torch.cat([torch.zeros_like(noise[:, :1]), noise[:, :-1]], 1)  # (B, T) previous token is noise
+    first = noise & ~prev  # (B, T) first token of a span
+    span_no = first.cumsum(1)  # (B, T) spans started so far (1-based span of a noise token)
+    n_spans = span_no[:, -1]  # (B,)
+    most = int(n_spans.max())
+    if most > sentinels.numel():
+        b = int(n_spans.argmax())
+        raise ValueError(
+            f"row {b} has {most} noise spans but Vocab.sentinel_ids holds {sentinels.numel()} sentinels (one per span "
+            "is needed); reserve more sentinels or use longer spans / a lower noise density"
+        )
+    keep = real & ~(noise & prev)  # (B, T) tokens the inputs keep (a span's first token becomes its sentinel)
+    in_pos = keep.cumsum(1) - 1  # (B, T) position in the inputs
+    in_len = in_pos[:, -1] + 2  # (B,) kept tokens + EOS
+    n_noise = noise.cumsum(1)  # (B, T)
+    tg_pos = n_noise + span_no - 1  # (B, T) position of a noise token in the targets
+    tg_len = n_noise[:, -1] + n_spans + 1  # (B,) noise tokens + sentinels + EOS
+    widths = []
+    for name, width, lengths in (("inputs_width", inputs_width, in_len), ("targets_width", targets_width, tg_len)):
+        longest = int(lengths.max())
+        if width is None:
+            width = longest
+        elif _check_length(width, name, 1) < longest:
+            b = int(lengths.argmax())
+            raise ValueError(f"row {b} needs {longest} tokens, more than {name}={width}")
+        widths.append(width)
+    Wi, Wt = widths
+    sent = sentinels.index_select(0, (span_no - 1).clamp(0, max(most - 1, 0)).flatten()).view(B, T) if most else ids
+    inputs = torch.full((B, Wi + 1), pad_id, dtype=torch.long, device=device)  # column Wi: a bin for dropped tokens
+    inputs.scatter_(1, torch.where(keep, in_pos, Wi), torch.where(first, sent, ids))
+    inputs.scatter_(1, (in_len - 1)[:, None], eos_id)
+    targets = torch.full((B, Wt + 1), pad_id, dtype=torch.long, device=device)  # column Wt: a bin
+    targets.scatter_(1, torch.where(noise, tg_pos, Wt), ids)
+    targets.scatter_(1, torch.where(first, tg_pos - 1, Wt), sent)
+    targets.scatter_(1, (tg_len - 1)[:, None], eos_id)
+    return SpanInputsTargets(
+        inputs=inputs[:, :Wi],
+        inputs_mask=torch.arange(Wi, device=device) < in_len[:, None],
+        targets=targets[:, :Wt],
+        targets_mask=torch.arange(Wt, device=device) < tg_len[:, None],
+        inputs_length=in_len,
+        targets_length=tg_len,
+    )
+
+
+# --------------------------------------------------------------------------- the objective
+@dataclass(frozen=True)
+class SpanCorruption:
+    """T5's span corruption: spans of ~15 % of the tokens become sentinels; predict the spans.
+
+    Each row's real tokens (``attention_mask``; without one, those before the trailing ``pad_id``
+    run) get a :func:`random_spans_noise_mask`: ``noise = clip(round(n * noise_density), 1, n - 1)``
+    noise tokens in ``max(1, round(noise / mean_noise_span_length))`` spans, every such mask equally
+    likely, interleaved starting with non-noise. Each noise span becomes one sentinel in the inputs;
+    the targets are each span's sentinel followed by its tokens; EOS ends both
+    (:func:`noise_spans_to_inputs_targets`). Span ``k`` gets ``Vocab.sentinel_ids[k]`` (T5 counts
+    down from the end of its vocabulary; here the order is the vocab's). A packed block (documents
+    joined by EOS) is one row: spans are drawn over the whole row and may cross documents, as in T5,
+    which concatenates documents before splitting them into 568-token rows. Rows may be right-padded
+    (each uses its own length); outputs are padded to the widths of a full row of length ``T``
+    (:func:`span_corruption_lengths`), so shapes are static: a full 568-token row gives 512 input and
+    114 target tokens.
+
+    Layouts (``layout=``):
+
+    * ``"encoder_decoder"`` (T5): the Hugging Face names, ready for ``T5ForConditionalGeneration``:
+      ``input_ids`` / ``attention_mask`` for the encoder (``causal=False``), ``labels`` ``(B, Wt)`` =
+      the targets (``IGNORE_INDEX`` on padding), ``decoder_input_ids`` = labels shifted right with the
+      decoder start token ``pad_id`` (T5's ``decoder_start_token_id`` is its pad id 0),
+      ``decoder_attention_mask`` True at real decoder positions.
+    * ``"decoder"`` (decoder-only prefix LM), seqio's ``PrefixLMFeatureConverter`` convention: the row
+      is inputs then targets, ``Wi + Wt`` wide; ``labels`` is that sequence at the targets' positions
+      (seqio's ``decoder_target_tokens`` where ``decoder_loss_weights``), ``input_ids`` the sequence
+      shifted right with ``pad_id`` first (``decoder_input_tokens``: seqio starts with 0), so the
+      position before each target token predicts it; ``prefix_mask`` (``decoder_causal_attention``)
+      is True on the start token and the inputs (``len(inputs) + 1`` positions: the last of them
+      reads the inputs' EOS and predicts the first target), which see each other both ways;
+      ``causal=True``.
+
+    ``raw_length(seq_len)`` is the block length to draw for a model input of ``seq_len`` tokens:
+    encoder inputs (:func:`raw_length_for_inputs`, T5's ``random_spans_helper``: 568 for 512) or
+    inputs plus targets for the decoder layout (:func:`raw_length_for_total`).
+
+    Worked example (``Vocab(size=100, pad_id=0, eos_id=1, sentinel_ids=(99, 98, 97))``,
+    ``noise_density=0.3, mean_noise_span_length=1.5``, ``generator=torch.Generator().manual_seed(3)``;
+    row 0 has 10 tokens: 3 noise in 2 spans; row 1 has 8 real tokens: 2 noise in 1 span)::
+
+        input_ids        [[10, 11, 12, 13, 14, 15, 16, 17, 18, 19],
+                          [20, 21, 22, 23, 24, 25, 26, 27,  0,  0]]
+        attention_mask   [[ T,  T,  T,  T,  T,  T,  T,  T,  T,  T],
+                          [ T,  T,  T,  T,  T,  T,  T,  T,  F,  F]]
+        noise            [[ 0,  0,  0,  1,  0,  0,  0,  0,  1,  1],
+                          [ 0,  0,  0,  0,  0,  0,  1,  1,  0,  0]]
+
+        layout="encoder_decoder"
+        -> input_ids              [[10, 11, 12, 99, 14, 15, 16, 17, 98,  1],
+                                   [20, 21, 22, 23, 24, 25, 99,  1,  0,  0]]
+        -> attention_mask         [[ T,  T,  T,  T,  T,  T,  T,  T,  T,  T],
+                                   [ T,  T,  T,  T,  T,  T,  T,  T,  F,  F]]
+        -> labels                 [[99, 13, 98, 18,   19,    1],
+                                   [99, 26, 27,  1, -100, -100]]
+        -> decoder_input_ids      [[ 0, 99, 13, 98,   18,   19],
+                                   [ 0, 99, 26, 27,    1,    0]]
+        -> decoder_attention_mask [[ T,  T,  T,  T,    T,    T],
+                                   [ T,  T,  T,  T,    F,    F]]
+
+        layout="decoder" (16 wide; same draw)
+        -> input_ids    [[ 0, 10, 11, 12, 99, 14, 15, 16, 17, 98,  1, 99, 13, 98,   18,   19],
+                         [ 0, 20, 21, 22, 23, 24, 25, 99,  1, 99, 26, 27,  1,  0,    0,    0]]
+        -> labels       [[-100 x 10,                              99, 13, 98, 18,   19,    1],
+                         [-100 x 8,                       99, 26, 27,  1, -100, -100, -100, -100]]
+        -> prefix_mask  True at positions 0..10 (row 0) and 0..8 (row 1)
+        -> attention_mask True at positions 0..15 (row 0) and 0..11 (row 1)
+
+    Bad input raises: a row too short for the density and span length, ``noise_density`` outside
+    (0, 1), ``mean_noise_span_length < 1``, fewer ``Vocab.sentinel_ids`` than spans, a sentinel id
+    among the real input tokens. *Deviations* from T5: rows of fewer than 2 tokens are refused (T5
+    pads them to 2 and may return no noise); ``noise_density=0`` is refused (T5 returns no noise);
+    no ``random_roll`` (T5's default is off).
+    """
+
+    vocab: Vocab  # vocabulary: eos_id, pad_id (padding and decoder start) and sentinel_ids are required
+    noise_density: float = 0.15  # fraction of each row's tokens that are corrupted, in (0, 1) (T5: 0.15)
+    mean_noise_span_length: float = 3.0  # mean length in tokens of a corrupted span, >= 1 (T5: 3)
+    layout: str = "encoder_decoder"  # "encoder_decoder" (T5) or "decoder" (inputs then targets, prefix LM)
+    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # per-device sentinel ids
+
+    name = "span_corruption"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.vocab, Vocab):
+            raise TypeError(f"SpanCorruption: vocab must be a lmobjectives.Vocab, got {type(self.vocab).__name__}")
+        self.vocab.require("eos_id", "pad_id", who="SpanCorruption")
+        if not self.vocab.sentinel_ids:
+            raise ValueError(
+                "SpanCorruption needs Vocab.sentinel_ids (one per noise span); this vocab has none "
+                "(reserve <extra_id_0>, <extra_id_1>, ... in the tokenizer)"
+            )
+        object.__setattr__(self, "noise_density", _check_density(self.noise_density))
+        object.__setattr__(self, "mean_noise_span_length", _check_mean_span(self.mean_noise_span_length))
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(map(repr, LAYOUTS))}, got {self.layout!r}")
+
+    def lengths(self, raw_length: int) -> tuple[int, int]:
+        """``(inputs width, targets width)`` for rows of ``raw_length`` tokens (:func:`span_corruption_lengths`)."""
+        return span_corruption_lengths(raw_length, self.noise_density, self.mean_noise_span_length)
+
+    def raw_length(self, seq_len: int) -> int:
+        """Raw tokens per row for a model input of ``seq_len`` tokens: the encoder's inputs
+        (``"encoder_decoder"``) or inputs + targets (``"decoder"``)."""
+        if self.layout == "encoder_decoder":
+            return raw_length_for_inputs(seq_len, self.noise_density, self.mean_noise_span_length)[0]
+        return raw_length_for_total(seq_len, self.noise_density, self.mean_noise_span_length)
+
+    def _sentinels(self, device: torch.device) -> torch.Tensor:
+        key = str(device)
+        if key not in self._cache:
+            self._cache[key] = torch.tensor(self.vocab.sentinel_ids, dtype=torch.long, device=device)
+        return self._cache[key]
+
+    def __call__(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Batch:
+        """Corrupt ``input_ids`` ``(B, T)``; ``attention_mask`` ``(B, T)`` marks the real tokens."""
+        ids = check_token_ids(input_ids, self.vocab)  # (B, T) long
+        device = ids.device
+        check_generator(generator, device)
+        pad, eos = self.vocab.pad_id, self.vocab.eos_id
+        if attention_mask is None:
+            real = padding_mask(ids, pad, eos)  # (B, T)
+        else:
+            real = check_like(attention_mask, ids, "attention_mask", dtype="bool")
+        B, T = ids.shape
+        d, mu = self.noise_density, self.mean_noise_span_length
+        if T < 2:
+            raise _too_short(T, d, mu, f"input_ids of shape {tuple(ids.shape)}")
+        noise, spans = _counts(T, d, mu)
+        Wi, Wt = T - noise + spans + 1, noise + spans + 1  # a full row's lengths bound every row's
+        rank = real.cumsum(1)  # (B, T) 1-based rank of each real token
+        compact = random_spans_noise_mask(rank[:, -1], d, mu, width=T, generator=generator)  # (B, T) over real tokens
+        noise_mask = real & compact.gather(1, (rank - 1).clamp(min=0))  # (B, T) back at the real tokens' places
+        out = noise_spans_to_inputs_targets(
+            ids, noise_mask, real, self._sentinels(device), eos_id=eos, pad_id=pad, inputs_width=Wi, targets_width=Wt
+        )  # type: ignore[arg-type]
+        has_targets = torch.ones(B, dtype=torch.bool, device=device)  # every row predicts its spans and EOS
+        if self.layout == "encoder_decoder":
+            labels = out.targets.masked_fill(~out.targets_mask, IGNORE_INDEX)  # (B, Wt)
+            start = torch.full((B, 1), pad, dtype=torch.long, device=device)  # T5: decoder start = pad id
+            return Batch(
+                input_ids=out.inputs,
+                labels=labels,
+                attention_mask=out.inputs_mask,
+                causal=False,
+                has_targets=has_targets,
+                decoder_input_ids=torch.cat([start, out.targets[:, :-1]], 1),  # (B, Wt); padding is pad_id
+                decoder_attention_mask=out.targets_mask,
+            )
+        W = Wi + Wt
+        i_len, t_len = out.inputs_length[:, None], out.targets_length[:, None]  # (B, 1)
+        seq = torch.full((B, W + 1), pad, dtype=torch.long, device=device)  # inputs then targets; column W: a bin
+        seq[:, :Wi] = out.inputs
+        t = torch.arange(Wt, device=device)
+        seq.scatter_(1, torch.where(out.targets_mask, i_len + t, W), out.targets)
+        seq = seq[:, :W]  # (B, W)
+        pos = torch.arange(W, device=device)
+        is_target = (pos >= i_len) & (pos < i_len + t_len)  # (B, W)
+        return Batch(
+            input_ids=torch.cat([torch.full((B, 1), pad, dtype=torch.long, device=device), seq[:, :-1]], 1),
+            labels=torch.where(is_target, seq, IGNORE_INDEX),
+            attention_mask=pos < i_len + t_len,
+            causal=True,
+            has_targets=has_targets,
+            prefix_mask=pos <= i_len,
+        )
