@@ -39,7 +39,7 @@ def test_help_describes_every_flag_with_its_default(capsys):
 
 def test_train_end_to_end(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", "--objective", "mlm", "--mlm-unit", "word", "--steps", "3", "--log-every", "1",
+    assert main(["train", "--objective", "mlm", "--unit", "word", "--steps", "3", "--log-every", "1",
                  "--out", str(out), *TINY]) == 0  # fmt: skip
     printed = capsys.readouterr().out
     for path in (out / "metrics.jsonl", out / "config.json", out / "tokenizer", out / "checkpoint"):
@@ -49,7 +49,8 @@ def test_train_end_to_end(tmp_path, capsys):
         "model-0000003.safetensors", "optimizer-0000003.safetensors", "state.json"
     ]
     config = json.loads((out / "config.json").read_text())["train"]
-    assert config["objective"] == "mlm" and config["mlm_unit"] == "word" and config["n_layers"] == 1
+    assert config["objective"] == "mlm" and config["options"]["unit"] == "word" and config["n_layers"] == 1
+    assert config["options"]["probability"] == 0.15  # every option is recorded, defaults included
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
 
 
@@ -89,8 +90,10 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
         (["--steps", "0"], "argument --steps: must be a positive integer, got '0'"),
         (["--steps", "ten"], "argument --steps: expected a positive integer, got 'ten'"),
         (["--objective", "gpt"], "argument --objective: invalid choice: 'gpt'"),
-        (["--objective", "clm", "--mlm-unit", "word"], "mlm_unit='word' applies to the mlm objective only"),
-        (["--objective", "mlm", "--document-masking"], "document_masking applies to the clm objective only"),
+        (["--objective", "clm", "--unit", "word"], "unrecognized arguments: --unit word"),  # an mlm option
+        (["--objective", "mlm", "--document-masking"], "unrecognized arguments: --document-masking"),
+        (["--objective", "mlm", "--probability", "high"], "argument --probability: invalid float value: 'high'"),
+        (["--objective", "mlm", "--unit", "word", "--max-predictions", "x"], "argument --max-predictions: invalid int value"),
         (["--d-model", "30"], "d_model=30 must be divisible by n_heads=4"),
         (["--lr", "0"], "lr must be a positive number"),
     ],

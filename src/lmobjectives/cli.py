@@ -1,18 +1,26 @@
 """``lmobj``: the command line. ``lmobj train --objective mlm --steps 600`` calls :func:`lmobjectives.training.train`.
 
-Every flag maps to one :class:`~lmobjectives.training.TrainConfig` field and
-takes its default from there, so the help shows the defaults the Python API uses.
+Every generic flag maps to one :class:`~lmobjectives.training.TrainConfig`
+field and takes its default from there, so the help shows the defaults the
+Python API uses. The objective's own flags are generated from its dataclass
+fields (:func:`lmobjectives.objectives.options_of`): ``lmobj train
+--objective mlm --unit word --probability 0.4``; ``lmobj train --objective
+NAME --help`` lists them with the fields' comments as help.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import types
+import typing
 from dataclasses import fields
+from typing import Any
 
-from .objectives import OBJECTIVES
+from .objectives import OBJECTIVES, Option, Recipe, options_of
 from .training import TrainConfig, train
-from .training.config import MLM_UNITS, POSITIONS
+from .training.config import POSITIONS
 
 __all__ = ["build_parser", "main"]
 
@@ -51,12 +59,69 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def _add_train_arguments(p: argparse.ArgumentParser) -> None:
+def _none_or(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        return None if text.lower() == "none" else kind(text)
+
+    parse.__name__ = kind.__name__  # argparse names the type in its errors
+    return parse
+
+
+def _option_argument(option: Option) -> dict[str, Any]:
+    """``add_argument`` keywords for an objective option, from its annotation."""
+    kind, args = option.type, typing.get_args(option.type)
+    origin = typing.get_origin(kind)
+    if kind is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if origin is typing.Literal:
+        return {"choices": list(args), "type": type(args[0])}
+    if origin in (typing.Union, types.UnionType) and type(None) in args:
+        inner = next(a for a in args if a is not type(None))
+        return {"type": _none_or(inner), "metavar": f"{inner.__name__.upper()}|none"}
+    metavar = option.name.upper()
+    if origin is tuple:
+        return {"type": args[0], "nargs": "+", "metavar": metavar}
+    if kind in (int, float, str):
+        return {"type": kind, "metavar": metavar}
+    return {"type": json.loads, "metavar": "JSON"}
+
+
+def add_objective_options(parser: argparse.ArgumentParser, name: str) -> None:
+    """One flag per option of objective ``name`` (``--unit`` for the field ``unit``), in a group of its own."""
+    group = parser.add_argument_group(f"options of --objective {name} ({OBJECTIVES[name].summary})")
+    for option in options_of(OBJECTIVES[name]):
+        group.add_argument(
+            "--" + option.name.replace("_", "-"), dest=f"option_{option.name}", default=option.default,
+            help=option.help or option.name, **_option_argument(option),
+        )  # fmt: skip
+
+
+def objective_options(args: argparse.Namespace, recipe: Recipe) -> dict[str, Any]:
+    """The objective's options as parsed by the flags of :func:`add_objective_options`."""
+    return {o.name: getattr(args, f"option_{o.name}") for o in options_of(recipe)}
+
+
+def chosen_objective(argv: list[str], default: str) -> str:
+    """The value of ``--objective`` in ``argv`` (before parsing: it decides which flags exist)."""
+    for i, arg in enumerate(argv):
+        if arg == "--objective" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--objective="):
+            return arg.split("=", 1)[1]
+    return default
+
+
+def _objective_help() -> str:
+    return "training objective; one of: " + "; ".join(
+        f"{name} ({recipe.summary})" for name, recipe in OBJECTIVES.items() if not recipe.untrainable
+    )
+
+
+def _add_train_arguments(p: argparse.ArgumentParser, objective: str) -> None:
     d = DEFAULTS
     g = p.add_argument_group("what to train")
-    g.add_argument("--objective", choices=list(OBJECTIVES), default=d["objective"],
-                   help="training objective: clm (causal LM, decoder), mlm (masked LM, encoder), "
-                        "nsp / sop (sentence pairs: masked LM + next-sentence / sentence-order prediction)")
+    g.add_argument("--objective", choices=[n for n, r in OBJECTIVES.items() if not r.untrainable], default=d["objective"],
+                   help=_objective_help() + ". Its own options follow below: see lmobj train --objective NAME --help")
     g.add_argument("--data", default=d["data"], metavar="PATH|builtin",
                    help="corpus: 'builtin' (English prose shipped with Python, nothing downloaded), "
                         "or a .txt / .jsonl file or folder of them")
@@ -67,8 +132,9 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="output folder for metrics.jsonl, config.json, tokenizer/ and checkpoint/ (default: runs/<objective>)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--steps", type=_positive_int, default=d["steps"], help="optimizer steps (also the length of the cosine schedule)")
-    g.add_argument("--batch-size", type=_positive_int, default=d["batch_size"], help="sequences per step (blocks for clm/mlm, pairs for nsp/sop)")
-    g.add_argument("--seq-len", type=_positive_int, default=d["seq_len"], help="tokens per sequence (block size for clm/mlm, pair length for nsp/sop)")
+    g.add_argument("--batch-size", type=_positive_int, default=d["batch_size"], help="sequences per step (blocks, sentence pairs, ...)")
+    g.add_argument("--seq-len", type=_positive_int, default=d["seq_len"],
+                   help="tokens per model input (block size, pair length, encoder input length)")
     g.add_argument("--lr", type=float, default=d["lr"], help="peak learning rate of AdamW")
     g.add_argument("--warmup-steps", type=_non_negative_int, default=d["warmup_steps"], help="steps of linear warm-up before the cosine decay")
     g.add_argument("--min-lr-ratio", type=float, default=d["min_lr_ratio"], help="final learning rate as a fraction of --lr")
@@ -76,12 +142,6 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--grad-clip", type=float, default=d["grad_clip"], help="clip the gradient norm to this (0 = off)")
     g.add_argument("--seed", type=int, default=d["seed"], help="seed of the init, the data order and every random draw")
     g.add_argument("--device", default=d["device"], help="'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:N'")
-    g = p.add_argument_group("objective options")
-    g.add_argument("--mlm-unit", choices=MLM_UNITS, default=d["mlm_unit"],
-                   help="mlm only: mask single tokens, whole words, or spans of words (SpanBERT)")
-    g.add_argument("--mlm-probability", type=float, default=d["mlm_probability"], help="masking rate for mlm, nsp and sop")
-    g.add_argument("--document-masking", action="store_true",
-                   help="clm only: no attention and no target across the documents packed into one block; positions restart per document")
     g = p.add_argument_group("model")
     g.add_argument("--d-model", type=_positive_int, default=d["d_model"], help="width of the residual stream")
     g.add_argument("--layers", type=_positive_int, default=d["n_layers"], help="transformer blocks")
@@ -99,12 +159,14 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--stop-after", type=_positive_int, default=None, metavar="STEP",
                    help="stop with a checkpoint after this step, as if interrupted (continue later with --resume)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (metrics.jsonl and the summary are still written)")
+    add_objective_options(p, objective if objective in OBJECTIVES else d["objective"])
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(objective: str = DEFAULTS["objective"]) -> argparse.ArgumentParser:
+    """The ``lmobj`` parser; the ``train`` command has the flags of ``objective``'s options."""
     parser = argparse.ArgumentParser(
         prog="lmobj",
-        description="Train small language models with the objectives of lmobjectives (CLM, MLM, NSP, SOP).",
+        description=f"Train small language models with the objectives of lmobjectives ({', '.join(OBJECTIVES)}).",
         epilog="Run 'lmobj train --help' for the training flags.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -117,9 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
             "finishes the current step, saves a checkpoint and stops; --resume continues exactly."
         ),
         formatter_class=_HelpFormatter,
-        epilog="example: lmobj train --objective mlm --mlm-unit word --steps 1000 --out runs/mlm-word",
+        epilog="example: lmobj train --objective mlm --unit word --steps 1000 --out runs/mlm-word",
     )
-    _add_train_arguments(train_parser)
+    _add_train_arguments(train_parser, objective)
     train_parser.set_defaults(parser=train_parser)  # so main() can report errors with this command's usage line
     return parser
 
@@ -127,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         objective=args.objective,
+        options=objective_options(args, OBJECTIVES[args.objective]),
         data=args.data,
         tokenizer=args.tokenizer,
         out=args.out,
@@ -140,9 +203,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         grad_clip=args.grad_clip,
         seed=args.seed,
         device=args.device,
-        mlm_unit=args.mlm_unit,
-        mlm_probability=args.mlm_probability,
-        document_masking=args.document_masking,
         d_model=args.d_model,
         n_layers=args.layers,
         n_heads=args.heads,
@@ -158,8 +218,16 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(chosen_objective(argv, DEFAULTS["objective"]))
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        sub = getattr(args, "parser", parser)
+        hint = ""
+        if getattr(args, "objective", None) in OBJECTIVES:
+            flags = ["--" + o.name.replace("_", "-") for o in options_of(OBJECTIVES[args.objective])]
+            hint = f" (the options of --objective {args.objective} are: {', '.join(flags) or 'none'})"
+        sub.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
     if args.command == "train":
         try:
             config = config_from_args(args)

@@ -10,7 +10,7 @@ import torch
 
 from .constants import FIM_TOKENS, PARADIGM_TOKENS, sentinel_token
 
-__all__ = ["Vocab"]
+__all__ = ["Vocab", "reserved_ids"]
 
 
 def _as_id(value: object, size: int) -> int | None:
@@ -30,12 +30,18 @@ _SINGLE_IDS = (
 _RESERVED_SPELLINGS = {**{v: k for k, v in PARADIGM_TOKENS.items()}, **{v: k for k, v in FIM_TOKENS.items()}}
 
 
-def _sentinels(lookup: Any) -> tuple[int, ...]:
-    """``<extra_id_0>, <extra_id_1>, ...`` looked up until the first missing one."""
-    ids = []
-    while (i := lookup(sentinel_token(len(ids)))) is not None:
-        ids.append(i)
-    return tuple(ids)
+def reserved_ids(lookup: Any) -> dict[str, Any]:
+    """The Vocab fields of the reserved tokens found by ``lookup(spelling) -> id | None``: ``sentinel_ids``
+    (T5's ``<extra_id_0>, <extra_id_1>, ...`` up to the first missing one), the UL2 paradigm ids and the
+    fill-in-the-middle ids.
+
+    >>> reserved_ids({"<extra_id_0>": 7, "<extra_id_1>": 8, "[NLU]": 9}.get)["sentinel_ids"]
+    (7, 8)
+    """
+    sentinels: list[int] = []
+    while (i := lookup(sentinel_token(len(sentinels)))) is not None:
+        sentinels.append(i)
+    return {"sentinel_ids": tuple(sentinels), **{key: lookup(token) for token, key in _RESERVED_SPELLINGS.items()}}
 
 
 @dataclass(frozen=True)
@@ -158,9 +164,7 @@ class Vocab:
             raise TypeError(
                 f"Vocab.from_tokenizer: tok must be a transformers tokenizer or a tokenizers.Tokenizer, got {type(tok).__name__}"
             )
-        for spelling, key in _RESERVED_SPELLINGS.items():
-            named[key] = lookup(spelling)
-        sentinels = _sentinels(lookup)
-        known = set(named.values()) | set(sentinels)
+        named.update(reserved_ids(lookup))
+        known = {v for k, v in named.items() if k != "sentinel_ids"} | set(named["sentinel_ids"])
         extra = tuple(i for i in special if i not in known)
-        return cls(size=size, sentinel_ids=sentinels, extra_special_ids=extra, **named)
+        return cls(size=size, extra_special_ids=extra, **named)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import os
 import signal
 
@@ -42,8 +43,8 @@ def test_loss_drops_below_the_unigram_entropy(tmp_path, objective, below):
 @pytest.mark.parametrize(
     "objective, options",
     [
-        ("clm", dict(dropout=0.1, document_masking=True)),  # dropout: the global RNG is re-seeded per step
-        ("mlm", dict(mlm_unit="span")),  # word ids from packing, span corruption
+        ("clm", dict(dropout=0.1, options=dict(document_masking=True))),  # dropout: the global RNG is re-seeded per step
+        ("mlm", dict(options=dict(unit="span"))),  # word ids from packing, span corruption
         ("sop", dict(seq_len=48)),  # sentence pairs from a window of documents
     ],
 )
@@ -155,19 +156,27 @@ def test_learning_rate_schedule():
 @pytest.mark.parametrize(
     "bad, message",
     [
-        (dict(objective="gpt"), "unknown objective 'gpt'; choose one of: clm, mlm, nsp, sop"),
+        (dict(objective="gpt"), "unknown objective 'gpt'; choose one of: clm, mlm, nsp, sop"),  # and the rest
         (dict(steps=0), "steps must be a positive int"),
         (dict(lr=-1.0), "lr must be a positive number"),
         (dict(lr=math.nan), "lr must be a positive number"),
-        (dict(objective="clm", mlm_unit="word"), "applies to the mlm objective only"),
-        (dict(objective="mlm", document_masking=True), "applies to the clm objective only"),
+        (dict(objective="clm", options={"unit": "word"}), "unknown option(s) 'unit' for objective 'clm'; valid options: document_masking"),
+        (dict(objective="mlm", options={"document_masking": True}), "unknown option(s) 'document_masking' for objective 'mlm'"),
+        (dict(objective="mlm", options={"unit": {1, 2}}), "options of objective 'mlm' must be JSON values"),
         (dict(d_model=30, n_heads=4), "divisible"),
-        (dict(mlm_unit="words", objective="mlm"), "mlm_unit must be one of token, word, span"),
     ],
 )
 def test_bad_config_is_a_clear_error(bad, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         TrainConfig(**bad)
+
+
+def test_a_bad_option_value_is_refused_by_the_objective_before_anything_is_written(tmp_path):
+    with pytest.raises(ValueError, match="objective 'mlm': .*unit.*'words'"):
+        train(TrainConfig(**dict(TINY, objective="mlm", options={"unit": "words"}, out=str(tmp_path / "run"))))
+    with pytest.raises(ValueError, match=r"objective 'nsp' \(--seq-len 4 sets its max_seq_length\): .*max_seq_length"):
+        train(TrainConfig(**dict(TINY, objective="nsp", seq_len=4, out=str(tmp_path / "run"))))
+    assert not (tmp_path / "run").exists()
 
 
 def test_bad_device_and_data_are_clear_errors(tmp_path):

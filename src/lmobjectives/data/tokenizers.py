@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 import torch
 
 from ..objectives.mlm import word_ids_from_starts
-from ..vocab import Vocab
+from ..vocab import Vocab, reserved_ids
 
 if TYPE_CHECKING:  # pragma: no cover
     import tokenizers
@@ -84,6 +84,10 @@ class ByteTokenizer:
     258   [CLS]    261   [BOS]
     ====  =======  ====  =======  ====  ========
 
+    ``extra_special_tokens`` (e.g. T5's ``<extra_id_0> ...`` sentinels, UL2's
+    ``[NLU]``, FIM's ``<|fim_prefix|>``) get the ids after ``[EOS]``, in order;
+    the :class:`Vocab` knows the ones it has a field for.
+
     A *word* is a maximal run of non-whitespace bytes; the ASCII whitespace
     bytes (space, ``\\t``, ``\\n``, ``\\r``, ``\\v``, ``\\f``) and special tokens
     belong to no word (word id -1). Non-ASCII characters are several bytes of
@@ -97,6 +101,8 @@ class ByteTokenizer:
     'hi[MASK]'
     >>> tok.vocab.size, tok.vocab.mask_id
     (263, 260)
+    >>> ByteTokenizer(extra_special_tokens=("<extra_id_0>", "<extra_id_1>")).vocab.sentinel_ids
+    (263, 264)
     """
 
     PAD = 256  # [PAD]
@@ -106,12 +112,22 @@ class ByteTokenizer:
     MASK = 260  # [MASK]
     BOS = 261  # [BOS]
     EOS = 262  # [EOS]
-    SIZE = 263  # 256 bytes + 7 specials
+    SIZE = 263  # 256 bytes + 7 specials, without extra special tokens
     WHITESPACE = b" \t\n\r\x0b\x0c"  # bytes that separate words
 
-    def __init__(self) -> None:
+    def __init__(self, extra_special_tokens: Sequence[str] = ()) -> None:
+        extra = tuple(extra_special_tokens)
+        if any(not isinstance(t, str) or not t for t in extra) or len(set(extra)) != len(extra):
+            raise ValueError(f"ByteTokenizer: extra_special_tokens must be distinct non-empty strings, got {extra!r}")
+        if clash := set(extra) & set(SPECIAL_TOKENS):
+            raise ValueError(f"ByteTokenizer: extra_special_tokens repeats built-in special tokens {sorted(clash)}")
+        self.extra_special_tokens = extra  # spelled after the seven built-in specials, ids from SIZE on
+        self.specials = SPECIAL_TOKENS + extra  # every special token, id 256 + index
+        ids = {token: 256 + i for i, token in enumerate(self.specials)}
+        reserved = reserved_ids(ids.get)
+        named = set(range(256, self.SIZE)) | set(reserved.pop("sentinel_ids")) | set(reserved.values())
         self.vocab = Vocab(
-            size=self.SIZE,
+            size=self.SIZE + len(extra),
             pad_id=self.PAD,
             unk_id=self.UNK,
             cls_id=self.CLS,
@@ -119,14 +135,16 @@ class ByteTokenizer:
             mask_id=self.MASK,
             bos_id=self.BOS,
             eos_id=self.EOS,
+            **reserved_ids(ids.get),
+            extra_special_ids=tuple(i for i in ids.values() if i not in named),
         )
-        in_word = torch.ones(self.SIZE, dtype=torch.bool)  # (SIZE,) True for bytes that can be part of a word
+        in_word = torch.ones(self.vocab.size, dtype=torch.bool)  # (V,) True for bytes that can be part of a word
         in_word[list(self.WHITESPACE)] = False
         in_word[256:] = False
         self._in_word = in_word
 
     def __repr__(self) -> str:
-        return "ByteTokenizer()"
+        return f"ByteTokenizer(extra_special_tokens={self.extra_special_tokens!r})" if self.extra_special_tokens else "ByteTokenizer()"
 
     def encode(self, text: str) -> list[int]:
         """UTF-8 bytes of ``text``.
@@ -166,9 +184,9 @@ class ByteTokenizer:
                 f"{tuple(input_ids.shape)} and dtype {input_ids.dtype}"
             )
         ids = input_ids.long()
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.SIZE):
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab.size):
             raise ValueError(
-                f"ByteTokenizer.word_ids: input_ids must lie in [0, {self.SIZE}), "
+                f"ByteTokenizer.word_ids: input_ids must lie in [0, {self.vocab.size}), "
                 f"got values from {int(ids.min())} to {int(ids.max())}"
             )
         in_word = self._in_word.to(ids.device)[ids]  # (B, T)
@@ -189,16 +207,17 @@ class ByteTokenizer:
                 parts.append(bytes(run).decode("utf-8", errors="replace"))
             else:
                 for i in run:
-                    if not 256 <= i < self.SIZE:
-                        raise ValueError(f"ByteTokenizer.decode: id {i!r} is outside [0, {self.SIZE})")
-                    parts.append(SPECIAL_TOKENS[i - 256])
+                    if not 256 <= i < self.vocab.size:
+                        raise ValueError(f"ByteTokenizer.decode: id {i!r} is outside [0, {self.vocab.size})")
+                    parts.append(self.specials[i - 256])
         return "".join(parts)
 
     def save(self, directory: str | Path) -> None:
         """Write a marker file to ``directory`` (created if needed) for :func:`load_tokenizer`."""
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
-        (path / _MARKER).write_text(json.dumps({"type": "byte", "vocab_size": self.SIZE}) + "\n", encoding="utf-8")
+        marker = {"type": "byte", "vocab_size": self.vocab.size, "extra_special_tokens": list(self.extra_special_tokens)}
+        (path / _MARKER).write_text(json.dumps(marker) + "\n", encoding="utf-8")
 
 
 # --------------------------------------------------------------------------- HF tokenizers
@@ -270,7 +289,7 @@ def _checked_texts(texts: Iterable[str], seen: list[int]) -> Iterator[str]:
         yield text
 
 
-def _train_wordpiece(tk: Any, texts: Iterable[str], vocab_size: int) -> tokenizers.Tokenizer:
+def _train_wordpiece(tk: Any, texts: Iterable[str], vocab_size: int, specials: list[str]) -> tokenizers.Tokenizer:
     """BERT-style WordPiece, trained deterministically.
 
     ``tokenizers.trainers.WordPieceTrainer`` is not deterministic (tokenizers
@@ -304,7 +323,7 @@ def _train_wordpiece(tk: Any, texts: Iterable[str], vocab_size: int) -> tokenize
 
     bpe = tk.Tokenizer(tk.models.BPE())
     bpe.pre_tokenizer = tk.pre_tokenizers.WhitespaceSplit()
-    trainer = tk.trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False)
+    trainer = tk.trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
     bpe.train_from_iterator(words(), trainer=trainer)
 
     def unmark(token: str) -> str:
@@ -316,12 +335,15 @@ def _train_wordpiece(tk: Any, texts: Iterable[str], vocab_size: int) -> tokenize
     tokenizer.normalizer = normalizer
     tokenizer.pre_tokenizer = pre_tokenizer
     tokenizer.decoder = tk.decoders.WordPiece(prefix="##")
-    tokenizer.add_special_tokens(list(SPECIAL_TOKENS))
+    tokenizer.add_special_tokens(specials)
     return tokenizer
 
 
-def train_tokenizer(texts: Iterable[str], kind: Literal["bpe", "wordpiece"], vocab_size: int) -> HFTokenizer:
-    """Train a tokenizer on ``texts`` with the special tokens ``[PAD] [UNK] [CLS] [SEP] [MASK] [BOS] [EOS]`` (ids 0..6).
+def train_tokenizer(
+    texts: Iterable[str], kind: Literal["bpe", "wordpiece"], vocab_size: int, extra_special_tokens: Sequence[str] = ()
+) -> HFTokenizer:
+    """Train a tokenizer on ``texts`` with the special tokens ``[PAD] [UNK] [CLS] [SEP] [MASK] [BOS] [EOS]`` (ids 0..6),
+    then ``extra_special_tokens`` (ids 7, 8, ...: sentinels, paradigm or FIM tokens an objective needs).
 
     - ``"bpe"``: byte-level BPE (GPT-2 style: ``ByteLevel`` pre-tokenizer and
       decoder, all 256 bytes in the alphabet, so no text is ever unknown).
@@ -339,12 +361,12 @@ def train_tokenizer(texts: Iterable[str], kind: Literal["bpe", "wordpiece"], voc
     tk = _require_tokenizers()
     if kind not in ("bpe", "wordpiece"):
         raise ValueError(f"train_tokenizer: kind must be 'bpe' or 'wordpiece', got {kind!r}")
-    minimum = len(SPECIAL_TOKENS) + (256 if kind == "bpe" else 1)
+    specials = list(dict.fromkeys((*SPECIAL_TOKENS, *extra_special_tokens)))
+    minimum = len(specials) + (256 if kind == "bpe" else 1)
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < minimum:
         raise ValueError(f"train_tokenizer: vocab_size for {kind!r} must be an int >= {minimum}, got {vocab_size!r}")
     if isinstance(texts, str):
         raise TypeError("train_tokenizer: texts must be an iterable of str, got a single str")
-    specials = list(SPECIAL_TOKENS)
     if kind == "bpe":
         tokenizer = tk.Tokenizer(tk.models.BPE(unk_token="[UNK]"))
         tokenizer.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -356,7 +378,7 @@ def train_tokenizer(texts: Iterable[str], kind: Literal["bpe", "wordpiece"], voc
             show_progress=False,
         )
     else:
-        return HFTokenizer(_train_wordpiece(tk, texts, vocab_size))
+        return HFTokenizer(_train_wordpiece(tk, texts, vocab_size, specials))
     seen = [0]
     tokenizer.train_from_iterator(_checked_texts(texts, seen), trainer=trainer)
     if seen[0] == 0:
@@ -373,7 +395,19 @@ _FORMS = (
 )
 
 
-def load_tokenizer(spec: str | Path, texts: Iterable[str] | None = None) -> Tokenizer:
+def _with_specials(tok: Tokenizer, extra_special_tokens: Sequence[str]) -> Tokenizer:
+    """``tok`` with every token of ``extra_special_tokens`` (added at the end of the vocabulary where missing)."""
+    if isinstance(tok, ByteTokenizer):
+        missing = [t for t in extra_special_tokens if t not in tok.specials]
+        return ByteTokenizer((*tok.extra_special_tokens, *missing)) if missing else tok
+    missing = [t for t in extra_special_tokens if tok.tokenizer.token_to_id(t) is None]  # type: ignore[attr-defined]
+    if missing:
+        tok.tokenizer.add_special_tokens(missing)  # type: ignore[attr-defined]
+        tok = HFTokenizer(tok.tokenizer)  # type: ignore[attr-defined]
+    return tok
+
+
+def load_tokenizer(spec: str | Path, texts: Iterable[str] | None = None, extra_special_tokens: Sequence[str] = ()) -> Tokenizer:
     """Build a tokenizer from a short spec.
 
     - ``"byte"``: :class:`ByteTokenizer` (no dependency).
@@ -383,19 +417,31 @@ def load_tokenizer(spec: str | Path, texts: Iterable[str] | None = None) -> Toke
       (e.g. a saved HF model directory) → :class:`HFTokenizer`.
     - a directory written by ``ByteTokenizer.save`` → :class:`ByteTokenizer`.
 
-    Anything else raises ``ValueError`` listing these forms.
+    Anything else raises ``ValueError`` listing these forms. The tokenizer
+    has every token of ``extra_special_tokens`` (the special tokens an
+    objective needs, e.g. span corruption's sentinels): a loaded one that
+    lacks some gets them appended to its vocabulary.
 
     >>> load_tokenizer("byte").vocab.eos_id
     262
+    >>> load_tokenizer("byte", extra_special_tokens=["[NLU]"]).vocab.nlu_id
+    263
     """
-    if not isinstance(spec, (str, Path)):
-        raise TypeError(f"load_tokenizer: spec must be a str, got {type(spec).__name__}; expected {_FORMS}")
+    if isinstance(extra_special_tokens, str):
+        raise TypeError(f"load_tokenizer: extra_special_tokens must be a sequence of str, got the str {extra_special_tokens!r}")
     if spec == "byte":
-        return ByteTokenizer()
+        return ByteTokenizer(extra_special_tokens)
     if isinstance(spec, str) and (match := _TRAIN_SPEC.match(spec)):
         if texts is None:
             raise ValueError(f"load_tokenizer: spec {spec!r} trains a tokenizer and needs texts, got texts=None")
-        return train_tokenizer(texts, match.group(1), int(match.group(2)))  # type: ignore[arg-type]
+        return train_tokenizer(texts, match.group(1), int(match.group(2)), extra_special_tokens)  # type: ignore[arg-type]
+    return _with_specials(_load_saved(spec), extra_special_tokens)
+
+
+def _load_saved(spec: str | Path) -> Tokenizer:
+    """A tokenizer from a path (see :func:`load_tokenizer`)."""
+    if not isinstance(spec, (str, Path)):
+        raise TypeError(f"load_tokenizer: spec must be a str, got {type(spec).__name__}; expected {_FORMS}")
     path = Path(spec)
     if path.is_file() and path.suffix == ".json":
         return HFTokenizer.from_file(path)
@@ -403,12 +449,13 @@ def load_tokenizer(spec: str | Path, texts: Iterable[str] | None = None) -> Toke
         marker = path / _MARKER
         if marker.is_file():
             try:
-                kind = json.loads(marker.read_text(encoding="utf-8")).get("type")
+                saved = json.loads(marker.read_text(encoding="utf-8"))
+                kind = saved.get("type")
             except (json.JSONDecodeError, AttributeError):
                 kind = None
             if kind != "byte":
                 raise ValueError(f"load_tokenizer: {str(marker)!r} does not describe a known tokenizer (type {kind!r})")
-            return ByteTokenizer()
+            return ByteTokenizer(saved.get("extra_special_tokens", ()))
         if (path / _HF_FILE).is_file():
             return HFTokenizer.from_file(path / _HF_FILE)
         raise ValueError(

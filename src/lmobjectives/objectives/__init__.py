@@ -17,9 +17,11 @@ from .base import Batch, Objective, attention_mask_4d, padding_mask
 from .clm import CausalLM
 from .mlm import MaskedLM, word_ids_from_starts
 from .nsp import NextSentencePrediction, SentenceOrderPrediction, SentencePairs
+from .plm import PermutationLM
 from .recipe import ModelSpec, Option, Recipe, StepLoss, options_of
 
 __all__ = [
+    "DEFAULT_OBJECTIVE",
     "OBJECTIVES",
     "Batch",
     "CausalLM",
@@ -28,6 +30,7 @@ __all__ = [
     "ModelSpec",
     "Objective",
     "Option",
+    "PermutationLM",
     "Recipe",
     "SentenceOrderPrediction",
     "SentencePairs",
@@ -38,6 +41,8 @@ __all__ = [
     "padding_mask",
     "word_ids_from_starts",
 ]
+
+DEFAULT_OBJECTIVE = "clm"  # what `lmobj train` trains without --objective
 
 _SENTENCE_PAIRS = ModelSpec(n_token_types=2, n_sentence_classes=2)  # segment embeddings and the [CLS] head
 
@@ -65,6 +70,14 @@ OBJECTIVES: dict[str, Recipe] = {
         data="sentences",
         length_option="max_seq_length",
         model=lambda o: _SENTENCE_PAIRS,
+    ),
+    "plm": Recipe(
+        PermutationLM,
+        "permutation LM (XLNet): span targets predicted in a random factorisation order (data only)",
+        untrainable=(
+            "XLNet's objective needs two-stream attention (a content and a query stream), which the package's "
+            "one-stream transformer does not have; plm builds XLNet's data (perm_mask, target_mapping) only"
+        ),
     ),
 }
 

@@ -100,7 +100,7 @@ class Recipe:
     length_option: str | None = None  # the option the run's --seq-len sets (not a CLI flag), e.g. NSP's max_seq_length
     block_length: Callable[[Any, int], int] = _same_length  # blocks: raw tokens per block for a model input of seq_len
     block_extras: Callable[[Any], tuple[str, ...]] = _no_names  # blocks: extras it reads: "document_ids", "word_ids"
-    special_tokens: Callable[[Any], tuple[str, ...]] = _no_names  # tokens the tokenizer must reserve (sentinels, ...)
+    special_tokens: tuple[str, ...] = ()  # tokens the run's tokenizer must reserve (sentinels, paradigm, FIM tokens)
     model: Callable[[Any], ModelSpec] = _plain_model  # the architecture and heads the objective needs
     loss: Callable[[Any, torch.nn.Module, Batch], StepLoss] = lm_step_loss  # (objective, model, batch) -> StepLoss
     untrainable: str | None = None  # why `lmobj train` cannot train it (data-only objectives), or None

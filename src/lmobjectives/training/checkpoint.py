@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, safe_open, save_file
 
-from ..models import Transformer, TransformerConfig
+from ..models import MODELS, TransformerConfig
 
 __all__ = ["load_checkpoint", "load_model", "save_checkpoint"]
 
@@ -138,10 +138,11 @@ def load_checkpoint(directory: str | Path, model: torch.nn.Module, optimizer: to
     return state
 
 
-def load_model(out_dir: str | Path, device: str = "cpu") -> Transformer:
+def load_model(out_dir: str | Path, device: str = "cpu") -> torch.nn.Module:
     """The trained model of a run folder (``out/config.json`` + ``out/checkpoint/``), in eval mode."""
     out_dir = Path(out_dir)
     config = json.loads((out_dir / "config.json").read_text())
-    model = Transformer(TransformerConfig(**config["model"])).to(device)
+    architecture = config.get("architecture", "transformer")  # runs saved before architectures existed
+    model = MODELS[architecture](TransformerConfig(**config["model"])).to(device)
     load_checkpoint(out_dir / "checkpoint", model)
     return model.eval()

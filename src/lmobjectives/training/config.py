@@ -1,32 +1,39 @@
-"""`TrainConfig`: every knob of a training run, one field each. The CLI's flags are generated from it."""
+"""`TrainConfig`: the generic knobs of a training run, one field each, plus the objective's options as one mapping.
+
+The objective's options are the fields of its dataclass (see
+:func:`lmobjectives.objectives.options_of`); ``TrainConfig.options`` holds
+every one of them, defaults filled in, so ``config.json`` records exactly
+what was trained and ``--resume`` can check it. Nothing here knows any
+objective by name.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+import json
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ..constants import DEFAULT_SEED
-from ..objectives import OBJECTIVES
+from ..objectives import DEFAULT_OBJECTIVE, OBJECTIVES, Recipe, options_of
 
 __all__ = ["TrainConfig"]
 
-MLM_UNITS = ("token", "word", "span")
 POSITIONS = ("alibi", "rope")
-SENTENCE_OBJECTIVES = ("nsp", "sop")  # objectives whose batches are sentence pairs with a [CLS] label
 
 
 @dataclass
 class TrainConfig:
     # what to train
-    objective: str = "clm"  # training objective: clm, mlm, nsp or sop
+    objective: str = DEFAULT_OBJECTIVE  # training objective: a name of lmobjectives.OBJECTIVES
+    options: dict[str, Any] = field(default_factory=dict)  # the objective's options (its dataclass fields); unset = default
     data: str = "builtin"  # corpus: "builtin" (ships with the package) or a path (see data.corpus.load_corpus)
     tokenizer: str = "byte"  # "byte", "bpe:N", "wordpiece:N" (trained on the corpus) or a saved tokenizer's path
     out: str | None = None  # output folder (metrics, config, tokenizer, checkpoint); None: runs/<objective>
     # optimisation
     steps: int = 1000  # optimizer steps in the whole run (also the length of the cosine schedule); clm: ~1.5 min on 2 CPU cores
-    batch_size: int = 16  # sequences (clm/mlm blocks, nsp/sop pairs) per step
-    seq_len: int = 128  # tokens per sequence: block size for clm/mlm, pair length for nsp/sop
+    batch_size: int = 16  # sequences (blocks, sentence pairs, ...) per step
+    seq_len: int = 128  # tokens per model input: block size, pair length, encoder input length (the recipe says)
     lr: float = 2e-3  # peak learning rate (AdamW)
     warmup_steps: int = 30  # linear warm-up from lr/warmup_steps to lr, then cosine decay
     min_lr_ratio: float = 0.1  # the cosine decays to lr * min_lr_ratio at the last step
@@ -34,10 +41,6 @@ class TrainConfig:
     grad_clip: float = 1.0  # clip the global gradient norm to this; 0 = no clipping
     seed: int = DEFAULT_SEED  # seeds the init, the data order and every corruption / dropout draw
     device: str = "auto"  # "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:1", ...
-    # objective options
-    mlm_unit: str = "token"  # what MLM masks: single tokens, whole words, or spans (mlm only)
-    mlm_probability: float = 0.15  # fraction of tokens the MLM corruption selects (mlm, nsp, sop)
-    document_masking: bool = False  # clm only: no attention or target across packed documents
     # model (see models.TransformerConfig)
     d_model: int = 128  # width of the residual stream
     n_layers: int = 2  # transformer blocks
@@ -55,6 +58,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {self.objective!r}; choose one of: {', '.join(OBJECTIVES)}")
+        if self.recipe.untrainable:
+            raise ValueError(f"objective {self.objective!r} cannot be trained by lmobjectives: {self.recipe.untrainable}")
+        self.options = self._full_options(self.options)
         for name in ("steps", "batch_size", "seq_len", "log_every", "d_model", "n_layers", "n_heads", "d_ff"):
             _positive_int(name, getattr(self, name))
         for name in ("warmup_steps", "save_every"):
@@ -71,28 +77,38 @@ class TrainConfig:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         if not _finite(self.grad_clip) or self.grad_clip < 0:
             raise ValueError(f"grad_clip must be >= 0 (0 = off), got {self.grad_clip!r}")
-        if not _finite(self.mlm_probability) or not 0 < self.mlm_probability < 1:
-            raise ValueError(f"mlm_probability must lie in (0, 1), got {self.mlm_probability!r}")
         if not _finite(self.dropout) or not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout!r}")
-        if self.mlm_unit not in MLM_UNITS:
-            raise ValueError(f"mlm_unit must be one of {', '.join(MLM_UNITS)}, got {self.mlm_unit!r}")
-        if self.mlm_unit != "token" and self.objective != "mlm":
-            raise ValueError(f"mlm_unit={self.mlm_unit!r} applies to the mlm objective only (objective={self.objective!r})")
-        if self.document_masking and self.objective != "clm":
-            raise ValueError(f"document_masking applies to the clm objective only (objective={self.objective!r})")
         if self.positions not in POSITIONS:
             raise ValueError(f"positions must be one of {', '.join(POSITIONS)}, got {self.positions!r}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
-        if self.objective in SENTENCE_OBJECTIVES and self.seq_len < 8:
-            raise ValueError(f"seq_len={self.seq_len} is too short for sentence pairs ([CLS] A [SEP] B [SEP]); use >= 8")
         if self.out is None:
             self.out = f"runs/{self.objective}"
 
     @property
-    def is_sentence_objective(self) -> bool:
-        return self.objective in SENTENCE_OBJECTIVES
+    def recipe(self) -> Recipe:
+        """The registry entry of :attr:`objective`: its data layout, model and loss."""
+        return OBJECTIVES[self.objective]
+
+    def _full_options(self, given: object) -> dict[str, Any]:
+        """Every option of the objective: ``given`` over the defaults, in field order, JSON-normalised.
+
+        Values are checked by the objective itself when the trainer builds it (some checks need the vocabulary).
+        """
+        if not isinstance(given, dict):
+            raise TypeError(f"options must be a dict of the objective's options, got {type(given).__name__}")
+        known = {o.name: o.default for o in options_of(self.recipe)}
+        if unknown := sorted(set(given) - set(known)):
+            valid = ", ".join(known) or "none"
+            raise ValueError(
+                f"unknown option(s) {', '.join(map(repr, unknown))} for objective {self.objective!r}; valid options: {valid}"
+            )
+        full = {**known, **given}
+        try:  # what config.json will hold, so a resumed run compares like with like (tuples become lists)
+            return json.loads(json.dumps(full))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"options of objective {self.objective!r} must be JSON values ({e}): {full!r}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

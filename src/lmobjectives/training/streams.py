@@ -7,16 +7,21 @@ endless sequence of epochs. The objective's corruption (masking, random
 sentence choice) draws from a generator seeded with ``(seed, step)``. Nothing
 is carried from one step to the next, so resuming at step ``s`` needs only ``s``.
 
-- :class:`BlockStream` (clm, mlm): documents packed end to end into blocks of
-  ``seq_len`` tokens (``data.packing.pack_documents``: EOS between documents,
-  the last block padded). MLM blocks are plain text windows, no [CLS]/[SEP]:
-  the masked-LM loss does not need them, and nsp/sop add them themselves.
-- :class:`SentenceStream` (nsp, sop): a table of tokenised sentences; each step
-  hands a window of ``docs_per_step`` documents (in the epoch's order) to the
-  objective, which builds sentence pairs, and keeps ``batch_size`` of them
-  chosen at random (seeded from ``(seed, step)``; fewer if the window gave
-  fewer). The objective returns pairs in document order, so "the first
-  ``batch_size``" would fill most batches from the window's first document.
+One stream per data layout of :class:`~lmobjectives.objectives.Recipe` (``recipe.data``):
+
+- :class:`BlockStream` (``"blocks"``: clm, mlm, ...): documents packed end to
+  end into blocks (``data.packing.pack_documents``: EOS between documents, the
+  last block padded). Blocks are plain text windows, no [CLS]/[SEP]: the
+  masked-LM loss does not need them, and sentence-pair objectives add them.
+- :class:`SentenceStream` (``"sentences"``: nsp, sop): a table of tokenised
+  sentences; each step hands a window of ``docs_per_step`` documents (in the
+  epoch's order) to the objective, which builds sentence pairs, and keeps
+  ``batch_size`` of them chosen at random (seeded from ``(seed, step)``; fewer
+  if the window gave fewer). The objective returns pairs in document order,
+  so "the first ``batch_size``" would fill most batches from the window's
+  first document.
+- :class:`DocumentStream` (``"documents"``): the same windows, as raw document
+  texts plus the tokenizer, for objectives that cut text before tokenising (FIM).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import torch
 
 from ..objectives.base import Batch, Objective
 
-__all__ = ["BlockStream", "SentenceStream", "derive_seed", "data_fingerprint", "epoch_indices"]
+__all__ = ["BlockStream", "DocumentStream", "SentenceStream", "derive_seed", "data_fingerprint", "epoch_indices"]
 
 
 def derive_seed(seed: int, *parts: object) -> int:
@@ -110,60 +115,40 @@ class BlockStream:
         }
 
 
-class SentenceStream:
-    """Sentences ``(S, L)`` grouped by document; ``stream(step)`` pairs a window of documents (nsp, sop)."""
+class _WindowStream:
+    """A window of ``docs_per_step`` documents per step (in the epoch's order) -> the objective's rows -> keep
+    ``batch_size`` of them at random. Subclasses say how a window becomes rows (:meth:`_rows`)."""
 
-    def __init__(
-        self,
-        objective: Objective,
-        input_ids: torch.Tensor,
-        document_ids: torch.Tensor,
-        *,
-        batch_size: int,
-        seed: int,
-        docs_per_step: int | None = None,
-    ):
+    num_documents: int
+
+    def __init__(self, objective: Objective, *, batch_size: int, seed: int, docs_per_step: int | None) -> None:
         self.objective = objective
-        self.input_ids = input_ids  # (S, L) long, padded sentences
         self.batch_size = batch_size
         self.seed = seed
-        # rows of each document, in table order: document d owns rows order[offsets[d]:offsets[d+1]]
-        _, doc_index = torch.unique(document_ids, return_inverse=True)  # (S,) in 0..D-1
-        self.order = torch.argsort(doc_index, stable=True)  # (S,)
-        counts = torch.bincount(doc_index)  # (D,)
-        self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])  # (D+1,)
-        self.fingerprint = data_fingerprint(input_ids, self.order, self.offsets)  # checked on resume
         if self.num_documents < 2:
-            raise ValueError(f"{objective.name} needs at least 2 documents to draw sentence pairs from, got {self.num_documents}")
+            raise ValueError(f"{objective.name} needs at least 2 documents to draw examples from, got {self.num_documents}")
         self.docs_per_step = docs_per_step if docs_per_step is not None else self._estimate_docs_per_step()
-
-    @property
-    def num_documents(self) -> int:
-        return self.offsets.numel() - 1
 
     @property
     def num_examples(self) -> int:
         return self.num_documents
 
-    def _pairs(self, docs: torch.Tensor, generator: torch.Generator) -> Batch:
-        rows = torch.cat([self.order[self.offsets[d] : self.offsets[d + 1]] for d in docs.tolist()])  # (S',)
-        sizes = (self.offsets[docs + 1] - self.offsets[docs]).tolist()
-        window_ids = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))  # (S',) 0.. per window slot
-        return self.objective(self.input_ids[rows], document_ids=window_ids, generator=generator)
+    def _rows(self, docs: torch.Tensor, generator: torch.Generator) -> Batch:
+        raise NotImplementedError
 
     def _estimate_docs_per_step(self) -> int:
-        """Documents per window for ~3 x batch_size pairs on average (one seeded probe), so nearly every
-        window has batch_size pairs although document lengths vary a lot (built-in corpus: 1 to 173 sentences)."""
+        """Documents per window for ~3 x batch_size rows on average (one seeded probe), so nearly every
+        window has batch_size rows although document lengths vary a lot (built-in corpus: 1 to 173 sentences)."""
         probe = min(self.num_documents, max(8, 4 * self.batch_size))
         docs = epoch_indices(self.seed, 0, probe, self.num_documents)
-        pairs = self._pairs(docs, torch.Generator().manual_seed(derive_seed(self.seed, "probe"))).input_ids.shape[0]
-        per_doc = max(pairs, 1) / probe
+        rows = self._rows(docs, torch.Generator().manual_seed(derive_seed(self.seed, "probe"))).input_ids.shape[0]
+        per_doc = max(rows, 1) / probe
         return min(self.num_documents, max(2, math.ceil(3 * self.batch_size / per_doc)))
 
     def __call__(self, step: int) -> Batch:
         docs = epoch_indices(self.seed, step * self.docs_per_step, self.docs_per_step, self.num_documents)  # (D',)
         generator = corruption_generator(self.seed, step)
-        batch = self._pairs(docs, generator)
+        batch = self._rows(docs, generator)
         keep = torch.randperm(batch.input_ids.shape[0], generator=generator)[: self.batch_size]  # (<= B,)
         return _select_rows(batch, keep.sort().values)
 
@@ -177,6 +162,52 @@ class SentenceStream:
             "next_example": start,
             "epoch": start // self.num_documents,
         }
+
+
+class SentenceStream(_WindowStream):
+    """Sentences ``(S, L)`` grouped by document; ``stream(step)`` pairs a window of documents (nsp, sop)."""
+
+    def __init__(
+        self,
+        objective: Objective,
+        input_ids: torch.Tensor,
+        document_ids: torch.Tensor,
+        *,
+        batch_size: int,
+        seed: int,
+        docs_per_step: int | None = None,
+    ):
+        self.input_ids = input_ids  # (S, L) long, padded sentences
+        # rows of each document, in table order: document d owns rows order[offsets[d]:offsets[d+1]]
+        _, doc_index = torch.unique(document_ids, return_inverse=True)  # (S,) in 0..D-1
+        self.order = torch.argsort(doc_index, stable=True)  # (S,)
+        counts = torch.bincount(doc_index)  # (D,)
+        self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])  # (D+1,)
+        self.num_documents = self.offsets.numel() - 1
+        self.fingerprint = data_fingerprint(input_ids, self.order, self.offsets)  # checked on resume
+        super().__init__(objective, batch_size=batch_size, seed=seed, docs_per_step=docs_per_step)
+
+    def _rows(self, docs: torch.Tensor, generator: torch.Generator) -> Batch:
+        rows = torch.cat([self.order[self.offsets[d] : self.offsets[d + 1]] for d in docs.tolist()])  # (S',)
+        sizes = (self.offsets[docs + 1] - self.offsets[docs]).tolist()
+        window_ids = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))  # (S',) 0.. per window slot
+        return self.objective(self.input_ids[rows], document_ids=window_ids, generator=generator)
+
+
+class DocumentStream(_WindowStream):
+    """Raw document texts; ``stream(step)`` hands a window of them and the tokenizer to the objective (fim)."""
+
+    def __init__(self, objective: Objective, texts: list[str], tokenizer: Any, *, batch_size: int, seed: int,
+                 docs_per_step: int | None = None):  # fmt: skip
+        self.texts = texts  # one string per document
+        self.tokenizer = tokenizer  # handed to the objective, which tokenises after cutting the text
+        self.num_documents = len(texts)
+        encoded = torch.frombuffer(bytearray("\x00".join(texts).encode("utf-8")), dtype=torch.uint8)
+        self.fingerprint = data_fingerprint(encoded)  # checked on resume
+        super().__init__(objective, batch_size=batch_size, seed=seed, docs_per_step=docs_per_step)
+
+    def _rows(self, docs: torch.Tensor, generator: torch.Generator) -> Batch:
+        return self.objective([self.texts[d] for d in docs.tolist()], tokenizer=self.tokenizer, generator=generator)
 
 
 def _select_rows(batch: Batch, rows: torch.Tensor) -> Batch:

@@ -1,9 +1,12 @@
 """`train(config)`: the training loop behind ``lmobj train``.
 
-One step: ``batch = stream(step)`` (objective already applied), ``out =
-model(batch)``, ``loss = lm_loss(out.hidden, model.output_weight,
-batch.labels)`` (mean over this batch's targets) plus ``sentence_loss`` for
-nsp/sop, AdamW with linear warm-up and cosine decay, gradient clipping.
+Nothing here knows an objective by name: the objective's registry entry
+(:class:`~lmobjectives.objectives.Recipe`) says what data it reads, what
+model it needs and how its loss is computed. One step: ``batch =
+stream(step)`` (objective already applied), ``recipe.loss(objective, model,
+batch)`` (by default the LM loss over the labelled positions, mean over this
+batch's targets, plus the sentence head's loss where the batch has sentence
+labels), AdamW with linear warm-up and cosine decay, gradient clipping.
 
 Outputs in ``config.out``: ``config.json`` (``vars`` of the train and model
 configs), ``tokenizer/``, ``metrics.jsonl`` (one JSON line per
@@ -32,12 +35,12 @@ from tqdm.auto import tqdm
 from ..data.corpus import load_corpus
 from ..data.packing import pack_documents, sentence_table, tokenize_corpus, tokenize_documents
 from ..data.tokenizers import load_tokenizer
-from ..losses import LossOutput, lm_loss, sentence_loss
-from ..models import Transformer, TransformerConfig
-from ..objectives import get_objective
+from ..models import MODELS, TransformerConfig
+from ..objectives import Objective, Recipe, StepLoss
+from ..vocab import Vocab
 from .checkpoint import STATE_FILE, load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .streams import BlockStream, SentenceStream, derive_seed
+from .streams import BlockStream, DocumentStream, SentenceStream, derive_seed
 
 __all__ = ["TrainResult", "train"]
 
@@ -82,32 +85,40 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def build_objective(config: TrainConfig, vocab):
-    if config.objective == "clm":
-        return get_objective("clm", vocab=vocab, document_masking=config.document_masking)
-    if config.objective == "mlm":
-        return get_objective("mlm", vocab=vocab, probability=config.mlm_probability, unit=config.mlm_unit)
-    return get_objective(config.objective, vocab=vocab, max_seq_length=config.seq_len, mlm_probability=config.mlm_probability)
+def build_objective(config: TrainConfig, vocab: Vocab) -> Objective:
+    """The objective of ``config`` with its options; the recipe's ``length_option`` is set from ``seq_len``."""
+    recipe = config.recipe
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in config.options.items()}  # JSON lists -> tuples
+    if recipe.length_option is not None:
+        options[recipe.length_option] = config.seq_len
+    try:
+        return recipe.objective(vocab=vocab, **options)
+    except (TypeError, ValueError) as e:
+        where = f" (--seq-len {config.seq_len} sets its {recipe.length_option})" if recipe.length_option else ""
+        raise ValueError(f"objective {config.objective!r}{where}: {e}") from None
 
 
-def build_stream(config: TrainConfig, documents: list[list[str]], tokenizer, objective) -> BlockStream | SentenceStream:
-    """Tokenise the corpus once and lay it out for the objective (see :mod:`.streams`)."""
-    vocab = tokenizer.vocab
-    if config.is_sentence_objective:
+def build_stream(config: TrainConfig, documents: list[list[str]], tokenizer, objective) -> BlockStream | SentenceStream | DocumentStream:
+    """Tokenise the corpus once and lay it out as the objective's recipe says (see :mod:`.streams`)."""
+    recipe, vocab = config.recipe, tokenizer.vocab
+    if recipe.data == "sentences":
         table = sentence_table(tokenize_corpus(documents, tokenizer), pad_id=vocab.pad_id, max_length=config.seq_len)
         return SentenceStream(objective, table.input_ids, table.document_ids, batch_size=config.batch_size, seed=config.seed)
-    with_words = config.objective == "mlm" and config.mlm_unit != "token"
-    token_docs, word_docs = tokenize_documents(documents, tokenizer, with_words=with_words)
-    packed = pack_documents(token_docs, config.seq_len, vocab.eos_id, pad_id=vocab.pad_id, word_ids=word_docs)
+    if recipe.data == "documents":
+        texts = [" ".join(doc) for doc in documents]
+        return DocumentStream(objective, texts, tokenizer, batch_size=config.batch_size, seed=config.seed)
+    wanted = recipe.block_extras(objective)
+    token_docs, word_docs = tokenize_documents(documents, tokenizer, with_words="word_ids" in wanted)
+    length = recipe.block_length(objective, config.seq_len)
+    packed = pack_documents(token_docs, length, vocab.eos_id, pad_id=vocab.pad_id, word_ids=word_docs)
     extras = {"attention_mask": packed.attention_mask}
-    if config.document_masking:
-        extras["document_ids"] = packed.document_ids
-    if with_words:
-        extras["word_ids"] = packed.word_ids
+    extras.update({name: getattr(packed, name) for name in wanted})
     return BlockStream(objective, packed.input_ids, extras, batch_size=config.batch_size, seed=config.seed)
 
 
-def model_config_for(config: TrainConfig, vocab_size: int) -> TransformerConfig:
+def model_config_for(config: TrainConfig, recipe: Recipe, objective: Objective, vocab_size: int) -> TransformerConfig:
+    """The model's sizes from the run, its heads from the recipe; it accepts the longest sequence the data can hold."""
+    spec = recipe.model(objective)
     return TransformerConfig(
         vocab_size=vocab_size,
         d_model=config.d_model,
@@ -115,10 +126,10 @@ def model_config_for(config: TrainConfig, vocab_size: int) -> TransformerConfig:
         n_heads=config.n_heads,
         d_ff=config.d_ff,
         dropout=config.dropout,
-        max_seq_len=config.seq_len,
-        n_token_types=2 if config.is_sentence_objective else 0,
+        max_seq_len=max(config.seq_len, recipe.block_length(objective, config.seq_len)),
+        n_token_types=spec.n_token_types,
         positions=config.positions,  # type: ignore[arg-type]
-        n_sentence_classes=2 if config.is_sentence_objective else 0,
+        n_sentence_classes=spec.n_sentence_classes,
     )
 
 
@@ -139,58 +150,56 @@ def learning_rate(step: int, config: TrainConfig) -> float:
     return min_lr + 0.5 * (config.lr - min_lr) * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def train_step(model: Transformer, optimizer: torch.optim.Optimizer, batch, grad_clip: float) -> tuple[LossOutput, LossOutput | None]:
-    """One update on one batch; returns the LM loss and (nsp/sop) the sentence loss, both means over this batch.
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch, grad_clip: float, recipe: Recipe, objective: Objective) -> StepLoss:
+    """One update on one batch; returns the recipe's loss terms (each a mean over this batch).
 
     The whole batch is one micro-batch, so the mean over its targets is the
     right normalisation (``Meter`` weights by ``num_tokens`` across steps). With
     gradient accumulation one would use ``reduction="sum"`` and divide by the
     total target count over the micro-batches instead.
     """
-    out = model(batch)
-    lm = lm_loss(out.hidden, model.output_weight, batch.labels)  # tied head: the embedding is the output matrix
-    sent = sentence_loss(out.sentence_logits, batch.sentence_labels) if out.sentence_logits is not None else None
-    loss = lm.loss if sent is None else lm.loss + sent.loss
+    step_loss = recipe.loss(objective, model, batch)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    step_loss.total.backward()
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
-    return lm, sent
+    return step_loss
 
 
 class Meter:
-    """Sums over the steps since the last metrics line; token-weighted means on :meth:`read`."""
+    """Sums over the steps since the last metrics line; token-weighted means on :meth:`read`.
+
+    Each loss term ``name`` of the recipe gives ``<name>_loss`` and ``<name>_accuracy`` (the LM term's
+    accuracy is ``accuracy``); ``loss`` is the sum of the terms' means.
+    """
 
     def __init__(self) -> None:
         self.reset()
 
     def reset(self) -> None:
         self.steps = 0
-        self.lm_sum = self.lm_targets = self.lm_correct = 0.0
-        self.sent_sum = self.sent_count = self.sent_correct = 0.0
+        self.sums: dict[str, list[float]] = {}  # term -> [loss * count, count, correct]
         self.tokens = 0
         self.started = time.perf_counter()
 
-    def add(self, lm: LossOutput, sent: LossOutput | None, tokens: int) -> None:
+    def add(self, step_loss: StepLoss, tokens: int) -> None:
         self.steps += 1
-        self.lm_sum += lm.loss.item() * lm.num_tokens.item()
-        self.lm_targets += lm.num_tokens.item()
-        self.lm_correct += lm.num_correct.item()
-        if sent is not None:
-            self.sent_sum += sent.loss.item() * sent.num_tokens.item()
-            self.sent_count += sent.num_tokens.item()
-            self.sent_correct += sent.num_correct.item()
+        for name, term in step_loss.terms.items():
+            acc = self.sums.setdefault(name, [0.0, 0.0, 0.0])
+            acc[0] += term.loss.item() * term.num_tokens.item()
+            acc[1] += term.num_tokens.item()
+            acc[2] += term.num_correct.item()
         self.tokens += tokens
 
     def read(self) -> dict[str, Any]:
         seconds = time.perf_counter() - self.started
-        lm = self.lm_sum / max(self.lm_targets, 1)
-        row: dict[str, Any] = {"loss": lm, "lm_loss": lm, "sentence_loss": None, "accuracy": self.lm_correct / max(self.lm_targets, 1)}
-        if self.sent_count:
-            row["sentence_loss"] = self.sent_sum / self.sent_count
-            row["loss"] = lm + row["sentence_loss"]
-            row["sentence_accuracy"] = self.sent_correct / self.sent_count
+        row: dict[str, Any] = {"loss": 0.0}
+        for name, (total, count, correct) in self.sums.items():
+            mean = total / max(count, 1)
+            row["loss"] += mean
+            row[f"{name}_loss"] = mean
+            row["accuracy" if name == "lm" else f"{name}_accuracy"] = correct / max(count, 1)
         row["tokens_per_s"] = self.tokens / max(seconds, 1e-9)
         return row
 
@@ -280,24 +289,29 @@ def _train(config: TrainConfig, device: torch.device) -> TrainResult:
     tqdm.write(f"train config: {json.dumps(config.to_dict())}")
 
     # data: the corpus, the tokenizer (trained on it unless loaded), the objective and the step -> batch stream
+    recipe = config.recipe
     documents = load_corpus(config.data)
     if resuming:
         tokenizer = load_tokenizer(str(tokenizer_dir))
-    else:
-        tokenizer = load_tokenizer(config.tokenizer, texts=[s for doc in documents for s in doc])
+    else:  # with the special tokens the objective needs (sentinels, ...)
+        texts = [s for doc in documents for s in doc]
+        tokenizer = load_tokenizer(config.tokenizer, texts=texts, extra_special_tokens=recipe.special_tokens)
+    objective = build_objective(config, tokenizer.vocab)  # checks the options before anything is written
+    if not resuming:
         out.mkdir(parents=True, exist_ok=True)
         tokenizer.save(str(tokenizer_dir))
-    objective = build_objective(config, tokenizer.vocab)
     stream = build_stream(config, documents, tokenizer, objective)
 
     # model and optimizer
+    architecture = recipe.model(objective).architecture
     torch.manual_seed(config.seed)
-    model_config = model_config_for(config, tokenizer.vocab.size)
-    model = Transformer(model_config).to(device)
+    model_config = model_config_for(config, recipe, objective, tokenizer.vocab.size)
+    model = MODELS[architecture](model_config).to(device)
     optimizer = make_optimizer(model, config)
     tqdm.write(f"model config: {json.dumps(vars(model_config))}")
     tqdm.write(f"model: {model.num_parameters():,} parameters on {device}; data: {stream.position(0)}")
-    config_path.write_text(json.dumps({"train": config.to_dict(), "model": vars(model_config)}, indent=2) + "\n")
+    saved = {"train": config.to_dict(), "architecture": architecture, "model": vars(model_config)}
+    config_path.write_text(json.dumps(saved, indent=2) + "\n")
 
     state: dict[str, Any] = {"step": 0, "tokens": 0, "elapsed_s": 0.0, "first_loss": None, "final_loss": None, "best_loss": None}
     if resuming:
@@ -334,10 +348,10 @@ def _train(config: TrainConfig, device: torch.device) -> TrainResult:
             for group in optimizer.param_groups:
                 group["lr"] = lr
 
-            lm, sent = train_step(model, optimizer, batch, config.grad_clip)
+            step_loss = train_step(model, optimizer, batch, config.grad_clip, recipe, objective)
             stopping = ctrl_c.requested  # read once: Ctrl-C may arrive at any moment
             tokens = int(batch.attention_mask.sum())
-            meter.add(lm, sent, tokens)
+            meter.add(step_loss, tokens)
             state["step"], state["tokens"] = step, state["tokens"] + tokens
             bar.update(1)
             saving = bool(config.save_every) and step % config.save_every == 0 and step != end_step
