@@ -117,7 +117,9 @@ def brute_force(ids, real, docs, prefix_of_doc, with_documents):
     ]
     positions = None
     if with_documents:
-        positions = [t - min(s for s in range(t + 1) if all(run[u] == run[t] for u in range(s, t + 1))) for t in range(T)]
+        positions = [0] * T  # restart at each new document
+        for t in range(1, T):
+            positions[t] = positions[t - 1] + 1 if run[t] == run[t - 1] else 0
     return prefix, labels, mask, positions, seen  # seen: real tokens per document (its length L)
 
 
@@ -244,6 +246,44 @@ def test_labels_only_on_suffix_and_counts():
         assert torch.equal(b.prefix_mask[:, start:end], torch.arange(end - start)[None] < P[:, None])
 
 
+@pytest.mark.parametrize("positions", ["alibi", "rope"])
+def test_model_honours_the_prefix(positions):
+    # end to end with the package's transformer, on the batch its fast path would take (no padding, no documents):
+    # a labelled output never depends on a later token; the first prefix output depends on the last prefix token
+    import dataclasses
+
+    from lmobjectives.models import Transformer, TransformerConfig
+
+    x = torch.randint(2, 10, (1, 10), generator=gen(0))
+    b = prefix_lm_batch(x, torch.tensor([5]), attention_mask=torch.ones_like(x, dtype=torch.bool))
+    torch.manual_seed(0)
+    config = TransformerConfig(vocab_size=10, d_model=16, n_heads=2, d_ff=32, n_token_types=0, positions=positions)
+    model = Transformer(config)
+    with torch.no_grad():
+        h = model(b).hidden  # (1, T, d)
+        for t in (b.labels[0] != IGNORE_INDEX).nonzero()[:, 0].tolist():
+            changed = x.clone()
+            changed[0, t + 1 :] = (changed[0, t + 1 :] - 1) % 8 + 2  # every later token differs
+            assert torch.equal(model(dataclasses.replace(b, input_ids=changed)).hidden[0, t], h[0, t])
+        changed = x.clone()
+        changed[0, 4] = (changed[0, 4] - 1) % 8 + 2
+        assert not torch.allclose(model(dataclasses.replace(b, input_ids=changed)).hidden[0, 0], h[0, 0])
+
+
+def test_on_device_equals_the_builder_on_cpu(device):
+    # the draw uses the device's generator; given the drawn splits, the batch equals the CPU builder's
+    x = torch.tensor([row for row in ([5, 6, 7, 1, 5, 6, 7, 8, 9, 1, 8, 9, 1, 0, 0, 0],) * 3])
+    real = x != 0
+    docs = packed_document_ids(x, real)
+    b = PrefixLM(VP)(x.to(device), attention_mask=real.to(device), document_ids=docs.to(device),
+                     generator=torch.Generator(device=device).manual_seed(0))
+    assert b.labels.device.type == device.type and b.prefix_mask.device.type == device.type
+    splits = torch.stack([b.prefix_mask[:, s:e].sum(-1).cpu() for s, e in ((0, 4), (4, 10), (10, 13), (13, 16))], 1)
+    ref = prefix_lm_batch(x, splits, attention_mask=real, document_ids=docs)
+    for name in ("labels", "prefix_mask", "position_ids", "document_ids", "attention_mask", "has_targets"):
+        assert torch.equal(getattr(b, name).cpu(), getattr(ref, name)), name
+
+
 # ----------------------------------------------------------------------------- distribution
 
 
@@ -360,7 +400,7 @@ def test_bad_input(bad, exc, words):
         (torch.tensor([[5], [6]]), {}, {}),  # T = 1
         (torch.tensor([[2, 2, 2]]), {}, {}),  # pad == eos: one real token
         (torch.tensor([[5, 6, 7]]), {}, {"document_ids": torch.tensor([[0, 1, 2]])}),  # documents of one token
-        (torch.tensor([[2, 2, 2, 2]]), {"document_masking": True}, {"attention_mask": torch.ones(1, 4, dtype=torch.bool)}),  # EOS only
+        (torch.tensor([[2, 2, 2, 2]]), {}, {"attention_mask": torch.ones(1, 4, dtype=torch.bool)}),  # 4 EOS-only docs
     ],
 )
 def test_nothing_to_predict_is_an_error(x, options, extras):
@@ -377,7 +417,8 @@ def test_document_masking_needs_eos_without_document_ids():
     with pytest.raises(ValueError, match="eos_id"):
         PrefixLM(Vocab(size=10, pad_id=0))(torch.tensor([[3, 4, 5]]))
     # with document ids given, no EOS is needed
-    b = PrefixLM(Vocab(size=10, pad_id=0))(torch.tensor([[3, 4, 5]]), document_ids=torch.tensor([[4, 4, 4]]), generator=gen(0))
+    no_eos = PrefixLM(Vocab(size=10, pad_id=0))
+    b = no_eos(torch.tensor([[3, 4, 5]]), document_ids=torch.tensor([[4, 4, 4]]), generator=gen(0))
     assert b.has_targets.tolist() == [True]
 
 
@@ -410,7 +451,7 @@ DOCS = torch.tensor([[0, 0, 1, 1], [0, 0, 0, 0]])
         (torch.tensor([[1], [1]]), DOCS, ValueError, "1 column.* 2 documents"),
         (torch.tensor([-1, 2]), None, ValueError, ">= 0, got -1"),
         (torch.tensor([1, 5]), None, ValueError, r"prefix_lengths\[1, 0\] = 5 exceeds the 4 real tokens"),
-        (torch.tensor([[1, 3], [1, 0]]), DOCS, ValueError, r"prefix_lengths\[0, 1\] = 3 exceeds the 2 real tokens of document 1"),
+        (torch.tensor([[1, 3], [1, 0]]), DOCS, ValueError, r"prefix_lengths\[0, 1\] = 3 exceeds the 2 real tokens of doc"),
     ],
 )
 def test_prefix_lm_batch_bad_prefix_lengths(prefix, docs, exc, words):

@@ -143,7 +143,6 @@ def prefix_lm_batch(
     if input_ids.dim() != 2 or input_ids.numel() == 0:
         raise ValueError(f"input_ids must be a non-empty [B, T] tensor, got shape {tuple(input_ids.shape)}")
     input_ids = input_ids.long()
-    B, T = input_ids.shape
     real = check_like(attention_mask, input_ids, "attention_mask", dtype="bool")  # (B, T)
     if document_ids is not None:
         document_ids = _check_document_ids(document_ids, input_ids)  # (B, T)
@@ -160,6 +159,13 @@ def prefix_lm_batch(
             f"prefix_lengths[{b}, {k}] = {int(P[b, t])} exceeds the {int(L[b, t])} real tokens of document {k} of "
             f"row {b}; each prefix length must lie in [0, L] (see document_lengths)"
         )
+    return _build(input_ids, real, document_ids, rank, P)
+
+
+def _build(
+    input_ids: torch.Tensor, real: torch.Tensor, document_ids: torch.Tensor | None, rank: torch.Tensor, P: torch.Tensor
+) -> Batch:
+    """The batch from checked pieces: ``rank`` and ``P`` ``(B, T)`` per token (its rank, its document's split)."""
     in_prefix = real & (rank < P)  # (B, T)
     in_suffix = real & (rank >= P)  # (B, T)
     keep = real[:, :-1] & in_suffix[:, 1:]  # (B, T-1): a real token whose next token is a real suffix token ...
@@ -183,7 +189,7 @@ def _check_prefix_lengths(
     prefix_lengths: object, input_ids: torch.Tensor, one_per_row: bool, index: torch.Tensor
 ) -> torch.Tensor:
     """``prefix_lengths`` as a long ``(B, D)`` tensor with a column for every document of every row."""
-    B, T = input_ids.shape
+    B = input_ids.shape[0]
     if not isinstance(prefix_lengths, torch.Tensor):
         raise TypeError(f"prefix_lengths must be a torch.Tensor of shape (B, D), got {type(prefix_lengths).__name__}")
     if prefix_lengths.dtype.is_floating_point or prefix_lengths.dtype.is_complex or prefix_lengths.dtype == torch.bool:
@@ -214,7 +220,9 @@ class PrefixLM:
     else each row) of ``L >= 2`` real tokens gets its own split point ``P``
     drawn uniformly from ``[1, L)`` (T5's ``prefix_lm`` task,
     ``random_prefix_noise_mask``: at least one prefix and one target token),
-    one uniform per document from ``generator``. Then :func:`prefix_lm_batch`:
+    from ``generator`` (draw protocol: float64 uniforms ``u`` of shape ``(B, T)``,
+    column ``k`` for the ``k``-th document of a row, ``P = 1 + floor(u (L - 1))``).
+    Then, as :func:`prefix_lm_batch` with these splits:
     the ``P`` prefix tokens attend to each other bidirectionally
     (``prefix_mask``), the suffix causally; ``labels[t] = input_ids[t + 1]``
     for every real suffix token ``t + 1`` of the same document, so the **last
@@ -225,8 +233,8 @@ class PrefixLM:
     Documents (``document_masking=True``, the default): the runs of equal
     ``document_ids`` (``pack_documents`` gives them), or without them the
     documents closed by EOS (:func:`~lmobjectives.objectives.clm.documents_from_eos`;
-    EOS belongs to its document, so ``L`` counts it and it is always a
-    target). No attention across documents, positions restart per document,
+    EOS belongs to its document, so ``L`` counts it and, with ``L >= 2``, it
+    is a target). No attention across documents, positions restart per document,
     as CausalLM's ``document_masking``. A document cut by the block boundary
     is an example in each row it touches. Padding comes from ``attention_mask``
     when given, otherwise from the trailing run of ``pad_id`` (``pad_id ==
@@ -267,7 +275,7 @@ class PrefixLM:
     """
 
     vocab: Vocab  # vocabulary (eos_id for document boundaries, pad_id for padding)
-    document_masking: bool = True  # each document is its own example (own split, no attention across, positions restart)
+    document_masking: bool = True  # each document is an example: own split, no attention across, positions restart
 
     name = "prefix_lm"
 
@@ -294,11 +302,11 @@ class PrefixLM:
         elif document_ids is not None:
             raise ValueError("document_ids was given but document_masking=False; set document_masking=True to use it")
         index = _document_index(document_ids, input_ids.shape, input_ids.device)  # (B, T)
-        lengths = _lengths_and_ranks(real, index)[0]  # (B, T): column k = document k
+        lengths, rank = _lengths_and_ranks(real, index)  # (B, T) column k = document k, (B, T) per token
         u = torch.rand(lengths.shape, generator=generator, device=input_ids.device, dtype=torch.float64)  # (B, T)
         drawn = 1 + (u * (lengths - 1)).floor().long()  # (B, T) uniform in [1, L) where L >= 2
         prefix = torch.where(lengths >= 2, torch.minimum(drawn, lengths - 1), lengths)  # (B, T); L < 2: all prefix
-        batch = prefix_lm_batch(input_ids, prefix, attention_mask=real, document_ids=document_ids)
+        batch = _build(input_ids, real, document_ids, rank, prefix.gather(1, index))  # = prefix_lm_batch(..., prefix)
         if not bool(batch.has_targets.any()):  # host sync, as in CausalLM: never a silently all-ignored batch
             raise ValueError(
                 f"PrefixLM: input_ids of shape {tuple(input_ids.shape)} has nothing to predict (no "
