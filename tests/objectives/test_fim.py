@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 from lmobjectives import IGNORE_INDEX, Vocab
 from lmobjectives.data.packing import pack_documents
-from lmobjectives.data.tokenizers import ByteTokenizer, train_tokenizer
+from lmobjectives.constants import FIM_TOKENS
+from lmobjectives.data.tokenizers import ByteTokenizer, HFTokenizer, train_tokenizer
 from lmobjectives.objectives.clm import CausalLM
 from lmobjectives.objectives.fim import FillInTheMiddle, fim_reassemble
 from lmobjectives.objectives.recipe import Recipe, options_of
@@ -29,11 +30,11 @@ def real_tokens(batch) -> list[int]:
     return batch.input_ids[batch.attention_mask].tolist()
 
 
-def split_eos(ids: list[int]) -> list[list[int]]:
+def split_eos(ids: list[int], eos: int = EOS) -> list[list[int]]:
     """``ids`` split at EOS: the fragments (the last one not followed by EOS, possibly empty)."""
     out, cur = [], []
     for i in ids:
-        if i == EOS:
+        if i == eos:
             out.append(cur)
             cur = []
         else:
@@ -109,7 +110,8 @@ def test_fim_rate_zero_is_plain_packing(level):
 def test_document_level_pieces_are_sentinel_separated():
     # fim_rate=1, spm_rate=0: every document is PSM: <PRE> p <SUF> s <MID> m EOS with p + m + s = the text
     texts = ["abcdef", "gh", "ijklmnop"]
-    b = FillInTheMiddle(V, fim_rate=1.0, spm_rate=0.0, seq_len=7, level="document")(texts, tokenizer=TOK, generator=gen(5))
+    fim = FillInTheMiddle(V, fim_rate=1.0, spm_rate=0.0, seq_len=7, level="document")
+    b = fim(texts, tokenizer=TOK, generator=gen(5))
     fragments = split_eos(real_tokens(b))
     assert fragments[-1] == [] and len(fragments) == 4
     for text, frag in zip(texts, fragments):
@@ -137,7 +139,7 @@ def test_document_level_round_trip_is_exact(texts, fim_rate, spm_rate, seq_len, 
     assert fim_reassemble(stream, V) == byte_stream(texts)
     # cuts are between characters: every piece is valid UTF-8 on its own
     for frag in split_eos(stream):
-        for piece in (p for p in _pieces(frag)):
+        for piece in _pieces(frag):
             bytes(piece).decode("utf-8")  # raises on a cut inside a character
 
 
@@ -156,8 +158,9 @@ def _pieces(fragment: list[int]) -> list[list[int]]:
 
 def test_round_trip_over_many_draws():
     texts = ["def f(x):\n    return x + 1\n", "naïve café — ✓ 日本語", "a", "xy"]
-    for seed in range(200):
-        b = FillInTheMiddle(V, fim_rate=0.9, seq_len=64, level="document")(texts, tokenizer=TOK, generator=gen(seed))
+    fim = FillInTheMiddle(V, fim_rate=0.9, seq_len=64, level="document")
+    for seed in range(100):
+        b = fim(texts, tokenizer=TOK, generator=gen(seed))
         assert fim_reassemble(real_tokens(b), V) == byte_stream(texts)
 
 
@@ -200,35 +203,52 @@ def _context_fragments(texts: list[str], seq_len: int) -> list[list[tuple[list[i
     return rows
 
 
-@pytest.mark.parametrize("texts", [
-    ["the quick brown fox jumps", "over", "the lazy dog and keeps running far away"],
-    ["é日本語のテキスト", "ab", "ünïcödé ✓✓✓ text"],
-])  # fmt: skip
-def test_context_level_fragments_round_trip(texts):
-    seq_len = 16
-    fim = FillInTheMiddle(V, fim_rate=0.8, seq_len=seq_len)
+def _check_context_rows(b, texts: list[str], seq_len: int) -> int:
+    """Every complete FIM fragment of every row gives its reference text back; plain fragments are the raw
+    tokens; rows other than the last are full. Returns the number of complete FIM fragments seen."""
     reference = _context_fragments(texts, seq_len)
+    assert b.input_ids.shape == (len(reference), seq_len)
     assert len(reference) == math.ceil(len(byte_stream(texts)) / seq_len)
     complete = 0
-    for seed in range(30):
-        b = fim(texts, tokenizer=TOK, generator=gen(seed))
-        assert b.input_ids.shape == (len(reference), seq_len)
-        for r, expected in enumerate(reference):
-            row = b.input_ids[r][b.attention_mask[r]].tolist()
-            if r < len(reference) - 1:
-                assert len(row) == seq_len  # rows only grow: truncated back to seq_len (or exactly full)
-            groups = split_eos(row)
-            assert len(groups) <= len(expected)
-            for group, (raw, text) in zip(groups[:-1], expected):  # followed by EOS: complete
-                if group[:1] == [PRE]:
-                    assert bytes(fim_reassemble(group, V)).decode("utf-8") == text
-                    complete += 1
-                else:
-                    assert group == raw
-            last, (raw, text) = groups[-1], expected[len(groups) - 1]
-            if last[:1] != [PRE]:
-                assert last == raw[: len(last)]
+    for r, expected in enumerate(reference):
+        row = b.input_ids[r][b.attention_mask[r]].tolist()
+        if r < len(reference) - 1:
+            assert len(row) == seq_len  # bytes: a row only grows, and is truncated back to seq_len
+        groups = split_eos(row)
+        assert len(groups) <= len(expected)
+        for group, (raw, text) in zip(groups[:-1], expected):  # followed by EOS: complete
+            if group[:1] == [PRE]:
+                assert bytes(fim_reassemble(group, V)).decode("utf-8") == text
+                complete += 1
+            else:
+                assert group == raw
+        last, (raw, _) = groups[-1], expected[len(groups) - 1]
+        if last[:1] != [PRE]:
+            assert last == raw[: len(last)]
+    return complete
+
+
+@pytest.mark.parametrize("texts", [
+    ["the quick brown fox jumps", "over", "the lazy dog and keeps running far away"],
+    ["é日本語のテキスト", "ab", "ünïcödé ✓✓✓ text"],  # characters split between rows
+])  # fmt: skip
+def test_context_level_fragments_round_trip(texts):
+    fim = FillInTheMiddle(V, fim_rate=0.8, seq_len=16)
+    complete = sum(_check_context_rows(fim(texts, tokenizer=TOK, generator=gen(s)), texts, 16) for s in range(30))
     assert complete >= 30, complete
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    texts=st.lists(st.text(min_size=1, max_size=12), min_size=1, max_size=5),
+    fim_rate=st.sampled_from([0.0, 0.5, 1.0]),
+    seq_len=st.integers(2, 24),
+    seed=st.integers(0, 2**31),
+)
+def test_context_level_rows_property(texts, fim_rate, seq_len, seed):
+    b = FillInTheMiddle(V, fim_rate=fim_rate, seq_len=seq_len)(texts, tokenizer=TOK, generator=gen(seed))
+    _check_context_rows(b, texts, seq_len)
+    assert torch.equal(b.labels, CausalLM(V)(b.input_ids, attention_mask=b.attention_mask).labels)
 
 
 def test_context_level_truncates_a_grown_row_at_its_end():
@@ -251,11 +271,25 @@ def test_context_level_split_character_goes_to_the_later_row():
 
 
 def _hf():
+    """A byte-level BPE with the FIM tokens added as special tokens; Vocab.from_tokenizer finds their ids."""
     texts = ["the cat sat on the mat.", "naïve café ✓ 日本", "def f(x): return x + 1"] * 5
-    hf = train_tokenizer(texts, "bpe", vocab_size=300)
-    n = hf.vocab.size
-    vocab = dataclasses.replace(hf.vocab, size=n + 3, fim_prefix_id=n, fim_middle_id=n + 1, fim_suffix_id=n + 2)
-    return hf, vocab
+    raw = train_tokenizer(texts, "bpe", vocab_size=300).tokenizer
+    raw.add_special_tokens(list(FIM_TOKENS.values()))
+    hf = HFTokenizer(raw)
+    assert None not in (hf.vocab.fim_prefix_id, hf.vocab.fim_middle_id, hf.vocab.fim_suffix_id)
+    return hf, hf.vocab
+
+
+def test_byte_tokenizer_with_fim_tokens():
+    try:
+        tok = ByteTokenizer(extra_special_tokens=tuple(FIM_TOKENS.values()))  # type: ignore[call-arg]
+    except TypeError:
+        pytest.skip("ByteTokenizer has no extra_special_tokens yet")
+    assert tok.vocab == dataclasses.replace(V, mask_id=260, cls_id=258, sep_id=259, bos_id=261, unk_id=257)
+    b = FillInTheMiddle(tok.vocab, fim_rate=1.0, seq_len=16)(["hello", "abc"], tokenizer=tok, generator=gen(216))
+    assert tok.decode(b.input_ids[0]) == (
+        "<|fim_prefix|>h<|fim_suffix|>lo<|fim_middle|>el[EOS]<|fim_prefix|><|fim_suffix|>c<|fim_middle|>ab[EOS]"
+    )
 
 
 def test_hf_tokenizer_round_trip_by_decoding():
@@ -266,22 +300,26 @@ def test_hf_tokenizer_round_trip_by_decoding():
         for seed in range(20):
             b = fim(texts, tokenizer=hf, generator=gen(seed))
             stream = b.input_ids[b.attention_mask].tolist()
-            fragments = [f for f in _split(stream, vocab.eos_id)]
+            fragments = split_eos(stream, vocab.eos_id)[:-1]
             assert len(fragments) == len(texts)
             for text, frag in zip(texts, fragments):
                 assert frag[0] == vocab.fim_prefix_id
                 assert hf.decode(fim_reassemble(frag, vocab)) == text
 
 
-def _split(ids, eos):
-    out, cur = [], []
-    for i in ids:
-        if i == eos:
-            out.append(cur)
-            cur = []
-        else:
-            cur.append(i)
-    return out
+def test_hf_tokenizer_context_fragments_are_character_ranges():
+    hf, vocab = _hf()
+    texts = ["the cat sat on the mat.", "naïve café ✓ 日本", "def f(x): return x + 1"]
+    seen = 0
+    for seed in range(10):
+        b = FillInTheMiddle(vocab, fim_rate=1.0, seq_len=6)(texts, tokenizer=hf, generator=gen(seed))
+        for row, real in zip(b.input_ids, b.attention_mask):
+            for frag in split_eos(row[real].tolist(), vocab.eos_id)[:-1]:  # complete: followed by EOS
+                if frag[:1] == [vocab.fim_prefix_id]:
+                    piece = hf.decode(fim_reassemble(frag, vocab))
+                    assert piece and any(piece in t for t in texts), piece
+                    seen += 1
+    assert seen > 0
 
 
 def test_hf_tokenizer_context_level_without_fim_is_plain_packing():
@@ -386,15 +424,20 @@ class _WithOffsets(_EncodeOnly):
 def test_other_tokenizers():
     texts = ["héllo", "abc"]
     doc = FillInTheMiddle(V, seq_len=16, level="document")
-    assert torch.equal(
-        doc(texts, tokenizer=_EncodeOnly(), generator=gen(1)).input_ids, doc(texts, tokenizer=TOK, generator=gen(1)).input_ids
-    )
+    expected = doc(texts, tokenizer=TOK, generator=gen(1)).input_ids
+    assert torch.equal(doc(texts, tokenizer=_EncodeOnly(), generator=gen(1)).input_ids, expected)
     ctx = FillInTheMiddle(V, seq_len=4)
     with pytest.raises(TypeError, match="level='document'"):
         ctx(texts, tokenizer=_EncodeOnly())
-    assert torch.equal(
-        ctx(texts, tokenizer=_WithOffsets(), generator=gen(1)).input_ids, ctx(texts, tokenizer=TOK, generator=gen(1)).input_ids
-    )
+    expected = ctx(texts, tokenizer=TOK, generator=gen(1)).input_ids
+    assert torch.equal(ctx(texts, tokenizer=_WithOffsets(), generator=gen(1)).input_ids, expected)
+
+    class _BadOffsets(_EncodeOnly):
+        def encode_offsets(self, text):
+            return self.encode(text), [0]
+
+    with pytest.raises(ValueError, match=r"5 tokens but 1 character offsets for texts\[0\]"):
+        ctx(["abcde"], tokenizer=_BadOffsets())
 
 
 # ---------------------------------------------------------------- errors

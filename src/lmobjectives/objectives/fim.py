@@ -196,7 +196,7 @@ class FillInTheMiddle:
     """
 
     vocab: Vocab  # needs eos_id (<EOT>, the document separator) and fim_prefix_id, fim_middle_id, fim_suffix_id
-    fim_rate: float = 0.5  # probability that a document (fragment) is FIM-transformed (paper: 0.5 or 0.9)
+    fim_rate: float = 0.5  # probability that a document (fragment, at context level) is FIM-transformed
     spm_rate: float = 0.5  # probability that a FIM example is laid out SPM rather than PSM
     seq_len: int = 2048  # tokens per output row (>= 2; the run's --seq-len sets it)
     level: str = "context"  # "context": FIM per document fragment of a packed row (paper's choice) | "document"
@@ -315,7 +315,13 @@ class FillInTheMiddle:
         D, T = len(texts), self.seq_len
         encoded = [_encode_with_char_starts(tokenizer, text) for text in texts]
         tokens, lengths = _flatten([ids for ids, _ in encoded], "tokenizer.encode's results")  # (n,), (D,)
-        char_start, _ = _flatten([starts for _, starts in encoded], "character offsets")  # (n,)
+        char_start, n_starts = _flatten([starts for _, starts in encoded], "character offsets")  # (n,)
+        if not torch.equal(n_starts, lengths):
+            d = int((n_starts != lengths).nonzero()[0])
+            raise ValueError(
+                f"FillInTheMiddle: the tokenizer gave {int(lengths[d])} tokens but {int(n_starts[d])} character "
+                f"offsets for texts[{d}]"
+            )
         self._check_ids(tokens)
         n_chars = torch.tensor([len(t) for t in texts], dtype=torch.long)  # (D,)
 
@@ -423,7 +429,9 @@ def fim_reassemble(ids: Sequence[int] | torch.Tensor, vocab: Vocab) -> list[int]
             out.extend(fragment)
             continue
         if fragment.count(pre) != 1 or fragment.count(suf) != 1 or fragment.count(mid) != 1:
-            raise ValueError(f"fim_reassemble: fragment {fragment[:12]}... is not one <PRE> .. <SUF> .. <MID> .. example")
+            raise ValueError(
+                f"fim_reassemble: fragment {fragment[:12]}... is not one <PRE> .. <SUF> .. <MID> .. example"
+            )
         i, j = fragment.index(suf), fragment.index(mid)
         if j < i:
             raise ValueError(f"fim_reassemble: <MID> before <SUF> in fragment {fragment[:12]}...")
