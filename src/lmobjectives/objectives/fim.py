@@ -146,14 +146,16 @@ class FillInTheMiddle:
     token ``k`` to token ``m`` covers characters ``start(k) .. start(m)``,
     where ``start`` is the character holding a token's first byte (0 for a
     document's first token, the text's length at its end). A character split
-    between two rows by a byte-level tokenizer therefore goes with the later
-    row. A FIM fragment is cut at characters and re-tokenised; other fragments
-    keep their tokens (with ``fim_rate=0`` the rows are plain packing). A row
-    that grew (3 sentinels per FIM fragment, and re-tokenised pieces may take
-    more tokens) is truncated to ``seq_len`` at its end, as Megatron does:
-    the tail of the row's last fragment is dropped (it is not carried to the
-    next row); a row that shrank is padded. A fragment with no character
-    (only the continuation bytes of a split character) is never FIM.
+    between two rows by a byte-level tokenizer therefore belongs to the later
+    row's fragment (its first bytes also stay in the earlier row when that
+    fragment is not transformed). A FIM fragment is cut at characters and
+    re-tokenised; other fragments keep their tokens (with ``fim_rate=0`` the
+    rows are plain packing). A row that grew (3 sentinels per FIM fragment,
+    and re-tokenised pieces may take more tokens) is truncated to ``seq_len``
+    at its end, as Megatron does: the row's last tokens are dropped (the end
+    of its last fragment, or more), not carried to the next row; a row that
+    shrank is padded. A fragment with no character (only the continuation
+    bytes of a split character) and a document with no token are never FIM.
     Needs per-token character offsets: :class:`ByteTokenizer` and
     :class:`HFTokenizer` have them.
 
@@ -168,7 +170,10 @@ class FillInTheMiddle:
     to cut and raises ``ValueError``), ``tokenizer`` anything with
     ``encode(text) -> list[int]`` producing ids of this vocab. All draws (FIM
     or not, SPM or PSM, the two cut points) come from ``generator``, four
-    float64 uniforms per unit in one ``torch.rand``.
+    float64 uniforms per unit in one ``torch.rand``. A text that spells a
+    special token (``<|fim_prefix|>``, ``<|endoftext|>``) is encoded by an HF
+    tokenizer as that token, which then looks like a sentinel: clean such
+    texts beforehand.
 
     Worked example (``ByteTokenizer``: ``a b c e h l o`` are bytes
     ``97 98 99 101 104 108 111``; EOS 262, ``<PRE>`` 263, ``<MID>`` 264,
