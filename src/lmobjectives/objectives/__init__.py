@@ -18,6 +18,7 @@ from .clm import CausalLM
 from .mlm import MaskedLM, word_ids_from_starts
 from .nsp import NextSentencePrediction, SentenceOrderPrediction, SentencePairs
 from .plm import PermutationLM
+from .prefix_lm import PrefixLM, document_lengths, prefix_lm_batch
 from .recipe import ModelSpec, Option, Recipe, StepLoss, options_of
 
 __all__ = [
@@ -31,14 +32,17 @@ __all__ = [
     "Objective",
     "Option",
     "PermutationLM",
+    "PrefixLM",
     "Recipe",
     "SentenceOrderPrediction",
     "SentencePairs",
     "StepLoss",
     "attention_mask_4d",
+    "document_lengths",
     "get_objective",
     "options_of",
     "padding_mask",
+    "prefix_lm_batch",
     "word_ids_from_starts",
 ]
 
@@ -70,6 +74,11 @@ OBJECTIVES: dict[str, Recipe] = {
         data="sentences",
         length_option="max_seq_length",
         model=lambda o: _SENTENCE_PAIRS,
+    ),
+    "prefix_lm": Recipe(
+        PrefixLM,
+        "prefix LM (T5): a uniform split per document; bidirectional prefix, causal suffix, loss on the suffix",
+        block_extras=lambda o: ("document_ids",) if o.document_masking else (),
     ),
     "plm": Recipe(
         PermutationLM,
