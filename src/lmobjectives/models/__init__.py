@@ -1,10 +1,12 @@
 """Models used to train and compare objectives. :data:`MODELS` maps a :class:`~lmobjectives.objectives.ModelSpec`
 architecture name to the model class; each takes a :class:`TransformerConfig`."""
 
+from .encoder_decoder import EncoderDecoder
 from .transformer import ModelOutput, Transformer, TransformerConfig
 
 MODELS: dict[str, type] = {
     "transformer": Transformer,  # one stack; encoder or decoder as the batch's attention pattern says
+    "encoder_decoder": EncoderDecoder,  # T5-style: encoder, decoder with cross-attention, shared embedding
 }
 
-__all__ = ["MODELS", "ModelOutput", "Transformer", "TransformerConfig"]
+__all__ = ["MODELS", "EncoderDecoder", "ModelOutput", "Transformer", "TransformerConfig"]

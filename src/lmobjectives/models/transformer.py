@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import torch
@@ -27,6 +28,9 @@ import torch.nn.functional as F
 from ..objectives.base import Batch, attention_mask_4d
 
 __all__ = ["ModelOutput", "Transformer", "TransformerConfig", "alibi_slopes"]
+
+AttentionInputs = tuple[torch.Tensor | None, bool, tuple[torch.Tensor, torch.Tensor] | None]
+"""What every attention call of one stack needs, built once per forward: ``(attn_mask, is_causal, rope)``."""
 
 
 @dataclass
@@ -117,18 +121,54 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
 
 
+def self_attention_inputs(
+    batch: Batch, config: TransformerConfig, slopes: torch.Tensor | None, part: Literal["self", "decoder"] = "self"
+) -> AttentionInputs:
+    """The ``(attn_mask, is_causal, rope)`` of the self-attention over ``input_ids`` (``part="self"``: the
+    whole :class:`Transformer`, or an encoder) or over ``decoder_input_ids`` (``part="decoder"``: causal,
+    positions ``0..Td-1``). The pattern comes from :func:`attention_mask_4d`; without padding or other
+    structure, RoPE runs SDPA's own causal mask (or none) and ALiBi its bias alone.
+    """
+    if part == "self":
+        ids, position_ids, causal = batch.input_ids, batch.position_ids, batch.causal
+        plain = (  # no padding, documents, prefix or permutation: causality (if any) is the whole pattern
+            batch.document_ids is None
+            and batch.prefix_mask is None
+            and batch.perm_mask is None
+            and bool(batch.attention_mask.all())
+        )
+    else:
+        ids, position_ids, causal = batch.decoder_input_ids, None, True
+        plain = batch.decoder_attention_mask is None or bool(batch.decoder_attention_mask.all())
+    if position_ids is None:
+        position_ids = torch.arange(ids.shape[1], device=ids.device)[None]  # (1, T), shared by every row
+    if config.positions == "rope":
+        rope = rope_cos_sin(position_ids, config.d_model // config.n_heads)
+        if plain:  # fast path: SDPA's own causal mask, or none at all
+            return None, causal, rope
+        return attention_mask_4d(batch, part), False, rope  # (B, 1, T, T) bool
+    bias = alibi_bias(position_ids, slopes)  # (B or 1, nh, T, T)
+    if plain and not causal:
+        return bias, False, None
+    allowed = attention_mask_4d(batch, part)  # (B, 1, T, T) bool; the diagonal is always allowed, so no row is empty
+    return bias.masked_fill(~allowed, float("-inf")), False, None  # (B, nh, T, T)
+
+
 # -----------------------------------------------------------------------------
 # blocks
 
 
 class SelfAttention(nn.Module):
+    """Multi-head attention; with ``memory`` it is cross-attention (queries from ``x``, keys and values
+    from ``memory``, the same ``qkv`` weight split in its query and key/value rows)."""
+
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
         self.n_heads = config.n_heads
         self.dropout = config.dropout
         self.qkv = nn.Linear(config.d_model, 3 * config.d_model)
         self.proj = nn.Linear(config.d_model, config.d_model)
-        self.proj.is_residual_projection = True  # scaled init, see Transformer._init_weights
+        self.proj.is_residual_projection = True  # scaled init, see init_weights
 
     def forward(
         self,
@@ -136,12 +176,18 @@ class SelfAttention(nn.Module):
         attn_mask: torch.Tensor | None,
         is_causal: bool,
         rope: tuple[torch.Tensor, torch.Tensor] | None,
+        memory: torch.Tensor | None = None,
     ) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)  # (B, T, C) each
+        if memory is None:
+            q, k, v = self.qkv(x).split(C, dim=2)  # (B, T, C) each
+        else:
+            q = F.linear(x, self.qkv.weight[:C], self.qkv.bias[:C])  # (B, T, C)
+            k, v = F.linear(memory, self.qkv.weight[C:], self.qkv.bias[C:]).split(C, dim=2)  # (B, S, C) each
+        S = k.shape[1]  # keys: T for self-attention, the memory's length for cross-attention
         q = q.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, S, self.n_heads, C // self.n_heads).transpose(1, 2)  # (B, nh, S, hs)
+        v = v.view(B, S, self.n_heads, C // self.n_heads).transpose(1, 2)  # (B, nh, S, hs)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         y = F.scaled_dot_product_attention(
@@ -156,27 +202,59 @@ class MLP(nn.Module):
         super().__init__()
         self.fc = nn.Linear(config.d_model, config.d_ff)
         self.proj = nn.Linear(config.d_ff, config.d_model)
-        self.proj.is_residual_projection = True  # scaled init, see Transformer._init_weights
+        self.proj.is_residual_projection = True  # scaled init, see init_weights
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(F.gelu(self.fc(x), approximate="tanh"))
 
 
 class Block(nn.Module):
-    """Pre-norm block: ``x + attn(ln(x))``, then ``x + mlp(ln(x))``."""
+    """Pre-norm block: ``x + attn(ln(x))``, then ``x + mlp(ln(x))``.
 
-    def __init__(self, config: TransformerConfig) -> None:
+    With ``cross_attention=True`` (a decoder block of :class:`~lmobjectives.models.EncoderDecoder`) a
+    cross-attention sub-layer ``x + cross_attn(ln(x), memory)`` sits between the two, as in T5.
+    """
+
+    def __init__(self, config: TransformerConfig, cross_attention: bool = False) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.d_model)
         self.attn = SelfAttention(config)
+        if cross_attention:
+            self.ln_cross = nn.LayerNorm(config.d_model)
+            self.cross_attn = SelfAttention(config)
+        else:
+            self.ln_cross = self.cross_attn = None
         self.ln_2 = nn.LayerNorm(config.d_model)
         self.mlp = MLP(config)
         self.drop = nn.Dropout(config.dropout)
 
-    def forward(self, x, attn_mask, is_causal, rope):
+    def forward(
+        self,
+        x: torch.Tensor,  # (B, T, d)
+        attn_mask: torch.Tensor | None,
+        is_causal: bool,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        memory: torch.Tensor | None = None,  # (B, S, d): the encoder's output, for cross-attention
+        cross_mask: torch.Tensor | None = None,  # (B, 1, T, S) bool or None: which memory keys each query sees
+    ) -> torch.Tensor:
         x = x + self.drop(self.attn(self.ln_1(x), attn_mask, is_causal, rope))
+        if self.cross_attn is not None:
+            if memory is None:
+                raise ValueError("a cross-attention Block needs memory (the encoder's output)")
+            x = x + self.drop(self.cross_attn(self.ln_cross(x), cross_mask, False, None, memory=memory))
         x = x + self.drop(self.mlp(self.ln_2(x)))
-        return x
+        return x  # (B, T, d)
+
+
+def init_weights(module: nn.Module, n_residual: int) -> None:
+    """GPT-2 init: N(0, 0.02), zero biases, residual projections scaled by 1/sqrt(n_residual), the number
+    of residual branches that add into the stream (2 per block: attention and MLP)."""
+    if isinstance(module, nn.Linear):
+        std = 0.02 / math.sqrt(n_residual) if getattr(module, "is_residual_projection", False) else 0.02
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
 
 # -----------------------------------------------------------------------------
@@ -206,16 +284,7 @@ class Transformer(nn.Module):
             self.pooler = self.sentence_head = None
         if config.positions == "alibi":
             self.register_buffer("alibi_slopes", alibi_slopes(config.n_heads), persistent=False)
-        self.apply(self._init_weights)
-
-    def _init_weights(self, module: nn.Module) -> None:
-        """GPT-2 init: N(0, 0.02), zero biases, residual projections scaled by 1/sqrt(2 * n_layers)."""
-        if isinstance(module, nn.Linear):
-            std = 0.02 / math.sqrt(2 * self.config.n_layers) if getattr(module, "is_residual_projection", False) else 0.02
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-            nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        self.apply(partial(init_weights, n_residual=2 * config.n_layers))
 
     @property
     def output_weight(self) -> torch.Tensor:
@@ -225,26 +294,12 @@ class Transformer(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def _attention_inputs(self, batch: Batch) -> tuple[torch.Tensor | None, bool, tuple[torch.Tensor, torch.Tensor] | None]:
-        """What every block's SDPA call needs: ``(attn_mask, is_causal, rope)``, built once per forward."""
-        B, T = batch.input_ids.shape
-        device = batch.input_ids.device
-        position_ids = batch.position_ids
-        if position_ids is None:
-            position_ids = torch.arange(T, device=device)[None]  # (1, T), shared by every row
-        plain = batch.document_ids is None and bool(batch.attention_mask.all())  # no padding, no documents
-        if self.config.positions == "rope":
-            rope = rope_cos_sin(position_ids, self.config.d_model // self.config.n_heads)
-            if plain:  # fast path: SDPA's own causal mask, or none at all
-                return None, batch.causal, rope
-            return attention_mask_4d(batch), False, rope  # (B, 1, T, T) bool
-        bias = alibi_bias(position_ids, self.alibi_slopes)  # (B or 1, nh, T, T)
-        if plain and not batch.causal:
-            return bias, False, None
-        allowed = attention_mask_4d(batch)  # (B, 1, T, T) bool; the diagonal is always allowed, so no row is empty
-        return bias.masked_fill(~allowed, float("-inf")), False, None  # (B, nh, T, T)
-
     def forward(self, batch: Batch) -> ModelOutput:
+        if batch.decoder_input_ids is not None:
+            raise ValueError(
+                "Transformer got an encoder-decoder batch (decoder_input_ids is set) and would ignore its decoder "
+                "half; train it with architecture 'encoder_decoder' (lmobjectives.models.EncoderDecoder)"
+            )
         idx = batch.input_ids
         B, T = idx.shape
         if T > self.config.max_seq_len:
@@ -255,7 +310,8 @@ class Transformer(nn.Module):
                 raise ValueError("batch has token_type_ids but the model was built with n_token_types=0")
             x = x + self.type_emb(batch.token_type_ids)  # (B, T, d)
         x = self.drop(x)
-        attn_mask, is_causal, rope = self._attention_inputs(batch)
+        slopes = self.alibi_slopes if self.config.positions == "alibi" else None
+        attn_mask, is_causal, rope = self_attention_inputs(batch, self.config, slopes)
         for block in self.blocks:
             x = block(x, attn_mask, is_causal, rope)  # (B, T, d)
         hidden = self.ln_f(x)  # (B, T, d)
