@@ -265,8 +265,10 @@ class Transformer(nn.Module):
     """Token (+ token-type) embedding, ``n_layers`` pre-norm blocks, final LayerNorm, optional [CLS] head.
 
     ``forward(batch)`` reads ``input_ids``, the attention pattern (``causal``,
-    ``attention_mask``, ``document_ids``), ``position_ids`` and
-    ``token_type_ids`` from a :class:`~lmobjectives.Batch`; it never reads the labels.
+    ``attention_mask``, ``document_ids``, ``prefix_mask``, ``perm_mask``), ``position_ids`` and
+    ``token_type_ids`` from a :class:`~lmobjectives.Batch`; it never reads the labels. It refuses an
+    encoder-decoder batch (``decoder_input_ids`` set): that is
+    :class:`~lmobjectives.models.EncoderDecoder`'s.
     """
 
     def __init__(self, config: TransformerConfig) -> None:
