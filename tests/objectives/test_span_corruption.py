@@ -518,3 +518,32 @@ def test_noise_mask_bad_arguments():
         random_spans_noise_mask(torch.tensor([10, 10]), 0.15, 3.0, width=8)
     with pytest.raises(TypeError, match="integer"):
         random_spans_noise_mask(torch.tensor([10.0]), 0.15, 3.0)
+
+
+def test_noise_mask_docstring_example():
+    mask = random_spans_noise_mask(
+        torch.tensor([8, 5]), torch.tensor([0.5, 0.4]), torch.tensor([2.0, 1.0]), generator=torch.Generator().manual_seed(0)
+    )
+    assert mask.int().tolist() == [[0, 1, 1, 1, 0, 0, 0, 1], [0, 1, 0, 0, 1, 0, 0, 0]]
+
+
+@pytest.mark.parametrize("gaps, cuts, starve", [(60, 1, False), (64, 2, False), (60, 1, True)])
+def test_candidate_draw_is_a_uniform_subset(gaps, cuts, starve, monkeypatch):
+    # the cheap path of _random_cuts (keys for Bernoulli candidates only) against the uniform law; with
+    # starve, candidates are so rare that most rows hold too few and are redrawn: the law must not change
+    from lmobjectives.objectives import span_corruption as sc
+
+    B = 100000
+    g_, c_ = torch.full((B,), gaps), torch.full((B,), cuts)
+    assert sc._candidates(g_, c_)[1] < gaps  # this setting takes the candidate path
+    if starve:
+        real_candidates = sc._candidates
+        monkeypatch.setattr(sc, "_candidates", lambda g, c: (real_candidates(g, c)[0] / 4, real_candidates(g, c)[1]))
+    # mix in rows of another length, so that each row's own end is exercised
+    g_[1::2] = 7
+    chosen = sc._random_cuts(g_, c_, cuts, torch.Generator().manual_seed(0))
+    for rows, n in ((slice(0, None, 2), gaps), (slice(1, None, 2), 7)):
+        counts = Counter(tuple(r) for r in chosen[rows].tolist())
+        cells = math.comb(n, cuts)
+        assert len(counts) == cells and all(len(set(c)) == cuts and max(c) < n for c in counts)
+        assert chi2_pvalue(list(counts.values()), [B / 2 / cells] * cells) > 1e-3

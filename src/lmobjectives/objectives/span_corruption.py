@@ -158,26 +158,71 @@ def _per_row(value: object, B: int, name: str, device: torch.device) -> torch.Te
     return torch.full((B,), float(value), dtype=torch.float64, device=device)
 
 
+def _candidates(gaps: torch.Tensor, cuts: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``(p, R)`` of the candidate draw in :func:`_random_cuts`: a Bernoulli(``p``) candidate rate per row
+    with about ``cuts + 4 sqrt(cuts) + 8`` candidates expected, and ``R`` draws per row, enough to run past
+    the row's end in all but ~1e-9 of rows."""
+    k = cuts.double()
+    p = ((k + 4 * k.sqrt() + 8) / gaps.double().clamp(min=1)).clamp(max=1.0)  # (B,)
+    mean = gaps.double() * p
+    return p, int((mean + 6 * (mean * (1 - p)).sqrt() + 16).max().ceil())
+
+
+def _random_cuts(gaps: torch.Tensor, cuts: torch.Tensor, k: int, generator) -> torch.Tensor:
+    """A uniform random ``cuts[b]``-subset of ``{0, ..., gaps[b] - 1}`` per row: ``(B, k)`` sorted, padded
+    with ``gaps[b]`` (``k = max(cuts)``).
+
+    The subset is the ``cuts`` gaps with the smallest of i.i.d. uniform keys. When ``cuts`` is small
+    against ``gaps`` (T5's non-noise tokens: 27 of 482), keys are drawn only for candidates: a
+    Bernoulli(``p``) subset (geometric jumps, ``R`` uniforms per row instead of ``gaps``) holding at
+    least ``cuts`` gaps, else redrawn. Its law is exchangeable, so the ``cuts`` candidates with the
+    smallest keys are again a uniform ``cuts``-subset: the same law, with ~3x fewer draws.
+    """
+    B = gaps.shape[0]
+    device = gaps.device
+    end = gaps[:, None]  # (B, 1)
+    wide = int(gaps.max())
+    p, R = _candidates(gaps, cuts)
+    if R >= wide:  # every gap is a candidate
+        pos = torch.arange(wide, device=device).expand(B, wide)  # (B, G)
+        inside = pos < end
+    else:
+        log_q = torch.log1p(-p)[:, None]  # (B, 1); -inf where p = 1: every gap, one by one
+        step = torch.arange(R, device=device, dtype=torch.float64)  # (R,)
+
+        def draw(rows: torch.Tensor) -> torch.Tensor:  # (len(rows), R) candidate positions, increasing
+            u = torch.rand(rows.shape[0], R, generator=generator, device=device, dtype=torch.float64)
+            return (torch.log1p(-u) / log_q[rows]).floor_().cumsum_(1).add_(step).long()  # sum of Geometric(p) - 1
+
+        pos = draw(torch.arange(B, device=device))  # (B, R)
+        while True:  # keep a row only if it holds >= cuts candidates and its draws ran past its end
+            inside = pos < end  # (B, R)
+            bad = (inside.sum(1) < cuts) | inside[:, -1]  # (B,)
+            if not bool(bad.any()):
+                break
+            rows = bad.nonzero().flatten()
+            pos[rows] = draw(rows)
+    keys = torch.rand(pos.shape, generator=generator, device=device, dtype=torch.float64)  # (B, R or G)
+    keys.masked_fill_(~inside, 2.0)  # past a row's end: never chosen
+    chosen = pos.gather(1, keys.topk(k, dim=1, largest=False, sorted=True).indices)  # (B, k) by increasing key
+    chosen = torch.where(torch.arange(k, device=device) < cuts[:, None], chosen, end)  # a row's cuts smallest
+    return chosen.sort(1).values  # (B, k)
+
+
 def _segment_starts(items: torch.Tensor, segments: torch.Tensor, k: int, generator) -> torch.Tensor:
     """Split ``items[b]`` items into ``segments[b]`` non-empty segments, uniformly over all such splits.
 
-    T5's ``_random_segmentation``: segment boundaries are a uniform random subset of ``segments - 1``
-    of the ``items - 1`` gaps between items (T5 shuffles a 0/1 vector; here the ``segments - 1`` gaps
-    with the smallest of i.i.d. uniform keys). Returns ``(B, k + 2)``, ``k = max(segments) - 1``:
-    column ``s`` is the first item of segment ``s``, and ``items[b]`` from column ``segments[b]`` on.
+    T5's ``_random_segmentation``: the segments start after a uniform random subset of ``segments - 1``
+    of the ``items - 1`` gaps between items (T5 shuffles a 0/1 vector; here :func:`_random_cuts`).
+    Returns ``(B, k + 2)``, ``k = max(segments) - 1``: column ``s`` is the first item of segment ``s``,
+    and ``items[b]`` from column ``segments[b]`` on.
     """
-    B = items.shape[0]
-    device = items.device
     end = items[:, None]  # (B, 1)
     zero = torch.zeros_like(end)
     if k == 0:
         return torch.cat([zero, end], 1)  # (B, 2)
-    gaps = int(items.max()) - 1  # >= k
-    keys = torch.rand(B, gaps, generator=generator, device=device, dtype=torch.float64)  # (B, G)
-    keys.masked_fill_(torch.arange(gaps, device=device) >= end - 1, 2.0)  # gaps past a row's items: never chosen
-    cut = keys.topk(k, dim=1, largest=False, sorted=True).indices + 1  # (B, k) by increasing key
-    cut = torch.where(torch.arange(k, device=device) < segments[:, None] - 1, cut, end)  # a row's smallest keys
-    return torch.cat([zero, cut.sort(1).values, end], 1)  # (B, k + 2)
+    cut = _random_cuts(items - 1, segments - 1, k, generator) + 1  # (B, k), padded with items
+    return torch.cat([zero, cut, end], 1)  # (B, k + 2)
 
 
 def random_spans_noise_mask(
@@ -201,12 +246,16 @@ def random_spans_noise_mask(
     per row, UL2); ``lengths`` is a ``(B,)`` integer tensor, ``width`` defaults to its maximum.
     Rounding is float64 half-to-even, as Python's ``round`` in ``random_spans_helper``; T5's
     TensorFlow mask rounds in float32, which can differ on an exact tie. No Python loop over rows:
-    two ``topk`` draws for the whole batch. Raises ``ValueError`` for a row shorter than 2 tokens or
-    one whose non-noise tokens are fewer than its spans (too short for the density and span length).
+    each segmentation is one ``topk`` over random keys for the whole batch (``_random_cuts``).
+    Raises ``ValueError`` for a row shorter than 2 tokens or one whose non-noise tokens are fewer
+    than its spans (too short for the density and span length).
 
-    >>> random_spans_noise_mask(torch.tensor([5, 3]), 0.4, 2.0, generator=torch.Generator().manual_seed(0)).int()
-    tensor([[0, 0, 0, 1, 1],
-            [0, 0, 1, 0, 0]], dtype=torch.int32)
+    Row 0: 8 tokens, 4 noise in 2 spans; row 1: 5 tokens, 2 noise in 2 one-token spans:
+
+    >>> random_spans_noise_mask(torch.tensor([8, 5]), torch.tensor([0.5, 0.4]), torch.tensor([2.0, 1.0]),
+    ...                         generator=torch.Generator().manual_seed(0)).int()
+    tensor([[0, 1, 1, 1, 0, 0, 0, 1],
+            [0, 1, 0, 0, 1, 0, 0, 0]], dtype=torch.int32)
     """
     if not isinstance(lengths, torch.Tensor) or lengths.dim() != 1 or lengths.shape[0] == 0:
         raise TypeError(f"lengths must be a non-empty (B,) integer tensor, got {lengths!r}")
@@ -317,43 +366,43 @@ def noise_spans_to_inputs_targets(
         _check_no_sentinels(ids, real, sentinels)
     prev = torch.cat([torch.zeros_like(noise[:, :1]), noise[:, :-1]], 1)  # (B, T) previous token is noise
     first = noise & ~prev  # (B, T) first token of a span
-    span_no = first.cumsum(1)  # (B, T) spans started so far (1-based span of a noise token)
-    n_spans = span_no[:, -1]  # (B,)
-    most = int(n_spans.max())
+    keep = real & ~(noise & prev)  # (B, T) tokens the inputs keep (a span's first token becomes its sentinel)
+    n_spans = first.sum(1)  # (B,)
+    in_len = keep.sum(1) + 1  # (B,) kept tokens + EOS
+    tg_len = noise.sum(1) + n_spans + 1  # (B,) noise tokens + sentinels + EOS
+    most, longest_in, longest_tg = (int(v) for v in torch.stack([n_spans.max(), in_len.max(), tg_len.max()]))
     if most > sentinels.numel():
         b = int(n_spans.argmax())
         raise ValueError(
             f"row {b} has {most} noise spans but Vocab.sentinel_ids holds {sentinels.numel()} sentinels (one per span "
             "is needed); reserve more sentinels or use longer spans / a lower noise density"
         )
-    keep = real & ~(noise & prev)  # (B, T) tokens the inputs keep (a span's first token becomes its sentinel)
-    in_pos = keep.cumsum(1) - 1  # (B, T) position in the inputs
-    in_len = in_pos[:, -1] + 2  # (B,) kept tokens + EOS
-    n_noise = noise.cumsum(1)  # (B, T)
-    tg_pos = n_noise + span_no - 1  # (B, T) position of a noise token in the targets
-    tg_len = n_noise[:, -1] + n_spans + 1  # (B,) noise tokens + sentinels + EOS
     widths = []
-    for name, width, lengths in (("inputs_width", inputs_width, in_len), ("targets_width", targets_width, tg_len)):
-        longest = int(lengths.max())
+    for name, width, longest, lengths in (
+        ("inputs_width", inputs_width, longest_in, in_len),
+        ("targets_width", targets_width, longest_tg, tg_len),
+    ):
         if width is None:
             width = longest
         elif _check_length(width, name, 1) < longest:
-            b = int(lengths.argmax())
-            raise ValueError(f"row {b} needs {longest} tokens, more than {name}={width}")
+            raise ValueError(f"row {int(lengths.argmax())} needs {longest} tokens, more than {name}={width}")
         widths.append(width)
     Wi, Wt = widths
-    sent = sentinels.index_select(0, (span_no - 1).clamp(0, max(most - 1, 0)).flatten()).view(B, T) if most else ids
-    inputs = torch.full((B, Wi + 1), pad_id, dtype=torch.long, device=device)  # column Wi: a bin for dropped tokens
-    inputs.scatter_(1, torch.where(keep, in_pos, Wi), torch.where(first, sent, ids))
+    # each span's first token becomes its sentinel: span k of a row gets sentinels[k]
+    in_order = torch.arange(most, device=device) < n_spans[:, None]  # (B, most)
+    vals = ids.masked_scatter(first, sentinels[:most].expand(B, most)[in_order])  # (B, T)
+    inputs = torch.full((B, Wi), pad_id, dtype=torch.long, device=device)
+    inputs.masked_scatter_(torch.arange(Wi, device=device) < in_len[:, None] - 1, torch.masked_select(vals, keep))
     inputs.scatter_(1, (in_len - 1)[:, None], eos_id)
-    targets = torch.full((B, Wt + 1), pad_id, dtype=torch.long, device=device)  # column Wt: a bin
-    targets.scatter_(1, torch.where(noise, tg_pos, Wt), ids)
-    targets.scatter_(1, torch.where(first, tg_pos - 1, Wt), sent)
+    # targets: at each noise token, its span's sentinel first if it starts the span, then the token
+    pairs = torch.masked_select(torch.stack([vals, ids], 2), torch.stack([first, noise], 2))  # (sum of tg_len - 1,)
+    targets = torch.full((B, Wt), pad_id, dtype=torch.long, device=device)
+    targets.masked_scatter_(torch.arange(Wt, device=device) < tg_len[:, None] - 1, pairs)
     targets.scatter_(1, (tg_len - 1)[:, None], eos_id)
     return SpanInputsTargets(
-        inputs=inputs[:, :Wi],
+        inputs=inputs,
         inputs_mask=torch.arange(Wi, device=device) < in_len[:, None],
-        targets=targets[:, :Wt],
+        targets=targets,
         targets_mask=torch.arange(Wt, device=device) < tg_len[:, None],
         inputs_length=in_len,
         targets_length=tg_len,
@@ -497,9 +546,12 @@ class SpanCorruption:
             raise _too_short(T, d, mu, f"input_ids of shape {tuple(ids.shape)}")
         noise, spans = _counts(T, d, mu)
         Wi, Wt = T - noise + spans + 1, noise + spans + 1  # a full row's lengths bound every row's
-        rank = real.cumsum(1)  # (B, T) 1-based rank of each real token
-        compact = random_spans_noise_mask(rank[:, -1], d, mu, width=T, generator=generator)  # (B, T) over real tokens
-        noise_mask = real & compact.gather(1, (rank - 1).clamp(min=0))  # (B, T) back at the real tokens' places
+        if bool((real[:, 1:] <= real[:, :-1]).all()):  # real tokens first in every row: the draw is in place
+            noise_mask = random_spans_noise_mask(real.sum(1), d, mu, width=T, generator=generator)  # (B, T)
+        else:
+            rank = real.cumsum(1)  # (B, T) 1-based rank of each real token
+            compact = random_spans_noise_mask(rank[:, -1], d, mu, width=T, generator=generator)  # over real tokens
+            noise_mask = real & compact.gather(1, (rank - 1).clamp(min=0))  # (B, T) back at the real tokens' places
         out = noise_spans_to_inputs_targets(
             ids, noise_mask, real, self._sentinels(device), eos_id=eos, pad_id=pad, inputs_width=Wi, targets_width=Wt
         )  # type: ignore[arg-type]
