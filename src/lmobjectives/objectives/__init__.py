@@ -12,9 +12,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from ..constants import FIM_TOKENS
 from ..vocab import Vocab
 from .base import Batch, Objective, attention_mask_4d, padding_mask
 from .clm import CausalLM
+from .fim import FillInTheMiddle, fim_reassemble
 from .mlm import MaskedLM, word_ids_from_starts
 from .nsp import NextSentencePrediction, SentenceOrderPrediction, SentencePairs
 from .plm import PermutationLM
@@ -26,6 +28,7 @@ __all__ = [
     "OBJECTIVES",
     "Batch",
     "CausalLM",
+    "FillInTheMiddle",
     "MaskedLM",
     "NextSentencePrediction",
     "ModelSpec",
@@ -39,6 +42,7 @@ __all__ = [
     "StepLoss",
     "attention_mask_4d",
     "document_lengths",
+    "fim_reassemble",
     "get_objective",
     "options_of",
     "padding_mask",
@@ -79,6 +83,13 @@ OBJECTIVES: dict[str, Recipe] = {
         PrefixLM,
         "prefix LM (T5): a uniform split per document; bidirectional prefix, causal suffix, loss on the suffix",
         block_extras=lambda o: ("document_ids",) if o.document_masking else (),
+    ),
+    "fim": Recipe(
+        FillInTheMiddle,
+        "fill-in-the-middle (Bavarian et al. 2022): PSM/SPM-rearranged documents, causal LM on every token",
+        data="documents",
+        length_option="seq_len",
+        special_tokens=tuple(FIM_TOKENS.values()),
     ),
     "plm": Recipe(
         PermutationLM,
