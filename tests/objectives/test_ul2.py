@@ -32,19 +32,22 @@ def t5_counts(n: int, density: float, mean_span: float) -> tuple[int, int]:
 def chi2_pvalue(observed, expected):
     stat = sum((o - e) ** 2 / e for o, e in zip(observed, expected))
     df = len(observed) - 1
-    return float(torch.special.gammaincc(torch.tensor(df / 2, dtype=torch.float64), torch.tensor(stat / 2, dtype=torch.float64)))
+    half = torch.tensor([df / 2, stat / 2], dtype=torch.float64)
+    return float(torch.special.gammaincc(half[0], half[1]))
 
 
 def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def random_rows(seed: int, B: int, T: int, min_len: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded rows of ordinary tokens, each with a random length in [min_len, T]."""
+def random_rows(seed: int, B: int, T: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right- (or left-) padded rows of ordinary tokens, each with a random length in [2, T]."""
     g = gen(seed)
     ids = torch.randint(*TEXT, (B, T), generator=g)
-    lengths = torch.randint(min_len, T + 1, (B,), generator=g)
+    lengths = torch.randint(2, T + 1, (B,), generator=g)
     mask = torch.arange(T) < lengths[:, None]
+    if left:
+        mask = mask.flip(1)
     return ids.masked_fill(~mask, PAD), mask
 
 
@@ -63,26 +66,26 @@ def pieces(batch, layout: str) -> list[tuple[int, list[int], list[int]]]:
     return out
 
 
-def reconstruct(paradigm: int, inputs: list[int], targets: list[int]) -> tuple[list[int], int]:
+def reconstruct(paradigm: int, inputs: list[int], targets: list[int], sentinels=SENTINELS) -> tuple[list[int], int]:
     """The original tokens from inputs and targets, and the number of noise spans (0 for S)."""
     assert inputs[-1] == EOS and targets[-1] == EOS
     inputs, targets = inputs[:-1], targets[:-1]
     if paradigm == S2S:
-        assert not set(inputs + targets) & set(SENTINELS)
+        assert not set(inputs + targets) & set(sentinels)
         return inputs + targets, 0
     spans: list[list[int]] = []
     for tok in targets:  # sentinel k, then span k's tokens
-        if tok in SENTINELS:
-            assert tok == SENTINELS[len(spans)]
+        if tok in sentinels:
+            assert tok == sentinels[len(spans)]
             spans.append([])
         else:
             spans[-1].append(tok)
     assert spans and all(spans)
-    assert inputs[0] not in SENTINELS and inputs[-1] in SENTINELS  # T5 (no random_roll): starts kept, ends with noise
+    assert inputs[0] not in sentinels and inputs[-1] in sentinels  # T5 (no random_roll): starts kept, ends with noise
     out, k = [], 0
     for tok in inputs:
-        if tok in SENTINELS:
-            assert tok == SENTINELS[k]
+        if tok in sentinels:
+            assert tok == sentinels[k]
             out += spans[k]
             k += 1
         else:
@@ -138,11 +141,17 @@ def test_worked_example_decoder():
 
 
 def test_worked_example_draws():
-    # the example's rows draw R (mu=3, r=0.15), X (mu=3, r=0.5) and S with P = 4, as its docstring says
+    # the documented draw order: one uniform per row for its task, one per row for the S split, then the spans
+    g = gen(28)
+    task = torch.searchsorted(torch.tensor([0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0], dtype=torch.float64),
+                              torch.rand(3, generator=g, dtype=torch.float64), right=True)  # fmt: skip
+    assert task.tolist() == [0, 2, S_TASK]  # R (mu=3, r=0.15), X (mu=3, r=0.5), S
+    u = torch.rand(3, generator=g, dtype=torch.float64)
+    assert 1 + int(u[2] * (8 - 1)) == 4  # row 2: P = 4 of its 8 tokens
+    assert [t5_counts(10, 0.15, 3.0), t5_counts(10, 0.5, 3.0)] == [(2, 1), (5, 2)]  # rows 0 and 1
     b = UL2(EX_VOCAB)(EX_IDS, generator=gen(28))
-    assert b.input_ids[:, 0].tolist() == [2, 3, 4]
-    assert [t5_counts(10, 0.15, 3.0), t5_counts(10, 0.5, 3.0)] == [(2, 1), (5, 2)]
-    assert b.attention_mask[2].sum() - 2 == 4  # [S2S], the prefix, EOS
+    got = [reconstruct(*p, sentinels=(99, 98, 97))[1] for p in pieces(b, "encoder_decoder")]
+    assert got == [1, 2, 0] and b.attention_mask[2].sum() == 1 + 4 + 1
 
 
 # --------------------------------------------------------------------------- the mixture
@@ -202,9 +211,10 @@ def test_each_denoiser_counts_paradigm_and_reconstruction(task, layout):
     B=st.integers(1, 6),
     T=st.integers(2, 40),
     layout=st.sampled_from(["encoder_decoder", "decoder"]),
+    left=st.booleans(),
 )
-def test_reconstruction_and_labels_over_random_draws(seed, B, T, layout):
-    ids, mask = random_rows(seed, B, T)
+def test_reconstruction_and_labels_over_random_draws(seed, B, T, layout, left):
+    ids, mask = random_rows(seed, B, T, left)
     before = ids.clone()
     batch = UL2(V, layout=layout)(ids, attention_mask=mask, generator=gen(seed))
     assert torch.equal(ids, before)  # the caller's tensor is untouched
@@ -350,8 +360,10 @@ def test_missing_paradigm_token_of_an_unused_denoiser_is_fine():
         ({"rates": 1.0}, TypeError, r"rates must be a tuple of floats, got 1.0"),
         ({"use_prefix_lm_task": False}, ValueError, r"rates must have 6 entries"),
         ({"noise_densities": (0.15, 0.15)}, ValueError, r"mean_noise_span_lengths has 6 entries and noise_densities 2"),
-        ({"noise_densities": (0.15, 1.0, 0.5, 0.5, 0.15, 0.5)}, ValueError, r"noise_densities\[1\] must lie in \(0, 1\), got 1.0"),
-        ({"mean_noise_span_lengths": (3.0, 0.5, 3.0, 8.0, 64.0, 64.0)}, ValueError, r"mean_noise_span_lengths\[1\] must be >= 1 .*got 0.5"),
+        ({"noise_densities": (0.15, 1.0, 0.5, 0.5, 0.15, 0.5)}, ValueError,
+         r"noise_densities\[1\] must lie in \(0, 1\), got 1.0"),
+        ({"mean_noise_span_lengths": (3.0, 0.5, 3.0, 8.0, 64.0, 64.0)}, ValueError,
+         r"mean_noise_span_lengths\[1\] must be >= 1 .*got 0.5"),
         ({"mean_noise_span_lengths": (), "noise_densities": (), "use_prefix_lm_task": False, "rates": ()},
          ValueError, r"at least one denoiser"),
         ({"layout": "prefix"}, ValueError, r"layout must be one of 'encoder_decoder', 'decoder', got 'prefix'"),
@@ -420,3 +432,15 @@ def test_bad_tensors():
         UL2(V)(torch.full((2, 5), 7), attention_mask=torch.ones(2, 4, dtype=torch.bool))
     with pytest.raises(TypeError, match=r"generator must be a torch.Generator"):
         UL2(V)(torch.full((2, 5), 7), generator=3)  # type: ignore[arg-type]
+
+
+def test_options_have_help():
+    # every option is a CLI flag whose help is the field's comment (recipe.options_of)
+    from lmobjectives.objectives.recipe import Recipe, options_of
+
+    options = options_of(Recipe(UL2, "UL2"))
+    assert [o.name for o in options] == [
+        "mean_noise_span_lengths", "noise_densities", "use_prefix_lm_task", "rates", "layout"
+    ]  # fmt: skip
+    assert all(o.help for o in options)
+    assert [o.type for o in options][:2] == [tuple[float, ...]] * 2

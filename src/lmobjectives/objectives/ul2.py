@@ -31,7 +31,7 @@ from .span_corruption import (
 
 __all__ = ["UL2"]
 
-_EXTREME_SPAN = 12.0  # UL2 §3.1.2: a denoiser is eXtreme with spans of >= 12 tokens ...
+_EXTREME_SPAN = 12.0  # UL2: a span denoiser is eXtreme with spans of >= 12 tokens ...
 _EXTREME_DENSITY = 0.3  # ... or a corruption rate of >= 30 %; otherwise it is Regular
 _RATES_TOLERANCE = 1e-6  # how far from 1 the rates may sum
 
@@ -73,15 +73,15 @@ class UL2:
     in order, then, with ``use_prefix_lm_task``, the S-denoiser (prefix LM) last; ``rates`` gives
     each task's probability (the arguments of ``ul2_objective``, the paper's appendix code in
     ``t5/data/preprocessors.py``). A span denoiser is **X** (``[NLG]``, ``Vocab.nlg_id``) when its
-    spans are >= 12 tokens or its rate >= 0.3, else **R** (``[NLU]``, ``Vocab.nlu_id``), the
-    paper's definition (§3.1.2); S gets ``[S2S]`` (``Vocab.s2s_id``).
+    spans are >= 12 tokens or its rate >= 30 %, else **R** (``[NLU]``, ``Vocab.nlu_id``): the
+    paper's description of X-denoising; S gets ``[S2S]`` (``Vocab.s2s_id``), the paper's mapping.
 
     Defaults: the paper's seven denoisers, R: (μ=3, r=0.15), (μ=8, r=0.15); X: (μ=3, r=0.5),
-    (μ=8, r=0.5), (μ=64, r=0.15), (μ=64, r=0.5); S. Rates: S 20 %, R and X 40 % each, shared
-    equally inside each family (0.2, 0.2 | 0.1 x 4 | 0.2), the ~20 % S share of the paper's
-    mixture ablation (§4.5). The paper prints no per-denoiser rate vector, and
-    ``ul2_objective``'s own default (``rates=None``) samples the tasks uniformly: pass
-    ``rates=(1/7,) * 7`` for that.
+    (μ=8, r=0.5), (μ=64, r=0.15), (μ=64, r=0.5); and S. Rates: S 20 %, R and X 40 % each, split
+    equally inside each family (0.2, 0.2 | 0.1 x 4 | 0.2): the small S share that the paper's
+    mixture ablation favours (its section 4.5, as read by UL2 reproductions that use these rates).
+    The paper prints no per-denoiser rate vector, and ``ul2_objective``'s own default
+    (``rates=None``) samples its tasks uniformly: pass ``rates=(1/7,) * 7`` for that.
 
     Per row of ``n`` real tokens (``attention_mask``; without one, those before the trailing
     ``pad_id`` run), after drawing its task:
@@ -165,8 +165,10 @@ class UL2:
             [  99,   22,   23,   98,   27,   28,   29,    1, -100, -100],
             [  34,   35,   36,   37,    1, -100, -100, -100, -100, -100]])
     >>> d = UL2(v, layout="decoder")(x, generator=torch.Generator().manual_seed(28))
-    >>> d.input_ids[2].tolist(), d.labels[2].tolist()[:11], d.prefix_mask.sum(1).tolist()
-    ([4, 30, 31, 32, 33, 1, 34, 35, 36, 37, 1, 0, 0, 0, 0, 0, 0], [-100, -100, -100, -100, -100, 34, 35, 36, 37, 1, -100], [11, 9, 6])
+    >>> d.input_ids[2].tolist()
+    [4, 30, 31, 32, 33, 1, 34, 35, 36, 37, 1, 0, 0, 0, 0, 0, 0]
+    >>> d.labels[2].tolist()[:11], d.prefix_mask.sum(1).tolist()
+    ([-100, -100, -100, -100, -100, 34, 35, 36, 37, 1, -100], [11, 9, 6])
 
     Randomness, in this order from ``generator``: one float64 uniform per row for its task, one per
     row for the S split (when S is in the mixture), then :func:`random_spans_noise_mask`'s draws
@@ -191,11 +193,11 @@ class UL2:
     50 % on average), which is what is done here.
     """
 
-    vocab: Vocab  # vocabulary: eos_id, pad_id, sentinel_ids and the paradigm ids (nlu_id, nlg_id, s2s_id) in use
-    mean_noise_span_lengths: tuple[float, ...] = (3.0, 8.0, 3.0, 8.0, 64.0, 64.0)  # mean span μ of each span denoiser, >= 1
-    noise_densities: tuple[float, ...] = (0.15, 0.15, 0.5, 0.5, 0.15, 0.5)  # corruption rate r of each span denoiser, in (0, 1)
+    vocab: Vocab  # vocabulary: eos_id, pad_id, sentinel_ids and the paradigm ids nlu_id/nlg_id/s2s_id in use
+    mean_noise_span_lengths: tuple[float, ...] = (3.0, 8.0, 3.0, 8.0, 64.0, 64.0)  # span length μ per span denoiser
+    noise_densities: tuple[float, ...] = (0.15, 0.15, 0.5, 0.5, 0.15, 0.5)  # corruption rate r per span denoiser
     use_prefix_lm_task: bool = True  # add the S-denoiser (prefix LM, [S2S]) as the last task
-    rates: tuple[float, ...] = (0.2, 0.2, 0.1, 0.1, 0.1, 0.1, 0.2)  # probability of each task (span denoisers, then S); sums to 1
+    rates: tuple[float, ...] = (0.2, 0.2, 0.1, 0.1, 0.1, 0.1, 0.2)  # probability of each task, S last; sum 1
     layout: str = "encoder_decoder"  # "encoder_decoder" (UL2) or "decoder" (one row, prefix-LM attention)
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # per-device lookup tables
 
@@ -355,7 +357,9 @@ class UL2:
             self._cache[key] = _Tables(
                 cum_rates=cum / cum[-1],  # ends at exactly 1: a uniform < 1 never lands past the last used task
                 density=torch.tensor(self.noise_densities + (0.5,) * (D - K), dtype=torch.float64, device=device),
-                mean_span=torch.tensor(self.mean_noise_span_lengths + (1.0,) * (D - K), dtype=torch.float64, device=device),
+                mean_span=torch.tensor(
+                    self.mean_noise_span_lengths + (1.0,) * (D - K), dtype=torch.float64, device=device
+                ),
                 paradigm=torch.tensor([self.vocab.pad_id if p is None else p for p in paradigm], device=device),
                 sentinels=torch.tensor(self.vocab.sentinel_ids, dtype=torch.long, device=device),
             )
@@ -368,7 +372,7 @@ class UL2:
         attention_mask: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> Batch:
-        """Corrupt ``input_ids`` ``(B, T)``, one denoiser per row; ``attention_mask`` ``(B, T)`` marks the real tokens."""
+        """Corrupt ``input_ids`` ``(B, T)``, one denoiser per row; ``attention_mask`` ``(B, T)``: the real tokens."""
         ids = check_token_ids(input_ids, self.vocab)  # (B, T) long
         device = ids.device
         check_generator(generator, device)
@@ -412,13 +416,14 @@ class UL2:
             span_real = real & ~is_s[:, None]  # (B, T)
             noise = span_real & compact.gather(1, (rank - 1).clamp(min=0))  # (B, T) back at the real tokens' places
             out = noise_spans_to_inputs_targets(
-                ids, noise, span_real, tab.sentinels, eos_id=eos, pad_id=pad, inputs_width=w.inputs, targets_width=w.targets
-            )  # type: ignore[arg-type]
+                ids, noise, span_real, tab.sentinels, eos_id=eos, pad_id=pad,
+                inputs_width=w.inputs, targets_width=w.targets,
+            )  # type: ignore[arg-type]  # fmt: skip
             parts.append((out.inputs, out.inputs_length, out.targets, out.targets_length))
-        if len(parts) == 2:
-            (si, sil, st, stl), (ri, ril, rt, rtl) = parts
-            col = is_s[:, None]
-            parts = [(torch.where(col, si, ri), torch.where(is_s, sil, ril), torch.where(col, st, rt), torch.where(is_s, stl, rtl))]
+        if len(parts) == 2:  # each row takes its family's pieces
+            s_part, span_part = parts
+            rows = [is_s if a.dim() == 1 else is_s[:, None] for a in s_part]
+            parts = [tuple(torch.where(r, a, c) for r, a, c in zip(rows, s_part, span_part))]
         inputs, in_len, targets, tg_len = parts[0]  # (B, Wi), (B,), (B, Wt), (B,)
         paradigm = tab.paradigm[task][:, None]  # (B, 1)
         if self.layout == "encoder_decoder":
