@@ -102,7 +102,7 @@ class UL2:
     * ``"encoder_decoder"`` (UL2): ``input_ids`` = paradigm + inputs for the encoder
       (``causal=False``), ``labels`` = targets (``IGNORE_INDEX`` on padding),
       ``decoder_input_ids`` = labels shifted right with the decoder start token ``pad_id`` (T5's),
-      ``decoder_attention_mask`` True at real targets, as :class:`SpanCorruption`.
+      ``decoder_attention_mask`` True at real targets, as ``SpanCorruption``.
     * ``"decoder"``: one causal row, paradigm + inputs + targets; the paradigm token and the inputs
       are the bidirectional prefix (``prefix_mask``); ``labels[t]`` is the next token wherever it
       is a target, so the inputs' EOS predicts the first target (:func:`prefix_lm_batch`: the
@@ -116,7 +116,7 @@ class UL2:
     S, ``T`` each (a prefix or a suffix of ``T - 1`` tokens plus EOS); decoder:
     ``1 + max(inputs + targets)``, S giving ``T + 2``. :meth:`raw_length` inverts this for the
     trainer: the most raw tokens per row whose widest model input fits ``seq_len`` (with S in an
-    encoder-decoder mixture, ``seq_len - 1``).
+    encoder-decoder mixture and ``seq_len >= 16``, ``seq_len - 1``).
 
     Worked example (``Vocab(size=100, pad_id=0, eos_id=1, sentinel_ids=(99, 98, 97), nlu_id=2,
     nlg_id=3, s2s_id=4)``, the default mixture, ``generator=torch.Generator().manual_seed(28)``;
@@ -184,9 +184,9 @@ class UL2:
     denoiser corrupts the whole row it is given, and X rows then have shorter inputs (and fewer
     spans) than R rows, where ``ul2_objective`` fills the encoder with each. Reading each task's
     own length from a block as long as the longest would drop up to half of an R or S row.
-    (2) The paradigm token counts in the widths; ``ul2_objective`` prepends it after fitting the
-    inputs to ``inputs_length``, so its inputs overflow by one and the feature converter trims
-    their EOS. (3) Each row draws its task independently (``sample_from_datasets`` with the same
+    (2) The paradigm token counts in the widths; ``ul2_objective`` prepends its prompt after
+    fitting the inputs to ``inputs_length``, so they exceed it by the prompt's length and are
+    trimmed downstream. (3) Each row draws its task independently (``sample_from_datasets`` with the same
     rates over per-task streams; ``shard_ds`` has no counterpart). (4) The paper's text describes S
     only as a prefix/target split; some later implementations give S a 25 % target share (NeMo's
     ``prefix_lm_pivot_mean=0.25``); the paper's code runs T5's ``prefix_lm`` (uniform split,
