@@ -31,7 +31,9 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -105,19 +107,24 @@ def numpy_per_example(ids: np.ndarray, lengths: np.ndarray, d: float, mu: float,
 # --------------------------------------------------------------------------- timing
 def time_interleaved(paths: dict, calls: dict, warmup: int, rounds: int) -> dict:
     times = {name: [] for name in paths}
+    faults = {name: 0 for name in paths}
     for r in range(warmup + rounds):
         for name, fn in paths.items():
             for _ in range(calls[name]):
+                f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
                 t0 = time.perf_counter()
                 fn()
+                t1 = time.perf_counter()
                 if r >= warmup:
-                    times[name].append(time.perf_counter() - t0)
+                    times[name].append(t1 - t0)
+                    faults[name] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
     return {
         name: {
             "median_ms": 1e3 * statistics.median(ts),
             "min_ms": 1e3 * min(ts),
             "max_ms": 1e3 * max(ts),
             "calls": len(ts),
+            "page_faults_per_call": faults[name] / len(ts),
         }
         for name, ts in times.items()
     }
@@ -133,6 +140,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's default)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument(
+        "--malloc-rerun",
+        action="store_true",
+        help=f"also rerun in a subprocess with {' '.join(f'{k}={v}' for k, v in MALLOC_ENV.items())} and report both",
+    )
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -187,6 +199,7 @@ def main(argv=None) -> dict:
             "processor": platform.processor() or platform.machine(),
             "load_average_before": load_before,
             "load_average_after": load_after,
+            "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
         },
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
         "batch": {"B": B, "T": T, "inputs_width": Wi, "targets_width": Wt, "noise_density": d, "mean_noise_span_length": mu},
@@ -194,6 +207,13 @@ def main(argv=None) -> dict:
         "ratios": ratios,
     }
     report["goals"] = {"ours >= 10x numpy_per_example": ratios["ours_vs_numpy_per_example"] >= 10}
+    if args.malloc_rerun:
+        cmd = [sys.executable, __file__, "--no-write", "--batch", str(B), "--length", str(T), "--warmup", str(args.warmup),
+               "--rounds", str(args.rounds), "--ours-calls", str(args.ours_calls)]  # fmt: skip
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
+        out = subprocess.run(cmd, env={**os.environ, **MALLOC_ENV}, capture_output=True, text=True, check=True).stdout
+        report["malloc_rerun"] = json.loads(out)
     print(json.dumps(report, indent=2))
     if not args.no_write:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -202,6 +222,10 @@ def main(argv=None) -> dict:
     return report
 
 
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "67108864", "MALLOC_TRIM_THRESHOLD_": "268435456"}
+"""glibc keeps freed blocks up to these sizes instead of handing them back to the OS (a training process,
+which frees large activations, reaches similar thresholds by glibc's own adaptation)."""
+
 NOTES = {
     "ours": "SpanCorruption() (encoder_decoder): a complete T5 batch from (ids, attention_mask)",
     "ours_decoder": "layout='decoder': inputs then targets, prefix LM",
@@ -209,6 +233,23 @@ NOTES = {
     "numpy_per_example": "T5's algorithm per row in numpy, padded into the same arrays (the baseline)",
     "numpy_noise_mask": "the baseline's per-row masks only",
 }
+
+
+def _table(r: dict) -> list[str]:
+    lines = [
+        "| path | median ms | range ms | calls | tokens/s (median) | tokens/s (range) | page faults / call | what |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for name, x in r["results"].items():
+        lo, hi = x["tokens_per_s_range"]
+        lines.append(
+            f"| {name} | {x['median_ms']:.2f} | {x['min_ms']:.2f}-{x['max_ms']:.2f} | {x['calls']} | "
+            f"{x['tokens_per_s']:.3g} | {lo:.3g}-{hi:.3g} | {x['page_faults_per_call']:.0f} | {NOTES.get(name, '')} |"
+        )
+    lines += ["", "| speed-up (numpy median / ours median) | x |", "|---|---:|"]
+    lines += [f"| {k} | {x:.1f} |" for k, x in r["ratios"].items()]
+    lines += ["", "Goals: " + ", ".join(f"{k}: {'met' if ok else 'NOT met'}" for k, ok in r["goals"].items())]
+    return lines
 
 
 def markdown(r: dict) -> str:
@@ -221,23 +262,37 @@ def markdown(r: dict) -> str:
         f"Machine: {m['cpus']} CPU cores ({m['processor']}, {m['platform']}), torch threads {m['torch_threads']}, "
         f"load average (1 min) before/after {m['load_average_before'][0]:.2f}/{m['load_average_after'][0]:.2f} "
         "(the machine is shared; a load above the core count inflates every number).",
-        f"Versions: Python {v['python']}, torch {v['torch']}, numpy {v['numpy']}.",
+        f"Versions: Python {v['python']}, torch {v['torch']}, numpy {v['numpy']}. glibc malloc settings: "
+        + (", ".join(f"{k}={x}" for k, x in m["malloc_env"].items()) or "defaults")
+        + " (minor page faults per call are reported: glibc hands large freed blocks back to the OS between "
+        "calls, and touching them again costs system time).",
+        (
+            f"Torch ran on {m['torch_threads']} of {m['cpus']} cores (`--threads`): on this shared, oversubscribed "
+            "machine an OpenMP thread waiting for a busy core stalls every parallel op. The numpy baseline is "
+            "single-threaded either way."
+            if m["torch_threads"] < (m["cpus"] or 1)
+            else "Torch used its default thread count."
+        ),
         f"Batch: {b['B']} x {b['T']} raw tokens, noise density {b['noise_density']}, mean span "
         f"{b['mean_noise_span_length']}: inputs {b['inputs_width']}, targets {b['targets_width']} wide. "
         "Tokens/s counts the B*T raw tokens. Paths timed round-robin; median and range (min-max) per call.",
         "",
-        "| path | median ms | range ms | calls | tokens/s (median) | tokens/s (range) | what |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        *_table(r),
+        "",
     ]
-    for name, x in r["results"].items():
-        lo, hi = x["tokens_per_s_range"]
-        lines.append(
-            f"| {name} | {x['median_ms']:.2f} | {x['min_ms']:.2f}-{x['max_ms']:.2f} | {x['calls']} | "
-            f"{x['tokens_per_s']:.3g} | {lo:.3g}-{hi:.3g} | {NOTES.get(name, '')} |"
-        )
-    lines += ["", "| speed-up (numpy median / ours median) | x |", "|---|---:|"]
-    lines += [f"| {k} | {x:.1f} |" for k, x in r["ratios"].items()]
-    lines += ["", "Goals: " + ", ".join(f"{k}: {'met' if ok else 'NOT met'}" for k, ok in r["goals"].items()), ""]
+    if "malloc_rerun" in r:
+        rr = r["malloc_rerun"]
+        env = " ".join(f"{k}={x}" for k, x in rr["machine"]["malloc_env"].items())
+        lines += [
+            f"## The same, rerun in a subprocess with `{env}`",
+            "",
+            "glibc then keeps freed blocks instead of handing them back to the OS (a training process, which frees "
+            "large activations, reaches similar thresholds by glibc's own adaptation). Load average (1 min) "
+            f"before/after {rr['machine']['load_average_before'][0]:.2f}/{rr['machine']['load_average_after'][0]:.2f}.",
+            "",
+            *_table(rr),
+            "",
+        ]
     return "\n".join(lines)
 
 

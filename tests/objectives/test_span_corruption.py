@@ -88,10 +88,20 @@ def runs(mask_row):
     return [tuple(r) for r in out]
 
 
-def chi2_pvalue(observed, expected):
-    stat = sum((o - e) ** 2 / e for o, e in zip(observed, expected))
-    df = len(observed) - 1
+def chi2_sf(stat, df):
+    """P(chi-square with df degrees of freedom >= stat)."""
     return float(torch.special.gammaincc(torch.tensor(df / 2, dtype=torch.float64), torch.tensor(stat / 2, dtype=torch.float64)))
+
+
+def chi2_pvalue(observed, expected):
+    return chi2_sf(sum((o - e) ** 2 / e for o, e in zip(observed, expected)), len(observed) - 1)
+
+
+def two_sample_pvalue(a: Counter, b: Counter):
+    """Chi-square test that two equally sized samples come from one law."""
+    keys = sorted(set(a) | set(b))
+    pooled = [(a[k] + b[k]) / 2 for k in keys]
+    return chi2_sf(sum((a[k] - p) ** 2 / p + (b[k] - p) ** 2 / p for k, p in zip(keys, pooled)), len(keys) - 1)
 
 
 # --------------------------------------------------------------------------- worked example
@@ -174,7 +184,9 @@ def test_raw_length_for_inputs_half_density_rule():
     assert span_corruption_lengths(990, 0.5, 32.0) == (511, 511)
 
 
-@pytest.mark.parametrize("total, d, mu", [(626, 0.15, 3.0), (512, 0.15, 3.0), (1024, 0.5, 3.0), (300, 0.25, 64.0), (6, 0.15, 3.0)])
+@pytest.mark.parametrize(
+    "total, d, mu", [(626, 0.15, 3.0), (512, 0.15, 3.0), (1024, 0.5, 3.0), (300, 0.25, 64.0), (6, 0.15, 3.0)]
+)
 def test_raw_length_for_total_is_the_largest_that_fits(total, d, mu):
     raw = raw_length_for_total(total, d, mu)
     assert sum(span_corruption_lengths(raw, d, mu)) <= total
@@ -196,7 +208,9 @@ def test_full_rows_fill_the_widths_exactly(args, expected):
 
 
 # --------------------------------------------------------------------------- the noise mask
-@pytest.mark.parametrize("n, d, mu", [(568, 0.15, 3.0), (568, 0.5, 3.0), (568, 0.15, 64.0), (568, 0.5, 64.0), (200, 0.25, 1.0), (37, 0.5, 32.0)])
+@pytest.mark.parametrize(
+    "n, d, mu", [(568, 0.15, 3.0), (568, 0.5, 3.0), (568, 0.15, 64.0), (568, 0.5, 64.0), (200, 0.25, 1.0), (37, 0.5, 32.0)]
+)
 def test_noise_mask_counts_and_structure(n, d, mu):
     B = 64
     lengths = torch.randint(max(2, n // 2), n + 1, (B,), generator=torch.Generator().manual_seed(0))
@@ -262,12 +276,7 @@ def test_segmentation_is_uniform_and_matches_the_reference():
         assert set(ours) == set(ref) and len(ours) == n_masks  # same support, all of it reached
         keys = sorted(ours)
         assert chi2_pvalue([ours[k] for k in keys], [per_case / n_masks] * n_masks) > 1e-3
-        # two-sample chi-square (equal sample sizes): ours against the reference's draws
-        pooled = [(ours[k] + ref[k]) / 2 for k in keys]
-        stat = sum((ours[k] - p) ** 2 / p + (ref[k] - p) ** 2 / p for k, p in zip(keys, pooled))
-        df = n_masks - 1
-        p = float(torch.special.gammaincc(torch.tensor(df / 2, dtype=torch.float64), torch.tensor(stat / 2, dtype=torch.float64)))
-        assert p > 1e-3
+        assert two_sample_pvalue(ours, ref) > 1e-3  # ours against the reference's draws
 
 
 def test_span_lengths_follow_the_reference_at_t5_scale():
@@ -276,13 +285,10 @@ def test_span_lengths_follow_the_reference_at_t5_scale():
     mask = random_spans_noise_mask(torch.full((B,), 568), generator=torch.Generator().manual_seed(0))
     ours = Counter(min(k, 8) for row in mask.tolist() for v, k in runs(row) if v)
     rng = np.random.default_rng(0)
-    ref = Counter(min(k, 8) for _ in range(B) for v, k in runs(t5_random_spans_noise_mask(568, 0.15, 3.0, rng).tolist()) if v)
+    ref_masks = [t5_random_spans_noise_mask(568, 0.15, 3.0, rng).tolist() for _ in range(B)]
+    ref = Counter(min(k, 8) for row in ref_masks for v, k in runs(row) if v)
     assert sum(ours.values()) == sum(ref.values()) == B * 28
-    keys = sorted(set(ours) | set(ref))
-    pooled = [(ours[k] + ref[k]) / 2 for k in keys]
-    stat = sum((ours[k] - p) ** 2 / p + (ref[k] - p) ** 2 / p for k, p in zip(keys, pooled))
-    df = len(keys) - 1
-    assert float(torch.special.gammaincc(torch.tensor(df / 2.0, dtype=torch.float64), torch.tensor(stat / 2))) > 1e-3
+    assert two_sample_pvalue(ours, ref) > 1e-3
 
 
 # --------------------------------------------------------------------------- inputs and targets
@@ -350,7 +356,8 @@ def test_reconstruction_properties(lengths, d, mu, layout, seed):
         if layout == "encoder_decoder":
             inputs = b.input_ids[row][b.attention_mask[row]].tolist()
             targets = b.labels[row][b.labels[row] != IGNORE_INDEX].tolist()
-            assert b.decoder_input_ids[row, 1:].tolist() == [t if t != IGNORE_INDEX else PAD for t in b.labels[row, :-1].tolist()]
+            shifted = [t if t != IGNORE_INDEX else PAD for t in b.labels[row, :-1].tolist()]
+            assert b.decoder_input_ids[row, 1:].tolist() == shifted
         else:
             seq = b.input_ids[row, 1:][b.attention_mask[row, 1:]].tolist() + [EOS]
             i_len = int(b.prefix_mask[row].sum()) - 1
@@ -498,7 +505,8 @@ def test_rows_too_short_are_refused():
         SpanCorruption(V)(torch.tensor([[5, 6, 7], [5, 0, 0]]), generator=torch.Generator())
     # density 0.6 with one-token spans: 3 noise spans need 3 non-noise tokens, there are 2
     with pytest.raises(ValueError, match="5 real tokens.*3 noise tokens in 3 spans.*2 non-noise tokens"):
-        SpanCorruption(V, noise_density=0.6, mean_noise_span_length=1.0)(torch.full((1, 5), 7), generator=torch.Generator())
+        dense = SpanCorruption(V, noise_density=0.6, mean_noise_span_length=1.0)
+        dense(torch.full((1, 5), 7), generator=torch.Generator())
     with pytest.raises(ValueError, match="input_ids of shape \\(2, 1\\) has 1 real token"):
         SpanCorruption(V)(torch.full((2, 1), 7), generator=torch.Generator())
     with pytest.raises(ValueError, match="raw_length=5 has 5 real tokens"):
@@ -521,9 +529,8 @@ def test_noise_mask_bad_arguments():
 
 
 def test_noise_mask_docstring_example():
-    mask = random_spans_noise_mask(
-        torch.tensor([8, 5]), torch.tensor([0.5, 0.4]), torch.tensor([2.0, 1.0]), generator=torch.Generator().manual_seed(0)
-    )
+    g = torch.Generator().manual_seed(0)
+    mask = random_spans_noise_mask(torch.tensor([8, 5]), torch.tensor([0.5, 0.4]), torch.tensor([2.0, 1.0]), generator=g)
     assert mask.int().tolist() == [[0, 1, 1, 1, 0, 0, 0, 1], [0, 1, 0, 0, 1, 0, 0, 0]]
 
 

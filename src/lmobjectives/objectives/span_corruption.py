@@ -177,7 +177,7 @@ def _random_cuts(gaps: torch.Tensor, cuts: torch.Tensor, k: int, generator) -> t
     Bernoulli(``p``) subset (geometric jumps, ``R`` uniforms per row instead of ``gaps``) holding at
     least ``cuts`` gaps, else redrawn (acceptance depends only on the count). Its law is exchangeable,
     so the ``cuts`` candidates with the smallest keys are again a uniform ``cuts``-subset: the same law,
-    with ~3x fewer draws and a ``topk`` over ~70 instead of ~480 keys per row.
+    with half the draws and a ``topk`` over ~115 instead of ~480 keys per row (T5 at 568 tokens).
     """
     B = gaps.shape[0]
     device = gaps.device
