@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from ..constants import FIM_TOKENS
+from ..constants import FIM_TOKENS, NUM_SENTINELS, PARADIGM_TOKENS, sentinel_token
 from ..vocab import Vocab
 from .base import Batch, Objective, attention_mask_4d, padding_mask
 from .clm import CausalLM
@@ -22,6 +22,8 @@ from .nsp import NextSentencePrediction, SentenceOrderPrediction, SentencePairs
 from .plm import PermutationLM
 from .prefix_lm import PrefixLM, document_lengths, prefix_lm_batch
 from .recipe import ModelSpec, Option, Recipe, StepLoss, options_of
+from .span_corruption import SpanCorruption, random_spans_noise_mask, span_corruption_lengths
+from .ul2 import UL2
 
 __all__ = [
     "DEFAULT_OBJECTIVE",
@@ -39,7 +41,9 @@ __all__ = [
     "Recipe",
     "SentenceOrderPrediction",
     "SentencePairs",
+    "SpanCorruption",
     "StepLoss",
+    "UL2",
     "attention_mask_4d",
     "document_lengths",
     "fim_reassemble",
@@ -47,12 +51,20 @@ __all__ = [
     "options_of",
     "padding_mask",
     "prefix_lm_batch",
+    "random_spans_noise_mask",
+    "span_corruption_lengths",
     "word_ids_from_starts",
 ]
 
 DEFAULT_OBJECTIVE = "clm"  # what `lmobj train` trains without --objective
 
 _SENTENCE_PAIRS = ModelSpec(n_token_types=2, n_sentence_classes=2)  # segment embeddings and the [CLS] head
+_SENTINELS = tuple(sentinel_token(i) for i in range(NUM_SENTINELS))  # T5's <extra_id_0> ... <extra_id_99>
+
+
+def _layout_model(objective: SpanCorruption | UL2) -> ModelSpec:
+    """The encoder-decoder for ``layout="encoder_decoder"``, else the one-stack transformer (prefix LM)."""
+    return ModelSpec(architecture="encoder_decoder") if objective.layout == "encoder_decoder" else ModelSpec()
 
 OBJECTIVES: dict[str, Recipe] = {
     "clm": Recipe(
@@ -83,6 +95,20 @@ OBJECTIVES: dict[str, Recipe] = {
         PrefixLM,
         "prefix LM (T5): a uniform split per document; bidirectional prefix, causal suffix, loss on the suffix",
         block_extras=lambda o: ("document_ids",) if o.document_masking else (),
+    ),
+    "span_corruption": Recipe(
+        SpanCorruption,
+        "span corruption (T5): noise spans become sentinels; predict sentinel + span for each",
+        block_length=lambda o, seq_len: o.raw_length(seq_len),
+        special_tokens=_SENTINELS,
+        model=_layout_model,
+    ),
+    "ul2": Recipe(
+        UL2,
+        "UL2 mixture of denoisers: R/X span corruption and S prefix LM, each behind a paradigm token",
+        block_length=lambda o, seq_len: o.raw_length(seq_len),
+        special_tokens=_SENTINELS + tuple(PARADIGM_TOKENS.values()),
+        model=_layout_model,
     ),
     "fim": Recipe(
         FillInTheMiddle,
