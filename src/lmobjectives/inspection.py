@@ -55,7 +55,7 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -68,6 +68,7 @@ __all__ = [
     "DEFAULT_SEQ_LEN",
     "Example",
     "Panel",
+    "TokenRow",
     "attention_panels",
     "default_documents",
     "example_batch",
@@ -234,8 +235,9 @@ def example_batch(
 
 
 @dataclass(frozen=True)
-class _Row:
-    """One sequence of the example (the input, or an encoder-decoder's decoder input), cut to its real tokens."""
+class TokenRow:
+    """One sequence of the example (the input; an encoder-decoder's encoder input or decoder input), token by
+    token, without its trailing padding."""
 
     tokens: list[str]  # each token decoded on its own
     roles: list[str]  # one of ROLES per token
@@ -269,7 +271,7 @@ def _decode_each(tok: Any, ids: list[int], joinable: list[bool]) -> list[str]:
     return out
 
 
-def _row(example: Example, ids: torch.Tensor, real: torch.Tensor, labels: torch.Tensor | None, next_token: bool) -> _Row:
+def _row(example: Example, ids: torch.Tensor, real: torch.Tensor, labels: torch.Tensor | None, next_token: bool) -> TokenRow:
     """``ids``, ``real``, ``labels``: ``(T,)`` of one row; ``next_token``: labels are the next token's (causal)."""
     vocab, tok = example.tokenizer.vocab, example.tokenizer
     n = _real_length(real)
@@ -294,10 +296,10 @@ def _row(example: Example, ids: torch.Tensor, real: torch.Tensor, labels: torch.
     tokens = _decode_each(tok, ids_l, [r == "kept" for r in roles])
     decoded = _decode_each(tok, [y if y != IGNORE_INDEX else 0 for y in labels_l], loss)
     targets = [t if has_loss else None for t, has_loss in zip(decoded, loss)]
-    return _Row(tokens=tokens, roles=roles, loss=loss, targets=targets)
+    return TokenRow(tokens=tokens, roles=roles, loss=loss, targets=targets)
 
 
-def _rows(example: Example) -> list[tuple[str, _Row]]:
+def _rows(example: Example) -> list[tuple[str, TokenRow]]:
     """``[(name, row)]``: the input; for an encoder-decoder batch the encoder's input and the decoder's."""
     b = example.batch
     if b.decoder_input_ids is None:
@@ -346,40 +348,57 @@ def _pad(text: str, width: int) -> str:
     return text + " " * (width - _width(text))
 
 
-def _grid(name: str, row: _Row, *, color: bool, width: int, label_width: int, segments: list[str] | None) -> list[str]:
-    """The row as aligned lines, wrapped at ``width`` columns: the tokens, their targets, in plain text the
-    marks (the stand-in for colours), and the segment (A/B) of each token when ``segments`` is given."""
-    cells = []  # per position: token, role, has_loss, target, mark, segment, width
+class _Cell(NamedTuple):
+    """One position of a row in the terminal: what is printed in its column."""
+
+    token: str  # the input token, control characters made visible
+    role: str  # one of ROLES
+    has_loss: bool  # the output at this position carries a loss
+    target: str  # its target ("" without a loss), a space shown as ␣
+    mark: str  # plain text: M, R, S or ^ (the stand-in for colours); "" in colour
+    segment: str  # "A" or "B" for sentence pairs, else ""
+    width: int  # terminal columns of the position
+
+
+def _cells(row: TokenRow, *, color: bool, segments: list[str] | None) -> list[_Cell]:
+    cells = []
     for k, (token, role, has_loss, target) in enumerate(zip(row.tokens, row.roles, row.loss, row.targets)):
         token, target = _shown(token), _shown(target, space="␣") if target is not None else ""
         merged = not token and not target  # a byte of a character shown at an earlier position
         mark = "" if color or merged else _MARK.get(role, "^" if has_loss else "")
         segment = segments[k] if segments is not None else ""
-        cells.append((token, role, has_loss, target, mark, segment, max(_width(token), _width(target), len(mark))))
+        cells.append(_Cell(token, role, has_loss, target, mark, segment, max(_width(token), _width(target), len(mark))))
+    return cells
+
+
+def _grid(name: str, row: TokenRow, *, color: bool, width: int, label_width: int, segments: list[str] | None) -> list[str]:
+    """The row as aligned lines, wrapped at ``width`` columns: the tokens, their targets, in plain text the
+    marks (the stand-in for colours), and the segment (A/B) of each token when ``segments`` is given."""
+    cells = _cells(row, color=color, segments=segments)
     lines: list[str] = []
     room = max(width - label_width, 8)
     start = 0
     while start < len(cells):
         end, used = start, 0
-        while end < len(cells) and (end == start or used + cells[end][-1] <= room):
-            used += cells[end][-1]
+        while end < len(cells) and (end == start or used + cells[end].width <= room):
+            used += cells[end].width
             end += 1
         chunk = cells[start:end]
         tokens = "".join(
-            _style(token, [_ANSI.get(role, ""), _ANSI["loss"] if has_loss else ""], color) + " " * (w - _width(token))
-            for token, role, has_loss, _, _, _, w in chunk
+            _style(c.token, [_ANSI.get(c.role, ""), _ANSI["loss"] if c.has_loss else ""], color) + " " * (c.width - _width(c.token))
+            for c in chunk
         )
-        targets = "".join(_style(target, [_ANSI["target"]], color) + " " * (w - _width(target)) for _, _, _, target, _, _, w in chunk)
-        marks = "".join(_pad(mark, w) for _, _, _, _, mark, _, w in chunk)
+        targets = "".join(_style(c.target, [_ANSI["target"]], color) + " " * (c.width - _width(c.target)) for c in chunk)
+        marks = "".join(_pad(c.mark, c.width) for c in chunk)
         if lines:
             lines.append("")
         lines.append(_pad(name, label_width) + tokens)
-        if any(c[2] for c in chunk):
+        if any(c.has_loss for c in chunk):
             lines.append(_pad("target", label_width) + targets)
         if marks.strip():
             lines.append(_pad("", label_width) + marks)
         if segments is not None:
-            lines.append(_pad("segment", label_width) + "".join(c[5] * c[6] for c in chunk))
+            lines.append(_pad("segment", label_width) + "".join(c.segment * c.width for c in chunk))
         start = end
     return lines
 
@@ -463,8 +482,8 @@ class Panel:
     part: str  # "self", "decoder" or "cross" (the part argument of attention_mask_4d)
     title: str  # what it shows, for the picture
     allowed: torch.Tensor  # (Tq, Tk) bool: attention_mask_4d(batch, part)[0, 0] without trailing padding
-    queries: _Row  # the query positions (rows)
-    keys: _Row  # the key positions (columns)
+    queries: TokenRow  # the query positions (rows)
+    keys: TokenRow  # the key positions (columns)
 
 
 def attention_panels(example: Example) -> list[Panel]:
@@ -488,7 +507,7 @@ def attention_panels(example: Example) -> list[Panel]:
 _MAY_ATTEND, _BLOCKED, _LOSS = "#1f4e79", "#f2f2f2", "#1e8449"
 
 
-def _tick_labels(ax: Any, axis: str, row: _Row, size: float) -> None:
+def _tick_labels(ax: Any, axis: str, row: TokenRow, size: float) -> None:
     labels = [_shown(t, space="␣") for t in row.tokens]
     if axis == "x":
         ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=size, fontfamily="monospace")
@@ -535,7 +554,7 @@ def _draw_panel(ax: Any, panel: Panel, example: Example, *, label_size: float, t
     _segment_lines(ax, example, panel)
 
 
-def _draw_loss(ax: Any, queries: _Row, *, label_size: float, ticks: bool) -> None:
+def _draw_loss(ax: Any, queries: TokenRow, *, label_size: float, ticks: bool) -> None:
     from matplotlib.colors import ListedColormap
 
     loss = torch.tensor(queries.loss, dtype=torch.int32)[:, None]  # (Tq, 1)
@@ -574,12 +593,24 @@ def figure(example: Example) -> Any:
     T = by_part["self"].allowed.shape[0]
     Td = by_part["decoder"].allowed.shape[0] if "decoder" in by_part else 0
     cells = T + Td
-    size = max(3.5, min(9.0, 500 / max(cells, 1)))  # tick label font size
+    size = max(3.5, min(9.0, 500 / max(cells, 1)))  # tick label font size, points
     ticks = cells <= 160
     inch = min(0.16, 9.0 / max(cells, 1))  # inches per token
     strip = max(1.0, 0.05 * cells)  # loss strip width, in tokens
-    top = 1.0 if Td else 0.0  # room for the encoder's key labels above it
-    fig = Figure(figsize=((cells + strip) * inch + 3.4, cells * inch + 3.0 + top), dpi=110, layout="constrained")
+    # the room around the images, so that they come out about square: tick labels, titles, legend
+    rows = [p.queries for p in panels] + [p.keys for p in panels]
+    longest = max((_width(_shown(t)) for row in rows for t in [*row.tokens, *filter(None, row.targets)]), default=1)
+    label = (longest * size * 0.62 / 72 if ticks else 0.15) + 0.1  # inches of the longest tick label
+    handles = [Patch(color=_MAY_ATTEND, label="may attend"), Patch(facecolor=_BLOCKED, edgecolor="#999999", label="cannot attend"),
+               Patch(color=_LOSS, label="loss at this position")]  # fmt: skip
+    handles += [Patch(color=_PLOT_COLOURS[r], label=_LEGEND[r] + " (tick label)") for r in ROLES[1:] if any(r in row.roles for row in rows)]
+    width = (cells + strip) * inch + 2 * label + 1.0 + (0.4 if Td else 0.0)
+    ncols = max(1, min(len(handles), int(width / 2.3)))
+    chars = int(width * 11)  # characters per line of the title, at its font size
+    options = f"options: {_options_text(example)}; seq_len={example.seq_len}, seed={example.seed}"
+    title = [*textwrap.wrap(f"{example.name}: {example.recipe.summary}", chars), *textwrap.wrap(options, chars)]
+    height = cells * inch + 0.2 * len(title) + (label + 0.9) * (2 if Td else 1) + 0.25 * math.ceil(len(handles) / ncols) + 0.6
+    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
     if not Td:
         grid = fig.add_gridspec(1, 2, width_ratios=[T, strip])
         _draw_panel(fig.add_subplot(grid[0, 0], label="attention:self"), by_part["self"], example, label_size=size, ticks=ticks)
@@ -592,15 +623,8 @@ def figure(example: Example) -> Any:
         _draw_panel(fig.add_subplot(grid[1, 1], label="attention:decoder"), by_part["decoder"], example, label_size=size,
                     ticks=ticks, query_labels=False)  # fmt: skip
         _draw_loss(fig.add_subplot(grid[1, 2], label="loss"), by_part["decoder"].queries, label_size=size, ticks=ticks)
-    chars = int(fig.get_figwidth() * 11)  # characters per line of the title, at its font size
-    options = f"options: {_options_text(example)}; seq_len={example.seq_len}, seed={example.seed}"
-    fig.suptitle("\n".join([*textwrap.wrap(f"{example.name}: {example.recipe.summary}", chars), *textwrap.wrap(options, chars)]),
-                 fontsize=10)  # fmt: skip
-    handles = [Patch(color=_MAY_ATTEND, label="may attend"), Patch(facecolor=_BLOCKED, edgecolor="#999999", label="cannot attend"),
-               Patch(color=_LOSS, label="loss at this position")]  # fmt: skip
-    rows = [p.queries for p in panels] + [p.keys for p in panels]
-    handles += [Patch(color=_PLOT_COLOURS[r], label=_LEGEND[r] + " (tick label)") for r in ROLES[1:] if any(r in row.roles for row in rows)]
-    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), fontsize=8, frameon=False)
+    fig.suptitle("\n".join(title), fontsize=10)
+    fig.legend(handles=handles, loc="outside lower center", ncols=ncols, fontsize=8, frameon=False)
     return fig
 
 
