@@ -1,6 +1,10 @@
 import pytest
 import torch
 
+# One intra-op thread per test process: `pytest -n 2` runs two processes on the project's 2-core machines, and
+# torch's default (one thread per core in each) oversubscribes them several times over. Results do not depend on it.
+torch.set_num_threads(1)
+
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 

@@ -5,7 +5,9 @@ field and takes its default from there, so the help shows the defaults the
 Python API uses. The objective's own flags are generated from its dataclass
 fields (:func:`lmobjectives.objectives.options_of`): ``lmobj train
 --objective mlm --unit word --probability 0.4``; ``lmobj train --objective
-NAME --help`` lists them with the fields' comments as help.
+NAME --help`` lists them with the fields' comments as help. ``lmobj inspect
+--objective NAME`` prints one example and writes a picture of its attention
+pattern (:mod:`lmobjectives.inspection`).
 """
 
 from __future__ import annotations
@@ -193,7 +195,7 @@ def build_parser(objective: str = DEFAULTS["objective"]) -> argparse.ArgumentPar
     parser = argparse.ArgumentParser(
         prog="lmobj",
         description=f"Train small language models with the objectives of lmobjectives ({', '.join(OBJECTIVES)}).",
-        epilog="Run 'lmobj train --help' for the training flags.",
+        epilog="Run 'lmobj train --help' or 'lmobj inspect --help' for their flags.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     train_parser = commands.add_parser(

@@ -61,8 +61,8 @@ import torch
 
 from .constants import DEFAULT_SEED, IGNORE_INDEX
 from .data import builtin_corpus, load_tokenizer, split_sentences
-from .objectives import OBJECTIVES, Batch, Objective, Recipe, attention_mask_4d, options_of
-from .training.trainer import build_objective, build_stream
+from .objectives import OBJECTIVES, Batch, Objective, Recipe, attention_mask_4d
+from .training.streams import build_stream
 
 __all__ = [
     "DEFAULT_SEQ_LEN",
@@ -99,21 +99,6 @@ _PLOT_COLOURS = {"kept": "black", "masked": "#c0392b", "replaced": "#d68910", "s
 
 
 # ----------------------------------------------------------------------------- the example
-
-
-@dataclass(frozen=True)
-class _Layout:
-    """The :class:`~lmobjectives.training.TrainConfig` fields that ``build_objective`` and ``build_stream`` read.
-
-    A TrainConfig refuses objectives that cannot be trained (XLNet's data), which can still be inspected.
-    """
-
-    objective: str  # the objective's name
-    recipe: Recipe  # its registry entry
-    options: dict[str, Any]  # every option, defaults filled in
-    seq_len: int  # tokens per model input (the recipe decides what that means)
-    seed: int  # seeds the choice of the example and the corruption
-    batch_size: int = 1  # one example
 
 
 @dataclass(frozen=True)
@@ -165,20 +150,6 @@ def _documents(recipe: Recipe, name: str, text: str | None) -> list[list[str]]:
     return [sentences[:half], sentences[half:]]
 
 
-def _full_options(recipe: Recipe, name: str, given: dict[str, Any] | None) -> dict[str, Any]:
-    if given is None:
-        given = {}
-    if not isinstance(given, dict):
-        raise TypeError(f"options must be a dict of the objective's options, got {type(given).__name__}")
-    known = {o.name: o.default for o in options_of(recipe)}
-    if unknown := sorted(set(given) - set(known)):
-        raise ValueError(
-            f"unknown option(s) {', '.join(map(repr, unknown))} for objective {name!r}; "
-            f"valid options: {', '.join(known) or 'none'}"
-        )
-    return {**known, **given}
-
-
 def example_batch(
     name: str,
     text: str | None = None,
@@ -214,14 +185,13 @@ def example_batch(
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {seed!r}")
     recipe = OBJECTIVES[name]
-    full = _full_options(recipe, name, options)
+    full = recipe.full_options(options)
     documents = _documents(recipe, name, text)
     texts = [sentence for doc in documents for sentence in doc]
     tok = load_tokenizer(tokenizer, texts=texts, extra_special_tokens=recipe.special_tokens)
-    layout = _Layout(objective=name, recipe=recipe, options=full, seq_len=seq_len, seed=seed)
-    objective = build_objective(layout, tok.vocab)  # type: ignore[arg-type]  # checks the options
+    objective = recipe.build(tok.vocab, full, seq_len=seq_len)  # checks the options
     try:
-        stream = build_stream(layout, documents, tok, objective)  # type: ignore[arg-type]
+        stream = build_stream(recipe, objective, documents, tok, seq_len=seq_len, batch_size=1, seed=seed)
         batch = stream(0)
     except ValueError as e:
         raise ValueError(f"objective {name!r} made no example of this text with seq_len={seq_len}: {e}") from None

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lmobjectives.training import TrainConfig, load_model, train
-from lmobjectives.training import trainer as trainer_module
+from lmobjectives.training import streams as streams_module
 from lmobjectives.training.trainer import learning_rate
 
 UNIGRAM_BYTE_ENTROPY = 3.15  # nats, of the built-in corpus's bytes: a model below this uses context
@@ -65,19 +65,19 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues_exactly(tmp_path, monkey
     base = dict(TINY, objective="clm", steps=6, warmup_steps=2)
     expected = losses(train(TrainConfig(**base, out=str(tmp_path / "straight"))).metrics_path)
 
-    original = trainer_module.BlockStream.__call__
+    original = streams_module.BlockStream.__call__
 
     def interrupt_at_step_2(self, step):
         if step == 2:  # 0-based data position of update 3
             os.kill(os.getpid(), signal.SIGINT)  # as the user pressing Ctrl-C
         return original(self, step)
 
-    monkeypatch.setattr(trainer_module.BlockStream, "__call__", interrupt_at_step_2)
+    monkeypatch.setattr(streams_module.BlockStream, "__call__", interrupt_at_step_2)
     stopped = train(TrainConfig(**base, out=str(tmp_path / "run")))
     assert stopped.interrupted and stopped.steps == 3  # the step in flight finished, then it stopped
     state = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
     assert state["step"] == 3
-    monkeypatch.setattr(trainer_module.BlockStream, "__call__", original)
+    monkeypatch.setattr(streams_module.BlockStream, "__call__", original)
     resumed = train(TrainConfig(**base, out=str(tmp_path / "run"), resume=True))
     assert losses(resumed.metrics_path) == expected
 
@@ -90,17 +90,17 @@ def test_resume_after_a_crash_keeps_every_step_in_the_metrics(tmp_path, monkeypa
     rows = [json.loads(line) for line in straight.metrics_path.read_text().splitlines()]
     assert [r["step"] for r in rows] == [3, 4, 6, 8]
 
-    original = trainer_module.BlockStream.__call__
+    original = streams_module.BlockStream.__call__
 
     def crash_at_update_5(self, step):
         if step == 4:
             raise RuntimeError("killed")
         return original(self, step)
 
-    monkeypatch.setattr(trainer_module.BlockStream, "__call__", crash_at_update_5)
+    monkeypatch.setattr(streams_module.BlockStream, "__call__", crash_at_update_5)
     with pytest.raises(RuntimeError, match="killed"):
         train(TrainConfig(**base, out=str(tmp_path / "run")))
-    monkeypatch.setattr(trainer_module.BlockStream, "__call__", original)
+    monkeypatch.setattr(streams_module.BlockStream, "__call__", original)
     metrics = tmp_path / "run" / "metrics.jsonl"
     assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == [3, 4]  # checkpoint at 3
     with open(metrics, "a") as f:

@@ -16,7 +16,7 @@ import dataclasses
 import inspect
 import re
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal
@@ -104,6 +104,47 @@ class Recipe:
     model: Callable[[Any], ModelSpec] = _plain_model  # the architecture and heads the objective needs
     loss: Callable[[Any, torch.nn.Module, Batch], StepLoss] = lm_step_loss  # (objective, model, batch) -> StepLoss
     untrainable: str | None = None  # why `lmobj train` cannot train it (data-only objectives), or None
+
+    @property
+    def name(self) -> str:
+        """The objective's registry name (its class's ``name``)."""
+        return self.objective.name
+
+    def full_options(self, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Every option, ``given`` over the defaults, in field order; an unknown name is a ``ValueError``.
+
+        >>> from lmobjectives.objectives import OBJECTIVES
+        >>> OBJECTIVES["clm"].full_options({"document_masking": True})
+        {'document_masking': True}
+        """
+        if given is None:
+            given = {}
+        if not isinstance(given, Mapping):
+            raise TypeError(f"options must be a dict of the objective's options, got {type(given).__name__}")
+        known = {o.name: o.default for o in options_of(self)}
+        if unknown := sorted(set(given) - set(known)):
+            raise ValueError(
+                f"unknown option(s) {', '.join(map(repr, unknown))} for objective {self.name!r}; "
+                f"valid options: {', '.join(known) or 'none'}"
+            )
+        return {**known, **given}
+
+    def build(self, vocab: Any, options: Mapping[str, Any] | None = None, *, seq_len: int | None = None) -> Any:
+        """The objective with ``options`` (JSON lists become tuples); ``seq_len`` sets the ``length_option``.
+
+        Errors from the objective's own checks come back as ``ValueError`` naming the objective (and, where
+        ``seq_len`` set an option, which).
+        """
+        built = {k: tuple(v) if isinstance(v, list) else v for k, v in self.full_options(options).items()}
+        if self.length_option is not None:
+            if seq_len is None:
+                raise ValueError(f"objective {self.name!r} needs seq_len (it sets its {self.length_option})")
+            built[self.length_option] = seq_len
+        try:
+            return self.objective(vocab=vocab, **built)
+        except (TypeError, ValueError) as e:
+            where = f" (--seq-len {seq_len} sets its {self.length_option})" if self.length_option else ""
+            raise ValueError(f"objective {self.name!r}{where}: {e}") from None
 
 
 @dataclass(frozen=True)

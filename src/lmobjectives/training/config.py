@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ..constants import DEFAULT_SEED
-from ..objectives import DEFAULT_OBJECTIVE, OBJECTIVES, Recipe, options_of
+from ..objectives import DEFAULT_OBJECTIVE, OBJECTIVES, Recipe
 
 __all__ = ["TrainConfig"]
 
@@ -92,20 +92,11 @@ class TrainConfig:
         return OBJECTIVES[self.objective]
 
     def _full_options(self, given: object) -> dict[str, Any]:
-        """Every option of the objective: ``given`` over the defaults, in field order, JSON-normalised.
-
-        Values are checked by the objective itself when the trainer builds it (some checks need the vocabulary).
-        """
-        if not isinstance(given, dict):
-            raise TypeError(f"options must be a dict of the objective's options, got {type(given).__name__}")
-        known = {o.name: o.default for o in options_of(self.recipe)}
-        if unknown := sorted(set(given) - set(known)):
-            valid = ", ".join(known) or "none"
-            raise ValueError(
-                f"unknown option(s) {', '.join(map(repr, unknown))} for objective {self.objective!r}; valid options: {valid}"
-            )
-        full = {**known, **given}
-        try:  # what config.json will hold, so a resumed run compares like with like (tuples become lists)
+        """Every option of the objective, JSON-normalised: what config.json holds, so a resumed run compares like
+        with like (tuples become lists). Values are checked by the objective when the trainer builds it (some
+        checks need the vocabulary)."""
+        full = self.recipe.full_options(given)  # type: ignore[arg-type]
+        try:
             return json.loads(json.dumps(full))
         except (TypeError, ValueError) as e:
             raise ValueError(f"options of objective {self.objective!r} must be JSON values ({e}): {full!r}") from None

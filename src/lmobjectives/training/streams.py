@@ -34,9 +34,11 @@ from typing import Any
 
 import torch
 
+from ..data.packing import pack_documents, sentence_table, tokenize_corpus, tokenize_documents
 from ..objectives.base import Batch, Objective
+from ..objectives.recipe import Recipe
 
-__all__ = ["BlockStream", "DocumentStream", "SentenceStream", "derive_seed", "data_fingerprint", "epoch_indices"]
+__all__ = ["BlockStream", "DocumentStream", "SentenceStream", "build_stream", "derive_seed", "data_fingerprint", "epoch_indices"]
 
 
 def derive_seed(seed: int, *parts: object) -> int:
@@ -208,6 +210,31 @@ class DocumentStream(_WindowStream):
 
     def _rows(self, docs: torch.Tensor, generator: torch.Generator) -> Batch:
         return self.objective([self.texts[d] for d in docs.tolist()], tokenizer=self.tokenizer, generator=generator)
+
+
+def build_stream(
+    recipe: Recipe, objective: Objective, documents: list[list[str]], tokenizer: Any, *, seq_len: int,
+    batch_size: int, seed: int,
+) -> BlockStream | SentenceStream | DocumentStream:  # fmt: skip
+    """The step -> batch function of a run: the corpus tokenised once and laid out as ``recipe.data`` says.
+
+    ``stream(step)`` is exactly the batch ``lmobj train`` trains on at data position ``step`` (0-based) with
+    this ``seed`` and ``batch_size``; :mod:`lmobjectives.inspection` draws its example from it too.
+    """
+    vocab = tokenizer.vocab
+    if recipe.data == "sentences":
+        table = sentence_table(tokenize_corpus(documents, tokenizer), pad_id=vocab.pad_id, max_length=seq_len)
+        return SentenceStream(objective, table.input_ids, table.document_ids, batch_size=batch_size, seed=seed)
+    if recipe.data == "documents":
+        texts = [" ".join(doc) for doc in documents]
+        return DocumentStream(objective, texts, tokenizer, batch_size=batch_size, seed=seed)
+    wanted = recipe.block_extras(objective)
+    token_docs, word_docs = tokenize_documents(documents, tokenizer, with_words="word_ids" in wanted)
+    length = recipe.block_length(objective, seq_len)
+    packed = pack_documents(token_docs, length, vocab.eos_id, pad_id=vocab.pad_id, word_ids=word_docs)
+    extras = {"attention_mask": packed.attention_mask}
+    extras.update({name: getattr(packed, name) for name in wanted})
+    return BlockStream(objective, packed.input_ids, extras, batch_size=batch_size, seed=seed)
 
 
 def _select_rows(batch: Batch, rows: torch.Tensor) -> Batch:

@@ -33,14 +33,12 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.corpus import load_corpus
-from ..data.packing import pack_documents, sentence_table, tokenize_corpus, tokenize_documents
 from ..data.tokenizers import load_tokenizer
 from ..models import MODELS, TransformerConfig
 from ..objectives import Objective, Recipe, StepLoss
-from ..vocab import Vocab
 from .checkpoint import STATE_FILE, load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .streams import BlockStream, DocumentStream, SentenceStream, derive_seed
+from .streams import build_stream, derive_seed
 
 __all__ = ["TrainResult", "train"]
 
@@ -83,37 +81,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} asked for CUDA but torch.cuda.is_available() is False; use --device cpu")
     return device
-
-
-def build_objective(config: TrainConfig, vocab: Vocab) -> Objective:
-    """The objective of ``config`` with its options; the recipe's ``length_option`` is set from ``seq_len``."""
-    recipe = config.recipe
-    options = {k: tuple(v) if isinstance(v, list) else v for k, v in config.options.items()}  # JSON lists -> tuples
-    if recipe.length_option is not None:
-        options[recipe.length_option] = config.seq_len
-    try:
-        return recipe.objective(vocab=vocab, **options)
-    except (TypeError, ValueError) as e:
-        where = f" (--seq-len {config.seq_len} sets its {recipe.length_option})" if recipe.length_option else ""
-        raise ValueError(f"objective {config.objective!r}{where}: {e}") from None
-
-
-def build_stream(config: TrainConfig, documents: list[list[str]], tokenizer, objective) -> BlockStream | SentenceStream | DocumentStream:
-    """Tokenise the corpus once and lay it out as the objective's recipe says (see :mod:`.streams`)."""
-    recipe, vocab = config.recipe, tokenizer.vocab
-    if recipe.data == "sentences":
-        table = sentence_table(tokenize_corpus(documents, tokenizer), pad_id=vocab.pad_id, max_length=config.seq_len)
-        return SentenceStream(objective, table.input_ids, table.document_ids, batch_size=config.batch_size, seed=config.seed)
-    if recipe.data == "documents":
-        texts = [" ".join(doc) for doc in documents]
-        return DocumentStream(objective, texts, tokenizer, batch_size=config.batch_size, seed=config.seed)
-    wanted = recipe.block_extras(objective)
-    token_docs, word_docs = tokenize_documents(documents, tokenizer, with_words="word_ids" in wanted)
-    length = recipe.block_length(objective, config.seq_len)
-    packed = pack_documents(token_docs, length, vocab.eos_id, pad_id=vocab.pad_id, word_ids=word_docs)
-    extras = {"attention_mask": packed.attention_mask}
-    extras.update({name: getattr(packed, name) for name in wanted})
-    return BlockStream(objective, packed.input_ids, extras, batch_size=config.batch_size, seed=config.seed)
 
 
 def model_config_for(config: TrainConfig, recipe: Recipe, objective: Objective, vocab_size: int) -> TransformerConfig:
@@ -296,11 +263,12 @@ def _train(config: TrainConfig, device: torch.device) -> TrainResult:
     else:  # with the special tokens the objective needs (sentinels, ...)
         texts = [s for doc in documents for s in doc]
         tokenizer = load_tokenizer(config.tokenizer, texts=texts, extra_special_tokens=recipe.special_tokens)
-    objective = build_objective(config, tokenizer.vocab)  # checks the options before anything is written
+    objective = recipe.build(tokenizer.vocab, config.options, seq_len=config.seq_len)  # checked before anything is written
     if not resuming:
         out.mkdir(parents=True, exist_ok=True)
         tokenizer.save(str(tokenizer_dir))
-    stream = build_stream(config, documents, tokenizer, objective)
+    stream = build_stream(recipe, objective, documents, tokenizer, seq_len=config.seq_len, batch_size=config.batch_size,
+                          seed=config.seed)  # fmt: skip
 
     # model and optimizer
     architecture = recipe.model(objective).architecture
