@@ -554,3 +554,98 @@ def test_candidate_draw_is_a_uniform_subset(gaps, cuts, starve, monkeypatch):
         cells = math.comb(n, cuts)
         assert len(counts) == cells and all(len(set(c)) == cuts and max(c) < n for c in counts)
         assert chi2_pvalue(list(counts.values()), [B / 2 / cells] * cells) > 1e-3
+
+
+# --------------------------------------------------------------------------- fixed-count fast path vs general path
+BIG = Vocab(size=1000, pad_id=0, eos_id=1, sentinel_ids=tuple(range(999, 899, -1)))
+
+
+def masks_from_batch(b, n, vocab):
+    """Each row's noise mask over its n tokens 2, 3, ..., n + 1 (distinct): the tokens in the targets."""
+    out = []
+    for row in range(b.labels.shape[0]):
+        noise = set(b.labels[row][b.labels[row] != IGNORE_INDEX].tolist())
+        out.append(tuple(t in noise for t in range(2, n + 2)))
+    return out
+
+
+def spy_general_path(monkeypatch):
+    from lmobjectives.objectives import span_corruption as sc
+
+    calls = []
+    real_mask = sc.random_spans_noise_mask
+    monkeypatch.setattr(sc, "random_spans_noise_mask", lambda *a, **k: calls.append(1) or real_mask(*a, **k))
+    return calls
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_fast_path_is_t5s_law_and_t5s_outputs(padded, monkeypatch):
+    # rows of one length (no padding, or the same padding everywhere) take the fixed-count path; its masks
+    # follow T5's law (uniform, same as the numpy port) and its inputs / targets are T5's for that mask
+    calls = spy_general_path(monkeypatch)
+    per_case, rng = 6000, np.random.default_rng(1)
+    for n, d, mu, n_masks in DIST_CASES:
+        W = n + 3 if padded else n
+        x = torch.where(torch.arange(W) < n, torch.arange(2, W + 2), PAD).expand(per_case, W)
+        b = SpanCorruption(BIG, d, mu)(x, attention_mask=x != PAD, generator=torch.Generator().manual_seed(n))
+        assert (b.input_ids.shape[1], b.labels.shape[1]) == span_corruption_lengths(W, d, mu)
+        masks = masks_from_batch(b, n, BIG)
+        for row in (0, 1, per_case - 1):
+            m, tokens = np.array(masks[row]), np.arange(2, n + 2)
+            inputs = list(t5_to_unique_sentinel(tokens, m, BIG.sentinel_ids)) + [EOS]
+            targets = list(t5_to_unique_sentinel(tokens, ~m, BIG.sentinel_ids)) + [EOS]
+            assert b.input_ids[row][b.attention_mask[row]].tolist() == inputs
+            assert b.labels[row][b.decoder_attention_mask[row]].tolist() == targets
+        ours = Counter(masks)
+        ref = Counter(tuple(t5_random_spans_noise_mask(n, d, mu, rng).tolist()) for _ in range(per_case))
+        assert set(ours) == set(ref) and len(ours) == n_masks
+        keys = sorted(ours)
+        assert chi2_pvalue([ours[k] for k in keys], [per_case / n_masks] * n_masks) > 1e-3
+        assert two_sample_pvalue(ours, ref) > 1e-3
+    assert not calls  # never the general path
+
+
+def test_general_path_is_t5s_law(monkeypatch):
+    # rows of different lengths take the general path (random_spans_noise_mask + noise_spans_to_inputs_targets)
+    calls = spy_general_path(monkeypatch)
+    per_case, rng = 6000, np.random.default_rng(2)
+    for n, d, mu, n_masks in DIST_CASES:
+        other = 12 if n < 12 else 11  # every other row: another length
+        lengths = torch.tensor([n, other]).repeat(per_case)  # (2 * per_case,)
+        x = torch.where(torch.arange(12) < lengths[:, None], torch.arange(2, 14), PAD)
+        b = SpanCorruption(BIG, d, mu)(x, generator=torch.Generator().manual_seed(n))
+        ours = Counter(masks_from_batch(b, n, BIG)[::2])
+        ref = Counter(tuple(t5_random_spans_noise_mask(n, d, mu, rng).tolist()) for _ in range(per_case))
+        assert set(ours) == set(ref) and len(ours) == n_masks
+        keys = sorted(ours)
+        assert chi2_pvalue([ours[k] for k in keys], [per_case / n_masks] * n_masks) > 1e-3
+        assert two_sample_pvalue(ours, ref) > 1e-3
+    assert len(calls) == len(DIST_CASES)
+
+
+def test_fast_path_span_lengths_follow_the_reference_at_t5_scale(monkeypatch):
+    calls = spy_general_path(monkeypatch)
+    B = 400
+    x = torch.arange(2, 570).expand(B, 568)
+    b = SpanCorruption(BIG)(x, generator=torch.Generator().manual_seed(0))
+    assert tuple(b.input_ids.shape) == (B, 512) and tuple(b.labels.shape) == (B, 114) and not calls
+    ours = Counter(min(k, 8) for row in masks_from_batch(b, 568, BIG) for v, k in runs(row) if v)
+    rng = np.random.default_rng(0)
+    ref_masks = [t5_random_spans_noise_mask(568, 0.15, 3.0, rng).tolist() for _ in range(B)]
+    ref = Counter(min(k, 8) for row in ref_masks for v, k in runs(row) if v)
+    assert sum(ours.values()) == sum(ref.values()) == B * 28
+    assert two_sample_pvalue(ours, ref) > 1e-3
+
+
+@pytest.mark.parametrize("gaps, cuts", [(6, 2), (6, 4), (7, 3), (5, 0), (5, 5), (1, 1)])
+def test_fixed_cuts_is_a_uniform_subset(gaps, cuts):
+    from lmobjectives.objectives import span_corruption as sc
+
+    B = 30000
+    chosen = sc._fixed_cuts(B, gaps, cuts, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert chosen.shape == (B, cuts)
+    counts = Counter(tuple(r) for r in chosen.tolist())
+    cells = math.comb(gaps, cuts)
+    assert len(counts) == cells and all(list(c) == sorted(set(c)) and (not c or max(c) < gaps) for c in counts)
+    if cells > 1:
+        assert chi2_pvalue(list(counts.values()), [B / cells] * cells) > 1e-3

@@ -6,6 +6,7 @@ span length per row (so that UL2 can mix denoisers in one batch, see :func:`rand
 :func:`noise_spans_to_inputs_targets` turns any noise mask into inputs and targets with sentinels.
 The length helpers say how many raw tokens to draw so that the model input has a given length
 (T5's ``random_spans_helper``, Hugging Face's ``compute_input_and_target_lengths``).
+:class:`SpanCorruption` builds batches whose rows all have one length directly at fixed shapes.
 """
 
 from __future__ import annotations
@@ -229,6 +230,52 @@ def _segment_starts(items: torch.Tensor, segments: torch.Tensor, k: int, generat
     return torch.cat([zero, cut, end], 1)  # (B, k + 2)
 
 
+def _fixed_cuts(B: int, gaps: int, cuts: int, generator, device: torch.device) -> torch.Tensor:
+    """A uniform random ``cuts``-subset of ``{0, ..., gaps - 1}`` per row, the same counts for every row:
+    ``(B, cuts)`` long, sorted.
+
+    The subset is the first ``cuts`` distinct values of a row of i.i.d. uniform draws (in draw order):
+    the draws' law is invariant under any permutation of the values, so that subset's is too, i.e. it is
+    uniform. Rows whose ``R`` draws hold fewer than ``cuts`` distinct values (``R`` is 6 standard
+    deviations above the coupon collector's mean) are redrawn, which keeps the law. When ``cuts`` is
+    more than half of ``gaps``, the ``gaps - cuts`` gaps left out are drawn instead. No sort and no
+    ``topk``: the draws' first occurrences go into a ``(B, gaps)`` table, and the chosen gaps are read
+    off it in order with one boolean index (each row holds exactly ``cuts``).
+    """
+    pick = min(cuts, gaps - cuts)  # draw the smaller side
+    every = torch.arange(gaps, device=device).expand(B, gaps)  # (B, G)
+    if pick == 0:
+        return every[:, :cuts]  # nothing or every gap
+    i = torch.arange(pick, dtype=torch.float64)
+    mean, var = float((gaps / (gaps - i)).sum()), float((gaps * i / (gaps - i) ** 2).sum())
+    R = int(math.ceil(mean + 6 * math.sqrt(var) + 8))  # draws per row
+    small = torch.int16 if R < 2**15 else torch.int32  # a smaller table: less memory traffic
+    step = torch.arange(R, device=device, dtype=small).expand(B, R)  # (B, R)
+    draws = torch.randint(0, gaps, (B, R), generator=generator, device=device)  # (B, R)
+    first = torch.full((B, gaps), R, dtype=small, device=device)  # (B, G): first draw of each gap, R if none
+    while True:
+        first.scatter_reduce_(1, draws, step, "amin")
+        new = first.gather(1, draws) == step  # (B, R) the draw is its value's first
+        seen = new.cumsum(1)  # (B, R) distinct values so far
+        bad = seen[:, -1] < pick  # (B,)
+        if not bool(bad.any()):
+            break
+        rows = bad.nonzero().flatten()
+        first[rows] = R
+        draws[rows] = torch.randint(0, gaps, (rows.numel(), R), generator=generator, device=device)
+    reach = (seen < pick).sum(1, keepdim=True, dtype=small)  # (B, 1) the draw that brings the pick-th distinct value
+    chosen = first <= reach  # (B, G) exactly `pick` per row
+    return every[chosen if pick == cuts else ~chosen].view(B, cuts)  # (B, cuts)
+
+
+def _fixed_segment_starts(B: int, items: int, segments: int, generator, device: torch.device) -> torch.Tensor:
+    """:func:`_segment_starts` with the same ``items`` and ``segments`` in every row: ``(B, segments + 1)``
+    long, column ``s`` the first item of segment ``s``, the last column ``items``."""
+    cut = _fixed_cuts(B, items - 1, segments - 1, generator, device) + 1  # (B, segments - 1)
+    zero = torch.zeros(B, 1, dtype=torch.long, device=device)
+    return torch.cat([zero, cut, torch.full_like(zero, items)], 1)  # (B, segments + 1)
+
+
 def random_spans_noise_mask(
     lengths: torch.Tensor,
     noise_density: float | torch.Tensor = 0.15,
@@ -315,6 +362,9 @@ class SpanInputsTargets:
 def _check_no_sentinels(input_ids: torch.Tensor, real: torch.Tensor, sentinels: torch.Tensor) -> None:
     """Raise if a real token of ``input_ids`` is a sentinel (it could not be told from an inserted one)."""
     lo, hi = int(sentinels.min()), int(sentinels.max())
+    least, most = (int(v) for v in torch.aminmax(input_ids))
+    if most < lo or least > hi:  # every id outside the sentinels' range (T5: they end the vocabulary)
+        return
     hit = real & (input_ids >= lo) & (input_ids <= hi)  # (B, T); exact when the ids are a range
     if hi - lo + 1 != sentinels.numel() and bool(hit.any()):
         hit = hit & torch.isin(input_ids, sentinels)
@@ -324,6 +374,67 @@ def _check_no_sentinels(input_ids: torch.Tensor, real: torch.Tensor, sentinels: 
             f"input_ids[{b}, {t}] = {int(input_ids[b, t])} is one of the sentinels (Vocab.sentinel_ids); a sentinel "
             "in the text could not be told apart from the ones span corruption inserts"
         )
+
+
+def _too_few_sentinels(row: int, spans: int, sentinels: int) -> ValueError:
+    return ValueError(
+        f"row {row} has {spans} noise spans but Vocab.sentinel_ids holds {sentinels} sentinels (one per span "
+        "is needed); reserve more sentinels or use longer spans / a lower noise density"
+    )
+
+
+def _fixed_inputs_targets(
+    ids: torch.Tensor, n: int, d: float, mu: float, sentinels: torch.Tensor, eos_id: int, pad_id: int,
+    widths: tuple[int, int], generator,
+) -> SpanInputsTargets:  # fmt: skip
+    """Span corruption of rows whose real tokens are the first ``n`` of every row (the same count for
+    all): T5's mask (:func:`random_spans_noise_mask`'s law) and its inputs and targets
+    (:func:`noise_spans_to_inputs_targets`) built directly from the span lengths, at fixed shapes.
+
+    Every row has ``N`` noise tokens in ``S`` spans and ``M = n - N`` other tokens, each split into
+    ``S`` non-empty segments uniformly (:func:`_fixed_segment_starts`). In the inputs, sentinel ``s``
+    sits after ``s + 1`` non-noise segments and ``s`` sentinels; each later input token is read from
+    ``ids`` at its position plus the noise tokens skipped so far (one scatter of the jumps, one
+    cumsum, one gather). The targets likewise, with the roles swapped. Rows are padded to ``widths``.
+    """
+    B, device = ids.shape[0], ids.device
+    N, S = _counts(n, d, mu)
+    if n < 2 or S > n - N:
+        raise _too_short(n, d, mu, "row 0")
+    if S > sentinels.numel():
+        raise _too_few_sentinels(0, S, sentinels.numel())
+    M = n - N
+    noise_starts = _fixed_segment_starts(B, N, S, generator, device)  # (B, S + 1)
+    other_starts = _fixed_segment_starts(B, M, S, generator, device)  # (B, S + 1)
+    span = torch.arange(S, device=device)  # (S,)
+    names = sentinels[:S].expand(B, S)  # (B, S)
+
+    def build(length: int, at: torch.Tensor, skipped: torch.Tensor, width: int) -> torch.Tensor:
+        # at (B, S): sentinel positions; skipped (B, S): tokens of the other kind after each sentinel
+        jump = torch.zeros(B, length, dtype=torch.long, device=device)  # (B, length)
+        jump.scatter_(1, at + 1, skipped - 1)  # at + 1 < length: the last column is the EOS
+        src = jump.cumsum_(1).add_(torch.arange(length, device=device))  # (B, length) position in ids
+        src[:, -1] = 0  # EOS: read anything
+        out = ids.gather(1, src)  # (B, length)
+        out.scatter_(1, at, names)
+        out[:, -1] = eos_id
+        if width > length:  # shorter rows than the widths are for
+            out = torch.nn.functional.pad(out, (0, width - length), value=pad_id)
+        return out  # (B, width)
+
+    Wi, Wt = widths
+    inputs = build(M + S + 1, other_starts[:, 1:] + span, noise_starts.diff(1), Wi)  # (B, Wi)
+    targets = build(N + S + 1, noise_starts[:, :-1] + span, other_starts.diff(1), Wt)  # (B, Wt)
+    in_len = torch.full((B,), M + S + 1, dtype=torch.long, device=device)  # (B,)
+    tg_len = torch.full((B,), N + S + 1, dtype=torch.long, device=device)  # (B,)
+    return SpanInputsTargets(
+        inputs=inputs,
+        inputs_mask=(torch.arange(Wi, device=device) < M + S + 1).expand(B, Wi).clone(),
+        targets=targets,
+        targets_mask=(torch.arange(Wt, device=device) < N + S + 1).expand(B, Wt).clone(),
+        inputs_length=in_len,
+        targets_length=tg_len,
+    )
 
 
 def noise_spans_to_inputs_targets(
@@ -376,11 +487,7 @@ def noise_spans_to_inputs_targets(
     tg_len = noise.sum(1) + n_spans + 1  # (B,) noise tokens + sentinels + EOS
     most, longest_in, longest_tg = (int(v) for v in torch.stack([n_spans.max(), in_len.max(), tg_len.max()]))
     if most > sentinels.numel():
-        b = int(n_spans.argmax())
-        raise ValueError(
-            f"row {b} has {most} noise spans but Vocab.sentinel_ids holds {sentinels.numel()} sentinels (one per span "
-            "is needed); reserve more sentinels or use longer spans / a lower noise density"
-        )
+        raise _too_few_sentinels(int(n_spans.argmax()), most, sentinels.numel())
     widths = []
     for name, width, longest, lengths in (
         ("inputs_width", inputs_width, longest_in, in_len),
@@ -429,7 +536,10 @@ class SpanCorruption:
     which concatenates documents before splitting them into 568-token rows. Rows may be right-padded
     (each uses its own length); outputs are padded to the widths of a full row of length ``T``
     (:func:`span_corruption_lengths`), so shapes are static: a full 568-token row gives 512 input and
-    114 target tokens.
+    114 target tokens. When every row has the same number of real tokens, first (no padding, the usual
+    packed block), every row has the same noise and span counts and the batch is built at fixed shapes
+    without a mask (``_fixed_inputs_targets``: same law, different draws from the generator than the
+    general path, which :func:`random_spans_noise_mask` and :func:`noise_spans_to_inputs_targets` take).
 
     Layouts (``layout=``):
 
@@ -550,15 +660,26 @@ class SpanCorruption:
             raise _too_short(T, d, mu, f"input_ids of shape {tuple(ids.shape)}")
         noise, spans = _counts(T, d, mu)
         Wi, Wt = T - noise + spans + 1, noise + spans + 1  # a full row's lengths bound every row's
-        if bool((real[:, 1:] <= real[:, :-1]).all()):  # real tokens first in every row: the draw is in place
-            noise_mask = random_spans_noise_mask(real.sum(1), d, mu, width=T, generator=generator)  # (B, T)
+        sentinels = self._sentinels(device)
+        n = T if bool(real.all()) else None  # no padding: the fast path
+        lengths = None
+        if n is None and bool((real[:, 1:] <= real[:, :-1]).all()):  # real tokens first in every row
+            lengths = real.sum(1)  # (B,)
+            if bool((lengths == lengths[0]).all()):  # ... and as many in every row: the fast path
+                n = int(lengths[0])
+        if n is not None:  # fixed counts: inputs and targets at fixed shapes, no mask
+            _check_no_sentinels(ids, real, sentinels)
+            out = _fixed_inputs_targets(ids, n, d, mu, sentinels, eos, pad, (Wi, Wt), generator)
         else:
-            rank = real.cumsum(1)  # (B, T) 1-based rank of each real token
-            compact = random_spans_noise_mask(rank[:, -1], d, mu, width=T, generator=generator)  # over real tokens
-            noise_mask = real & compact.gather(1, (rank - 1).clamp(min=0))  # (B, T) back at the real tokens' places
-        out = noise_spans_to_inputs_targets(
-            ids, noise_mask, real, self._sentinels(device), eos_id=eos, pad_id=pad, inputs_width=Wi, targets_width=Wt
-        )  # type: ignore[arg-type]
+            if lengths is not None:  # the draw is in place
+                noise_mask = random_spans_noise_mask(lengths, d, mu, width=T, generator=generator)  # (B, T)
+            else:
+                rank = real.cumsum(1)  # (B, T) 1-based rank of each real token
+                compact = random_spans_noise_mask(rank[:, -1], d, mu, width=T, generator=generator)  # real tokens
+                noise_mask = real & compact.gather(1, (rank - 1).clamp(min=0))  # (B, T) back at their places
+            out = noise_spans_to_inputs_targets(
+                ids, noise_mask, real, sentinels, eos_id=eos, pad_id=pad, inputs_width=Wi, targets_width=Wt
+            )  # type: ignore[arg-type]
         has_targets = torch.ones(B, dtype=torch.bool, device=device)  # every row predicts its spans and EOS
         if self.layout == "encoder_decoder":
             labels = out.targets.masked_fill(~out.targets_mask, IGNORE_INDEX)  # (B, Wt)
