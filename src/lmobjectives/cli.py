@@ -218,7 +218,7 @@ def build_parser(objective: str = DEFAULTS["objective"]) -> argparse.ArgumentPar
             "Lay out one example as the trainer does, corrupt it with the objective, print it token by token (kept, "
             "masked, replaced, sentinel, special; what each position with a loss predicts) and write a PNG of which "
             "position may attend to which (causal, bidirectional, prefix, encoder-decoder, ...) next to the "
-            "positions that carry a loss. The picture needs matplotlib (pip install 'lmobjectives[plot]')."
+            "positions that carry a loss. The picture needs matplotlib (pip install matplotlib)."
         ),
         formatter_class=_HelpFormatter,
         epilog="example: lmobj inspect --objective mlm --unit word --text 'The cat sat on the mat.' --out mlm.png",

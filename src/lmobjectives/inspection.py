@@ -42,7 +42,7 @@ input holds the text and its EOS, then padding)::
 Nine positions carry a loss: ``h`` was replaced by a random ``C``; seven
 tokens were masked; ``t`` and the space after ``cat`` were selected but kept.
 
-The picture needs matplotlib (``pip install 'lmobjectives[plot]'``), imported
+The picture needs matplotlib (``pip install matplotlib``), imported
 only when a picture is drawn.
 """
 
@@ -553,7 +553,7 @@ def figure(example: Example) -> Any:
     try:
         import matplotlib
     except ImportError:
-        raise ImportError("the picture needs matplotlib: pip install 'lmobjectives[plot]'") from None
+        raise ImportError("the picture needs matplotlib: pip install matplotlib") from None
     matplotlib.use("Agg")  # files only; harmless when a backend is already chosen
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
