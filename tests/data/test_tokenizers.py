@@ -174,3 +174,37 @@ def test_train_and_load_errors(tmp_path, sentences):
         load_tokenizer("sentencepiece:100")
     with pytest.raises(ValueError, match="holds no tokenizer.json"):
         load_tokenizer(str(tmp_path))
+
+
+def test_vocab_reads_t5_sentinels_paradigm_and_fim_tokens_from_a_tokenizer():
+    tk = pytest.importorskip("tokenizers")
+    tok = tk.Tokenizer(tk.models.WordLevel({"[UNK]": 0, "a": 1, "b": 2}, unk_token="[UNK]"))
+    # added out of order on purpose: sentinel_ids follow the number in <extra_id_N>, not the id
+    tok.add_special_tokens(["<extra_id_1>", "[NLG]", "<extra_id_0>", "<|fim_middle|>", "<extra_id_2>", "<extra_id_9>"])
+    vocab = Vocab.from_tokenizer(tok)
+    ids = {t: tok.token_to_id(t) for t in ("<extra_id_0>", "<extra_id_1>", "<extra_id_2>", "<extra_id_9>", "[NLG]")}
+    assert vocab.sentinel_ids == (ids["<extra_id_0>"], ids["<extra_id_1>"], ids["<extra_id_2>"])  # stops at a gap
+    assert (vocab.nlg_id, vocab.nlu_id, vocab.fim_middle_id) == (ids["[NLG]"], None, tok.token_to_id("<|fim_middle|>"))
+    assert vocab.extra_special_ids == (ids["<extra_id_9>"],)  # reserved, but not a sentinel in order
+    assert set(vocab.sentinel_ids) <= set(vocab.special_ids)
+
+
+def test_extra_special_tokens_are_reserved_saved_and_added_where_missing(tmp_path):
+    extra = ("<extra_id_0>", "<extra_id_1>", "[S2S]")
+    byte = load_tokenizer("byte", extra_special_tokens=extra)
+    assert (byte.vocab.size, byte.vocab.sentinel_ids, byte.vocab.s2s_id) == (266, (263, 264), 265)
+    assert byte.decode([104, 263, 265]) == "h<extra_id_0>[S2S]"
+    byte.save(tmp_path / "byte")
+    again = load_tokenizer(str(tmp_path / "byte"))
+    assert again.vocab == byte.vocab
+    grown = load_tokenizer(str(tmp_path / "byte"), extra_special_tokens=("<|fim_prefix|>",))  # appended after the saved ones
+    assert (grown.vocab.size, grown.vocab.fim_prefix_id, grown.vocab.sentinel_ids) == (267, 266, (263, 264))
+    with pytest.raises(ValueError, match="repeats built-in special tokens"):
+        ByteTokenizer(("[MASK]",))
+    pytest.importorskip("tokenizers")
+    texts = ["the cat sat on the mat", "a dog and a cat"] * 5
+    bpe = load_tokenizer("bpe:300", texts=texts, extra_special_tokens=extra)
+    assert bpe.vocab.sentinel_ids == (7, 8) and bpe.vocab.s2s_id == 9  # right after the seven built-in specials
+    bpe.save(tmp_path / "bpe")
+    plain = load_tokenizer(str(tmp_path / "bpe" / "tokenizer.json"), extra_special_tokens=("<extra_id_2>",))
+    assert plain.vocab.sentinel_ids == (7, 8, bpe.vocab.size)  # a loaded tokenizer gets what it lacks, at the end
