@@ -7,9 +7,10 @@ from typing import Literal, Protocol
 
 import torch
 
+from .._checks import check_generator, check_like, check_token_ids
 from ..constants import IGNORE_INDEX
 
-__all__ = ["Batch", "Objective", "attention_mask_4d", "padding_mask"]
+__all__ = ["Batch", "Objective", "attention_mask_4d", "checked_tokens", "padding_mask"]
 
 
 @dataclass
@@ -90,6 +91,23 @@ def padding_mask(input_ids: torch.Tensor, pad_id: int | None, eos_id: int | None
         first = trailing & ~torch.cat([torch.zeros_like(trailing[:, :1]), trailing[:, :-1]], dim=1)
         trailing = trailing & ~first
     return ~trailing
+
+
+def checked_tokens(
+    input_ids: object, vocab: object, attention_mask: object, generator: object
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The checks every token-level objective starts with: ``(input_ids (B, T) long, real (B, T) bool)``.
+
+    ``real`` is ``attention_mask`` when given (checked, copied), else :func:`padding_mask` of ``vocab``'s
+    pad and EOS ids; ``generator`` must be None or a generator on the tensors' device.
+    """
+    ids = check_token_ids(input_ids, vocab)  # type: ignore[arg-type]  # (B, T) long
+    check_generator(generator, ids.device)
+    if attention_mask is None:
+        real = padding_mask(ids, vocab.pad_id, vocab.eos_id)  # type: ignore[attr-defined]  # (B, T)
+    else:
+        real = check_like(attention_mask, ids, "attention_mask", dtype="bool")  # (B, T)
+    return ids, real
 
 
 AttentionPart = Literal["self", "decoder", "cross"]

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .._checks import check_generator, check_like, check_positive_int, check_probability, check_token_ids
+from .._checks import check_like, check_positive_int, check_probability
 from ..constants import IGNORE_INDEX
 from ..vocab import Vocab
-from .base import Batch, padding_mask
+from .base import Batch, checked_tokens
 
 __all__ = ["MaskedLM", "word_ids_from_starts"]
 
@@ -314,13 +314,8 @@ class MaskedLM:
     ) -> Batch:
         """Corrupt ``input_ids`` ``(B, T)``; ``attention_mask`` ``(B, T)`` marks real tokens (default: not
         trailing padding); ``word_ids`` ``(B, T)`` is required by the word and span units."""
-        input_ids = check_token_ids(input_ids, self.vocab)  # (B, T) long
+        input_ids, real = checked_tokens(input_ids, self.vocab, attention_mask, generator)  # (B, T), (B, T)
         device = input_ids.device
-        check_generator(generator, device)
-        if attention_mask is None:
-            real = padding_mask(input_ids, self.vocab.pad_id, self.vocab.eos_id)  # (B, T)
-        else:
-            real = check_like(attention_mask, input_ids, "attention_mask", dtype="bool")
         special, ordinary = self._tables(device)
         if self.unit == "token":
             if word_ids is not None:

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .._checks import check_generator, check_like, check_positive_int, check_probability, check_token_ids
+from .._checks import check_positive_int, check_probability
 from ..constants import IGNORE_INDEX
 from ..vocab import Vocab
-from .base import Batch, padding_mask
+from .base import Batch, checked_tokens
 
 __all__ = ["PermutationLM"]
 
@@ -210,19 +210,14 @@ class PermutationLM:
     ) -> Batch:
         """Build XLNet data from ``input_ids`` ``(B, L)``, ``L`` even; ``attention_mask`` ``(B, L)`` marks real
         tokens (default: not trailing padding)."""
-        input_ids = check_token_ids(input_ids, self.vocab)  # (B, L) long
+        input_ids, real = checked_tokens(input_ids, self.vocab, attention_mask, generator)  # (B, L), (B, L)
         device = input_ids.device
-        check_generator(generator, device)
         B, L = input_ids.shape
         if L % 2:
             raise ValueError(
                 f"PermutationLM: input_ids must have an even length (the factorisation order permutes the two "
                 f"halves together, as XLNet's perm_size = L/2), got length {L} (shape {tuple(input_ids.shape)})"
             )
-        if attention_mask is None:
-            real = padding_mask(input_ids, self.vocab.pad_id, self.vocab.eos_id)  # (B, L)
-        else:
-            real = check_like(attention_mask, input_ids, "attention_mask", dtype="bool")
         special = self.vocab.special_mask(device)[input_ids]  # (B, L)
         ordinary = real & ~special  # (B, L) tokens that may be targets ("non-functional" in XLNet)
         if not bool(ordinary.any()):

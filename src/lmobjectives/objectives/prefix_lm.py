@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .._checks import check_generator, check_like, check_token_ids
+from .._checks import check_like
 from ..constants import IGNORE_INDEX
 from ..vocab import Vocab
-from .base import Batch, padding_mask
+from .base import Batch, checked_tokens
 from .clm import documents_from_eos, positions_within_documents
 
 __all__ = ["PrefixLM", "document_lengths", "prefix_lm_batch"]
@@ -287,12 +287,7 @@ class PrefixLM:
         document_ids: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> Batch:
-        input_ids = check_token_ids(input_ids, self.vocab)
-        check_generator(generator, input_ids.device)
-        if attention_mask is None:
-            real = padding_mask(input_ids, self.vocab.pad_id, self.vocab.eos_id)  # (B, T)
-        else:
-            real = check_like(attention_mask, input_ids, "attention_mask", dtype="bool")
+        input_ids, real = checked_tokens(input_ids, self.vocab, attention_mask, generator)  # (B, T), (B, T)
         if self.document_masking:
             if document_ids is None:
                 self.vocab.require("eos_id", who="PrefixLM(document_masking=True) without document_ids")

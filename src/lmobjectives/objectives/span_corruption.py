@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .._checks import check_generator, check_like, check_probability, check_token_ids
+from .._checks import check_generator, check_like, check_probability
 from ..constants import IGNORE_INDEX
 from ..vocab import Vocab
-from .base import Batch, padding_mask
+from .base import Batch, checked_tokens
 
 __all__ = [
     "SpanCorruption",
@@ -646,14 +646,9 @@ class SpanCorruption:
         generator: torch.Generator | None = None,
     ) -> Batch:
         """Corrupt ``input_ids`` ``(B, T)``; ``attention_mask`` ``(B, T)`` marks the real tokens."""
-        ids = check_token_ids(input_ids, self.vocab)  # (B, T) long
+        ids, real = checked_tokens(input_ids, self.vocab, attention_mask, generator)  # (B, T), (B, T)
         device = ids.device
-        check_generator(generator, device)
         pad, eos = self.vocab.pad_id, self.vocab.eos_id
-        if attention_mask is None:
-            real = padding_mask(ids, pad, eos)  # (B, T)
-        else:
-            real = check_like(attention_mask, ids, "attention_mask", dtype="bool")
         B, T = ids.shape
         d, mu = self.noise_density, self.mean_noise_span_length
         if T < 2:

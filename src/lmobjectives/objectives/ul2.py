@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .._checks import check_generator, check_like, check_token_ids
 from ..constants import IGNORE_INDEX, PARADIGM_TOKENS
 from ..vocab import Vocab
-from .base import Batch, padding_mask
+from .base import Batch, checked_tokens
 from .prefix_lm import prefix_lm_batch
 from .span_corruption import (
     LAYOUTS,
@@ -373,14 +372,9 @@ class UL2:
         generator: torch.Generator | None = None,
     ) -> Batch:
         """Corrupt ``input_ids`` ``(B, T)``, one denoiser per row; ``attention_mask`` ``(B, T)``: the real tokens."""
-        ids = check_token_ids(input_ids, self.vocab)  # (B, T) long
+        ids, real = checked_tokens(input_ids, self.vocab, attention_mask, generator)  # (B, T), (B, T)
         device = ids.device
-        check_generator(generator, device)
         pad, eos = self.vocab.pad_id, self.vocab.eos_id
-        if attention_mask is None:
-            real = padding_mask(ids, pad, eos)  # (B, T)
-        else:
-            real = check_like(attention_mask, ids, "attention_mask", dtype="bool")
         B, T = ids.shape
         n = real.sum(1)  # (B,) real tokens per row
         if bool((n < 2).any()):  # host sync, on the argument check only
