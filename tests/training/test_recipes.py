@@ -14,9 +14,10 @@ import torch
 
 import lmobjectives
 from lmobjectives import cli
-from lmobjectives.objectives import OBJECTIVES, CausalLM, Recipe, StepLoss, options_of
+from lmobjectives.models import MODELS, Transformer
+from lmobjectives.objectives import OBJECTIVES, CausalLM, ModelSpec, Recipe, StepLoss, options_of
 from lmobjectives.objectives.recipe import lm_step_loss
-from lmobjectives.training import TrainConfig, train
+from lmobjectives.training import TrainConfig, load_model, train
 
 TINY = dict(d_model=32, n_layers=1, n_heads=2, d_ff=64, seq_len=48, batch_size=4, progress=False, log_every=1,
             save_every=0, steps=5, warmup_steps=2)  # fmt: skip
@@ -108,16 +109,31 @@ def _weighted_loss(objective, model, batch) -> StepLoss:
     base = lm_step_loss(objective, model, batch)
     twice = base.terms["lm"]
     scaled = type(twice)(loss=objective.weight * twice.loss, num_tokens=twice.num_tokens, num_correct=twice.num_correct)
-    return StepLoss(total=base.total + scaled.loss, terms={"lm": twice, "echo": scaled})
+    targets = twice.num_tokens.float()
+    return StepLoss(total=base.total + scaled.loss, terms={"lm": twice, "echo": scaled}, metrics={"targets": targets})
+
+
+class _TaggedTransformer(Transformer):
+    """A test architecture with a constructor argument of its own (a ModelSpec kwarg)."""
+
+    def __init__(self, config, tag: str):
+        super().__init__(config)
+        self.tag = tag
 
 
 def test_a_new_objective_plugs_in_with_one_registry_entry(tmp_path, monkeypatch):
-    monkeypatch.setitem(OBJECTIVES, "weighted_clm", Recipe(_WeightedCLM, "test: CLM with a second term", loss=_weighted_loss))
+    recipe = Recipe(_WeightedCLM, "test: CLM with a second term", loss=_weighted_loss,
+                    model=lambda o: ModelSpec(architecture="tagged", kwargs={"tag": f"w={o.weight}"}))  # fmt: skip
+    monkeypatch.setitem(OBJECTIVES, "weighted_clm", recipe)
+    monkeypatch.setitem(MODELS, "tagged", _TaggedTransformer)
     result = train(TrainConfig(objective="weighted_clm", options={"weight": 0.25}, out=str(tmp_path), **TINY))
     rows = [json.loads(line) for line in result.metrics_path.read_text().splitlines()]
     assert all(r["echo_loss"] == pytest.approx(0.25 * r["lm_loss"]) for r in rows)
     assert all(r["loss"] == pytest.approx(1.25 * r["lm_loss"]) for r in rows)
+    assert all(r["targets"] == 4 * 47 for r in rows)  # the metric's mean over the steps (log_every=1: one step)
     assert torch.isfinite(torch.tensor([r["loss"] for r in rows])).all()
+    model = load_model(tmp_path)  # the architecture and its kwargs come back from config.json
+    assert isinstance(model, _TaggedTransformer) and model.tag == "w=0.25"
 
 
 @pytest.mark.slow

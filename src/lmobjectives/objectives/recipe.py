@@ -17,7 +17,7 @@ import inspect
 import re
 import typing
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -41,7 +41,7 @@ DataLayout = Literal["blocks", "sentences", "documents"]
   for a window of documents; the trainer keeps ``batch_size`` of the rows returned.
 """
 
-Architecture = Literal["transformer", "encoder_decoder"]
+Architecture = str  # a key of lmobjectives.models.MODELS: "transformer", "encoder_decoder", ...
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,7 @@ class ModelSpec:
     architecture: Architecture = "transformer"  # "transformer" (encoder or decoder: the batch says) or "encoder_decoder"
     n_token_types: int = 0  # segment embeddings (2 for sentence pairs), 0 = none
     n_sentence_classes: int = 0  # classes of the [CLS] sentence head (2 for NSP/SOP), 0 = no head
+    kwargs: dict[str, Any] = field(default_factory=dict)  # JSON values passed to MODELS[architecture](config, **kwargs)
 
 
 @dataclass
@@ -59,6 +60,7 @@ class StepLoss:
 
     total: torch.Tensor  # 0-dim, the quantity to backpropagate
     terms: dict[str, LossOutput]  # reported separately: metrics "<name>_loss", "<name>_accuracy" ("lm": "accuracy")
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # other 0-dim values, reported as their mean over steps
 
 
 def lm_step_loss(objective: Any, model: torch.nn.Module, batch: Batch) -> StepLoss:

@@ -143,6 +143,6 @@ def load_model(out_dir: str | Path, device: str = "cpu") -> torch.nn.Module:
     out_dir = Path(out_dir)
     config = json.loads((out_dir / "config.json").read_text())
     architecture = config.get("architecture", "transformer")  # runs saved before architectures existed
-    model = MODELS[architecture](TransformerConfig(**config["model"])).to(device)
+    model = MODELS[architecture](TransformerConfig(**config["model"]), **config.get("model_kwargs", {})).to(device)
     load_checkpoint(out_dir / "checkpoint", model)
     return model.eval()

@@ -138,7 +138,8 @@ class Meter:
     """Sums over the steps since the last metrics line; token-weighted means on :meth:`read`.
 
     Each loss term ``name`` of the recipe gives ``<name>_loss`` and ``<name>_accuracy`` (the LM term's
-    accuracy is ``accuracy``); ``loss`` is the sum of the terms' means.
+    accuracy is ``accuracy``); ``loss`` is the sum of the terms' means; each of the recipe's other metrics
+    is its mean over the steps.
     """
 
     def __init__(self) -> None:
@@ -147,6 +148,7 @@ class Meter:
     def reset(self) -> None:
         self.steps = 0
         self.sums: dict[str, list[float]] = {}  # term -> [loss * count, count, correct]
+        self.metric_sums: dict[str, float] = {}  # other metric -> sum over steps
         self.tokens = 0
         self.started = time.perf_counter()
 
@@ -157,6 +159,8 @@ class Meter:
             acc[0] += term.loss.item() * term.num_tokens.item()
             acc[1] += term.num_tokens.item()
             acc[2] += term.num_correct.item()
+        for name, value in step_loss.metrics.items():
+            self.metric_sums[name] = self.metric_sums.get(name, 0.0) + float(value)
         self.tokens += tokens
 
     def read(self) -> dict[str, Any]:
@@ -167,6 +171,7 @@ class Meter:
             row["loss"] += mean
             row[f"{name}_loss"] = mean
             row["accuracy" if name == "lm" else f"{name}_accuracy"] = correct / max(count, 1)
+        row.update({name: total / max(self.steps, 1) for name, total in self.metric_sums.items()})
         row["tokens_per_s"] = self.tokens / max(seconds, 1e-9)
         return row
 
@@ -271,14 +276,15 @@ def _train(config: TrainConfig, device: torch.device) -> TrainResult:
                           seed=config.seed)  # fmt: skip
 
     # model and optimizer
-    architecture = recipe.model(objective).architecture
+    spec = recipe.model(objective)
     torch.manual_seed(config.seed)
     model_config = model_config_for(config, recipe, objective, tokenizer.vocab.size)
-    model = MODELS[architecture](model_config).to(device)
+    model = MODELS[spec.architecture](model_config, **spec.kwargs).to(device)
     optimizer = make_optimizer(model, config)
     tqdm.write(f"model config: {json.dumps(vars(model_config))}")
     tqdm.write(f"model: {model.num_parameters():,} parameters on {device}; data: {stream.position(0)}")
-    saved = {"train": config.to_dict(), "architecture": architecture, "model": vars(model_config)}
+    saved = {"train": config.to_dict(), "architecture": spec.architecture, "model": vars(model_config),
+             "model_kwargs": spec.kwargs}  # fmt: skip
     config_path.write_text(json.dumps(saved, indent=2) + "\n")
 
     state: dict[str, Any] = {"step": 0, "tokens": 0, "elapsed_s": 0.0, "first_loss": None, "final_loss": None, "best_loss": None}
