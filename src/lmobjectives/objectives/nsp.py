@@ -25,6 +25,7 @@ from .mlm import MaskedLM
 __all__ = ["NextSentencePrediction", "SentenceOrderPrediction", "SentencePairs"]
 
 _SELECTIONS = ("exact", "bernoulli")
+_UNITS = ("token", "word", "span", "ngram")
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class _SentencePairObjective:
 
     Subclasses are frozen dataclasses with the fields ``vocab``,
     ``max_seq_length``, ``short_seq_prob``, ``mlm_probability``,
-    ``mlm_selection``, ``max_predictions`` and implement :meth:`_round`.
+    ``mlm_selection``, ``max_predictions``, ``unit`` and implement :meth:`_round`.
     """
 
     _needs_two_documents = False
@@ -79,7 +80,10 @@ class _SentencePairObjective:
         if self.mlm_selection not in _SELECTIONS:
             raise ValueError(f"{who}: mlm_selection must be one of {_SELECTIONS}, got {self.mlm_selection!r}")
         check_positive_int(self.max_predictions, "max_predictions", allow_none=True)
-        if self.mlm_selection == "bernoulli" and self.max_predictions is not None and self.mlm_probability > 0:
+        if self.unit not in _UNITS:
+            raise ValueError(f"{who}: unit must be one of {_UNITS} (the masked-LM unit on the pairs), got {self.unit!r}")
+        budgeted = self.unit in ("span", "ngram")  # these have a token budget under "bernoulli" too
+        if self.mlm_selection == "bernoulli" and self.max_predictions is not None and self.mlm_probability > 0 and not budgeted:
             # say it in this objective's terms (MaskedLM would name its own options)
             raise ValueError(
                 f"{who}: max_predictions={self.max_predictions!r} caps the fixed count of mlm_selection='exact'; "
@@ -93,6 +97,7 @@ class _SentencePairObjective:
                 probability=self.mlm_probability,
                 selection=self.mlm_selection,
                 max_predictions=self.max_predictions,
+                unit=self.unit,
             )
         object.__setattr__(self, "_mlm", mlm)
 
@@ -118,9 +123,7 @@ class _SentencePairObjective:
         generator: torch.Generator | None = None,
     ) -> Batch:
         """The laid-out pairs before masked-LM: ``labels`` are all ``IGNORE_INDEX``."""
-        flat, lengths, doc_start, doc_end = self._parse(input_ids, document_ids, attention_mask, generator)
-        plan = self._plan(lengths, doc_start, doc_end, generator)
-        return self._layout(flat, lengths, plan)
+        return self._pairs_and_words(input_ids, document_ids, attention_mask, None, generator)[0]
 
     def __call__(
         self,
@@ -128,15 +131,51 @@ class _SentencePairObjective:
         *,
         document_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        word_ids: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> Batch:
-        pairs = self.build_pairs(
-            input_ids, document_ids=document_ids, attention_mask=attention_mask, generator=generator
-        )
+        """Pairs from ``input_ids`` ``(S, L)``, masked; ``word_ids`` ``(S, L)`` (each sentence's word index,
+        -1 off words, as ``Tokenizer.encode_words`` gives them) are required by ``unit`` word, span, ngram."""
+        needs_words = self._mlm is not None and self.unit != "token"
+        if needs_words and word_ids is None:
+            raise ValueError(
+                f"{type(self).__name__}: unit={self.unit!r} needs word_ids (S, L): the word index of each token of "
+                "each sentence row (-1 = no word), as Tokenizer.encode_words gives them"
+            )
+        if not needs_words and word_ids is not None:
+            raise ValueError(
+                f"{type(self).__name__}: word_ids was given but unit={self.unit!r}"
+                + (" and mlm_probability=0" if self._mlm is None else "")
+                + "; whole-word units ('word', 'span', 'ngram') use it"
+            )
+        pairs, words = self._pairs_and_words(input_ids, document_ids, attention_mask, word_ids, generator)
         if self._mlm is None:
             return pairs  # mlm_probability == 0: sentence task only, no MLM labels
-        masked = self._mlm(pairs.input_ids, attention_mask=pairs.attention_mask, generator=generator)
+        extras = {} if words is None else {"word_ids": words}
+        masked = self._mlm(pairs.input_ids, attention_mask=pairs.attention_mask, generator=generator, **extras)
         return replace(pairs, input_ids=masked.input_ids, labels=masked.labels)
+
+    def _pairs_and_words(self, input_ids, document_ids, attention_mask, word_ids, generator):
+        """The laid-out pairs and, with ``word_ids``, the pairs' word ids ``(N, max_seq_length)`` (else None).
+
+        Sentence word ids are made unique across sentences first (each row's ids shifted by the words of
+        the rows before), so that a word never runs on into the next sentence of a segment.
+        """
+        flat, lengths, doc_start, doc_end = self._parse(input_ids, document_ids, attention_mask, generator)
+        flat_words = None
+        if word_ids is not None:
+            ids = input_ids.long()
+            words = check_like(word_ids, ids, "word_ids")  # (S, L)
+            if words.numel() and int(words.min()) < -1:
+                raise ValueError(f"word_ids must be >= -1 (-1 = not part of a word), got {int(words.min())}")
+            real = padding_mask(ids, self.vocab.pad_id) if attention_mask is None else check_like(
+                attention_mask, ids, "attention_mask", dtype="bool"
+            )
+            per_row = words.masked_fill(~real, -1).amax(-1).clamp(min=-1) + 1  # (S,) words of each sentence
+            offset = per_row.cumsum(0) - per_row  # (S,)
+            flat_words = torch.where(words >= 0, words + offset[:, None], -1)[real]  # (total,)
+        plan = self._plan(lengths, doc_start, doc_end, generator)
+        return self._layout(flat, lengths, plan, flat_words)
 
     # ------------------------------------------------------------------ steps
     def _parse(
@@ -280,8 +319,11 @@ class _SentencePairObjective:
         trims = torch.stack([front, cuts - front], -1)  # (2, N, 2): (front, back)
         return trims[0], trims[1]
 
-    def _layout(self, flat: torch.Tensor, lengths: torch.Tensor, plan: SentencePairs) -> Batch:
-        """Gather ``[CLS] A [SEP] B [SEP] pad...`` rows ``(N, max_seq_length)`` by index arithmetic."""
+    def _layout(
+        self, flat: torch.Tensor, lengths: torch.Tensor, plan: SentencePairs, flat_words: torch.Tensor | None = None
+    ) -> tuple[Batch, torch.Tensor | None]:
+        """Gather ``[CLS] A [SEP] B [SEP] pad...`` rows ``(N, max_seq_length)`` by index arithmetic
+        (and their word ids from ``flat_words``: -1 on [CLS], [SEP] and padding)."""
         v = self.vocab
         C = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])  # (S+1,)
         a_start = C[plan.first[:, 0]] + plan.first_trim[:, 0]  # (N,) first token of A in flat
@@ -299,6 +341,7 @@ class _SentencePairObjective:
         ids = torch.where(sep1 | sep2, v.sep_id, ids)
         ids[:, 0] = v.cls_id
         N = ids.shape[0]
+        words = None if flat_words is None else torch.where(in_a | in_b, flat_words[src], -1)  # (N, T)
         return Batch(
             input_ids=ids,
             labels=torch.full_like(ids, IGNORE_INDEX),
@@ -307,7 +350,7 @@ class _SentencePairObjective:
             token_type_ids=(in_b | sep2).long(),
             sentence_labels=plan.sentence_labels,
             has_targets=torch.ones(N, dtype=torch.bool, device=ids.device),
-        )
+        ), words
 
     def _round(
         self,
@@ -348,9 +391,13 @@ class NextSentencePrediction(_SentencePairObjective):
     does (one token at a time from the longer side, B on a tie, front or back
     with probability 1/2; computed in closed form), laid out as
     ``[CLS] A [SEP] B [SEP] pad...`` and masked with :class:`MaskedLM` (never
-    [CLS], [SEP] or padding) unless ``mlm_probability == 0``.
+    [CLS], [SEP] or padding) unless ``mlm_probability == 0``, in units of
+    ``unit``: tokens (BERT), whole words (BERT-wwm), SpanBERT spans or ALBERT
+    n-grams. The whole-word units need ``word_ids`` ``(S, L)``, each
+    sentence's word index per token; a word never runs from one sentence into
+    the next, and a word cut by truncation counts as a word.
 
-    Call: ``nsp(input_ids, *, document_ids, attention_mask=None, generator=None)``
+    Call: ``nsp(input_ids, *, document_ids, attention_mask=None, word_ids=None, generator=None)``
     with ``input_ids`` ``(S, L)`` one sentence per row (padding: ``attention_mask``
     if given, else the trailing run of ``pad_id``) and ``document_ids`` ``(S,)``
     non-decreasing. :meth:`build_pairs` returns the pairs before masking and
@@ -420,6 +467,7 @@ class NextSentencePrediction(_SentencePairObjective):
     mlm_probability: float = 0.15  # MaskedLM masking rate on the pairs; 0 turns MLM off (labels all IGNORE_INDEX)
     mlm_selection: str = "exact"  # MaskedLM selection: "exact" (BERT's fixed count per row) or "bernoulli"
     max_predictions: int | None = 20  # MaskedLM cap per row (BERT's max_predictions_per_seq); None for "bernoulli"
+    unit: str = "token"  # MaskedLM unit on the pairs: "token", "word" (BERT wwm), "span" (SpanBERT), "ngram" (ALBERT)
     _mlm: MaskedLM | None = field(default=None, init=False, repr=False, compare=False)  # built from the mlm_* options
 
     name = "nsp"
@@ -490,6 +538,7 @@ class SentenceOrderPrediction(_SentencePairObjective):
     mlm_probability: float = 0.15  # MaskedLM masking rate on the pairs; 0 turns MLM off (labels all IGNORE_INDEX)
     mlm_selection: str = "exact"  # MaskedLM selection: "exact" (BERT's fixed count per row) or "bernoulli"
     max_predictions: int | None = 20  # MaskedLM cap per row (BERT's max_predictions_per_seq); None for "bernoulli"
+    unit: str = "token"  # MaskedLM unit on the pairs: "token", "word" (BERT wwm), "span" (SpanBERT), "ngram" (ALBERT)
     _mlm: MaskedLM | None = field(default=None, init=False, repr=False, compare=False)  # built from the mlm_* options
 
     name = "sop"
