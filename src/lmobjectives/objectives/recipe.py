@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["DataLayout", "ModelSpec", "Option", "Recipe", "StepLoss", "lm_step_loss", "options_of"]
 
-DataLayout = Literal["blocks", "sentences", "documents"]
+DataLayout = Literal["blocks", "sentences", "documents", "conversations"]
 """What the trainer hands an objective at each step (see :mod:`lmobjectives.training.streams`):
 
 - ``"blocks"``: ``objective(input_ids (B, T), attention_mask=..., generator=..., **extras)``, documents
@@ -38,7 +38,10 @@ DataLayout = Literal["blocks", "sentences", "documents"]
 - ``"sentences"``: ``objective(sentences (S, L), document_ids=(S,), generator=...)``, one tokenised
   sentence per row for a window of documents; the trainer keeps ``batch_size`` of the rows returned;
 - ``"documents"``: ``objective(texts: list[str], tokenizer=..., generator=...)``, raw document texts
-  for a window of documents; the trainer keeps ``batch_size`` of the rows returned.
+  for a window of documents; the trainer keeps ``batch_size`` of the rows returned;
+- ``"conversations"``: ``objective(input_ids (B, T), roles=..., attention_mask=..., document_ids=...,
+  generator=...)``, chat conversations (``--data`` a JSONL file) tokenised with each token's role
+  (:mod:`lmobjectives.sft`) and packed best-fit decreasing into rows, one conversation in one row.
 """
 
 Architecture = str  # a key of lmobjectives.models.MODELS: "transformer", "encoder_decoder", ...

@@ -22,23 +22,46 @@ One stream per data layout of :class:`~lmobjectives.objectives.Recipe` (``recipe
   first document.
 - :class:`DocumentStream` (``"documents"``): the same windows, as raw document
   texts plus the tokenizer, for objectives that cut text before tokenising (FIM).
+- :class:`ConversationStream` (``"conversations"``: sft): chat conversations
+  tokenised once with the role of every token (:mod:`lmobjectives.sft`),
+  truncated to ``seq_len``, and packed best-fit decreasing into rows of
+  ``seq_len`` (a conversation never spans two rows); rows are then drawn as
+  blocks are. Conversations left with nothing to learn are dropped and
+  counted, never kept silently (:attr:`ConversationStream.report`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import fields, replace
 from functools import lru_cache
 from typing import Any
 
 import torch
 
+from ..data.chat import chat_texts, conversations_from_documents, load_chat
+from ..data.corpus import load_corpus
 from ..data.packing import pack_documents, sentence_table, tokenize_corpus, tokenize_documents
 from ..objectives.base import Batch, Objective
 from ..objectives.recipe import Recipe
+from ..objectives.sft import learned_mask, pack_conversations
+from ..sft import tokenize_conversation
 
-__all__ = ["BlockStream", "DocumentStream", "SentenceStream", "build_stream", "derive_seed", "data_fingerprint", "epoch_indices"]
+__all__ = [
+    "BlockStream",
+    "ConversationStream",
+    "DocumentStream",
+    "SentenceStream",
+    "build_stream",
+    "data_fingerprint",
+    "data_texts",
+    "derive_seed",
+    "epoch_indices",
+    "load_data",
+]
 
 
 def derive_seed(seed: int, *parts: object) -> int:
@@ -212,16 +235,112 @@ class DocumentStream(_WindowStream):
         return self.objective([self.texts[d] for d in docs.tolist()], tokenizer=self.tokenizer, generator=generator)
 
 
+class ConversationStream(BlockStream):
+    """Packed conversations ``(N, T)`` with their roles and document ids; ``stream(step)`` is the step's batch.
+
+    Built by :meth:`from_conversations`; :attr:`report` counts what happened to the conversations (also in
+    :meth:`position`, which the trainer prints when it starts).
+    """
+
+    def __init__(self, objective: Objective, input_ids: torch.Tensor, extras: dict[str, torch.Tensor],
+                 report: dict[str, int], *, batch_size: int, seed: int):  # fmt: skip
+        super().__init__(objective, input_ids, extras, batch_size=batch_size, seed=seed)
+        self.report = report  # conversations: read, kept, truncated, no_target (dropped), with_merges, boundary_merges
+
+    @classmethod
+    def from_conversations(cls, objective: Objective, conversations: Sequence[Any], tokenizer: Any, *, seq_len: int,
+                           batch_size: int, seed: int) -> ConversationStream:  # fmt: skip
+        """Tokenise (:func:`~lmobjectives.sft.tokenize_conversation`), truncate to ``seq_len`` (keeping the
+        start, as TRL does), drop and count the conversations with no learned target left under the
+        objective's ``train_on``, pack the rest best-fit decreasing into rows of ``seq_len``.
+
+        ``conversations``: records (``{"messages": ...}``, ``{"prompt", "completion"}``, lists of messages) or
+        documents (lists of sentences, made into conversations by
+        :func:`~lmobjectives.data.chat.conversations_from_documents`).
+        """
+        if conversations and all(_is_document(c) for c in conversations):
+            conversations = conversations_from_documents(conversations)
+        train_on = getattr(objective, "train_on", "assistant")
+        ids, roles = [], []
+        report = {"conversations": len(conversations), "kept": 0, "truncated": 0, "no_target": 0, "with_merges": 0,
+                  "boundary_merges": 0}  # fmt: skip
+        for k, record in enumerate(conversations):  # tokenisation is Python: one call per conversation
+            try:
+                tokens = tokenize_conversation(record, tokenizer, train_on=train_on)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"conversation {k}: {e}") from None
+            report["with_merges"] += tokens.boundary_merges > 0
+            report["boundary_merges"] += tokens.boundary_merges
+            report["truncated"] += len(tokens.input_ids) > seq_len
+            conv_roles = torch.tensor(tokens.roles[:seq_len], dtype=torch.long)  # (L,)
+            if not bool(learned_mask(conv_roles, train_on)[1:].any()):  # the first token is never a target
+                report["no_target"] += 1
+                continue
+            ids.append(tokens.input_ids[:seq_len])
+            roles.append(tokens.roles[:seq_len])
+        report["kept"] = len(ids)
+        if report["no_target"]:
+            warnings.warn(
+                f"{report['no_target']} of {report['conversations']} conversations have no learned token within "
+                f"seq_len={seq_len} (train_on={train_on!r}; {report['truncated']} were truncated to seq_len) and are "
+                "dropped", stacklevel=2)  # fmt: skip
+        if report["with_merges"]:
+            warnings.warn(
+                f"{report['with_merges']} of {report['conversations']} conversations tokenise differently as a whole "
+                f"than part by part ({report['boundary_merges']} part boundaries merged by the tokenizer); their "
+                "parts' tokens are kept, so every label is exact", stacklevel=2)  # fmt: skip
+        if not ids:
+            raise ValueError(
+                f"no conversation has a learned token within seq_len={seq_len} (train_on={train_on!r}): all "
+                f"{report['conversations']} have their answers cut off ({report['truncated']} truncated) or none; "
+                "use a longer --seq-len"
+            )
+        pad_id = tokenizer.vocab.pad_id if tokenizer.vocab.pad_id is not None else 0
+        packed = pack_conversations(ids, roles, seq_len, pad_id=pad_id)
+        extras = {"attention_mask": packed.attention_mask, "document_ids": packed.document_ids, "roles": packed.roles}
+        return cls(objective, packed.input_ids, extras, report, batch_size=batch_size, seed=seed)
+
+    def position(self, step: int) -> dict[str, Any]:
+        return {**super().position(step), "unit": "row of conversations", **self.report}
+
+
+def _is_document(item: object) -> bool:
+    """A corpus document (a list of sentences), as opposed to a conversation record or a list of messages."""
+    return isinstance(item, Sequence) and not isinstance(item, (str, Mapping)) and all(isinstance(s, str) for s in item)
+
+
+def load_data(recipe: Recipe, spec: str, **corpus_options: Any) -> list[Any]:
+    """What :func:`build_stream` lays out for ``recipe``, read from ``spec`` (``--data``): chat conversations
+    (:func:`~lmobjectives.data.chat.load_chat`: ``"builtin"`` or a ``.jsonl`` file) for the
+    ``"conversations"`` layout, else the corpus's documents (:func:`~lmobjectives.data.corpus.load_corpus`,
+    given ``corpus_options``)."""
+    if recipe.data == "conversations":
+        return load_chat(spec)
+    return load_corpus(spec, **corpus_options)
+
+
+def data_texts(data: Sequence[Any]) -> list[str]:
+    """The texts of :func:`load_data`'s result (sentences, or message contents), e.g. to train a tokenizer on."""
+    if data and not all(_is_document(d) for d in data):
+        return chat_texts(data)
+    return [s for doc in data for s in doc]
+
+
 def build_stream(
-    recipe: Recipe, objective: Objective, documents: list[list[str]], tokenizer: Any, *, seq_len: int,
+    recipe: Recipe, objective: Objective, documents: list[Any], tokenizer: Any, *, seq_len: int,
     batch_size: int, seed: int,
-) -> BlockStream | SentenceStream | DocumentStream:  # fmt: skip
+) -> BlockStream | SentenceStream | DocumentStream | ConversationStream:  # fmt: skip
     """The step -> batch function of a run: the corpus tokenised once and laid out as ``recipe.data`` says.
 
     ``stream(step)`` is exactly the batch ``lmobj train`` trains on at data position ``step`` (0-based) with
     this ``seed`` and ``batch_size``; :mod:`lmobjectives.inspection` draws its example from it too.
+    ``documents`` are lists of sentences (:func:`load_data`); for the ``"conversations"`` layout, chat records
+    or such documents (see :meth:`ConversationStream.from_conversations`).
     """
     vocab = tokenizer.vocab
+    if recipe.data == "conversations":
+        return ConversationStream.from_conversations(objective, documents, tokenizer, seq_len=seq_len,
+                                                     batch_size=batch_size, seed=seed)  # fmt: skip
     if recipe.data == "sentences":
         table = sentence_table(tokenize_corpus(documents, tokenizer), pad_id=vocab.pad_id, max_length=seq_len)
         return SentenceStream(objective, table.input_ids, table.document_ids, batch_size=batch_size, seed=seed)
