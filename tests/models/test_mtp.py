@@ -28,7 +28,7 @@ def test_one_future_token_is_the_plain_transformer(heads):
     torch.manual_seed(0)
     plain = Transformer(config).eval()
     torch.manual_seed(0)
-    mtp = MultiTokenTransformer(config, n_future=1, heads=heads).eval()
+    mtp = MultiTokenTransformer(config, n_future=1, head_design=heads).eval()
     assert plain.state_dict().keys() == mtp.state_dict().keys()
     assert all(torch.equal(v, mtp.state_dict()[k]) for k, v in plain.state_dict().items())
     batch = _batch(_ids())
@@ -64,7 +64,7 @@ def test_what_each_head_reads(heads):
     """Parallel: every head at position i sees tokens <= i. Sequential: depth k at i sees tokens <= i + k (the
     embedding of t_{i+k} is its input), and does read t_{i+k}."""
     torch.manual_seed(0)
-    model = MultiTokenTransformer(TransformerConfig(**CFG), n_future=3, heads=heads).eval()
+    model = MultiTokenTransformer(TransformerConfig(**CFG), n_future=3, head_design=heads).eval()
     ids = _ids(shape=(1, 10))
     j = 6
     changed = ids.clone()
@@ -81,7 +81,7 @@ def test_what_each_head_reads(heads):
 @pytest.mark.parametrize("positions", ["alibi", "rope"])
 def test_documents_stay_apart_in_every_head(heads, positions):
     torch.manual_seed(0)
-    model = MultiTokenTransformer(TransformerConfig(**CFG, positions=positions), n_future=3, heads=heads).eval()
+    model = MultiTokenTransformer(TransformerConfig(**CFG, positions=positions), n_future=3, head_design=heads).eval()
     vocab = Vocab(size=20, eos_id=1)
     objective = MultiTokenPrediction(vocab, n_future=3, document_masking=True)
     ids = torch.tensor([[5, 6, 7, 8, 1, 9, 10, 11, 12, 13]])
@@ -97,11 +97,11 @@ def test_errors():
     for n in (0, -2, 1.0, True):
         with pytest.raises(ValueError, match=r"n_future must be an int >= 1"):
             MultiTokenTransformer(config, n_future=n)
-    with pytest.raises(ValueError, match=r"heads must be 'parallel' or 'sequential', got 'both'"):
-        MultiTokenTransformer(config, heads="both")
+    with pytest.raises(ValueError, match=r"head_design must be 'parallel' or 'sequential', got 'both'"):
+        MultiTokenTransformer(config, head_design="both")
     with pytest.raises(ValueError, match=r"n_sentence_classes must be 0, got 2"):
         MultiTokenTransformer(TransformerConfig(**CFG | {"n_sentence_classes": 2}))
-    sequential = MultiTokenTransformer(config, heads="sequential")
+    sequential = MultiTokenTransformer(config, head_design="sequential")
     with pytest.raises(ValueError, match=r"only the parallel heads have a separate trunk"):
         sequential.trunk(_batch(_ids()))
     with pytest.raises(ValueError, match=r"k must lie in \[0, 2\)"):

@@ -151,8 +151,8 @@ def test_mtp_weight_must_be_positive(w):
 
 
 def test_other_bad_options_and_batches():
-    with pytest.raises(ValueError, match=r"heads must be 'parallel' or 'sequential', got 'tree'"):
-        MultiTokenPrediction(V, heads="tree")
+    with pytest.raises(ValueError, match=r"head_design must be 'parallel' or 'sequential', got 'tree'"):
+        MultiTokenPrediction(V, head_design="tree")
     with pytest.raises(TypeError, match=r"memory_efficient must be a bool, got 1"):
         MultiTokenPrediction(V, memory_efficient=1)
     with pytest.raises(ValueError, match=r"nothing to predict"):
@@ -174,7 +174,7 @@ def test_the_losses_refuse_mismatched_models_and_labels():
         parallel_heads_loss(MODELS["transformer"](cfg), b)
     with pytest.raises(ValueError, match=r"batch.labels must be \(B, T, n_future=3\)"):
         parallel_heads_loss(MultiTokenTransformer(cfg, n_future=3), b)
-    with pytest.raises(ValueError, match=r"sequential heads loss got a model with heads='parallel'"):
+    with pytest.raises(ValueError, match=r"sequential heads loss got a model with head_design='parallel'"):
         sequential_modules_loss(MultiTokenTransformer(cfg, n_future=2), b)
 
 
@@ -184,7 +184,7 @@ def test_the_losses_refuse_mismatched_models_and_labels():
 def _model(heads: str, n: int, *, dtype=torch.float32, **cfg) -> MultiTokenTransformer:
     torch.manual_seed(0)
     config = dict(vocab_size=24, d_model=16, n_layers=2, n_heads=2, d_ff=32, n_token_types=0) | cfg
-    return MultiTokenTransformer(TransformerConfig(**config), n_future=n, heads=heads).to(dtype)
+    return MultiTokenTransformer(TransformerConfig(**config), n_future=n, head_design=heads).to(dtype)
 
 
 def _naive_shifted_ce(model: MultiTokenTransformer, ids: torch.Tensor) -> list[torch.Tensor]:
@@ -270,7 +270,7 @@ def test_memory_efficient_total_backpropagates_once_and_is_plain_without_grad():
 def test_recipe_loss_follows_the_options():
     vocab = Vocab(size=24)
     ids = torch.randint(0, 24, (2, 8), generator=torch.Generator().manual_seed(5))
-    seq = MultiTokenPrediction(vocab, n_future=2, heads="sequential", mtp_weight=0.5)
+    seq = MultiTokenPrediction(vocab, n_future=2, head_design="sequential", mtp_weight=0.5)
     step = mtp_step_loss(seq, _model("sequential", 2).eval(), seq(ids))
     torch.testing.assert_close(step.total, step.terms["lm"].loss + 0.5 * step.terms["head2"].loss)
 
@@ -283,12 +283,12 @@ def _recipe() -> Recipe:
         MultiTokenPrediction,
         "multi-token prediction",
         block_extras=lambda o: ("document_ids",) if o.document_masking else (),
-        model=lambda o: ModelSpec(architecture="mtp", kwargs={"n_future": o.n_future, "heads": o.heads}),
+        model=lambda o: ModelSpec(architecture="mtp", kwargs={"n_future": o.n_future, "head_design": o.head_design}),
         loss=mtp_step_loss,
     )
 
 
-@pytest.mark.parametrize("options", [{"n_future": 3}, {"n_future": 2, "heads": "sequential", "document_masking": True}])
+@pytest.mark.parametrize("options", [{"n_future": 3}, {"n_future": 2, "head_design": "sequential", "document_masking": True}])
 def test_trains_on_cpu_through_train(tmp_path, monkeypatch, options):
     monkeypatch.setitem(OBJECTIVES, "mtp", _recipe())
     monkeypatch.setitem(MODELS, "mtp", MultiTokenTransformer)

@@ -1,7 +1,7 @@
 """The small transformer with multi-token prediction heads: Gloeckle et al.'s parallel heads or DeepSeek-V3's
 sequential MTP modules. Trained with the ``mtp`` objective (:mod:`lmobjectives.objectives.mtp`).
 
-``heads="parallel"`` (Gloeckle et al. 2024, §2, and their released model code): the shared trunk is
+``head_design="parallel"`` (Gloeckle et al. 2024, §2, and their released model code): the shared trunk is
 the :class:`~lmobjectives.models.Transformer`'s blocks except the last; head 1 (next token) is the last
 block, heads 2..N are ``N - 1`` extra blocks of the same shape, each reading the trunk's output; all
 heads share the final norm and the unembedding (the tied embedding, :attr:`output_weight`). With
@@ -9,7 +9,7 @@ heads share the final norm and the unembedding (the tied embedding, :attr:`outpu
 The paper's memory-efficient training schedule needs the trunk and the heads separately:
 :meth:`MultiTokenTransformer.trunk` and :meth:`MultiTokenTransformer.head`.
 
-``heads="sequential"`` (DeepSeek-V3 report §2.2, Eqs. 21-23): the full model predicts the next token;
+``head_design="sequential"`` (DeepSeek-V3 report §2.2, Eqs. 21-23): the full model predicts the next token;
 then ``D = N - 1`` MTP modules run in a chain. Module ``k`` combines, at position ``i``, the previous
 depth's representation ``h^{k-1}_i`` (``h^0`` is the main model's final hidden state) and the embedding
 of the token ``t_{i+k}``, each RMSNorm'd, by a linear projection ``M_k`` of their concatenation
@@ -64,7 +64,7 @@ class MTPModule(nn.Module):
 
 
 class MultiTokenTransformer(Transformer):
-    """:class:`Transformer` with ``n_future`` prediction heads, ``heads="parallel"`` or ``"sequential"`` (see the
+    """:class:`Transformer` with ``n_future`` prediction heads, ``head_design="parallel"`` or ``"sequential"`` (see the
     module docstring). ``forward(batch)`` returns :class:`MTPOutput`: ``hidden`` ``(B, T, d)`` is the
     next-token head's (what a plain LM loss, or generation, reads) and ``heads`` ``(B, T, N, d)`` stacks
     every head's, aligned with the ``mtp`` objective's labels ``(B, T, N)``.
@@ -77,20 +77,20 @@ class MultiTokenTransformer(Transformer):
     ((2, 5, 16), (2, 5, 3, 16))
     """
 
-    def __init__(self, config: TransformerConfig, n_future: int = 2, heads: str = "parallel") -> None:
+    def __init__(self, config: TransformerConfig, n_future: int = 2, head_design: str = "parallel") -> None:
         super().__init__(config)  # first, so that the shared parameters draw what a Transformer's would
         if isinstance(n_future, bool) or not isinstance(n_future, int) or n_future < 1:
             raise ValueError(f"MultiTokenTransformer: n_future must be an int >= 1, got {n_future!r}")
-        if heads not in ("parallel", "sequential"):
-            raise ValueError(f"MultiTokenTransformer: heads must be 'parallel' or 'sequential', got {heads!r}")
+        if head_design not in ("parallel", "sequential"):
+            raise ValueError(f"MultiTokenTransformer: head_design must be 'parallel' or 'sequential', got {head_design!r}")
         if config.n_sentence_classes:
             raise ValueError(
                 f"MultiTokenTransformer has no sentence head: TransformerConfig.n_sentence_classes must be 0, "
                 f"got {config.n_sentence_classes}"
             )
         self.n_future = n_future
-        self.heads = heads
-        if heads == "parallel":  # heads 2..N; head 1 is the last of self.blocks
+        self.head_design = head_design
+        if head_design == "parallel":  # heads 2..N; head 1 is the last of self.blocks
             self.extra_heads = nn.ModuleList(Block(config) for _ in range(n_future - 1))
             self.extra_heads.apply(partial(init_weights, n_residual=2 * config.n_layers))
         else:  # depths 1..D
@@ -117,7 +117,7 @@ class MultiTokenTransformer(Transformer):
     def trunk(self, batch: Batch) -> tuple[torch.Tensor, AttentionInputs]:
         """Parallel heads: the shared trunk's output ``(B, T, d)`` (every block but the last) and the attention
         inputs the heads need."""
-        if self.heads != "parallel":
+        if self.head_design != "parallel":
             raise ValueError("MultiTokenTransformer.trunk: only the parallel heads have a separate trunk")
         x, attention = self._embed(batch)
         for block in self.blocks[:-1]:
@@ -126,7 +126,7 @@ class MultiTokenTransformer(Transformer):
 
     def head_block(self, k: int) -> Block:
         """Parallel heads: the block of head ``k`` (0-based; head 0 predicts ``t+1`` and is the last trunk block)."""
-        if self.heads != "parallel" or not 0 <= k < self.n_future:
+        if self.head_design != "parallel" or not 0 <= k < self.n_future:
             raise ValueError(f"head_block: k must lie in [0, {self.n_future}) for parallel heads, got {k!r}")
         return self.blocks[-1] if k == 0 else self.extra_heads[k - 1]
 
@@ -137,7 +137,7 @@ class MultiTokenTransformer(Transformer):
     # ------------------------------------------------------------------ both
 
     def forward(self, batch: Batch) -> MTPOutput:
-        if self.heads == "parallel":
+        if self.head_design == "parallel":
             trunk, attention = self.trunk(batch)
             heads = torch.stack([self.head(k, trunk, attention) for k in range(self.n_future)], dim=2)  # (B, T, N, d)
             return MTPOutput(hidden=heads[:, :, 0], sentence_logits=None, heads=heads)

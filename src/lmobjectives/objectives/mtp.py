@@ -84,9 +84,9 @@ class MultiTokenPrediction:
     that restart at each document.
 
     The other fields configure the model and the loss (they are the run's options, read by the
-    recipe): ``heads="parallel"`` is Gloeckle et al.'s ``n_future`` independent one-block heads on a
+    recipe): ``head_design="parallel"`` is Gloeckle et al.'s ``n_future`` independent one-block heads on a
     shared trunk, loss ``Σ_k CE_k``, trained with the paper's memory-efficient schedule unless
-    ``memory_efficient=False``; ``heads="sequential"`` is DeepSeek-V3's ``D = n_future - 1`` chained
+    ``memory_efficient=False``; ``head_design="sequential"`` is DeepSeek-V3's ``D = n_future - 1`` chained
     MTP modules behind the full model, loss ``CE_main + mtp_weight / D · Σ_k CE_k``. Defaults:
     ``n_future=2`` is DeepSeek-V3's depth 1 and Gloeckle et al.'s best natural-language setting (they
     use 4 on code); ``mtp_weight=0.3`` is DeepSeek-V3's λ for its first 10T tokens (then 0.1).
@@ -98,7 +98,7 @@ class MultiTokenPrediction:
 
     vocab: Vocab  # vocabulary (eos_id marks document boundaries, pad_id padding)
     n_future: int = 2  # tokens predicted at each position (t+1 ... t+n_future); 1 is plain next-token prediction
-    heads: HeadDesign = "parallel"  # 'parallel': Gloeckle et al.'s independent heads; 'sequential': DeepSeek-V3's chained modules
+    head_design: HeadDesign = "parallel"  # 'parallel': Gloeckle et al.'s independent heads; 'sequential': DeepSeek-V3's chained modules
     document_masking: bool = False  # also no attention across documents, positions restarting per document
     mtp_weight: float = 0.3  # sequential heads: lambda, the weight of the mean loss of the extra depths (DeepSeek-V3)
     memory_efficient: bool = True  # parallel heads: one head's forward and backward at a time (Gloeckle et al. Fig. 2)
@@ -107,8 +107,8 @@ class MultiTokenPrediction:
 
     def __post_init__(self) -> None:
         check_positive_int(self.n_future, "n_future")
-        if self.heads not in ("parallel", "sequential"):
-            raise ValueError(f"heads must be 'parallel' or 'sequential', got {self.heads!r}")
+        if self.head_design not in ("parallel", "sequential"):
+            raise ValueError(f"head_design must be 'parallel' or 'sequential', got {self.head_design!r}")
         for flag in ("document_masking", "memory_efficient"):
             if not isinstance(getattr(self, flag), bool):
                 raise TypeError(f"{flag} must be a bool, got {getattr(self, flag)!r}")
@@ -170,8 +170,8 @@ def _check_labels(model: Any, batch: Batch, heads: str) -> torch.Tensor:
 
     if not isinstance(model, MultiTokenTransformer):
         raise TypeError(f"the mtp loss needs a MultiTokenTransformer (architecture 'mtp'), got {type(model).__name__}")
-    if model.heads != heads:
-        raise ValueError(f"the {heads} heads loss got a model with heads={model.heads!r}")
+    if model.head_design != heads:
+        raise ValueError(f"the {heads} heads loss got a model with head_design={model.head_design!r}")
     labels = batch.labels
     if labels.dim() != 3 or labels.shape[-1] != model.n_future:
         raise ValueError(
@@ -286,7 +286,7 @@ def sequential_modules_loss(model: Any, batch: Batch, *, weight: float = 0.3) ->
 
 
 def mtp_step_loss(objective: MultiTokenPrediction, model: Any, batch: Batch) -> StepLoss:
-    """The recipe's loss: the objective's ``heads`` design with its ``memory_efficient`` / ``mtp_weight``."""
-    if objective.heads == "parallel":
+    """The recipe's loss: the objective's ``head_design`` with its ``memory_efficient`` / ``mtp_weight``."""
+    if objective.head_design == "parallel":
         return parallel_heads_loss(model, batch, memory_efficient=objective.memory_efficient)
     return sequential_modules_loss(model, batch, weight=objective.mtp_weight)
