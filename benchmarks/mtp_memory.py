@@ -73,7 +73,7 @@ def _setup(args: argparse.Namespace, n_future: int):
 
 def _proc_status(key: str) -> int:
     """A ``/proc/self/status`` field in KiB (Linux)."""
-    return int(re.search(rf"^{key}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M).group(1))
+    return int(re.search(rf"^{key}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE).group(1))
 
 
 def _reset_peak_rss() -> int:

@@ -28,11 +28,19 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from ..objectives.base import Batch
-from .transformer import AttentionInputs, Block, ModelOutput, Transformer, TransformerConfig, init_weights, self_attention_inputs
+from .transformer import (
+    AttentionInputs,
+    Block,
+    ModelOutput,
+    Transformer,
+    TransformerConfig,
+    init_weights,
+    self_attention_inputs,
+)
 
 __all__ = ["MTPModule", "MTPOutput", "MultiTokenTransformer"]
 
@@ -100,7 +108,7 @@ class MultiTokenTransformer(Transformer):
         """The input of the first block ``(B, T, d)`` and the attention inputs, as in :meth:`Transformer.forward`."""
         if batch.decoder_input_ids is not None:
             raise ValueError("MultiTokenTransformer got an encoder-decoder batch (decoder_input_ids is set)")
-        B, T = batch.input_ids.shape
+        T = batch.input_ids.shape[1]
         if T > self.config.max_seq_len:
             raise ValueError(f"sequence length {T} exceeds TransformerConfig.max_seq_len={self.config.max_seq_len}")
         x = self.tok_emb(batch.input_ids)  # (B, T, d)

@@ -166,7 +166,9 @@ class MultiTokenPrediction:
 
 def _check_labels(model: Any, batch: Batch, heads: str) -> torch.Tensor:
     """``batch.labels`` ``(B, T, N)`` checked against the model: a multi-token model of the same design and N."""
-    from ..models.mtp import MultiTokenTransformer  # lazy: models import objectives.base
+    from ..models.mtp import (
+        MultiTokenTransformer,  # lazy: models import objectives.base
+    )
 
     if not isinstance(model, MultiTokenTransformer):
         raise TypeError(f"the mtp loss needs a MultiTokenTransformer (architecture 'mtp'), got {type(model).__name__}")
