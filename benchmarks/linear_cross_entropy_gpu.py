@@ -152,7 +152,7 @@ def build_method(name, x, w, t, *, device):
     if name == "vocab_chunked":
         return lambda: linear_cross_entropy(x, w, t, impl="vocab_chunked")
     if name == "vocab_chunked_noborrow":
-        from lmobjectives.ops._vocab_chunked import vocab_chunked_linear_cross_entropy
+        from lmobjectives.ops._custom_ops import vocab_chunked_linear_cross_entropy
 
         def noborrow():
             loss, _, _ = vocab_chunked_linear_cross_entropy(

@@ -127,8 +127,36 @@ def main(impl: str) -> int:
         print("FAIL frozen weight")
     if impl == "vocab_chunked":
         failures += vocab_chunked_epilogues_match_torch()
+    failures += unchecked_targets_past_the_vocabulary(impl)
     failures += compiled_is_eager(impl)
     return 1 if failures else 0
+
+
+def unchecked_targets_past_the_vocabulary(impl: str) -> int:
+    """``check_targets=False``: targets ``V`` and ``V + 1`` (inside the last, partial vocabulary
+    tile: V = 107 is not a multiple of any tile width) and a large id get the documented target
+    logit 0, so a token loss of exactly ``lse``, and finite gradients (the fused kernel once
+    matched ``V`` against a padded column holding -inf and returned inf)."""
+    g = torch.Generator().manual_seed(8)
+    n, d, v = 21, 20, 107
+    x = torch.randn(n, d, generator=g)
+    w = torch.randn(v, d, generator=g) * 0.3
+    t = torch.randint(0, v, (n,), generator=g)
+    t[:3] = torch.tensor([v, v + 1, 2**40])
+    kw = dict(check_targets=False, reduction="none", **IMPL_OPTIONS.get(impl, {}))
+    out = linear_cross_entropy_with_stats(x, w, t, impl=impl, **kw)
+    ref = linear_cross_entropy_with_stats(x, w, t.clamp(max=v - 1), impl="reference",
+                                          reduction="none")
+    expected = torch.cat([ref.lse[:3], ref.loss[3:]])
+    leaves = [x.clone().requires_grad_(), w.clone().requires_grad_()]
+    loss = linear_cross_entropy_with_stats(*leaves, t, impl=impl, **kw).loss
+    finite = all(torch.isfinite(a).all() for a in torch.autograd.grad(loss.sum(), leaves))
+    if not (finite and torch.allclose(out.loss, expected, rtol=1e-5, atol=1e-5)):
+        print(f"FAIL {impl} check_targets=False past V: loss {out.loss[:3].tolist()}, "
+              f"expected lse {expected[:3].tolist()}; finite gradients: {finite}")
+        return 1
+    print(f"ok {impl} check_targets=False past V", flush=True)
+    return 0
 
 
 def compiled_is_eager(impl: str) -> int:
@@ -161,6 +189,7 @@ def vocab_chunked_epilogues_match_torch() -> int:
     to 1e-5 (same math, different summation order), argmax exactly (ties included: the logits
     are rounded to a coarse grid so that many ties exist)."""
     from lmobjectives.ops import _vocab_chunked as vc
+    from lmobjectives.ops._custom_ops import vocab_chunked_linear_cross_entropy
 
     failures = 0
     if vc.default_epilogue(torch.device("cpu"), torch.float32) != "triton":
@@ -181,7 +210,7 @@ def vocab_chunked_epilogues_match_torch() -> int:
         outs = {}
         for epilogue in ("torch", "triton"):
             leaves = [a.clone().requires_grad_() for a in inputs]
-            loss, lse, argmax = vc.vocab_chunked_linear_cross_entropy(
+            loss, lse, argmax = vocab_chunked_linear_cross_entropy(
                 leaves[0], leaves[1], t, leaves[2], ignore_index=IGNORE_INDEX, reduction="sum",
                 chunk_size=20, want_argmax=True, epilogue=epilogue, **{
                     "label_smoothing": 0.0, "z_loss": 0.0, "softcap": None, **opts},

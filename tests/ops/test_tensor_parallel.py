@@ -67,6 +67,8 @@ def _worker(rank: int, port: int) -> None:
             if with_bias:
                 torch.testing.assert_close(bs.grad, ref_b.grad[rows], **tol)
         _check_autocast(rank)
+        _check_unequal_shards(rank)
+        _check_double_backward_raises(rank)
     finally:
         dist.destroy_process_group()
 
@@ -91,6 +93,42 @@ def _check_autocast(rank: int) -> None:
     torch.testing.assert_close(loss, ref.detach())
     torch.testing.assert_close(xs.grad, ref_x.grad, rtol=1e-2, atol=1e-3)
     torch.testing.assert_close(ws.grad, ref_w.grad[rows], rtol=1e-2, atol=1e-3)
+
+
+def _check_unequal_shards(rank: int) -> None:
+    """Shards of 129 and 128 rows (V = 257): the loss and gradients of the unsharded op, in
+    float64 (before shard sizes were gathered, rank 1 assumed offset 128 and V = 256)."""
+    g = torch.Generator().manual_seed(2)
+    n, d, sizes = 11, 5, (129, 128)
+    v = sum(sizes)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    w = torch.randn(v, d, generator=g, dtype=torch.float64)
+    t = torch.randint(0, v, (n,), generator=g)
+    t[:3] = torch.tensor([128, 129, v - 1])  # the last row of shard 0, the first and last of 1
+    t[3] = IGNORE_INDEX
+    rows = slice(sum(sizes[:rank]), sum(sizes[: rank + 1]))
+    for reduction, opts in (("mean", dict()), ("none", dict(label_smoothing=0.2, z_loss=1e-2))):
+        upstream = torch.rand(n, generator=g, dtype=torch.float64) + 0.5
+        ref_x, ref_w = x.clone().requires_grad_(), w.clone().requires_grad_()
+        ref = linear_cross_entropy(ref_x, ref_w, t, reduction=reduction, impl="reference", **opts)
+        (ref * upstream).sum().backward()
+        xs, ws = x.clone().requires_grad_(), w[rows].clone().requires_grad_()
+        loss = linear_cross_entropy_vocab_parallel(xs, ws, t, reduction=reduction, **opts)
+        (loss * upstream).sum().backward()
+        tol = dict(rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(loss, ref.detach(), **tol)
+        torch.testing.assert_close(xs.grad, ref_x.grad, **tol)
+        torch.testing.assert_close(ws.grad, ref_w.grad[rows], **tol)
+
+
+def _check_double_backward_raises(rank: int) -> None:
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, 5 * WORLD_SIZE, (4,), generator=g)
+    (gx,) = torch.autograd.grad(linear_cross_entropy_vocab_parallel(x, w, t), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiable once"):
+        torch.autograd.grad(gx.square().sum(), x)
 
 
 def test_vocab_parallel_matches_unsharded_two_processes():

@@ -13,6 +13,7 @@ import torch
 
 from lmobjectives.ops import _vocab_chunked as vc
 from lmobjectives.ops import linear_cross_entropy
+from lmobjectives.ops._custom_ops import vocab_chunked_linear_cross_entropy
 
 
 def _sibling(name: str):
@@ -101,7 +102,7 @@ def test_borrowing_dweight_rows_changes_nothing(v):
     results = []
     for borrow in (True, False):
         leaves = [a.clone().requires_grad_() for a in (x, w, b)]
-        loss, lse, argmax = vc.vocab_chunked_linear_cross_entropy(
+        loss, lse, argmax = vocab_chunked_linear_cross_entropy(
             leaves[0], leaves[1], t, leaves[2], borrow_dweight=borrow, **opts
         )
         results.append([loss.detach(), lse, argmax, *torch.autograd.grad(loss, leaves)])
@@ -150,7 +151,7 @@ def test_epilogue_choice_and_validation(monkeypatch):
     assert vc.default_epilogue(torch.device("cpu"), torch.bfloat16) == "torch"
     x, w, _, t = make_problem(4, 3, 5, dtype=torch.float32)
     with pytest.raises(ValueError, match="epilogue"):
-        vc.vocab_chunked_linear_cross_entropy(
+        vocab_chunked_linear_cross_entropy(
             x, w, t, None, ignore_index=-100, reduction="mean", label_smoothing=0.0,
             z_loss=0.0, softcap=None, chunk_size=None, want_argmax=False, epilogue="cuda",
         )
@@ -171,7 +172,7 @@ def test_cuda_peak_memory(borrow):
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
-    loss, _, _ = vc.vocab_chunked_linear_cross_entropy(
+    loss, _, _ = vocab_chunked_linear_cross_entropy(
         x, w, t, None, ignore_index=-100, reduction="mean", label_smoothing=0.0, z_loss=0.0,
         softcap=None, chunk_size=None, want_argmax=False, borrow_dweight=borrow,
     )
@@ -180,3 +181,29 @@ def test_cuda_peak_memory(borrow):
     extra = torch.cuda.max_memory_allocated() - base
     budget = (n + v) * d * 2 + 64 * 2**20 + (0 if borrow else n * d * 2)
     assert extra <= budget, (extra - budget) / 2**20
+
+
+def test_probe_never_runs_inside_cuda_graph_capture(monkeypatch):
+    """The one-time addmm probe reads its result back (a host sync, illegal while a CUDA graph
+    is captured): while capturing and not yet probed, no probe runs and the fallback is used
+    (uncached); after an eager call (the forward runs it) the cached answer is used, capture
+    or not."""
+    calls = []
+    monkeypatch.setattr(vc, "_PROBED", {})
+    monkeypatch.setattr(vc, "_probe_fused_fp32_addmm", lambda device, dtype: calls.append(device) or True)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    cuda = torch.device("cuda", 0)
+    assert vc._fused_fp32_addmm(cuda, torch.bfloat16) is False
+    assert calls == [] and vc._PROBED == {}
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    assert vc._fused_fp32_addmm(cuda, torch.bfloat16) is True
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    assert vc._fused_fp32_addmm(cuda, torch.bfloat16) is True
+    assert calls == [cuda]
+    # the forward probes (eagerly, before any backward) for half-precision inputs
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    x, w = torch.randn(4, 3).bfloat16(), torch.randn(6, 3).bfloat16()
+    with torch.no_grad():
+        linear_cross_entropy(x, w, torch.tensor([0, 1, 2, 3]), impl="vocab_chunked")
+    assert calls == [cuda, torch.device("cpu")]
+

@@ -5,13 +5,23 @@ logits exists at any moment (two with ``softcap``); the full ``(N, V)`` logits n
 
 Gradient strategy:
 
-* ``reduction="mean"`` / ``"sum"``: the upstream gradient is one scalar, so the forward computes
+* ``reduction="mean"`` / ``"sum"`` with GEMMs in the accumulation dtype (always on CPU; float32
+  and float64 inputs anywhere): the upstream gradient is one scalar, so the forward computes
   the gradients for an upstream gradient of 1 while each logits block is still in memory
-  (three GEMMs per chunk: logits, ``dinput``, ``dweight``) and the backward only multiplies them
-  by the scalar. This is the three-GEMM floor and needs no second pass over the vocabulary.
-* ``reduction="none"``: every token has its own upstream gradient, which is unknown during the
-  forward; the forward keeps only the per-token log-sum-exp and the backward recomputes the
+  (three GEMMs per chunk: logits, ``dinput``, ``dweight``) and keeps them in the accumulation
+  dtype; the backward multiplies them by the scalar and casts to the parameters' dtypes, so a
+  half-precision gradient is rounded once, after the upstream gradient (an fp16 loss scale
+  included) is applied. This is the three-GEMM floor and needs no second pass over the
+  vocabulary. The price with half-precision inputs: the saved gradients are float32 (twice the
+  bytes of the half-precision gradients) between forward and backward.
+* ``reduction="none"``, and half-precision GEMMs (CUDA): every token has its own upstream
+  gradient, or ``dlogits`` would be rounded to half precision before the upstream gradient is
+  known (an fp16 gradient of a mean over many tokens underflows unless the loss scale is applied
+  first); the forward keeps only the per-token log-sum-exp and the backward recomputes the
   logits block by block (four GEMMs in all).
+
+The backward is differentiable once (``_common.backward_once``): a double backward through it
+raises instead of returning wrong second-order gradients.
 
 Gradient of one token's loss with respect to its (capped) logits ``z`` (see
 :func:`lmobjectives.ops.linear_cross_entropy` for the loss)::
@@ -32,71 +42,24 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = [
-    "chunked_linear_cross_entropy",
-    "default_chunk_size",
-    "loss_from_stats",
-    "row_scale_for_reduction",
-]
+from lmobjectives.ops._common import (
+    accumulation_dtype,
+    backward_once,
+    loss_from_stats,
+    row_scale_for_reduction,
+)
+
+__all__ = ["chunked_linear_cross_entropy", "default_chunk_size"]
 
 _CHUNK_BYTES = 64 * 2**20
 """Target size of one ``(chunk_size, V)`` logits block; measured best on a 2-core x86 CPU at
 N x d x V = 4096 x 512 x 32000 (see benchmarks/linear_cross_entropy_cpu.py)."""
 
 
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 stays float64; every other floating dtype accumulates in float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def default_chunk_size(num_tokens: int, vocab_size: int, dtype: torch.dtype) -> int:
     """Rows per chunk so that one logits block is about ``_CHUNK_BYTES`` (at least 1 row)."""
     row_bytes = vocab_size * torch.finfo(accumulation_dtype(dtype)).bits // 8
     return max(1, min(num_tokens, _CHUNK_BYTES // row_bytes))
-
-
-def loss_from_stats(
-    lse: Tensor,
-    z_target: Tensor,
-    z_sum: Tensor | None,
-    valid: Tensor,
-    *,
-    reduction: str,
-    vocab_size: int,
-    label_smoothing: float,
-    z_loss: float,
-) -> Tensor:
-    """The loss from per-token statistics, all ``(N,)``: per token
-    ``loss_i = (1-eps)(lse_i - z_target_i) + eps(lse_i - z_sum_i / V) + lam * lse_i**2``, 0 where
-    ``valid`` is False; then ``"none"``: as is, ``"sum"``: the sum, ``"mean"``: the sum over
-    max(1, number of valid tokens)."""
-    loss = (1.0 - label_smoothing) * (lse - z_target)  # (N,)
-    if label_smoothing > 0.0:
-        assert z_sum is not None
-        loss = loss + label_smoothing * (lse - z_sum / vocab_size)
-    if z_loss > 0.0:
-        loss = loss + z_loss * lse.square()
-    loss = torch.where(valid, loss, torch.zeros_like(loss))
-    if reduction == "none":
-        return loss
-    total = loss.sum()
-    if reduction == "sum":
-        return total
-    return total / valid.sum().clamp_min(1).to(loss.dtype)
-
-
-def row_scale_for_reduction(
-    valid: Tensor, reduction: str, dtype: torch.dtype, grad_loss: Tensor | None = None
-) -> Tensor:
-    """``(N,)`` d(reduced loss)/d(token loss) -- ``valid / max(1, num_valid)`` for ``"mean"``,
-    ``valid`` otherwise -- times the upstream gradient ``grad_loss`` (0-dim, or ``(N,)`` for
-    ``"none"``; None: 1)."""
-    scale = valid.to(dtype)  # (N,)
-    if reduction == "mean":
-        scale = scale / valid.sum().clamp_min(1).to(dtype)
-    if grad_loss is not None:
-        scale = scale * grad_loss.to(dtype)
-    return scale
 
 
 class _Problem:
@@ -318,7 +281,11 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         want_argmax: bool,
     ):
         problem, valid = _problem(input, weight, bias, target, ignore_index, label_smoothing, z_loss, softcap, chunk_size)
-        grads_in_forward = any(need_grads) and reduction != "none"
+        # Gradients in the forward only where nothing is rounded to half precision before the
+        # upstream gradient is known (see the module docstring).
+        grads_in_forward = (
+            any(need_grads) and reduction != "none" and problem.gemm_dtype == problem.acc_dtype
+        )
         row_scale = (
             row_scale_for_reduction(valid, reduction, problem.acc_dtype)
             if grads_in_forward
@@ -341,12 +308,15 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
 
         ctx.grads_in_forward = grads_in_forward
         ctx.has_bias = bias is not None
-        if grads_in_forward:
-            dx, dw, db = _finish_grads(grads, input, weight, bias)
+        if grads_in_forward:  # kept in the accumulation dtype: cast once, in backward
+            dx, dw, db = (grads.get(k) for k in ("input", "weight", "bias"))
             ctx.grad_present = (dx is not None, dw is not None, db is not None)
-            ctx.save_for_backward(*[g for g in (dx, dw, db) if g is not None])
-        elif any(need_grads):  # reduction == "none": recompute in backward
+            ctx.grad_dtypes = (input.dtype, weight.dtype, None if bias is None else bias.dtype)
+            # input, weight, bias: only so that a double backward can name what it needs
+            ctx.save_for_backward(*[g for g in (dx, dw, db) if g is not None], input, weight, bias)
+        elif any(need_grads):  # recompute in backward
             ctx.options = (ignore_index, label_smoothing, z_loss, softcap, chunk_size, need_grads)
+            ctx.reduction = reduction
             ctx.save_for_backward(input, weight, bias, target, lse)
         if argmax is None:
             argmax = torch.empty(0, dtype=torch.int64, device=input.device)
@@ -354,18 +324,22 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         return loss, lse, argmax
 
     @staticmethod
+    @backward_once("chunked")
     def backward(ctx, grad_loss: Tensor, grad_lse: Tensor, grad_argmax: Tensor):
         del grad_lse, grad_argmax  # non-differentiable outputs
         nones = (None,) * 9
         if ctx.grads_in_forward:
             saved = iter(ctx.saved_tensors)
-            out = [next(saved) * grad_loss if present else None for present in ctx.grad_present]
+            out = [
+                (next(saved) * grad_loss).to(dtype) if present else None  # one rounding
+                for present, dtype in zip(ctx.grad_present, ctx.grad_dtypes)
+            ]
             return (*out[:2], out[2] if ctx.has_bias else None, *nones)
 
         input, weight, bias, target, lse = ctx.saved_tensors
         ignore_index, label_smoothing, z_loss, softcap, chunk_size, need_grads = ctx.options
         problem, valid = _problem(input, weight, bias, target, ignore_index, label_smoothing, z_loss, softcap, chunk_size)
-        row_scale = row_scale_for_reduction(valid, "none", problem.acc_dtype, grad_loss)  # (N,)
+        row_scale = row_scale_for_reduction(valid, ctx.reduction, problem.acc_dtype, grad_loss)  # (N,)
         grads = problem.new_grads(*need_grads)
         _backward_recompute(problem, lse, row_scale, grads)
         dx, dw, db = _finish_grads(grads, input, weight, bias)

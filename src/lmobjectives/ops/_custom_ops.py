@@ -15,7 +15,13 @@ Two operators: ``lmobjectives::lce_forward`` ``-> (loss, lse, argmax)`` and
 output that is not wanted (custom operators return tensors, not None). Each implementation
 module provides ``forward_stats`` (per-token log-sum-exp, target logit, logit sum, argmax)
 and ``backward_grads`` (gradients for per-token upstream scales); the loss and those scales
-are computed here, once for both.
+are computed here, once for both. This module also holds each implementation's entry point
+(:func:`vocab_chunked_linear_cross_entropy`, :func:`triton_linear_cross_entropy`), so that the
+imports point one way: ``_custom_ops`` imports the implementations, never the reverse.
+
+The operators are differentiable once: ``lce_backward``'s own autograd formula raises a clear
+error if a second backward (``create_graph=True``, then differentiating the gradients) reaches
+it, instead of the dispatcher's "no autograd formula" or a silently wrong result.
 """
 
 from typing import Optional
@@ -23,23 +29,26 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from lmobjectives.ops._chunked import (
+from lmobjectives.ops import _vocab_chunked
+from lmobjectives.ops._common import (
+    DOUBLE_BACKWARD_MESSAGE,
     accumulation_dtype,
     loss_from_stats,
     row_scale_for_reduction,
 )
 
-__all__ = ["linear_cross_entropy_op"]
-
+__all__ = [
+    "linear_cross_entropy_op",
+    "triton_linear_cross_entropy",
+    "vocab_chunked_linear_cross_entropy",
+]
 
 def _module(impl: str):
     if impl == "triton":
-        from lmobjectives.ops import _triton
+        from lmobjectives.ops import _triton  # imports Triton: only on first use
 
         return _triton
     if impl == "vocab_chunked":
-        from lmobjectives.ops import _vocab_chunked
-
         return _vocab_chunked
     raise ValueError(f"no custom operator for impl={impl!r}")
 
@@ -163,6 +172,17 @@ def _backward_formula(ctx, grad_loss, grad_lse, grad_argmax):
 _forward.register_autograd(_backward_formula, setup_context=_setup_context)
 
 
+def _backward_setup_context(ctx, inputs, output) -> None:
+    ctx.impl = inputs[0]
+
+
+def _double_backward(ctx, grad_dx, grad_dw, grad_db):
+    raise RuntimeError(DOUBLE_BACKWARD_MESSAGE.format(impl=ctx.impl))
+
+
+_backward.register_autograd(_double_backward, setup_context=_backward_setup_context)
+
+
 def linear_cross_entropy_op(
     impl: str,
     x: Tensor,
@@ -188,3 +208,72 @@ def linear_cross_entropy_op(
         float(z_loss), softcap, chunk, epilogue, borrow, want_argmax,
     )
     return loss, lse, argmax if want_argmax else None
+
+
+def vocab_chunked_linear_cross_entropy(
+    input: Tensor,
+    weight: Tensor,
+    target: Tensor,
+    bias: Tensor | None,
+    *,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+    chunk_size: int | None,
+    want_argmax: bool,
+    epilogue: str | None = None,
+    borrow_dweight: bool = True,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Vocabulary-chunked forward and backward on flattened, validated tensors; same
+    conventions as ``chunked_linear_cross_entropy``.
+
+    Args:
+        input: ``(N, d)``; weight: ``(V, d)``; target: ``(N,)`` int64; bias: ``(V,)`` or None.
+        chunk_size: classes per chunk; None picks ``_vocab_chunked.default_vocab_chunk``.
+        want_argmax: also return the per-token argmax.
+        epilogue: ``"triton"`` or ``"torch"``; None picks ``_vocab_chunked.default_epilogue``.
+        borrow_dweight: let the ``dinput`` accumulator borrow unwritten ``dweight`` rows (see
+            the module docstring); False allocates a separate float32 ``(N/2, d)`` instead
+            (no recomputed logits, ``2 N d`` more bytes).
+
+    Returns:
+        ``(loss, lse, argmax)``: loss as in ``reduction`` (float32/float64), ``lse`` ``(N,)``,
+        ``argmax`` ``(N,)`` int64 or None.
+    """
+    n, v = input.shape[0], weight.shape[0]
+    chunk = _vocab_chunked.default_vocab_chunk(n, v, input.dtype) if chunk_size is None else chunk_size
+    if epilogue is None:
+        epilogue = _vocab_chunked.default_epilogue(input.device, input.dtype)
+    if epilogue not in ("torch", "triton"):
+        raise ValueError(f"epilogue must be 'torch' or 'triton', got {epilogue!r}")
+    return linear_cross_entropy_op(
+        "vocab_chunked", input, weight, bias, target, ignore_index=ignore_index,
+        reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
+        chunk=max(1, min(chunk, v)), epilogue=epilogue, borrow=borrow_dweight,
+        want_argmax=want_argmax,
+    )
+
+
+def triton_linear_cross_entropy(
+    input: Tensor,
+    weight: Tensor,
+    target: Tensor,
+    bias: Tensor | None,
+    *,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+    want_argmax: bool,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Triton forward/backward on flattened, validated tensors; same conventions as
+    ``chunked_linear_cross_entropy`` (float64 is refused before this, by ``_resolve_impl``)."""
+    return linear_cross_entropy_op(
+        "triton", input.contiguous(), weight.contiguous(),
+        None if bias is None else bias.contiguous(), target.contiguous(),
+        ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
+        z_loss=z_loss, softcap=softcap, want_argmax=want_argmax,
+    )

@@ -22,14 +22,13 @@ import torch
 import triton
 from torch import Tensor
 
-from lmobjectives.ops._custom_ops import linear_cross_entropy_op
 from lmobjectives.ops._triton_kernels import (
     COMPILE_OPTIONS,
     lce_backward_kernel,
     lce_forward_kernel,
 )
 
-__all__ = ["backward_grads", "forward_stats", "launch_config", "triton_linear_cross_entropy"]
+__all__ = ["backward_grads", "forward_stats", "launch_config"]
 
 
 def _interpreting() -> bool:
@@ -197,27 +196,4 @@ def backward_grads(
         dx.to(x.dtype) if need_dx else None,
         dw.to(weight.dtype) if need_dw else None,
         db.to(bias.dtype) if need_db and bias is not None else None,
-    )
-
-
-def triton_linear_cross_entropy(
-    input: Tensor,
-    weight: Tensor,
-    target: Tensor,
-    bias: Tensor | None,
-    *,
-    ignore_index: int,
-    reduction: str,
-    label_smoothing: float,
-    z_loss: float,
-    softcap: float | None,
-    want_argmax: bool,
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Triton forward/backward on flattened, validated tensors; same conventions as
-    ``chunked_linear_cross_entropy`` (float64 is refused before this, by ``_resolve_impl``)."""
-    return linear_cross_entropy_op(
-        "triton", input.contiguous(), weight.contiguous(),
-        None if bias is None else bias.contiguous(), target.contiguous(),
-        ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
-        z_loss=z_loss, softcap=softcap, want_argmax=want_argmax,
     )

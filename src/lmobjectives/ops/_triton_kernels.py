@@ -147,7 +147,9 @@ def lce_forward_kernel(
             tl.exp(z - new_max[:, None]), axis=1
         )
         run_max = new_max
-        z_target += tl.sum(tl.where(cols[None, :] == target[:, None], z, 0.0), axis=1)
+        # col_mask: a target past V (check_targets=False) must not pick a padded -inf column.
+        is_target = (cols[None, :] == target[:, None]) & col_mask[None, :]
+        z_target += tl.sum(tl.where(is_target, z, 0.0), axis=1)
         if NEED_ZSUM:
             z_sum += tl.sum(tl.where(col_mask[None, :], z, 0.0), axis=1)
 

@@ -22,7 +22,8 @@ i.e. 4/3 of the three-GEMM floor, with exact gradients (nothing is skipped) -- p
 ``~N`` classes, a fraction ``N / V`` of a GEMM. Memory traffic besides the GEMM operands: each
 logits element is written and read about seven times in bf16 over forward and backward (~14
 bytes per logit), and the float32 ``dinput`` accumulator is read and written once per chunk
-(``8 N d`` bytes per chunk). No host synchronisation (besides the one-time probe below).
+(``8 N d`` bytes per chunk). No host synchronisation (besides the one-time probe below, which
+never runs inside CUDA-graph capture).
 
 Memory: one ``(N, C)`` logits chunk in the input dtype, ``C`` a multiple of 128 chosen so that
 the chunk plus ``_TOKEN_BYTES`` per token of ``(N,)`` vectors fit in 64 MiB (``chunk_size``
@@ -60,9 +61,9 @@ All three meet "gradients + 64 MiB" with borrowing; none does without it.
 
 The ``dinput`` GEMM accumulates into float32 with ``torch.addmm(acc, dz, w, out_dtype=float32,
 out=acc)`` where the installed torch supports it on the device (recent torch on CUDA; detected
-once with a tiny probe); elsewhere (CPU, older torch) with float32 copies of the operands, which
-gives the same result (products of half-precision values are exact in float32) at the cost of
-temporary memory.
+once with a tiny probe, never inside CUDA-graph capture); elsewhere (CPU, older torch) with
+float32 copies of the operands, which gives the same result (products of half-precision values
+are exact in float32) at the cost of temporary memory.
 
 On CPU the GEMMs also run in the input dtype (the epilogues in float32): this path exists there
 for tests and as the fallback, not for speed (use ``impl="chunked"`` on CPU).
@@ -70,16 +71,13 @@ for tests and as the fallback, not for speed (use ``impl="chunked"`` on CPU).
 
 from __future__ import annotations
 
-import functools
 import os
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from lmobjectives.ops._chunked import accumulation_dtype
-from lmobjectives.ops._custom_ops import linear_cross_entropy_op
-from lmobjectives.ops.linear_cross_entropy import TRITON_AVAILABLE
+from lmobjectives.ops._common import TRITON_AVAILABLE, accumulation_dtype
 
 __all__ = [
     "backward_grads",
@@ -87,7 +85,6 @@ __all__ = [
     "default_vocab_chunk",
     "dinput_accumulation",
     "forward_stats",
-    "vocab_chunked_linear_cross_entropy",
 ]
 
 _CHUNK_BYTES = 64 * 2**20
@@ -135,11 +132,11 @@ def default_epilogue(device: torch.device, dtype: torch.dtype) -> str:
 # --------------------------------------------------------------------------- dinput accumulation
 
 
-@functools.cache
-def _fused_fp32_addmm(device_type: str, index: int | None, dtype: torch.dtype) -> bool:
-    """Does ``torch.addmm(acc, a, b, out_dtype=float32, out=acc)`` accumulate half-precision
-    products into a float32 ``acc`` on this device? One tiny probe per device and dtype."""
-    device = torch.device(device_type, index) if index is not None else torch.device(device_type)
+_PROBED: dict[tuple[str, int | None, torch.dtype], bool] = {}
+"""Results of the one-time probe per (device type, device index, dtype)."""
+
+
+def _probe_fused_fp32_addmm(device: torch.device, dtype: torch.dtype) -> bool:
     try:
         a = torch.ones(2, 3, dtype=dtype, device=device)
         b = torch.full((3, 2), 0.25, dtype=dtype, device=device)
@@ -151,13 +148,32 @@ def _fused_fp32_addmm(device_type: str, index: int | None, dtype: torch.dtype) -
         return False
 
 
+def _capturing(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def _fused_fp32_addmm(device: torch.device, dtype: torch.dtype) -> bool:
+    """Does ``torch.addmm(acc, a, b, out_dtype=float32, out=acc)`` accumulate half-precision
+    products into a float32 ``acc`` on this device? One tiny probe per device and dtype, run on
+    first use (the forward calls this too, so an eager warm-up step runs it). The probe reads
+    its result back (a host synchronisation), which CUDA-graph capture forbids: while the
+    current stream is capturing and the answer is not known yet, no probe runs and the answer
+    is False (the float32-copies fallback: the same sums, more temporary memory), not cached."""
+    key = (device.type, device.index, dtype)
+    if key not in _PROBED:
+        if _capturing(device):
+            return False
+        _PROBED[key] = _probe_fused_fp32_addmm(device, dtype)
+    return _PROBED[key]
+
+
 def dinput_accumulation(device: torch.device, dtype: torch.dtype) -> str:
     """How ``dinput`` is accumulated for inputs of ``dtype`` on ``device`` (for reports):
     ``"in the gradient"`` (float32/float64), ``"addmm out_dtype=float32"`` (fused, no
     temporaries) or ``"float32 operand copies"`` (fallback)."""
     if dtype not in _HALF:
         return "in the gradient"
-    if _fused_fp32_addmm(device.type, device.index, dtype):
+    if _fused_fp32_addmm(device, dtype):
         return "addmm out_dtype=float32"
     return "float32 operand copies"
 
@@ -190,7 +206,7 @@ class _DinputAccumulator:
             if hi is None:
                 hi = torch.empty(n - h, d, dtype=torch.float32, device=device)  # (N - h, d)
             self.parts = [(0, h, lo), (h, n, hi)]
-            self.fused = _fused_fp32_addmm(device.type, device.index, dtype)
+            self.fused = _fused_fp32_addmm(device, dtype)
         for _, _, part in self.parts:
             part.zero_()
 
@@ -388,6 +404,8 @@ def forward_stats(
     unless asked for), over chunks of ``chunk`` classes."""
     problem = _Problem(x, weight, bias, target, softcap=softcap, chunk=chunk, epilogue=epilogue)
     n, device, acc = problem.num_tokens, x.device, problem.acc_dtype
+    if x.dtype in _HALF:
+        _fused_fp32_addmm(device, x.dtype)  # the backward's probe, outside any backward capture
     state = _State(
         max=torch.full((n,), float("-inf"), dtype=acc, device=device),
         sumexp=torch.zeros(n, dtype=acc, device=device),
@@ -453,49 +471,3 @@ def backward_grads(
             dz = problem.dlogits(v0, v1, lse, row_scale, **kw)
             torch.mm(dz.t(), x, out=dw[v0:v1])
     return dx, dw, None if db is None else db.to(bias.dtype)
-
-
-def vocab_chunked_linear_cross_entropy(
-    input: Tensor,
-    weight: Tensor,
-    target: Tensor,
-    bias: Tensor | None,
-    *,
-    ignore_index: int,
-    reduction: str,
-    label_smoothing: float,
-    z_loss: float,
-    softcap: float | None,
-    chunk_size: int | None,
-    want_argmax: bool,
-    epilogue: str | None = None,
-    borrow_dweight: bool = True,
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Vocabulary-chunked forward and backward on flattened, validated tensors; same
-    conventions as ``chunked_linear_cross_entropy``.
-
-    Args:
-        input: ``(N, d)``; weight: ``(V, d)``; target: ``(N,)`` int64; bias: ``(V,)`` or None.
-        chunk_size: classes per chunk; None picks :func:`default_vocab_chunk`.
-        want_argmax: also return the per-token argmax.
-        epilogue: ``"triton"`` or ``"torch"``; None picks :func:`default_epilogue`.
-        borrow_dweight: let the ``dinput`` accumulator borrow unwritten ``dweight`` rows (see
-            the module docstring); False allocates a separate float32 ``(N/2, d)`` instead
-            (no recomputed logits, ``2 N d`` more bytes).
-
-    Returns:
-        ``(loss, lse, argmax)``: loss as in ``reduction`` (float32/float64), ``lse`` ``(N,)``,
-        ``argmax`` ``(N,)`` int64 or None.
-    """
-    n, v = input.shape[0], weight.shape[0]
-    chunk = default_vocab_chunk(n, v, input.dtype) if chunk_size is None else chunk_size
-    if epilogue is None:
-        epilogue = default_epilogue(input.device, input.dtype)
-    if epilogue not in ("torch", "triton"):
-        raise ValueError(f"epilogue must be 'torch' or 'triton', got {epilogue!r}")
-    return linear_cross_entropy_op(
-        "vocab_chunked", input, weight, bias, target, ignore_index=ignore_index,
-        reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
-        chunk=max(1, min(chunk, v)), epilogue=epilogue, borrow=borrow_dweight,
-        want_argmax=want_argmax,
-    )

@@ -39,9 +39,6 @@ mode does.
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
-import math
 import os
 from dataclasses import dataclass
 from enum import StrEnum
@@ -50,6 +47,12 @@ import torch
 from torch import Tensor
 
 from lmobjectives.constants import IGNORE_INDEX
+from lmobjectives.ops._common import (
+    TRITON_AVAILABLE,
+    cast_for_autocast,
+    check_target_range,
+    validate_arguments,
+)
 
 __all__ = [
     "Impl",
@@ -57,8 +60,6 @@ __all__ = [
     "linear_cross_entropy",
     "linear_cross_entropy_with_stats",
 ]
-
-_REDUCTIONS = ("mean", "sum", "none")
 
 
 class Impl(StrEnum):
@@ -105,10 +106,6 @@ class LinearCrossEntropyOutput:
         return self.correct.sum().float() / self.num_valid.clamp_min(1).float()
 
 
-TRITON_AVAILABLE = importlib.util.find_spec("triton") is not None
-"""Whether the optional dependency triton is installed (found without importing it)."""
-
-
 def _resolve_impl(
     impl: str | Impl, device: torch.device, dtype: torch.dtype = torch.float32
 ) -> Impl:
@@ -135,112 +132,6 @@ def _resolve_impl(
                 f"impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1), got device {device}"
             )
     return impl
-
-
-def validate_arguments(
-    input: Tensor,
-    weight: Tensor,
-    target: Tensor,
-    bias: Tensor | None,
-    *,
-    ignore_index: int,
-    reduction: str,
-    label_smoothing: float,
-    z_loss: float,
-    softcap: float | None,
-) -> None:
-    """Raise ``TypeError``/``ValueError`` naming the bad argument and its value."""
-    for name, tensor in (("input", input), ("weight", weight), ("target", target)):
-        if not isinstance(tensor, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
-    if not input.is_floating_point():
-        raise TypeError(f"input must be a floating-point tensor, got dtype {input.dtype}")
-    if weight.dtype != input.dtype:
-        raise TypeError(
-            f"weight dtype {weight.dtype} must match input dtype {input.dtype}"
-        )
-    if target.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
-        raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
-    if input.dim() < 1:
-        raise ValueError(f"input must have shape (..., d), got a {input.dim()}-d tensor")
-    if weight.dim() != 2:
-        raise ValueError(f"weight must have shape (V, d), got shape {tuple(weight.shape)}")
-    if weight.shape[1] != input.shape[-1]:
-        raise ValueError(
-            f"weight has d={weight.shape[1]} but input has d={input.shape[-1]} "
-            f"(weight {tuple(weight.shape)}, input {tuple(input.shape)})"
-        )
-    if weight.shape[0] < 1:
-        raise ValueError(f"weight must have at least one row (class), got {tuple(weight.shape)}")
-    if target.shape != input.shape[:-1]:
-        raise ValueError(
-            f"target shape {tuple(target.shape)} must equal input.shape[:-1] "
-            f"= {tuple(input.shape[:-1])}"
-        )
-    if bias is not None:
-        if not isinstance(bias, Tensor):
-            raise TypeError(f"bias must be a torch.Tensor or None, got {type(bias).__name__}")
-        if bias.shape != (weight.shape[0],):
-            raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
-        if bias.dtype != input.dtype:
-            raise TypeError(f"bias dtype {bias.dtype} must match input dtype {input.dtype}")
-    devices = {t.device for t in (input, weight, target) + ((bias,) if bias is not None else ())}
-    if len(devices) != 1:
-        raise ValueError(f"input, weight, target (and bias) must share one device, got {devices}")
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise TypeError(f"ignore_index must be an int, got {ignore_index!r}")
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-    if not (isinstance(label_smoothing, (int, float)) and 0.0 <= label_smoothing <= 1.0):
-        raise ValueError(f"label_smoothing must be a float in [0, 1], got {label_smoothing!r}")
-    if not (isinstance(z_loss, (int, float)) and math.isfinite(z_loss) and z_loss >= 0.0):
-        raise ValueError(f"z_loss must be a finite float >= 0, got {z_loss!r}")
-    if softcap is not None and not (
-        isinstance(softcap, (int, float)) and math.isfinite(softcap) and softcap > 0.0
-    ):
-        raise ValueError(f"softcap must be None or a finite float > 0, got {softcap!r}")
-
-
-def check_target_range(
-    target: Tensor, *, vocab_size: int, ignore_index: int, vocab_offset: int = 0
-) -> None:
-    """Fail if a target is neither ``ignore_index`` nor in ``[offset, offset + vocab_size)``.
-
-    On CPU in eager mode this raises a ``ValueError`` showing a bad value (reading a CPU tensor
-    is not a device synchronisation). On CUDA, and under ``torch.compile``, it is
-    ``torch._assert_async``: no host sync, but a failure surfaces later as a device-side
-    assertion (a ``RuntimeError`` that poisons the CUDA context, like ``F.cross_entropy``'s).
-    """
-    lo, hi = vocab_offset, vocab_offset + vocab_size
-    ok = (target == ignore_index) | ((target >= lo) & (target < hi))
-    message = f"target values must be in [{lo}, {hi}) or equal ignore_index={ignore_index}"
-    if target.device.type == "cpu" and not torch.compiler.is_compiling():
-        if not bool(ok.all()):
-            bad = target[~ok].flatten()[0].item()
-            raise ValueError(f"{message}; found {bad}")
-    else:
-        torch._assert_async(ok.all(), message)
-
-
-def cast_for_autocast(
-    input: Tensor, weight: Tensor, bias: Tensor | None
-) -> tuple[Tensor, Tensor, Tensor | None, contextlib.AbstractContextManager]:
-    """``(input, weight, bias, context)``. Under ``torch.autocast`` for ``input``'s device, as
-    ``F.linear`` does there: floating arguments other than float64 cast to the autocast dtype
-    (differentiably, so float32 master weights get float32 gradients), and a context that
-    turns autocast off for the computation on them. Otherwise the arguments unchanged and a
-    null context."""
-    device_type = input.device.type
-    if not torch.is_autocast_enabled(device_type):
-        return input, weight, bias, contextlib.nullcontext()
-    dtype = torch.get_autocast_dtype(device_type)
-
-    def cast(a: Tensor | None) -> Tensor | None:
-        if a is None or not a.is_floating_point() or a.dtype == torch.float64:
-            return a
-        return a.to(dtype)
-
-    return cast(input), cast(weight), cast(bias), torch.autocast(device_type, enabled=False)
 
 
 def _run(
@@ -301,13 +192,13 @@ def _run(
                 x.contiguous(), weight, t, bias, chunk_size=chunk_size, want_argmax=want_argmax, **options
             )
         elif resolved == Impl.VOCAB_CHUNKED:
-            from lmobjectives.ops._vocab_chunked import vocab_chunked_linear_cross_entropy
+            from lmobjectives.ops._custom_ops import vocab_chunked_linear_cross_entropy
 
             loss, lse, argmax = vocab_chunked_linear_cross_entropy(
                 x, weight, t, bias, chunk_size=chunk_size, want_argmax=want_argmax, **options
             )
         else:
-            from lmobjectives.ops._triton import triton_linear_cross_entropy
+            from lmobjectives.ops._custom_ops import triton_linear_cross_entropy
 
             loss, lse, argmax = triton_linear_cross_entropy(
                 x, weight, t, bias, want_argmax=want_argmax, **options

@@ -1,10 +1,12 @@
 """Linear cross-entropy with the vocabulary (weight rows) sharded over a process group.
 
 Layout (Megatron convention): with ``W`` ranks in ``group`` and the full weight ``(V, d)``,
-rank ``r`` holds rows ``[r * V_r, (r + 1) * V_r)`` as ``weight_shard`` ``(V_r, d)``, every shard
-the same size (``V = W * V_r``; pad the vocabulary if needed -- padded rows then count as
-classes, so give them a very negative ``bias_shard`` entry or zero rows as you prefer).
-``input`` and ``target`` are replicated: every rank passes the same full tensors.
+rank ``r`` holds the consecutive rows ``[o_r, o_r + V_r)`` as ``weight_shard`` ``(V_r, d)``, in
+rank order (``o_0 = 0``, ``o_{r+1} = o_r + V_r``, ``V = sum_r V_r``). Shards may differ in size
+(``V = 257`` on 2 ranks: 129 and 128 rows): one all-gather of the ``W`` shard sizes per call
+finds every rank's offset and ``V`` (on a CUDA process group, reading those sizes is one host
+synchronisation). ``input`` and ``target`` are replicated: every rank passes the same full
+tensors.
 
 Forward, per token ``i`` (each rank streams its shard in chunks, see ``_chunked.py``)::
 
@@ -20,8 +22,9 @@ and the loss is formed from ``lse``, ``z_t`` and ``sum_z`` exactly as in
 Backward: ``dz`` on each shard needs only the global ``lse`` (saved), the logits are recomputed
 chunk by chunk; ``dweight_shard`` and ``dbias_shard`` stay local, ``dinput`` is summed over the
 group with one all-reduce (the input was replicated, so its gradient is the sum of the
-contributions of every shard). Communication per call: three or four all-reduces of ``(N,)``
-float32 vectors forward and one ``(N, d)`` all-reduce backward.
+contributions of every shard). Communication per call: one all-gather of the shard sizes and
+two all-reduces of ``(N,)`` float32 vectors (the second packs 2 or 3 of them) forward, and one
+``(N, d)`` all-reduce backward.
 """
 
 from __future__ import annotations
@@ -37,12 +40,13 @@ from lmobjectives.ops._chunked import (
     _forward,
     _Problem,
     default_chunk_size,
-    loss_from_stats,
-    row_scale_for_reduction,
 )
-from lmobjectives.ops.linear_cross_entropy import (
+from lmobjectives.ops._common import (
+    backward_once,
     cast_for_autocast,
     check_target_range,
+    loss_from_stats,
+    row_scale_for_reduction,
     validate_arguments,
 )
 
@@ -74,6 +78,20 @@ def _shard_problem(
         chunk_size=options["chunk_size"],
         total_vocab=total_vocab,
     )
+
+
+def _shard_offset(shard_size: int, group, device: torch.device) -> tuple[int, int]:
+    """``(first row of this rank's shard, full vocabulary size)`` from every rank's shard size
+    (one all-gather of ``W`` integers, on ``device`` for a backend that needs it there)."""
+    world_size = dist.get_world_size(group)
+    rank = dist.get_rank(group)
+    backend = dist.get_backend(group)
+    on = device if backend == dist.Backend.NCCL else torch.device("cpu")
+    local = torch.tensor([shard_size], dtype=torch.int64, device=on)  # (1,)
+    gathered = [torch.empty_like(local) for _ in range(world_size)]  # W x (1,)
+    dist.all_gather(gathered, local, group=group)
+    sizes = torch.cat(gathered).tolist()
+    return sum(sizes[:rank]), sum(sizes)
 
 
 class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
@@ -128,6 +146,7 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
         return loss
 
     @staticmethod
+    @backward_once("vocab_parallel")
     def backward(ctx, grad_loss: Tensor):
         input, weight_shard, bias_shard, target, lse = ctx.saved_tensors
         valid = target != ctx.options["ignore_index"]
@@ -172,8 +191,9 @@ def linear_cross_entropy_vocab_parallel(
 
     Args:
         input: ``(..., d)``, the same on every rank of ``group``.
-        weight_shard: ``(V_r, d)``, this rank's rows ``[rank * V_r, (rank + 1) * V_r)`` of the
-            full ``(W * V_r, d)`` weight (equal shards on every rank).
+        weight_shard: ``(V_r, d)``, this rank's consecutive rows of the full ``(V, d)`` weight:
+            rank 0 holds the first ``V_0`` rows, rank 1 the next ``V_1``, and so on (shards may
+            differ in size; each has at least one row).
         target: ``(...)`` class indices into the full vocabulary, the same on every rank.
         bias_shard: optional ``(V_r,)`` slice of the bias.
         group: the tensor-parallel process group (None: the default group).
@@ -200,10 +220,8 @@ def linear_cross_entropy_vocab_parallel(
             z_loss=z_loss,
             softcap=softcap,
         )
-        world_size = dist.get_world_size(group)
-        rank = dist.get_rank(group)
         shard_size = weight_shard.shape[0]
-        total_vocab = world_size * shard_size
+        vocab_start, total_vocab = _shard_offset(shard_size, group, input.device)
         x = input.reshape(-1, input.shape[-1]).contiguous()  # (N, d)
         t = target.reshape(-1).long()  # (N,)
         if check_targets:
@@ -218,6 +236,6 @@ def linear_cross_entropy_vocab_parallel(
             chunk_size=max(1, chunk_size),
         )
         loss = _VocabParallelLinearCrossEntropy.apply(
-            x, weight_shard, bias_shard, t, group, rank * shard_size, total_vocab, reduction, options
+            x, weight_shard, bias_shard, t, group, vocab_start, total_vocab, reduction, options
         )
         return loss.reshape(target.shape) if reduction == "none" else loss
