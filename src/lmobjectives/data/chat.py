@@ -121,7 +121,7 @@ def builtin_chat() -> list[Conversation]:
     says ``"Go on."`` and the assistant answers with the next sentences. Short user turns keep the
     conversations' answers inside small rows (``--seq-len 64`` with the byte tokenizer).
 
-    Measured on CPython 3.11.7: 205 conversations (one per section), 199 of them with two turns. Deterministic
+    Measured on CPython 3.11.7: 205 conversations (one per section), 178 of them with two turns. Deterministic
     for a given Python version; each call returns fresh dicts.
 
     >>> chat = builtin_chat()

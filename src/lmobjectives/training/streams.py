@@ -279,22 +279,22 @@ class ConversationStream(BlockStream):
             ids.append(tokens.input_ids[:seq_len])
             roles.append(tokens.roles[:seq_len])
         report["kept"] = len(ids)
-        if report["no_target"]:
-            warnings.warn(
-                f"{report['no_target']} of {report['conversations']} conversations have no learned token within "
-                f"seq_len={seq_len} (train_on={train_on!r}; {report['truncated']} were truncated to seq_len) and are "
-                "dropped", stacklevel=2)  # fmt: skip
-        if report["with_merges"]:
-            warnings.warn(
-                f"{report['with_merges']} of {report['conversations']} conversations tokenise differently as a whole "
-                f"than part by part ({report['boundary_merges']} part boundaries merged by the tokenizer); their "
-                "parts' tokens are kept, so every label is exact", stacklevel=2)  # fmt: skip
         if not ids:
             raise ValueError(
                 f"no conversation has a learned token within seq_len={seq_len} (train_on={train_on!r}): all "
                 f"{report['conversations']} have their answers cut off ({report['truncated']} truncated) or none; "
                 "use a longer --seq-len"
             )
+        if report["no_target"]:
+            warnings.warn(
+                f"{report['no_target']} of {report['conversations']} conversations have no learned token within "
+                f"seq_len={seq_len} (train_on={train_on!r}; conversations truncated to seq_len: {report['truncated']}) and "
+                "are dropped", stacklevel=2)  # fmt: skip
+        if report["with_merges"]:
+            warnings.warn(
+                f"{report['with_merges']} of {report['conversations']} conversations tokenise differently as a whole "
+                f"than part by part ({report['boundary_merges']} part boundaries merged by the tokenizer); their "
+                "parts' tokens are kept, so every label is exact", stacklevel=2)  # fmt: skip
         pad_id = tokenizer.vocab.pad_id if tokenizer.vocab.pad_id is not None else 0
         packed = pack_conversations(ids, roles, seq_len, pad_id=pad_id)
         extras = {"attention_mask": packed.attention_mask, "document_ids": packed.document_ids, "roles": packed.roles}
