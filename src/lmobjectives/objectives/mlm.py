@@ -50,6 +50,7 @@ UNITS = ("token", "word", "span", "ngram")
 SELECTIONS = ("bernoulli", "exact")
 RANDOM_IDS = ("uniform", "unigram")
 _SPARE_CANDIDATES = 8  # span: candidates drawn beyond the largest budget, for the ones that add nothing
+_TAIL_WINDOW = 16  # candidates a budget-filling round looks at per row
 
 
 def word_ids_from_starts(is_word_start: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -701,9 +702,10 @@ def _greedy_fill(
     Vectorised: a **bulk** step takes every candidate before the first one that does not fit
     whole (for ``"new"``, from the first candidate covering each word; for ``"all"``, ``bulk`` =
     (taken at full length by the overlap scan, full cost), both in candidate order), then each
-    **tail** round moves every row to its next candidate that adds something and takes it. Each
-    tail round takes >= 1 token per row, and the first tail round leaves less than one
-    candidate's worth of budget, so rounds are few.
+    **tail** round looks at the next ``_TAIL_WINDOW`` candidates of every row that can still take
+    something and takes the first that adds something (or moves past the window). The bulk step
+    leaves less than one candidate's worth of budget, and a tail round takes >= 1 token or skips
+    a whole window, so rounds are few and touch only the rows still filling.
 
     Returns ``(word_sel (B, W) bool, owner (B, W) long)``: the candidate that took each word (``K``
     if none).
@@ -740,28 +742,35 @@ def _greedy_fill(
     owner = torch.cat([owner, torch.full_like(owner[:, :1], K)], 1)  # (B, W+1)
     remaining = budget - used  # (B,)
     pointer = q  # (B,) next candidate to scan
-    cost = length_x.gather(1, flat).view(B, K, L)  # (B, K, L) tokens of each candidate word
-    rows = torch.arange(B, device=device)
-    while True:  # tail: one take per row and round
-        cov = covered.gather(1, flat).view(B, K, L)  # (B, K, L)
-        if mode == "new":
-            c = torch.where(cov, 0, cost).cumsum(-1)
-            take = ~cov & (c <= remaining[:, None, None])  # (B, K, L) new words that fit, left to right
-            valid = take[..., :].any(-1)
-        else:
-            take = (words < W) & (cost.cumsum(-1) <= remaining[:, None, None])  # longest prefix that fits
-            valid = take[..., 0] & ~(take & cov).any(-1)
-        valid &= cand >= pointer[:, None]  # (B, K)
-        has = valid.any(-1)  # (B,)
-        if not _any(has):
+    window = torch.arange(_TAIL_WINDOW, device=device)
+    while True:  # tail: rows that can still take something scan a window of candidates and take the first that adds
+        idx = ((remaining > 0) & (pointer < K)).nonzero().flatten()  # (A,) active rows
+        if idx.numel() == 0:
             break
-        j = valid.to(torch.uint8).argmax(-1)  # (B,) first valid candidate
-        chosen = take[rows, j] & has[:, None]  # (B, L)
-        w = torch.where(chosen, words[rows, j], W)  # (B, L)
-        covered.scatter_(1, w, True)
-        owner.scatter_(1, w, j[:, None].expand(B, L).contiguous())
-        remaining = remaining - torch.where(chosen, cost[rows, j], 0).sum(-1)
-        pointer = torch.where(has, j + 1, K)
+        A = idx.numel()
+        at = pointer[idx, None] + window  # (A, C) candidates in the window
+        inside = at < K
+        w = words[idx[:, None], at.clamp(max=K - 1)]  # (A, C, L)
+        w = torch.where(inside[..., None], w, W)
+        cov = covered[idx].gather(1, w.view(A, -1)).view_as(w)  # (A, C, L)
+        cost = length_x[idx].gather(1, w.view(A, -1)).view_as(w)  # (A, C, L) tokens per word
+        r = remaining[idx, None, None]  # (A, 1, 1)
+        if mode == "new":  # its new words, left to right, while they fit
+            take = ~cov & (torch.where(cov, 0, cost).cumsum(-1) <= r)
+            valid = take.any(-1)  # (A, C)
+        else:  # its longest prefix that fits, unless that prefix holds a covered word
+            take = (w < W) & (cost.cumsum(-1) <= r)
+            valid = take[..., 0] & ~(take & cov).any(-1)
+        has = valid.any(-1)  # (A,)
+        j = valid.to(torch.uint8).argmax(-1)  # (A,) first valid in the window (0 if none)
+        a = torch.arange(A, device=device)
+        chosen = take[a, j] & has[:, None]  # (A, L)
+        hit = torch.where(chosen, w[a, j], W)  # (A, L)
+        rows = idx[:, None].expand_as(hit)
+        covered[rows, hit] = True
+        owner[rows, hit] = (pointer[idx] + j)[:, None].expand_as(hit)
+        remaining[idx] -= torch.where(chosen, cost[a, j], 0).sum(-1)
+        pointer[idx] = torch.where(has, pointer[idx] + j + 1, pointer[idx] + _TAIL_WINDOW)
     word_sel = covered[:, :W].clone()
     # a row with a budget and words that took nothing: its first candidate's first word (documented deviation)
     empty = (budget > 0) & ~word_sel.any(-1) & (words[:, 0, 0] < W)  # (B,)
