@@ -793,7 +793,7 @@ def test_unigram_random_ids_follow_the_counts():
 
 
 def test_unigram_bad_counts():
-    mlm = get_objective("mlm", vocab=VB, random_ids="unigram", probability=1.0, random_fraction=0.5)
+    mlm = get_objective("mlm", vocab=VB, random_ids="unigram", probability=1.0, mask_fraction=0.0, random_fraction=1.0)
     ids, real = make_batch(2, 8, seed=44)
     with pytest.raises(ValueError, match=r"random_ids='unigram' needs the corpus' token counts"):
         mlm(ids, attention_mask=real)
