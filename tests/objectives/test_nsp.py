@@ -475,3 +475,80 @@ def test_bernoulli_masking_needs_max_predictions_none(cls):
         cls(V, mlm_selection="bernoulli")
     cls(V, mlm_selection="bernoulli", max_predictions=None)
     cls(V, mlm_selection="bernoulli", mlm_probability=0)  # no MLM, nothing to cap
+
+
+# ----------------------------------------------------------------------------- whole-word units on the pairs
+
+
+def words_for(x: torch.Tensor, word_len: int = 2) -> torch.Tensor:
+    """Per-sentence word ids: words of ``word_len`` tokens, counted from 0 in every sentence, -1 on padding."""
+    t = torch.arange(x.shape[1]).expand_as(x)
+    return torch.where(x != PAD, t // word_len, -1)
+
+
+@pytest.mark.parametrize("unit", ["word", "span", "ngram"])
+@pytest.mark.parametrize("cls", [NextSentencePrediction, SentenceOrderPrediction])
+def test_whole_word_units_mask_whole_words_of_the_pairs(cls, unit):
+    x, d, vocab = make_corpus([[5, 7, 3, 9, 4], [6, 6, 2], [8, 3, 5, 5]])
+    wid = words_for(x)
+    obj = cls(vocab, max_seq_length=24, unit=unit, mlm_probability=0.3)
+    plain = obj.build_pairs(x, document_ids=d, generator=gen(3))
+    b = obj(x, document_ids=d, word_ids=wid, generator=gen(3))
+    assert torch.equal(b.sentence_labels, plain.sentence_labels)  # the pairs are drawn first, as for tokens
+    target = b.labels != IGNORE_INDEX
+    assert torch.equal(b.labels[target], plain.input_ids[target])
+    assert not (target & ~(plain.attention_mask & (plain.input_ids > 3))).any()
+    # tokens are 4 + their stream index and words are pairs of tokens from each sentence start:
+    # a word = the tokens of one sentence with the same (index in sentence) // 2
+    sentence_of = torch.repeat_interleave(torch.arange(x.shape[0]), (x != PAD).sum(-1))  # stream index -> sentence
+    index_in = torch.cat([torch.arange(int(n)) for n in (x != PAD).sum(-1)])
+    for r in range(b.input_ids.shape[0]):
+        for t in range(b.input_ids.shape[1]):
+            tok = int(plain.input_ids[r, t])
+            if tok <= 3:
+                continue
+            s, i = int(sentence_of[tok - 4]), int(index_in[tok - 4])
+            mates = [t2 for t2 in range(b.input_ids.shape[1]) if int(plain.input_ids[r, t2]) > 3
+                     and int(sentence_of[int(plain.input_ids[r, t2]) - 4]) == s
+                     and int(index_in[int(plain.input_ids[r, t2]) - 4]) // 2 == i // 2]  # fmt: skip
+            assert all(bool(target[r, m]) == bool(target[r, t]) for m in mates)
+
+
+def test_words_never_run_from_one_sentence_into_the_next():
+    # two one-word sentences in segment A: both have word id 0, yet they are two words
+    x = torch.tensor([[10, 11], [12, 13], [14, 15], [16, 17]])
+    d = torch.tensor([0, 0, 0, 0])
+    wid = torch.zeros_like(x)
+    sop = SentenceOrderPrediction(V, max_seq_length=16, short_seq_prob=0, swap_prob=0, unit="word",
+                                  mlm_selection="exact", mlm_probability=0.25)  # fmt: skip
+    b = sop(x, document_ids=d, word_ids=wid, generator=gen(0))
+    target = b.labels != IGNORE_INDEX
+    assert target.sum() == 2  # budget round(8 * 0.25) = 2 tokens = one two-token word, not a four-token "word"
+    hit = b.labels[target].tolist()
+    assert hit in ([10, 11], [12, 13], [14, 15], [16, 17])
+
+
+def test_token_unit_is_the_default_and_unchanged():
+    nsp = NextSentencePrediction(V, max_seq_length=7)
+    assert nsp.unit == "token"
+    a = nsp(X_SEED, document_ids=D_SEED, generator=gen(0))
+    b = NextSentencePrediction(V, max_seq_length=7, unit="token")(X_SEED, document_ids=D_SEED, generator=gen(0))
+    assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.labels, b.labels)
+
+
+def test_unit_errors():
+    with pytest.raises(ValueError, match=r"unit must be one of .*got 'phrase'"):
+        SentenceOrderPrediction(V, unit="phrase")
+    sop = SentenceOrderPrediction(V, max_seq_length=8, unit="word")
+    with pytest.raises(ValueError, match="unit='word' needs word_ids"):
+        sop(X_DET, document_ids=D_DET)
+    with pytest.raises(ValueError, match="word_ids was given but unit='token'"):
+        SentenceOrderPrediction(V, max_seq_length=8)(X_DET, document_ids=D_DET, word_ids=words_for(X_DET))
+    with pytest.raises(ValueError, match="word_ids must have the shape"):
+        sop(X_DET, document_ids=D_DET, word_ids=words_for(X_DET)[:, :2])
+    with pytest.raises(ValueError, match="word_ids must be >= -1"):
+        sop(X_DET, document_ids=D_DET, word_ids=words_for(X_DET) - 3)
+    # a span/ngram budget may be capped under "bernoulli"
+    SentenceOrderPrediction(V, unit="span", mlm_selection="bernoulli", max_predictions=20)
+    with pytest.raises(ValueError, match="max_predictions=20 caps"):
+        SentenceOrderPrediction(V, unit="word", mlm_selection="bernoulli", max_predictions=20)
