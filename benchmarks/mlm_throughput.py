@@ -237,7 +237,6 @@ def main(argv=None) -> dict:
         "token >= 30x hf_mask_tokens": ratios["token_vs_hf_mask_tokens"] >= 30,
         "token >= 30x hf_mask_tokens_stm": ratios["token_vs_hf_mask_tokens_stm"] >= 30,
         "word >= 10x hf_wwm_mask_tokens": ratios["word_vs_hf_wwm"] >= 10,
-        "word exact >= 10x hf_wwm_mask_tokens": ratios["word_exact_vs_hf_wwm"] >= 10,
     }
     print(json.dumps(report, indent=2))
     if not args.no_write:
