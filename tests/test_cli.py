@@ -46,7 +46,7 @@ def test_train_end_to_end(tmp_path, capsys):
         assert path.exists() and str(path) in printed  # the summary says where everything is
     assert "done: 3 steps" in printed
     assert sorted(p.name for p in (out / "checkpoint").iterdir()) == [
-        "model-0000003.safetensors", "optimizer-0000003.safetensors", "state.json"
+        "model-0000003.safetensors", "optimizer-0000003.safetensors", "state-0000003.json"
     ]
     config = json.loads((out / "config.json").read_text())["train"]
     assert config["objective"] == "mlm" and config["options"]["unit"] == "word" and config["n_layers"] == 1
@@ -79,7 +79,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == EXIT_INTERRUPTED, stderr
     assert "Ctrl-C" in stderr and "--resume" in stdout
-    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    state = json.loads(max((out / "checkpoint").glob("state-*.json")).read_text())
     assert state["step"] >= 2
     assert json.loads(metrics.read_text().splitlines()[-1])["step"] <= state["step"]
 
@@ -110,7 +110,7 @@ def test_errors_found_while_training_are_reported_without_a_traceback(tmp_path, 
     out = str(tmp_path / "run")
     assert main(["train", "--steps", "1", "--out", out, *TINY]) == 0
     assert main(["train", "--steps", "1", "--out", out, *TINY]) == 2  # would overwrite the run
-    assert "already holds a checkpoint; pass resume=True (--resume)" in capsys.readouterr().err
+    assert "already holds a run with a checkpoint (step 1); pass --resume" in capsys.readouterr().err
     assert main(["train", "--steps", "1", "--data", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "b"), *TINY]) == 2
     assert "lmobj train: error:" in capsys.readouterr().err
 

@@ -18,10 +18,12 @@ import os
 import sys
 import types
 import typing
+import warnings
 from dataclasses import fields
 from typing import Any
 
 from . import inspection
+from . import __version__
 from .constants import DEFAULT_SEED
 from .objectives import OBJECTIVES, Option, Recipe, options_of
 from .training import TrainConfig, train
@@ -29,7 +31,8 @@ from .training.config import POSITIONS
 
 __all__ = ["build_parser", "main"]
 
-EXIT_USAGE = 2  # bad arguments (argparse's code)
+EXIT_FAILURE = 1  # the run failed (out of memory, a file that cannot be written, ...)
+EXIT_USAGE = 2  # bad arguments (argparse's code), or input the run refuses (a data file, an --out folder)
 EXIT_INTERRUPTED = 130  # stopped by Ctrl-C (after saving a checkpoint), the shell's convention for SIGINT
 
 DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
@@ -130,6 +133,8 @@ def _add_train_arguments(p: argparse.ArgumentParser, objective: str) -> None:
     g.add_argument("--data", default=d["data"], metavar="PATH|builtin",
                    help="corpus: 'builtin' (English prose shipped with Python, nothing downloaded), "
                         "or a .txt / .jsonl file or folder of them")
+    g.add_argument("--skip-bad-files", action="store_true",
+                   help="skip data files that are not UTF-8 or cannot be read (each named in a warning) instead of stopping")
     g.add_argument("--tokenizer", default=d["tokenizer"], metavar="SPEC",
                    help="'byte' (UTF-8 bytes + 7 specials), 'bpe:N' / 'wordpiece:N' (train N tokens on the corpus), "
                         "or the path of a saved tokenizer")
@@ -158,6 +163,8 @@ def _add_train_arguments(p: argparse.ArgumentParser, objective: str) -> None:
     g.add_argument("--log-every", type=_positive_int, default=d["log_every"], help="write a metrics line every N steps (mean over them)")
     g.add_argument("--save-every", type=_non_negative_int, default=d["save_every"],
                    help="checkpoint every N steps, and always at the end and on Ctrl-C (0 = only then)")
+    g.add_argument("--keep-checkpoints", type=_positive_int, default=d["keep_checkpoints"],
+                   help="complete checkpoints kept; a damaged newest one falls back on the next")
     g.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its checkpoint, reproducing the uninterrupted run exactly "
                         "(starts fresh if there is no checkpoint yet)")
@@ -197,6 +204,8 @@ def build_parser(objective: str = DEFAULTS["objective"]) -> argparse.ArgumentPar
         description=f"Train small language models with the objectives of lmobjectives ({', '.join(OBJECTIVES)}).",
         epilog="Run 'lmobj train --help' or 'lmobj inspect --help' for their flags.",
     )
+    parser.add_argument("--version", action="version", version=f"lmobj (lmobjectives) {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error instead of one line")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     train_parser = commands.add_parser(
         "train",
@@ -257,6 +266,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         objective=args.objective,
         options=objective_options(args, OBJECTIVES[args.objective]),
         data=args.data,
+        skip_bad_files=args.skip_bad_files,
         tokenizer=args.tokenizer,
         out=args.out,
         steps=args.steps,
@@ -277,14 +287,40 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         positions=args.positions,
         log_every=args.log_every,
         save_every=args.save_every,
+        keep_checkpoints=args.keep_checkpoints,
         resume=args.resume,
         stop_after=args.stop_after,
         progress=not args.no_progress,
     )
 
 
+def _report_failure(error: Exception, config: TrainConfig) -> int:
+    """One line on stderr for an error that ended ``lmobj train``; returns the exit status."""
+    text = str(error) or type(error).__name__
+    if isinstance(error, MemoryError) or "out of memory" in text.lower():
+        print(
+            f"lmobj train: error: out of memory ({type(error).__name__}); the memory grows with --batch-size "
+            f"({config.batch_size}), --seq-len ({config.seq_len}) and --d-model ({config.d_model}) / --layers "
+            f"({config.n_layers}): lower one of them (--debug shows the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    if isinstance(error, (ValueError, FileExistsError, FileNotFoundError)) and not isinstance(error, UnicodeError):
+        print(f"lmobj train: error: {text}", file=sys.stderr)
+        return EXIT_USAGE
+    if isinstance(error, OSError) and error.filename is not None:
+        text = f"{error.strerror or text}: {error.filename}"
+    print(f"lmobj train: error: {type(error).__name__}: {text} (--debug shows the traceback)", file=sys.stderr)
+    return EXIT_FAILURE
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"lmobj: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    warnings.formatwarning = _one_line_warning  # a warning is one line on the command line, not a source excerpt
     parser = build_parser(chosen_objective(argv, DEFAULTS["objective"]))
     args, unknown = parser.parse_known_args(argv)
     if unknown:
@@ -301,12 +337,13 @@ def main(argv: list[str] | None = None) -> int:
             args.parser.error(str(e))  # exits with EXIT_USAGE
         try:
             result = train(config)
-        except (ValueError, FileExistsError, FileNotFoundError) as e:
-            print(f"lmobj train: error: {e}", file=sys.stderr)
-            return EXIT_USAGE
         except KeyboardInterrupt:  # Ctrl-C before the training loop, or a second one inside it
             print("lmobj train: interrupted; the last checkpoint saved (if any) is intact", file=sys.stderr)
             return EXIT_INTERRUPTED
+        except Exception as e:
+            if args.debug:
+                raise
+            return _report_failure(e, config)
         planned = min(config.steps, config.stop_after or config.steps)
         return EXIT_INTERRUPTED if result.steps < planned else 0
     if args.command == "inspect":

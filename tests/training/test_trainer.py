@@ -75,20 +75,23 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues_exactly(tmp_path, monkey
     monkeypatch.setattr(streams_module.BlockStream, "__call__", interrupt_at_step_2)
     stopped = train(TrainConfig(**base, out=str(tmp_path / "run")))
     assert stopped.interrupted and stopped.steps == 3  # the step in flight finished, then it stopped
-    state = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
+    state = json.loads((tmp_path / "run" / "checkpoint" / "state-0000003.json").read_text())
     assert state["step"] == 3
     monkeypatch.setattr(streams_module.BlockStream, "__call__", original)
     resumed = train(TrainConfig(**base, out=str(tmp_path / "run"), resume=True))
     assert losses(resumed.metrics_path) == expected
 
 
+def _rows_without_wall_clock(path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k != "tokens_per_s"} for line in path.read_text().splitlines()]
+
+
 def test_resume_after_a_crash_keeps_every_step_in_the_metrics(tmp_path, monkeypatch):
-    """Killed after a periodic checkpoint that falls between two metrics lines: the resumed metrics.jsonl
-    equals the uninterrupted run's (a line is written at every checkpoint), a half-written line is dropped."""
+    """Killed after a periodic checkpoint that falls inside a metrics window: the resumed metrics.jsonl equals the
+    uninterrupted run's line for line (the checkpoint holds the open window), a half-written line is dropped."""
     base = dict(TINY, objective="clm", steps=8, warmup_steps=2, log_every=4, save_every=3)
     straight = train(TrainConfig(**base, out=str(tmp_path / "straight")))
-    rows = [json.loads(line) for line in straight.metrics_path.read_text().splitlines()]
-    assert [r["step"] for r in rows] == [3, 4, 6, 8]
+    assert [r["step"] for r in _rows_without_wall_clock(straight.metrics_path)] == [4, 8]  # windows by step number
 
     original = streams_module.BlockStream.__call__
 
@@ -102,12 +105,24 @@ def test_resume_after_a_crash_keeps_every_step_in_the_metrics(tmp_path, monkeypa
         train(TrainConfig(**base, out=str(tmp_path / "run")))
     monkeypatch.setattr(streams_module.BlockStream, "__call__", original)
     metrics = tmp_path / "run" / "metrics.jsonl"
-    assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == [3, 4]  # checkpoint at 3
+    assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == [4]  # checkpoint at 3
     with open(metrics, "a") as f:
         f.write('{"step": 5, "lo')  # cut short by the crash
     resumed = train(TrainConfig(**base, out=str(tmp_path / "run"), resume=True))
-    assert resumed.metrics_path.read_text().count("\n") == 4
-    assert losses(resumed.metrics_path) == losses(straight.metrics_path)
+    assert _rows_without_wall_clock(resumed.metrics_path) == _rows_without_wall_clock(straight.metrics_path)
+
+
+@pytest.mark.parametrize("stop", [1, 5, 6, 7])
+def test_metrics_of_a_run_stopped_inside_a_window_equal_the_uninterrupted_runs(tmp_path, stop):
+    """Stopped at a step that is no multiple of log_every, then resumed: every metrics line and field is the
+    uninterrupted run's, the wall-clock rate tokens_per_s aside."""
+    base = dict(TINY, objective="mlm", steps=9, warmup_steps=2, log_every=4)
+    straight = train(TrainConfig(**base, out=str(tmp_path / "straight")))
+    train(TrainConfig(**base, out=str(tmp_path / "run"), stop_after=stop))
+    resumed = train(TrainConfig(**base, out=str(tmp_path / "run"), resume=True))
+    expected = _rows_without_wall_clock(straight.metrics_path)
+    assert [r["step"] for r in expected] == [4, 8, 9]
+    assert _rows_without_wall_clock(resumed.metrics_path) == expected
 
 
 def test_outputs(tmp_path):

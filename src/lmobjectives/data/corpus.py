@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import warnings
 from pathlib import Path
 
 __all__ = ["Document", "builtin_corpus", "load_corpus", "read_corpus", "split_sentences"]
@@ -179,34 +180,50 @@ def builtin_corpus() -> list[Document]:
 _SUFFIXES = (".txt", ".jsonl")
 
 
+def _read_text(path: Path) -> str:
+    """The UTF-8 text of ``path``; a ``ValueError`` naming the file, line and column where it is not UTF-8."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ValueError(f"read_corpus: cannot read {path}: {e.strerror or e}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise ValueError(
+            f"read_corpus: {path} is not UTF-8 text (byte 0x{data[e.start]:02x} at line {line}, column {column}); "
+            "convert it to UTF-8, or skip such files (--skip-bad-files, skip_bad_files=True)"
+        ) from None
+
+
 def _read_txt(path: Path) -> list[Document]:
-    text = path.read_text(encoding="utf-8")
+    text = _read_text(path)
     documents = [split_sentences(chunk) for chunk in re.split(r"\n[ \t]*\n", text)]
     return [d for d in documents if d]
 
 
 def _read_jsonl(path: Path) -> list[Document]:
     documents = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"read_corpus: {path}, line {lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise ValueError(
-                    f'read_corpus: {path}, line {lineno}: expected an object with a string "text" field, '
-                    f"got {line.strip()[:80]!r}"
-                )
-            sentences = split_sentences(record["text"])
-            if sentences:
-                documents.append(sentences)
+    for lineno, line in enumerate(_read_text(path).split("\n"), start=1):  # not splitlines: U+2028 may sit in a string
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"read_corpus: {path}, line {lineno}: not valid JSON ({e.msg})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise ValueError(
+                f'read_corpus: {path}, line {lineno}: expected an object with a string "text" field, '
+                f"got {line.strip()[:80]!r}"
+            )
+        sentences = split_sentences(record["text"])
+        if sentences:
+            documents.append(sentences)
     return documents
 
 
-def read_corpus(path: str | Path) -> list[Document]:
+def read_corpus(path: str | Path, *, skip_bad_files: bool = False) -> list[Document]:
     """Read documents from a ``.txt`` file, a ``.jsonl`` file or a folder of them.
 
     - ``.txt``: documents are separated by blank lines; each is split into
@@ -218,7 +235,10 @@ def read_corpus(path: str | Path) -> list[Document]:
       sorted order of their relative paths.
 
     Documents with no sentence are dropped. Raises ``ValueError`` naming the
-    path if it does not exist, has another extension, or yields no document.
+    path if it does not exist, has another extension, or yields no document,
+    and naming the file (and line) of a file that cannot be read or is not
+    UTF-8; with ``skip_bad_files`` such a file is skipped with a warning that
+    names it instead.
 
     For a file ``a.txt`` holding ``"One. Two.\\n\\nThree."``,
     ``read_corpus("a.txt") == [["One.", "Two."], ["Three."]]``.
@@ -241,16 +261,21 @@ def read_corpus(path: str | Path) -> list[Document]:
         raise ValueError(f"read_corpus: {str(root)!r} has extension {root.suffix!r}; expected .txt, .jsonl or a folder")
     documents: list[Document] = []
     for file in files:
-        documents.extend(_read_txt(file) if file.suffix == ".txt" else _read_jsonl(file))
+        try:
+            documents.extend(_read_txt(file) if file.suffix == ".txt" else _read_jsonl(file))
+        except ValueError as e:
+            if not (skip_bad_files and ("not UTF-8" in str(e) or "cannot read" in str(e))):
+                raise
+            warnings.warn(f"skipping {file}: {str(e).split(': ', 1)[1]}", stacklevel=2)
     if not documents:
         raise ValueError(f"read_corpus: {str(root)!r} holds no text (no non-empty document)")
     return documents
 
 
-def load_corpus(spec: str) -> list[Document]:
+def load_corpus(spec: str, *, skip_bad_files: bool = False) -> list[Document]:
     """``"builtin"`` → :func:`builtin_corpus`; anything else is a path for :func:`read_corpus`."""
     if not isinstance(spec, (str, Path)):
         raise TypeError(f"load_corpus: spec must be 'builtin' or a path, got {type(spec).__name__}")
     if spec == "builtin":
         return builtin_corpus()
-    return read_corpus(spec)
+    return read_corpus(spec, skip_bad_files=skip_bad_files)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import chain, groupby
@@ -378,12 +379,29 @@ def train_tokenizer(
             show_progress=False,
         )
     else:
-        return HFTokenizer(_train_wordpiece(tk, texts, vocab_size, specials))
+        return _reached(HFTokenizer(_train_wordpiece(tk, texts, vocab_size, specials)), kind, vocab_size)
     seen = [0]
     tokenizer.train_from_iterator(_checked_texts(texts, seen), trainer=trainer)
     if seen[0] == 0:
         raise ValueError("train_tokenizer: texts is empty; need at least one text to train on")
-    return HFTokenizer(tokenizer)
+    return _reached(HFTokenizer(tokenizer), kind, vocab_size)
+
+
+def _reached(tok: HFTokenizer, kind: str, asked: int) -> HFTokenizer:
+    """Refuse a vocabulary larger than asked (the alphabet alone exceeds it); warn when the corpus gave fewer."""
+    got = tok.vocab.size
+    if got > asked:
+        raise ValueError(
+            f"train_tokenizer: {kind}:{asked} cannot be honoured: the special tokens and the corpus's alphabet "
+            f"alone make {got} tokens; ask for at least {got}"
+        )
+    if got < asked:
+        warnings.warn(
+            f"train_tokenizer: asked for {kind}:{asked}, the corpus gives {got} tokens (no more merges to make); "
+            f"training with {got}",
+            stacklevel=3,
+        )
+    return tok
 
 
 # --------------------------------------------------------------------------- specs

@@ -1,35 +1,46 @@
-"""Checkpoints: model and AdamW state as safetensors, the trainer's position as a small JSON.
+"""Checkpoints: model and AdamW state as safetensors, the trainer's position as a small JSON, the last K kept.
 
 Layout of ``out/checkpoint/`` (``S`` = the step, zero-padded to 7 digits)::
 
     model-S.safetensors      # model.state_dict() (the tied LM head is the embedding, stored once)
     optimizer-S.safetensors  # "<param name>.exp_avg", "<param name>.exp_avg_sq", "<param name>.step"
-    state.json               # step, tokens seen, best loss, elapsed time, data position, seeds
+    state-S.json             # step, tokens seen, losses, elapsed time, data position, the metrics window,
+                             # and the size and SHA-256 of the two weight files
 
-Saving is atomic: the new step's two weight files are written (each to a temporary name,
-flushed to disk, renamed) next to the old ones, then ``state.json`` is replaced the same way,
-which commits the new checkpoint, and only then are the old step's files deleted. A crash or a
-second Ctrl-C at any moment leaves ``state.json`` naming a complete checkpoint: the old one or
-the new one, never a mix. The safetensors files also carry the step in their metadata, checked
-on load. The learning rate is a function of the step and every random draw is seeded from
-``(seed, step)`` (see :mod:`.streams`), so no scheduler or generator state is stored.
+Saving is atomic: the step's two weight files are written (each to a temporary name, flushed to
+disk, renamed), then ``state-S.json`` the same way, which commits the checkpoint; only then are
+checkpoints older than the ``keep`` newest deleted. A crash, a full disk or a second Ctrl-C at any
+moment leaves every earlier checkpoint whole. Loading takes the newest checkpoint whose files have
+the sizes and checksums its state file recorded, and reports each newer one it had to skip. The
+learning rate is a function of the step and every random draw is seeded from ``(seed, step)`` (see
+:mod:`.streams`), so no scheduler or generator state is stored.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
+import re
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, save_file
 
 from ..models import MODELS, TransformerConfig
 
-__all__ = ["load_checkpoint", "load_model", "save_checkpoint"]
+__all__ = ["CheckpointError", "checkpoint_steps", "load_checkpoint", "load_model", "save_checkpoint"]
 
-STATE_FILE = "state.json"
+KEEP_CHECKPOINTS = 2  # complete checkpoints kept by default: the newest and one to fall back on
+_STATE = re.compile(r"^state-(\d{7})\.json$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written, or none could be read back intact."""
 
 
 def model_file(step: int) -> str:
@@ -38,6 +49,27 @@ def model_file(step: int) -> str:
 
 def optimizer_file(step: int) -> str:
     return f"optimizer-{step:07d}.safetensors"
+
+
+def state_file(step: int) -> str:
+    return f"state-{step:07d}.json"
+
+
+def checkpoint_steps(directory: str | Path) -> list[int]:
+    """Steps with a committed state file in ``directory``, newest first (empty if there is none)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    steps = [int(m.group(1)) for p in directory.iterdir() if (m := _STATE.match(p.name))]
+    return sorted(steps, reverse=True)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _commit(tmp: Path, path: Path) -> None:
@@ -61,11 +93,12 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def _write_safetensors(tensors: dict[str, torch.Tensor], path: Path, step: int) -> None:
+def _write_safetensors(tensors: dict[str, torch.Tensor], path: Path, step: int) -> dict[str, Any]:
+    """Write ``tensors`` atomically; returns the file's record (size and checksum) for the state file."""
     tmp = path.with_name(path.name + ".tmp")
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     save_file(tensors, str(tmp), metadata={"format": "pt", "step": str(step)})
     _commit(tmp, path)
+    return {"bytes": path.stat().st_size, "sha256": _sha256(path)}
 
 
 def optimizer_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
@@ -92,50 +125,119 @@ def load_optimizer_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimi
         optimizer.state[params[name]] = entries
 
 
+def _on_cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+
+
 def save_checkpoint(
     directory: str | Path,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     state: dict[str, Any],
+    *,
+    keep: int = KEEP_CHECKPOINTS,
 ) -> Path:
-    """Write the checkpoint of ``state["step"]`` atomically (see the module docstring); returns the folder."""
+    """Write the checkpoint of ``state["step"]`` atomically and keep the ``keep`` newest (see the module docstring).
+
+    A full disk (or any other write error) removes this step's partial files and raises
+    :class:`CheckpointError` saying how many bytes the checkpoint needed and which checkpoints are intact.
+    """
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise ValueError(f"keep must be a positive int, got {keep!r}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     step = int(state["step"])
-    keep = {model_file(step), optimizer_file(step), STATE_FILE}
-    _write_safetensors(model.state_dict(), directory / model_file(step), step)
-    _write_safetensors(optimizer_tensors(model, optimizer), directory / optimizer_file(step), step)
-    tmp = directory / (STATE_FILE + ".tmp")
-    tmp.write_text(json.dumps(state, indent=2) + "\n")
-    _commit(tmp, directory / STATE_FILE)  # the commit point
+    weights = {model_file(step): _on_cpu(model.state_dict()), optimizer_file(step): _on_cpu(optimizer_tensors(model, optimizer))}
+    written = [model_file(step), optimizer_file(step), state_file(step)]
+    existed = {name for name in written if (directory / name).exists()}  # a re-save of a committed step
+    try:
+        files = {name: _write_safetensors(tensors, directory / name, step) for name, tensors in weights.items()}
+        tmp = directory / (state_file(step) + ".tmp")
+        tmp.write_text(json.dumps({**state, "files": files}, indent=2) + "\n")
+        _commit(tmp, directory / state_file(step))  # the commit point
+    except OSError as e:
+        for name in written:  # this step's new files, whole or partial: never a half-written checkpoint
+            if name not in existed:
+                (directory / name).unlink(missing_ok=True)
+            (directory / (name + ".tmp")).unlink(missing_ok=True)
+        needed = sum(t.numel() * t.element_size() for tensors in weights.values() for t in tensors.values())
+        free = shutil.disk_usage(directory).free
+        intact = checkpoint_steps(directory)
+        what = "the disk is full" if e.errno == errno.ENOSPC else f"writing failed ({e.strerror or e})"
+        raise CheckpointError(
+            f"could not save the checkpoint of step {step} in {directory}: {what}; it needs about "
+            f"{needed / 2**20:,.1f} MiB and {free / 2**20:,.1f} MiB are free. "
+            + (f"The checkpoints of steps {', '.join(map(str, intact))} are intact." if intact else "No earlier checkpoint exists.")
+        ) from None
     _fsync_directory(directory)
-    for path in directory.iterdir():  # the previous step's files and leftovers of a crashed save
-        if path.name not in keep and (path.suffix in (".safetensors", ".tmp")):
+    kept = set(checkpoint_steps(directory)[:keep])
+    for path in directory.iterdir():  # older checkpoints, and leftovers of a crashed save
+        m = re.match(r"^(?:model|optimizer|state)-(\d{7})\.", path.name)
+        if path.name.endswith(".tmp") or (m and int(m.group(1)) not in kept):
             path.unlink(missing_ok=True)
     return directory
 
 
-def _file_step(path: Path) -> int:
-    with safe_open(str(path), framework="pt") as f:
-        return int((f.metadata() or {}).get("step", -1))
+def _damage(directory: Path, step: int, state: dict[str, Any], names: list[str]) -> str | None:
+    """Why the checkpoint of ``step`` cannot be loaded, or None if its files are intact."""
+    files = state.get("files")
+    if not isinstance(files, dict):
+        return f"{state_file(step)} records no file checksums"
+    for name in names:
+        path, record = directory / name, files.get(name)
+        if record is None:
+            return f"{state_file(step)} records no {name}"
+        if not path.is_file():
+            return f"{name} is missing"
+        if (size := path.stat().st_size) != record.get("bytes"):
+            return f"{name} has {size:,} bytes, {record.get('bytes'):,} were written"
+        if _sha256(path) != record.get("sha256"):
+            return f"{name} does not match its checksum"
+    return None
 
 
-def load_checkpoint(directory: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
-    """Load weights (and optimizer state) in place; returns the state JSON."""
+def load_checkpoint(
+    directory: str | Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    report: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Load the newest intact checkpoint in place (weights, and the optimizer state if given); returns its state.
+
+    Each newer checkpoint that is damaged (a file missing, truncated or changed, a state file that is not
+    JSON) is skipped with one line to ``report``. Raises :class:`CheckpointError` when none is intact, and
+    ``FileNotFoundError`` when there is none.
+    """
     directory = Path(directory)
-    state = json.loads((directory / STATE_FILE).read_text())
-    step = int(state["step"])
-    files = [directory / model_file(step)] + ([directory / optimizer_file(step)] if optimizer is not None else [])
-    for path in files:
-        if not path.exists():
-            raise RuntimeError(f"{directory / STATE_FILE} says step {step} but {path} is missing")
-        if _file_step(path) != step:
-            raise RuntimeError(f"{path} is from step {_file_step(path)} but {directory / STATE_FILE} says step {step}")
-    device = next(model.parameters()).device
-    model.load_state_dict(load_file(str(files[0]), device=str(device)))
-    if optimizer is not None:
-        load_optimizer_tensors(model, optimizer, load_file(str(files[1])))
-    return state
+    steps = checkpoint_steps(directory)
+    if not steps:
+        raise FileNotFoundError(f"no checkpoint in {directory} (no state-NNNNNNN.json)")
+    problems = []
+    for step in steps:
+        names = [model_file(step)] + ([optimizer_file(step)] if optimizer is not None else [])
+        try:
+            state = json.loads((directory / state_file(step)).read_text())
+            if not isinstance(state, dict) or state.get("step") != step:
+                raise ValueError(f"it does not describe step {step}")
+        except (OSError, ValueError) as e:
+            problem = f"{state_file(step)} cannot be read ({e})"
+        else:
+            problem = _damage(directory, step, state, names)
+        if problem is not None:
+            problems.append(f"step {step}: {problem}")
+            if report is not None:
+                report(f"checkpoint of step {step} in {directory} is damaged ({problem}); trying an earlier one")
+            continue
+        device = next(model.parameters()).device
+        model.load_state_dict(load_file(str(directory / names[0]), device=str(device)))
+        if optimizer is not None:
+            load_optimizer_tensors(model, optimizer, load_file(str(directory / names[1])))
+        if problems and report is not None:
+            report(f"resuming from the checkpoint of step {step}, the newest intact one")
+        state.pop("files")
+        return state
+    raise CheckpointError(f"no intact checkpoint in {directory}: " + "; ".join(problems))
 
 
 def load_model(out_dir: str | Path, device: str = "cpu") -> torch.nn.Module:

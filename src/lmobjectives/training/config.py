@@ -28,8 +28,9 @@ class TrainConfig:
     objective: str = DEFAULT_OBJECTIVE  # training objective: a name of lmobjectives.OBJECTIVES
     options: dict[str, Any] = field(default_factory=dict)  # the objective's options (its dataclass fields); unset = default
     data: str = "builtin"  # corpus: "builtin" (ships with the package) or a path (see data.corpus.load_corpus)
+    skip_bad_files: bool = False  # skip (with a warning naming them) data files that are not UTF-8 or cannot be read
     tokenizer: str = "byte"  # "byte", "bpe:N", "wordpiece:N" (trained on the corpus) or a saved tokenizer's path
-    out: str | None = None  # output folder (metrics, config, tokenizer, checkpoint); None: runs/<objective>
+    out: str | None = None  # output folder; None: runs/<objective>, or runs/<objective>-2, -3, ... if that holds a run
     # optimisation
     steps: int = 1000  # optimizer steps in the whole run (also the length of the cosine schedule); clm: ~1.5 min on 2 CPU cores
     batch_size: int = 16  # sequences (blocks, sentence pairs, ...) per step
@@ -51,6 +52,7 @@ class TrainConfig:
     # bookkeeping
     log_every: int = 10  # write a metrics line (mean over the last log_every steps) every this many steps
     save_every: int = 200  # write a checkpoint every this many steps (and always at the end); 0 = only at the end
+    keep_checkpoints: int = 2  # complete checkpoints kept (the newest and older ones to fall back on if it is damaged)
     resume: bool = False  # continue from out/checkpoint (exactly: same data, same corruption, same losses)
     stop_after: int | None = None  # stop (with a checkpoint) after this step, as if interrupted; resume later
     progress: bool = True  # show a live progress bar on stderr
@@ -61,7 +63,7 @@ class TrainConfig:
         if self.recipe.untrainable:
             raise ValueError(f"objective {self.objective!r} cannot be trained by lmobjectives: {self.recipe.untrainable}")
         self.options = self._full_options(self.options)
-        for name in ("steps", "batch_size", "seq_len", "log_every", "d_model", "n_layers", "n_heads", "d_ff"):
+        for name in ("steps", "batch_size", "seq_len", "log_every", "d_model", "n_layers", "n_heads", "d_ff", "keep_checkpoints"):
             _positive_int(name, getattr(self, name))
         for name in ("warmup_steps", "save_every"):
             value = getattr(self, name)
@@ -83,8 +85,6 @@ class TrainConfig:
             raise ValueError(f"positions must be one of {', '.join(POSITIONS)}, got {self.positions!r}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
-        if self.out is None:
-            self.out = f"runs/{self.objective}"
 
     @property
     def recipe(self) -> Recipe:

@@ -36,7 +36,7 @@ from ..data.corpus import load_corpus
 from ..data.tokenizers import load_tokenizer
 from ..models import MODELS, TransformerConfig
 from ..objectives import Objective, Recipe, StepLoss
-from .checkpoint import STATE_FILE, load_checkpoint, save_checkpoint
+from .checkpoint import checkpoint_steps, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .streams import build_stream, derive_seed
 
@@ -44,7 +44,7 @@ __all__ = ["TrainResult", "train"]
 
 # TrainConfig fields that may differ between a run and its resumption. None changes the losses except
 # steps, which stretches the cosine schedule (allowed, with a note); log_every only regroups the metrics lines.
-RESUMABLE_CHANGES = ("device", "log_every", "save_every", "resume", "stop_after", "progress", "out", "steps")
+RESUMABLE_CHANGES = ("device", "log_every", "save_every", "keep_checkpoints", "resume", "stop_after", "progress", "out", "steps")
 
 
 @dataclass
@@ -60,7 +60,9 @@ class TrainResult:
     metrics_path: Path  # metrics.jsonl
     config_path: Path  # config.json
     tokenizer_dir: Path  # the tokenizer, saved with tok.save()
-    checkpoint_dir: Path  # model and optimizer safetensors, state.json (see .checkpoint)
+    checkpoint_dir: Path  # model and optimizer safetensors, state-S.json per kept step (see .checkpoint)
+    last_metrics: dict[str, Any] | None = None  # the last metrics line (None if none was written)
+    vocab_size: int = 0  # the tokenizer's vocabulary size (uniform-guess loss: ln vocab_size)
 
     @property
     def tokens_per_s(self) -> float:
@@ -135,22 +137,35 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch, 
 
 
 class Meter:
-    """Sums over the steps since the last metrics line; token-weighted means on :meth:`read`.
+    """Sums over the steps of the current metrics window; token-weighted means on :meth:`read`.
 
     Each loss term ``name`` of the recipe gives ``<name>_loss`` and ``<name>_accuracy`` (the LM term's
     accuracy is ``accuracy``); ``loss`` is the sum of the terms' means; each of the recipe's other metrics
-    is its mean over the steps.
+    is its mean over the steps. Windows end at multiples of ``log_every`` (and at the last step), whatever
+    the process: a checkpoint stores the open window (:meth:`state`), so an interrupted and resumed run
+    writes the same lines as an uninterrupted one (``tokens_per_s``, a wall-clock rate, aside).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, state: dict[str, Any] | None = None) -> None:
         self.reset()
+        if state:
+            self.steps, self.tokens, self.seconds = state["steps"], state["tokens"], state["seconds"]
+            self.sums = {k: list(v) for k, v in state["sums"].items()}
+            self.metric_sums = dict(state["metric_sums"])
 
     def reset(self) -> None:
         self.steps = 0
         self.sums: dict[str, list[float]] = {}  # term -> [loss * count, count, correct]
         self.metric_sums: dict[str, float] = {}  # other metric -> sum over steps
         self.tokens = 0
+        self.seconds = 0.0  # time spent in this window by earlier processes (resumed runs)
         self.started = time.perf_counter()
+
+    def state(self) -> dict[str, Any]:
+        """The open window, for the checkpoint (JSON)."""
+        seconds = self.seconds + time.perf_counter() - self.started
+        return {"steps": self.steps, "tokens": self.tokens, "seconds": seconds, "sums": self.sums,
+                "metric_sums": self.metric_sums}  # fmt: skip
 
     def add(self, step_loss: StepLoss, tokens: int) -> None:
         self.steps += 1
@@ -164,7 +179,7 @@ class Meter:
         self.tokens += tokens
 
     def read(self) -> dict[str, Any]:
-        seconds = time.perf_counter() - self.started
+        seconds = self.seconds + time.perf_counter() - self.started
         row: dict[str, Any] = {"loss": 0.0}
         for name, (total, count, correct) in self.sums.items():
             mean = total / max(count, 1)
@@ -202,12 +217,12 @@ class StopOnCtrlC:
             signal.signal(signal.SIGINT, self.previous)
 
 
-def _check_resumable(saved: dict[str, Any], config: TrainConfig) -> None:
+def _check_resumable(saved: dict[str, Any], config: TrainConfig, out: Path) -> None:
     current = config.to_dict()
     changed = {k: (saved.get(k), v) for k, v in current.items() if k not in RESUMABLE_CHANGES and saved.get(k) != v}
     if changed:
         diff = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
-        raise ValueError(f"cannot resume {config.out}: the run was made with different settings ({diff})")
+        raise ValueError(f"cannot resume {out}: the run was made with different settings ({diff})")
     if saved.get("steps") != config.steps:
         tqdm.write(f"note: steps changed {saved.get('steps')} -> {config.steps}; the cosine schedule stretches accordingly")
 
@@ -215,7 +230,8 @@ def _check_resumable(saved: dict[str, Any], config: TrainConfig) -> None:
 def _keep_metrics_up_to(path: Path, step: int) -> None:
     """Drop metrics lines written after the checkpoint we resume from (and a last line cut short by a crash).
 
-    A metrics line is written at every checkpoint, so the kept lines cover exactly steps ``1..step``.
+    The checkpoint holds the window open at its step (:meth:`Meter.state`), so the kept lines and the
+    restored window together cover exactly steps ``1..step``.
     """
     if not path.exists():
         return
@@ -249,20 +265,58 @@ def train(config: TrainConfig) -> TrainResult:
         return _train(config, device)
 
 
+def is_run(path: Path) -> bool:
+    """Whether ``path`` is the output folder of an ``lmobj train`` run (its ``config.json`` has a ``"train"`` entry)."""
+    try:
+        return "train" in json.loads((path / "config.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def resolve_out(config: TrainConfig) -> Path:
+    """The output folder; never one holding files that are not a run of ours.
+
+    An explicit ``out`` must be new, empty, or a run (which ``resume`` continues; without it, only a run
+    that saved no checkpoint may be started over). The default, ``runs/<objective>``, becomes
+    ``runs/<objective>-2``, ``-3``, ... when it already holds a run with a checkpoint and ``resume`` is off.
+    """
+    if config.out is not None:
+        out = Path(config.out)
+        candidates = [out]
+    else:
+        base = Path("runs") / config.objective
+        candidates = [base] if config.resume else [base, *(base.with_name(f"{base.name}-{i}") for i in range(2, 1000))]
+    for out in candidates:
+        if out.exists() and not out.is_dir():
+            raise FileExistsError(f"--out {out} is a file, not a folder; choose another --out")
+        if out.is_dir() and any(out.iterdir()) and not is_run(out):
+            raise FileExistsError(
+                f"--out {out} holds files that are not an lmobj run (no config.json of a run); refusing to write "
+                "there: choose a new or empty folder"
+            )
+        if config.resume or not checkpoint_steps(out / "checkpoint"):
+            return out
+        if config.out is not None:
+            raise FileExistsError(
+                f"{out} already holds a run with a checkpoint (step {checkpoint_steps(out / 'checkpoint')[0]}); pass "
+                "--resume (resume=True) to continue it, or choose another --out"
+            )
+    raise FileExistsError(f"runs/{config.objective} and its numbered variants up to -999 all hold runs; pass --out")
+
+
 def _train(config: TrainConfig, device: torch.device) -> TrainResult:
-    out = Path(config.out)  # type: ignore[arg-type]
+    out = resolve_out(config)
     checkpoint_dir, metrics_path, config_path, tokenizer_dir = out / "checkpoint", out / "metrics.jsonl", out / "config.json", out / "tokenizer"
-    has_checkpoint = (checkpoint_dir / STATE_FILE).exists()
-    if has_checkpoint and not config.resume:
-        raise FileExistsError(f"{out} already holds a checkpoint; pass resume=True (--resume) to continue it, or choose another out (--out)")
-    resuming = config.resume and has_checkpoint
+    resuming = config.resume and bool(checkpoint_steps(checkpoint_dir))
+    if config.resume and not resuming:
+        tqdm.write(f"note: --resume, but {out} has no checkpoint yet: starting from step 0")
     if resuming:
-        _check_resumable(json.loads(config_path.read_text())["train"], config)
-    tqdm.write(f"train config: {json.dumps(config.to_dict())}")
+        _check_resumable(json.loads(config_path.read_text())["train"], config, out)
+    tqdm.write(f"train config: {json.dumps({**config.to_dict(), 'out': str(out)})}")
 
     # data: the corpus, the tokenizer (trained on it unless loaded), the objective and the step -> batch stream
     recipe = config.recipe
-    documents = load_corpus(config.data)
+    documents = load_corpus(config.data, skip_bad_files=config.skip_bad_files)
     if resuming:
         tokenizer = load_tokenizer(str(tokenizer_dir))
     else:  # with the special tokens the objective needs (sentinels, ...)
@@ -283,13 +337,13 @@ def _train(config: TrainConfig, device: torch.device) -> TrainResult:
     optimizer = make_optimizer(model, config)
     tqdm.write(f"model config: {json.dumps(vars(model_config))}")
     tqdm.write(f"model: {model.num_parameters():,} parameters on {device}; data: {stream.position(0)}")
-    saved = {"train": config.to_dict(), "architecture": spec.architecture, "model": vars(model_config),
-             "model_kwargs": spec.kwargs}  # fmt: skip
+    saved = {"train": {**config.to_dict(), "out": str(out)}, "architecture": spec.architecture,
+             "model": vars(model_config), "model_kwargs": spec.kwargs}  # fmt: skip
     config_path.write_text(json.dumps(saved, indent=2) + "\n")
 
     state: dict[str, Any] = {"step": 0, "tokens": 0, "elapsed_s": 0.0, "first_loss": None, "final_loss": None, "best_loss": None}
     if resuming:
-        state = load_checkpoint(checkpoint_dir, model, optimizer)
+        state = load_checkpoint(checkpoint_dir, model, optimizer, report=tqdm.write)
         then, now = state["data"], stream.position(state["step"])
         if (then["num_examples"], then.get("fingerprint")) != (now["num_examples"], now["fingerprint"]):
             raise ValueError(
@@ -302,15 +356,21 @@ def _train(config: TrainConfig, device: torch.device) -> TrainResult:
     else:
         metrics_path.write_text("")
 
+    meter = Meter(state.pop("window", None))
+    saved_step = state["step"] if resuming else None
+
     def save() -> None:
+        nonlocal saved_step
+        if state["step"] == saved_step:  # nothing new since the checkpoint we resumed from
+            return
         state["data"] = stream.position(state["step"])
         state["seeds"] = {"seed": config.seed, "rule": "data order, corruption and dropout at step s are seeded from (seed, s)"}
-        save_checkpoint(checkpoint_dir, model, optimizer, state)
+        save_checkpoint(checkpoint_dir, model, optimizer, {**state, "window": meter.state()}, keep=config.keep_checkpoints)
+        saved_step = state["step"]
 
-    meter = Meter()
     start_step = state["step"]
     end_step = min(config.steps, config.stop_after or config.steps)
-    bar = tqdm(total=config.steps, initial=start_step, desc=f"{config.objective}", unit="step", disable=not config.progress, dynamic_ncols=True)
+    bar = ProgressBar(config, start_step)
     model.train()
     started = time.perf_counter()
     interrupted = False
@@ -327,10 +387,7 @@ def _train(config: TrainConfig, device: torch.device) -> TrainResult:
             tokens = int(batch.attention_mask.sum())
             meter.add(step_loss, tokens)
             state["step"], state["tokens"] = step, state["tokens"] + tokens
-            bar.update(1)
-            saving = bool(config.save_every) and step % config.save_every == 0 and step != end_step
-            # A line at every checkpoint too: resuming from it then drops no step's metrics.
-            if step % config.log_every == 0 or step == end_step or stopping or saving:
+            if step % config.log_every == 0 or step == config.steps:  # windows by step number, not by process
                 row = {"step": step, **meter.read(), "tokens": state["tokens"], "lr": lr}
                 metrics_file.write(json.dumps(row) + "\n")
                 metrics_file.flush()
@@ -338,11 +395,12 @@ def _train(config: TrainConfig, device: torch.device) -> TrainResult:
                 state["first_loss"] = row["loss"] if state["first_loss"] is None else state["first_loss"]
                 state["final_loss"] = row["loss"]
                 state["best_loss"] = row["loss"] if state["best_loss"] is None else min(state["best_loss"], row["loss"])
-                bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:,.0f}", lr=f"{lr:.2e}")
+                bar.log(row)
+            bar.update(step)
             if stopping:
                 interrupted = True
                 break
-            if saving:
+            if config.save_every and step % config.save_every == 0 and step != end_step:
                 state["elapsed_s"] += time.perf_counter() - started
                 started = time.perf_counter()
                 save()
@@ -364,16 +422,58 @@ def _train(config: TrainConfig, device: torch.device) -> TrainResult:
         config_path=config_path,
         tokenizer_dir=tokenizer_dir,
         checkpoint_dir=checkpoint_dir,
+        last_metrics=_last_metrics(metrics_path),
+        vocab_size=tokenizer.vocab.size,
     )
     print_summary(result, config)
     return result
+
+
+def _last_metrics(path: Path) -> dict[str, Any] | None:
+    lines = path.read_text().splitlines() if path.exists() else []
+    return json.loads(lines[-1]) if lines else None
+
+
+class ProgressBar:
+    """tqdm on a terminal; elsewhere (a log file, CI) a plain line per metrics line instead of carriage returns."""
+
+    def __init__(self, config: TrainConfig, start_step: int) -> None:
+        self.tty = config.progress and sys.stderr.isatty()
+        self.plain = config.progress and not self.tty
+        self.total = config.steps
+        self.bar = tqdm(total=config.steps, initial=start_step, desc=config.objective, unit="step",
+                        disable=not self.tty, dynamic_ncols=True)  # fmt: skip
+        self.step = start_step
+
+    def update(self, step: int) -> None:
+        self.bar.update(step - self.step)
+        self.step = step
+
+    def log(self, row: dict[str, Any]) -> None:
+        if self.tty:
+            self.bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:,.0f}", lr=f"{row['lr']:.2e}")
+        elif self.plain:
+            print(f"step {row['step']}/{self.total}: loss {row['loss']:.4f}, {row['tokens_per_s']:,.0f} tokens/s, "
+                  f"lr {row['lr']:.2e}", file=sys.stderr, flush=True)  # fmt: skip
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def print_summary(result: TrainResult, config: TrainConfig, file=None) -> None:
     file = file or sys.stdout
     status = f"stopped at step {result.steps} of {config.steps} (continue with --resume)" if result.interrupted else f"done: {result.steps} steps"
     print(f"\n{status} in {result.elapsed_s:.1f} s, {result.tokens:,} tokens ({result.tokens_per_s:,.0f} tokens/s)", file=file)
-    print(f"loss: {result.first_loss:.4f} (first log) -> {result.final_loss:.4f} (last), best {result.best_loss:.4f}", file=file)
+    print(f"loss: {result.first_loss:.4f} (first log) -> {result.final_loss:.4f} (last), best {result.best_loss:.4f}; "
+          f"cross-entropy in nats per target, summed over the objective's terms", file=file)  # fmt: skip
+    if result.vocab_size:
+        print(f"reference: a uniform guess over the {result.vocab_size:,}-token vocabulary scores "
+              f"{math.log(result.vocab_size):.4f} per target", file=file)  # fmt: skip
+    last = result.last_metrics
+    if last is not None:
+        skip = {"step", "loss", "tokens", "tokens_per_s", "lr"}
+        parts = [f"{k} {v:.4f}" for k, v in last.items() if k not in skip and isinstance(v, (int, float))]
+        print(f"last metrics line (step {last['step']}): {', '.join(parts)}", file=file)
     print("outputs:", file=file)
     for name, path in [
         ("metrics", result.metrics_path),
