@@ -77,8 +77,8 @@ def test_llama3_template_masks_exactly_the_answers_and_their_eot(llama3):
     out = tokenize_conversation(CONVERSATION, llama3)
     assert runs(llama3, out) == ["I am fine.<|eot_id|>", "On the mat.<|eot_id|>"]
     assert runs(llama3, out, learned=False) == [
-        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
-        "<|start_header_id|>user<|end_header_id|>\n\nHello there<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
+        ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+         "<|start_header_id|>user<|end_header_id|>\n\nHello there<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"),
         "<|start_header_id|>user<|end_header_id|>\n\nThe cat?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
     ]
     whole = llama3.encode(llama3.apply_chat_template(CONVERSATION, tokenize=False), add_special_tokens=False)
@@ -248,13 +248,11 @@ def test_a_template_that_rewrites_earlier_turns_is_refused(chatml):
 @pytest.mark.slow
 def test_trains_on_a_chat_jsonl_with_a_saved_tokenizer(tmp_path, monkeypatch):
     """``lmobj train --objective sft --data chat.jsonl --tokenizer PATH`` as a TrainConfig: the loss falls."""
+    from lmobjectives.data.chat import builtin_chat, write_chat
     from lmobjectives.objectives import OBJECTIVES, Recipe
     from lmobjectives.objectives.sft import SupervisedFineTuning, sft_step_loss
-    from lmobjectives.training import TrainConfig, train
-    from lmobjectives.training import trainer
+    from lmobjectives.training import TrainConfig, train, trainer
     from lmobjectives.training.streams import load_data
-
-    from lmobjectives.data.chat import builtin_chat, write_chat
 
     recipe = Recipe(SupervisedFineTuning, "sft", data="conversations", special_tokens=CHAT_TOKENS, loss=sft_step_loss)
     monkeypatch.setitem(OBJECTIVES, "sft", recipe)

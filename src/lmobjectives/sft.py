@@ -204,7 +204,7 @@ def _format(tokenizer: Any, need_template: bool) -> _Format:
             out.extend([ids[piece]] if k % 2 else tokenizer.encode(piece) if piece else [])
         return out
 
-    return _Format(lambda m, g: render_chatml(m, g), encode_own, list(ids), tokenizer.vocab.eos_id)
+    return _Format(render_chatml, encode_own, list(ids), tokenizer.vocab.eos_id)
 
 
 def _learned_end(body: str, specials: Sequence[str]) -> int:

@@ -277,7 +277,7 @@ def test_pack_errors_name_the_argument():
 
 
 def test_trains_on_cpu_the_loss_falls():
-    tok, tokens, packed = _packed_chat(seq_len=40)
+    tok, _, packed = _packed_chat(seq_len=40)
     objective = SupervisedFineTuning(tok.vocab)
     batch = objective(packed.input_ids, roles=packed.roles, attention_mask=packed.attention_mask,
                       document_ids=packed.document_ids)  # fmt: skip

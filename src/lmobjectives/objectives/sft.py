@@ -33,9 +33,10 @@ __all__ = [
     "COMPLETION",
     "NORMALIZATIONS",
     "PROMPT",
+    "TRAIN_ON",
     "PackedConversations",
     "SupervisedFineTuning",
-    "TRAIN_ON",
+    "best_fit_decreasing",
     "learned_mask",
     "pack_conversations",
     "sft_step_loss",
@@ -317,13 +318,12 @@ def sft_step_loss(objective: Any, model: torch.nn.Module, batch: Batch) -> StepL
     Both values are reported (``token_mean_loss``, ``sequence_mean_loss``) with the number of conversations
     that had a target (``conversations``); the ``lm`` term, and so the total, is the chosen one.
     """
-    from ..ops import linear_cross_entropy_with_stats  # lazy: the fused kernels load on first use
-
-    from ..losses import LossOutput
+    from ..losses import LossOutput  # lazy: the loss pulls in the fused kernels
+    from ..ops import linear_cross_entropy_with_stats
 
     out = model(batch)
     labels = batch.labels  # (B, T)
-    B, T = labels.shape
+    T = labels.shape[1]
     keep = (labels != IGNORE_INDEX).nonzero(as_tuple=True)  # ((M,), (M,)) the target positions
     stats = linear_cross_entropy_with_stats(out.hidden[keep], model.output_weight, labels[keep], reduction="none")
     per_token = stats.loss  # (M,) differentiable
