@@ -56,7 +56,7 @@ def test_attention_panels_are_the_batch_attention_mask(name):
         expected["attention:decoder"] = attention_mask_4d(b, "decoder")[0, 0, :m, :m]
         labels = b.labels[0, :m]
     else:
-        labels = b.labels[0, :n]
+        labels = b.labels[0, :n] if b.labels.dim() == 2 else b.labels[0, :n, 0]  # mtp: the next-token column
     for label, mask in expected.items():
         assert torch.equal(torch.as_tensor(images[label]).bool(), mask), label
     assert torch.equal(torch.as_tensor(images["loss"])[:, 0].bool(), labels != IGNORE_INDEX)

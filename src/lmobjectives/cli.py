@@ -132,7 +132,8 @@ def _add_train_arguments(p: argparse.ArgumentParser, objective: str) -> None:
                    help=_objective_help() + ". Its own options follow below: see lmobj train --objective NAME --help")
     g.add_argument("--data", default=d["data"], metavar="PATH|builtin",
                    help="corpus: 'builtin' (English prose shipped with Python, nothing downloaded), "
-                        "or a .txt / .jsonl file or folder of them")
+                        "or a .txt / .jsonl file or folder of them; for chat objectives (sft's layout) a .jsonl of "
+                        "{'messages': [...]} or {'prompt', 'completion'} records")
     g.add_argument("--skip-bad-files", action="store_true",
                    help="skip data files that are not UTF-8 or cannot be read (each named in a warning) instead of stopping")
     g.add_argument("--tokenizer", default=d["tokenizer"], metavar="SPEC",

@@ -62,7 +62,8 @@ import torch
 from .constants import DEFAULT_SEED, IGNORE_INDEX
 from .data import builtin_corpus, load_tokenizer, split_sentences
 from .objectives import OBJECTIVES, Batch, Objective, Recipe, attention_mask_4d
-from .training.streams import build_stream
+from .data.chat import conversations_from_documents, example_chat
+from .training.streams import build_stream, data_texts
 
 __all__ = [
     "DEFAULT_SEQ_LEN",
@@ -130,14 +131,16 @@ def default_documents() -> list[list[str]]:
     return documents
 
 
-def _documents(recipe: Recipe, name: str, text: str | None) -> list[list[str]]:
-    """The text as documents (lists of sentences), as the recipe's data layout needs them."""
+def _documents(recipe: Recipe, name: str, text: str | None) -> list[Any]:
+    """The text as documents (lists of sentences) or conversations, as the recipe's data layout needs them."""
     if text is None:
-        return default_documents()
+        return example_chat() if recipe.data == "conversations" else default_documents()
     if not isinstance(text, str):
         raise TypeError(f"text must be a str or None, got {type(text).__name__}")
     if not text.strip():
         raise ValueError(f"text must hold some non-whitespace characters, got {text!r}")
+    if recipe.data == "conversations":
+        return conversations_from_documents([split_sentences(text)])  # the first sentence asks, the rest answers
     if recipe.data == "blocks":
         return [[text]]  # one document, verbatim (tokenize_documents joins a document's sentences with a space)
     sentences = split_sentences(text)  # sentence pairs and document windows draw from two documents at least
@@ -187,7 +190,7 @@ def example_batch(
     recipe = OBJECTIVES[name]
     full = recipe.full_options(options)
     documents = _documents(recipe, name, text)
-    texts = [sentence for doc in documents for sentence in doc]
+    texts = data_texts(documents)
     tok = load_tokenizer(tokenizer, texts=texts, extra_special_tokens=recipe.special_tokens)
     objective = recipe.build(tok.vocab, full, seq_len=seq_len)  # checks the options
     try:
@@ -272,12 +275,13 @@ def _row(example: Example, ids: torch.Tensor, real: torch.Tensor, labels: torch.
 def _rows(example: Example) -> list[tuple[str, TokenRow]]:
     """``[(name, row)]``: the input; for an encoder-decoder batch the encoder's input and the decoder's."""
     b = example.batch
+    labels = b.labels[..., 0] if b.labels.dim() == 3 else b.labels  # (B, T); multi-token labels: the next token's
     if b.decoder_input_ids is None:
-        return [("input", _row(example, b.input_ids[0], b.attention_mask[0], b.labels[0], next_token=b.causal))]
+        return [("input", _row(example, b.input_ids[0], b.attention_mask[0], labels[0], next_token=b.causal))]
     decoder_real = b.decoder_attention_mask if b.decoder_attention_mask is not None else torch.ones_like(b.decoder_input_ids, dtype=torch.bool)
     return [
         ("encoder", _row(example, b.input_ids[0], b.attention_mask[0], None, next_token=False)),
-        ("decoder", _row(example, b.decoder_input_ids[0], decoder_real[0], b.labels[0], next_token=True)),
+        ("decoder", _row(example, b.decoder_input_ids[0], decoder_real[0], labels[0], next_token=True)),
     ]
 
 

@@ -18,10 +18,13 @@ from .base import Batch, Objective, attention_mask_4d, padding_mask
 from .clm import CausalLM
 from .fim import FillInTheMiddle, fim_reassemble
 from .mlm import MaskedLM, word_ids_from_starts
+from .mtp import MultiTokenPrediction, mtp_step_loss
 from .nsp import NextSentencePrediction, SentenceOrderPrediction, SentencePairs
 from .plm import PermutationLM
 from .prefix_lm import PrefixLM, document_lengths, prefix_lm_batch
+from ..sft import CHAT_TOKENS
 from .recipe import ModelSpec, Option, Recipe, StepLoss, options_of
+from .sft import SupervisedFineTuning, sft_step_loss
 from .span_corruption import SpanCorruption, random_spans_noise_mask, span_corruption_lengths
 from .ul2 import UL2
 
@@ -32,6 +35,7 @@ __all__ = [
     "CausalLM",
     "FillInTheMiddle",
     "MaskedLM",
+    "MultiTokenPrediction",
     "NextSentencePrediction",
     "ModelSpec",
     "Objective",
@@ -43,6 +47,7 @@ __all__ = [
     "SentencePairs",
     "SpanCorruption",
     "StepLoss",
+    "SupervisedFineTuning",
     "UL2",
     "attention_mask_4d",
     "document_lengths",
@@ -110,12 +115,26 @@ OBJECTIVES: dict[str, Recipe] = {
         special_tokens=_SENTINELS + tuple(PARADIGM_TOKENS.values()),
         model=_layout_model,
     ),
+    "mtp": Recipe(
+        MultiTokenPrediction,
+        "multi-token prediction (Gloeckle et al. 2024 parallel heads; DeepSeek-V3 sequential modules): t+1 ... t+n",
+        block_extras=lambda o: ("document_ids",) if o.document_masking else (),
+        model=lambda o: ModelSpec(architecture="mtp", kwargs={"n_future": o.n_future, "head_design": o.head_design}),
+        loss=mtp_step_loss,
+    ),
     "fim": Recipe(
         FillInTheMiddle,
         "fill-in-the-middle (Bavarian et al. 2022): PSM/SPM-rearranged documents, causal LM on every token",
         data="documents",
         length_option="seq_len",
         special_tokens=tuple(FIM_TOKENS.values()),
+    ),
+    "sft": Recipe(
+        SupervisedFineTuning,
+        "supervised fine-tuning: causal LM on chat conversations, loss on the assistant's answers only",
+        data="conversations",
+        special_tokens=CHAT_TOKENS,
+        loss=sft_step_loss,
     ),
     "plm": Recipe(
         PermutationLM,

@@ -32,7 +32,7 @@ class Batch:
     """
 
     input_ids: torch.Tensor  # (B, T) long, model input after corruption
-    labels: torch.Tensor  # (B, T) long, target at each position or IGNORE_INDEX
+    labels: torch.Tensor  # (B, T) long, target at each position or IGNORE_INDEX; (B, T, N) for multi-token prediction
     attention_mask: torch.Tensor  # (B, T) bool, True at real (non-padding) tokens
     causal: bool  # True: query t sees keys <= t (decoder); False: bidirectional (encoder)
     document_ids: torch.Tensor | None = None  # (B, T) long; if set, no attention across ids

@@ -32,13 +32,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..data.corpus import load_corpus
 from ..data.tokenizers import load_tokenizer
 from ..models import MODELS, TransformerConfig
 from ..objectives import Objective, Recipe, StepLoss
 from .checkpoint import checkpoint_steps, load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .streams import build_stream, derive_seed
+from .streams import build_stream, data_texts, derive_seed, load_data
 
 __all__ = ["TrainResult", "train"]
 
@@ -316,11 +315,11 @@ def _train(config: TrainConfig, device: torch.device) -> TrainResult:
 
     # data: the corpus, the tokenizer (trained on it unless loaded), the objective and the step -> batch stream
     recipe = config.recipe
-    documents = load_corpus(config.data, skip_bad_files=config.skip_bad_files)
+    documents = load_data(recipe, config.data, skip_bad_files=config.skip_bad_files)
     if resuming:
         tokenizer = load_tokenizer(str(tokenizer_dir))
     else:  # with the special tokens the objective needs (sentinels, ...)
-        texts = [s for doc in documents for s in doc]
+        texts = data_texts(documents)
         tokenizer = load_tokenizer(config.tokenizer, texts=texts, extra_special_tokens=recipe.special_tokens)
     objective = recipe.build(tokenizer.vocab, config.options, seq_len=config.seq_len)  # checked before anything is written
     if not resuming:
