@@ -110,7 +110,8 @@ def _weighted_loss(objective, model, batch) -> StepLoss:
     twice = base.terms["lm"]
     scaled = type(twice)(loss=objective.weight * twice.loss, num_tokens=twice.num_tokens, num_correct=twice.num_correct)
     targets = twice.num_tokens.float()
-    return StepLoss(total=base.total + scaled.loss, terms={"lm": twice, "echo": scaled}, metrics={"targets": targets})
+    plain = {"lm": twice, "echo": scaled}
+    return StepLoss(total=base.total + scaled.loss + twice.loss, terms=plain, metrics={"targets": targets}, weights={"lm": 2.0})
 
 
 class _TaggedTransformer(Transformer):
@@ -129,7 +130,7 @@ def test_a_new_objective_plugs_in_with_one_registry_entry(tmp_path, monkeypatch)
     result = train(TrainConfig(objective="weighted_clm", options={"weight": 0.25}, out=str(tmp_path), **TINY))
     rows = [json.loads(line) for line in result.metrics_path.read_text().splitlines()]
     assert all(r["echo_loss"] == pytest.approx(0.25 * r["lm_loss"]) for r in rows)
-    assert all(r["loss"] == pytest.approx(1.25 * r["lm_loss"]) for r in rows)
+    assert all(r["loss"] == pytest.approx(2.25 * r["lm_loss"]) for r in rows)  # weights: lm counts twice in the total
     assert all(r["targets"] == 4 * 47 for r in rows)  # the metric's mean over the steps (log_every=1: one step)
     assert torch.isfinite(torch.tensor([r["loss"] for r in rows])).all()
     model = load_model(tmp_path)  # the architecture and its kwargs come back from config.json

@@ -284,7 +284,8 @@ def sequential_modules_loss(model: Any, batch: Batch, *, weight: float = 0.3) ->
     if D == 0:
         return StepLoss(total=main, terms=terms)
     extra = weight / D * sum(terms[head_term_name(k)].loss for k in range(1, D + 1))
-    return StepLoss(total=main + extra, terms=terms, metrics={"mtp_weighted_loss": extra.detach()})
+    weights = {head_term_name(k): weight / D for k in range(1, D + 1)}  # the reported "loss" is the trained total
+    return StepLoss(total=main + extra, terms=terms, metrics={"mtp_weighted_loss": extra.detach()}, weights=weights)
 
 
 def mtp_step_loss(objective: MultiTokenPrediction, model: Any, batch: Batch) -> StepLoss:

@@ -64,6 +64,7 @@ class StepLoss:
     total: torch.Tensor  # 0-dim, the quantity to backpropagate
     terms: dict[str, LossOutput]  # reported separately: metrics "<name>_loss", "<name>_accuracy" ("lm": "accuracy")
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # other 0-dim values, reported as their mean over steps
+    weights: dict[str, float] = field(default_factory=dict)  # a term's weight in the reported "loss" (default 1), as in total
 
 
 def lm_step_loss(objective: Any, model: torch.nn.Module, batch: Batch) -> StepLoss:

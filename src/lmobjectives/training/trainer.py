@@ -139,8 +139,9 @@ class Meter:
     """Sums over the steps of the current metrics window; token-weighted means on :meth:`read`.
 
     Each loss term ``name`` of the recipe gives ``<name>_loss`` and ``<name>_accuracy`` (the LM term's
-    accuracy is ``accuracy``); ``loss`` is the sum of the terms' means; each of the recipe's other metrics
-    is its mean over the steps. Windows end at multiples of ``log_every`` (and at the last step), whatever
+    accuracy is ``accuracy``); ``loss`` is the sum of the terms' means, each times its weight in the
+    trained total (``StepLoss.weights``, 1 by default); each of the recipe's other metrics is its mean over
+    the steps. Windows end at multiples of ``log_every`` (and at the last step), whatever
     the process: a checkpoint stores the open window (:meth:`state`), so an interrupted and resumed run
     writes the same lines as an uninterrupted one (``tokens_per_s``, a wall-clock rate, aside).
     """
@@ -151,11 +152,13 @@ class Meter:
             self.steps, self.tokens, self.seconds = state["steps"], state["tokens"], state["seconds"]
             self.sums = {k: list(v) for k, v in state["sums"].items()}
             self.metric_sums = dict(state["metric_sums"])
+            self.weights = dict(state.get("weights", {}))
 
     def reset(self) -> None:
         self.steps = 0
         self.sums: dict[str, list[float]] = {}  # term -> [loss * count, count, correct]
         self.metric_sums: dict[str, float] = {}  # other metric -> sum over steps
+        self.weights: dict[str, float] = {}  # term -> its weight in "loss" (StepLoss.weights; 1 by default)
         self.tokens = 0
         self.seconds = 0.0  # time spent in this window by earlier processes (resumed runs)
         self.started = time.perf_counter()
@@ -164,10 +167,11 @@ class Meter:
         """The open window, for the checkpoint (JSON)."""
         seconds = self.seconds + time.perf_counter() - self.started
         return {"steps": self.steps, "tokens": self.tokens, "seconds": seconds, "sums": self.sums,
-                "metric_sums": self.metric_sums}  # fmt: skip
+                "metric_sums": self.metric_sums, "weights": self.weights}  # fmt: skip
 
     def add(self, step_loss: StepLoss, tokens: int) -> None:
         self.steps += 1
+        self.weights.update(step_loss.weights)
         for name, term in step_loss.terms.items():
             acc = self.sums.setdefault(name, [0.0, 0.0, 0.0])
             acc[0] += term.loss.item() * term.num_tokens.item()
@@ -182,7 +186,7 @@ class Meter:
         row: dict[str, Any] = {"loss": 0.0}
         for name, (total, count, correct) in self.sums.items():
             mean = total / max(count, 1)
-            row["loss"] += mean
+            row["loss"] += self.weights.get(name, 1.0) * mean
             row[f"{name}_loss"] = mean
             row["accuracy" if name == "lm" else f"{name}_accuracy"] = correct / max(count, 1)
         row.update({name: total / max(self.steps, 1) for name, total in self.metric_sums.items()})
