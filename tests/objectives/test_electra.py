@@ -19,7 +19,12 @@ from lmobjectives.models import MODELS, TransformerConfig
 from lmobjectives.models.electra import ElectraModel
 from lmobjectives.objectives import OBJECTIVES, ModelSpec, Recipe, options_of
 from lmobjectives.objectives.base import Batch
-from lmobjectives.objectives.electra import ELECTRA, electra_loss, gumbel_max_sample, replace_masked
+from lmobjectives.objectives.electra import (
+    ELECTRA,
+    electra_loss,
+    gumbel_max_sample,
+    replace_masked,
+)
 from lmobjectives.training import TrainConfig, load_model, train
 
 V = Vocab(size=10, pad_id=0, cls_id=1, sep_id=2, mask_id=3)  # ordinary ids 4..9
@@ -214,6 +219,7 @@ def test_loss_matches_brute_force(seed):
     ours = electra_loss(objective, model, batch, generator=gen(100 + seed))
     ref = brute_force_loss(objective, model, batch, seed=100 + seed)
     torch.testing.assert_close(ours.total, ref["total"], rtol=1e-9, atol=1e-9)
+    assert ours.weights == {"discriminator": 7.0}  # the reported loss is the trained total
     for name in ("generator", "discriminator"):
         loss, count, correct = ref[name]
         torch.testing.assert_close(ours.terms[name].loss, loss, rtol=1e-9, atol=1e-9)
@@ -339,6 +345,7 @@ def test_trains_through_train(tmp_path, registered):
     for key in ("generator_loss", "generator_accuracy", "discriminator_loss", "discriminator_accuracy",
                 "replaced_fraction", "discriminator_precision", "discriminator_recall"):  # fmt: skip
         assert all(math.isfinite(r[key]) for r in metrics), key
+    assert all(r["loss"] == pytest.approx(r["generator_loss"] + 50 * r["discriminator_loss"]) for r in metrics)
     assert last["loss"] < first["loss"] - 0.5
     assert last["generator_loss"] < first["generator_loss"] - 0.5
     assert last["discriminator_loss"] < first["discriminator_loss"]

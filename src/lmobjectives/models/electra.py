@@ -30,7 +30,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..objectives.base import Batch
-from .transformer import Block, ModelOutput, Transformer, TransformerConfig, alibi_slopes, init_weights, self_attention_inputs
+from .transformer import (
+    Block,
+    ModelOutput,
+    Transformer,
+    TransformerConfig,
+    alibi_slopes,
+    init_weights,
+    self_attention_inputs,
+)
 
 __all__ = ["ElectraGenerator", "ElectraModel", "generator_config"]
 

@@ -64,8 +64,9 @@ class ELECTRA:
     * the ``k`` positions are **distinct**: ELECTRA draws its ``k`` positions with replacement
       (``tf.random.categorical``), so repeated draws collapse and a row gets up to ``k`` distinct
       masked positions (at ``n = 128``, ``k = 19``: about 1.3 fewer on average), a repeated
-      position counting twice in the MLM loss. The exact count is what the paper and BERT's data
-      pipeline describe.
+      position counting twice in the MLM loss (the paper's notation, ``m_i ~ unif{1, n}`` for
+      ``i = 1..k``, draws them independently too). Distinct positions give the exact count per
+      row that BERT's data pipeline (``create_pretraining_data.py``) gives.
     * ``max_predictions`` defaults to no cap; ELECTRA's is ``int((p + 0.005) * max_seq_length)``
       (19 at its length 128, where ``round(0.15 n) <= 19`` for every ``n <= 128``: no cap at all).
 
@@ -199,7 +200,7 @@ def electra_loss(
        real token (``attention_mask``; ELECTRA's ``input_mask`` weights), specials included.
 
     ``total = generator + discriminator_weight * discriminator`` (ELECTRA: ``gen_weight = 1``,
-    ``disc_weight = 50``). Terms: ``"generator"`` (MLM loss; accuracy = argmax hits on the masked
+    ``disc_weight = 50``), which ``weights`` makes the reported ``loss`` too. Terms: ``"generator"`` (MLM loss; accuracy = argmax hits on the masked
     positions) and ``"discriminator"`` (BCE mean; ``num_tokens`` = real tokens, ``num_correct`` =
     tokens with ``(logit > 0) == replaced``, ELECTRA's ``disc_accuracy``). Metrics, per step:
     ``replaced_fraction`` (replaced / real tokens: the all-"original" baseline's error),
@@ -211,7 +212,8 @@ def electra_loss(
     (``training.trainer``), so a resumed run draws the same samples as an uninterrupted one; pass a
     generator to make a call reproducible on its own.
     """
-    from ..losses import LossOutput, lm_loss  # lazy: the loss pulls in the fused kernels
+    # lazy: the loss pulls in the fused kernels
+    from ..losses import LossOutput, lm_loss
 
     masked = batch.labels != IGNORE_INDEX  # (B, T)
     rows = masked.flatten().nonzero().squeeze(-1)  # (M,) row-major
@@ -246,6 +248,7 @@ def electra_loss(
     return StepLoss(
         total=gen.loss + objective.discriminator_weight * disc_loss,
         terms={"generator": gen, "discriminator": disc},
+        weights={"discriminator": objective.discriminator_weight},  # the reported "loss" is the trained total
         metrics={
             "replaced_fraction": ratio(n_replaced, n_real),
             "discriminator_precision": ratio(hits, n_predicted),
