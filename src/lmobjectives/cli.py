@@ -152,6 +152,9 @@ def _add_train_arguments(p: argparse.ArgumentParser, objective: str) -> None:
     g.add_argument("--weight-decay", type=float, default=d["weight_decay"], help="AdamW weight decay (matrices only)")
     g.add_argument("--grad-clip", type=float, default=d["grad_clip"], help="clip the gradient norm to this (0 = off)")
     g.add_argument("--seed", type=int, default=d["seed"], help="seed of the init, the data order and every random draw")
+    g.add_argument("--dupe-factor", type=_positive_int, default=None, metavar="N",
+                   help="static corruption (BERT): N fixed corruptions per block, one per epoch in turn; "
+                        "default: a fresh one every step (RoBERTa's dynamic masking)")
     g.add_argument("--device", default=d["device"], help="'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:N'")
     g = p.add_argument_group("model")
     g.add_argument("--d-model", type=_positive_int, default=d["d_model"], help="width of the residual stream")
@@ -279,6 +282,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         weight_decay=args.weight_decay,
         grad_clip=args.grad_clip,
         seed=args.seed,
+        dupe_factor=args.dupe_factor,
         device=args.device,
         d_model=args.d_model,
         n_layers=args.layers,

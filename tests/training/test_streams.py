@@ -47,6 +47,7 @@ def test_block_stream_is_a_function_of_the_step():
         "fingerprint": stream.fingerprint,
         "next_example": 20,
         "epoch": 2,
+        "dupe_factor": None,  # dynamic corruption
     }
 
 

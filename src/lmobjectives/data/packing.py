@@ -12,7 +12,15 @@ import torch
 from .corpus import Document
 from .tokenizers import Tokenizer
 
-__all__ = ["PackedBlocks", "SentenceTable", "pack_documents", "sentence_table", "tokenize_corpus", "tokenize_documents"]
+__all__ = [
+    "PackedBlocks",
+    "SentenceTable",
+    "pack_documents",
+    "sentence_table",
+    "tokenize_corpus",
+    "tokenize_corpus_words",
+    "tokenize_documents",
+]
 
 
 @dataclass
@@ -32,6 +40,7 @@ class SentenceTable:
     input_ids: torch.Tensor  # (S, L) long, sentence tokens, right-padded with pad_id
     lengths: torch.Tensor  # (S,) long, number of real tokens of each row (>= 1)
     document_ids: torch.Tensor  # (S,) long, document of each row: 0, 1, 2, ... non-decreasing, no gaps
+    word_ids: torch.Tensor | None = None  # (S, L) long, word index of each token in its sentence, -1 = no word / padding
 
 
 def _check_id(value: object, name: str) -> int:
@@ -150,6 +159,8 @@ def sentence_table(
     documents: Sequence[Sequence[Sequence[int]]],
     pad_id: int,
     max_length: int | None = None,
+    *,
+    word_ids: Sequence[Sequence[Sequence[int]]] | None = None,
 ) -> SentenceTable:
     """One row per tokenized sentence, right-padded, with the index of its document.
 
@@ -175,10 +186,15 @@ def sentence_table(
     if isinstance(documents, (str, bytes, torch.Tensor)) or not isinstance(documents, Sequence):
         raise TypeError(f"sentence_table: documents must be a sequence of documents, got {type(documents).__name__}")
     rows: list[Sequence[int]] = []
+    word_rows: list[Sequence[int]] = []
     owners: list[int] = []
     kept = 0
-    for document in documents:  # a loop over documents and sentences, never over tokens
+    if word_ids is not None and len(word_ids) != len(documents):
+        raise ValueError(f"sentence_table: word_ids must have one entry per document ({len(documents)}), got {len(word_ids)}")
+    for d, document in enumerate(documents):  # a loop over documents and sentences, never over tokens
         sentences = [s[:max_length] for s in document if len(s) > 0]
+        if word_ids is not None:
+            word_rows.extend(w[:max_length] for s, w in zip(document, word_ids[d]) if len(s) > 0)
         if sentences:
             rows.extend(sentences)
             owners.extend([kept] * len(sentences))
@@ -190,7 +206,16 @@ def sentence_table(
     real = torch.arange(L)[None, :] < lengths[:, None]  # (S, L)
     input_ids = torch.full((len(rows), L), pad_id, dtype=torch.long)  # (S, L)
     input_ids[real] = tokens  # row-major order matches the concatenation
-    return SentenceTable(input_ids=input_ids, lengths=lengths, document_ids=torch.tensor(owners, dtype=torch.long))
+    words = None
+    if word_ids is not None:
+        w, w_lengths = _flatten(word_rows, "sentence_table: word_ids")
+        if not torch.equal(w_lengths, lengths):
+            raise ValueError("sentence_table: word_ids must have one entry per token of each sentence; lengths differ")
+        words = torch.full((len(rows), L), -1, dtype=torch.long)  # (S, L)
+        words[real] = w
+    return SentenceTable(
+        input_ids=input_ids, lengths=lengths, document_ids=torch.tensor(owners, dtype=torch.long), word_ids=words
+    )
 
 
 def _check_docs(docs: object, tok: object, who: str, method: str) -> None:
@@ -212,6 +237,18 @@ def tokenize_corpus(docs: Sequence[Document], tok: Tokenizer) -> list[list[list[
     """
     _check_docs(docs, tok, "tokenize_corpus", "encode")
     return [[tok.encode(sentence) for sentence in doc] for doc in docs]
+
+
+def tokenize_corpus_words(docs: Sequence[Document], tok: Tokenizer) -> tuple[list[list[list[int]]], list[list[list[int]]]]:
+    """:func:`tokenize_corpus` plus each sentence's word ids (``Tokenizer.encode_words``): ``sentence_table``'s inputs.
+
+    >>> from lmobjectives.data.tokenizers import ByteTokenizer
+    >>> tokenize_corpus_words([["Hi yo."]], ByteTokenizer())
+    ([[[72, 105, 32, 121, 111, 46]]], [[[0, 0, -1, 1, 1, 1]]])
+    """
+    _check_docs(docs, tok, "tokenize_corpus_words", "encode_words")
+    pairs = [[tok.encode_words(sentence) for sentence in doc] for doc in docs]
+    return [[ids for ids, _ in doc] for doc in pairs], [[words for _, words in doc] for doc in pairs]
 
 
 def tokenize_documents(

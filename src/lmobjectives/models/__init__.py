@@ -3,12 +3,14 @@ architecture name to the model class; each takes a :class:`TransformerConfig`.""
 
 from .encoder_decoder import EncoderDecoder
 from .mtp import MTPOutput, MultiTokenTransformer
+from .sbo import TransformerWithSBO
 from .transformer import ModelOutput, Transformer, TransformerConfig
 
 MODELS: dict[str, type] = {
     "transformer": Transformer,  # one stack; encoder or decoder as the batch's attention pattern says
     "encoder_decoder": EncoderDecoder,  # T5-style: encoder, decoder with cross-attention, shared embedding
+    "transformer_sbo": TransformerWithSBO,  # Transformer + SpanBERT's span boundary head (SBO)
     "mtp": MultiTokenTransformer,  # Transformer + multi-token heads: parallel (Gloeckle et al.) or sequential (DeepSeek-V3)
 }
 
-__all__ = ["MODELS", "EncoderDecoder", "MTPOutput", "ModelOutput", "MultiTokenTransformer", "Transformer", "TransformerConfig"]
+__all__ = ["MODELS", "EncoderDecoder", "MTPOutput", "ModelOutput", "MultiTokenTransformer", "Transformer", "TransformerConfig", "TransformerWithSBO"]

@@ -26,6 +26,7 @@ from ..sft import CHAT_TOKENS
 from .recipe import ModelSpec, Option, Recipe, StepLoss, options_of
 from .sft import SupervisedFineTuning, sft_step_loss
 from .span_corruption import SpanCorruption, random_spans_noise_mask, span_corruption_lengths
+from .spanbert import SpanBERT, span_boundary_targets, spanbert_loss
 from .ul2 import UL2
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "Recipe",
     "SentenceOrderPrediction",
     "SentencePairs",
+    "SpanBERT",
     "SpanCorruption",
     "StepLoss",
     "SupervisedFineTuning",
@@ -57,6 +59,7 @@ __all__ = [
     "padding_mask",
     "prefix_lm_batch",
     "random_spans_noise_mask",
+    "span_boundary_targets",
     "span_corruption_lengths",
     "word_ids_from_starts",
 ]
@@ -65,6 +68,11 @@ DEFAULT_OBJECTIVE = "clm"  # what `lmobj train` trains without --objective
 
 _SENTENCE_PAIRS = ModelSpec(n_token_types=2, n_sentence_classes=2)  # segment embeddings and the [CLS] head
 _SENTINELS = tuple(sentinel_token(i) for i in range(NUM_SENTINELS))  # T5's <extra_id_0> ... <extra_id_99>
+
+
+def _pair_words(objective: NextSentencePrediction | SentenceOrderPrediction) -> tuple[str, ...]:
+    """Each sentence's word ids, for the whole-word units (word, span, ngram) of the pairs' masked LM."""
+    return ("word_ids",) if objective.unit != "token" and objective.mlm_probability > 0 else ()
 
 
 def _layout_model(objective: SpanCorruption | UL2) -> ModelSpec:
@@ -82,11 +90,19 @@ OBJECTIVES: dict[str, Recipe] = {
         "masked LM (BERT): predict selected tokens, words or spans from both sides",
         block_extras=lambda o: () if o.unit == "token" else ("word_ids",),
     ),
+    "spanbert": Recipe(
+        SpanBERT,
+        "SpanBERT: whole-word span masking + span boundary objective (each span token from its two boundaries)",
+        block_extras=lambda o: ("word_ids",),
+        model=lambda o: ModelSpec(architecture="transformer_sbo", kwargs={"max_pair_targets": o.max_pair_targets}),
+        loss=spanbert_loss,
+    ),
     "nsp": Recipe(
         NextSentencePrediction,
         "BERT sentence pairs: masked LM + is B the real next segment?",
         data="sentences",
         length_option="max_seq_length",
+        block_extras=_pair_words,
         model=lambda o: _SENTENCE_PAIRS,
     ),
     "sop": Recipe(
@@ -94,6 +110,7 @@ OBJECTIVES: dict[str, Recipe] = {
         "ALBERT sentence pairs: masked LM + are A and B in order or swapped?",
         data="sentences",
         length_option="max_seq_length",
+        block_extras=_pair_words,
         model=lambda o: _SENTENCE_PAIRS,
     ),
     "prefix_lm": Recipe(

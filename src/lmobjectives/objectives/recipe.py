@@ -105,7 +105,7 @@ class Recipe:
     data: DataLayout = "blocks"  # what the trainer hands the objective each step (see DataLayout)
     length_option: str | None = None  # the option the run's --seq-len sets (not a CLI flag), e.g. NSP's max_seq_length
     block_length: Callable[[Any, int], int] = _same_length  # blocks: raw tokens per block for a model input of seq_len
-    block_extras: Callable[[Any], tuple[str, ...]] = _no_names  # blocks: extras it reads: "document_ids", "word_ids"
+    block_extras: Callable[[Any], tuple[str, ...]] = _no_names  # blocks, sentences: extras it reads: "document_ids", "word_ids"
     special_tokens: tuple[str, ...] = ()  # tokens the run's tokenizer must reserve (sentinels, paradigm, FIM tokens)
     model: Callable[[Any], ModelSpec] = _plain_model  # the architecture and heads the objective needs
     loss: Callable[[Any, torch.nn.Module, Batch], StepLoss] = lm_step_loss  # (objective, model, batch) -> StepLoss

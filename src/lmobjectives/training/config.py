@@ -41,6 +41,7 @@ class TrainConfig:
     weight_decay: float = 0.1  # AdamW decoupled weight decay, on matrices only (not norms, biases)
     grad_clip: float = 1.0  # clip the global gradient norm to this; 0 = no clipping
     seed: int = DEFAULT_SEED  # seeds the init, the data order and every corruption / dropout draw
+    dupe_factor: int | None = None  # None: dynamic corruption, fresh every step (RoBERTa); N: N fixed ones per block, cycled by epoch (BERT)
     device: str = "auto"  # "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:1", ...
     # model (see models.TransformerConfig)
     d_model: int = 128  # width of the residual stream
@@ -71,6 +72,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be an int >= 0, got {value!r}")
         if self.stop_after is not None:
             _positive_int("stop_after", self.stop_after)
+        if self.dupe_factor is not None:
+            _positive_int("dupe_factor", self.dupe_factor)
         if not _finite(self.lr) or self.lr <= 0:
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
         if not _finite(self.min_lr_ratio) or not 0 <= self.min_lr_ratio <= 1:

@@ -44,7 +44,7 @@ import torch
 
 from ..data.chat import chat_texts, conversations_from_documents, load_chat
 from ..data.corpus import load_corpus
-from ..data.packing import pack_documents, sentence_table, tokenize_corpus, tokenize_documents
+from ..data.packing import pack_documents, sentence_table, tokenize_corpus, tokenize_corpus_words, tokenize_documents
 from ..objectives.base import Batch, Objective
 from ..objectives.recipe import Recipe
 from ..objectives.sft import learned_mask, pack_conversations
@@ -111,12 +111,17 @@ def corruption_generator(seed: int, step: int) -> torch.Generator:
 class BlockStream:
     """Packed blocks ``(N, T)`` and their per-token extras; ``stream(step)`` is the step's :class:`Batch`."""
 
-    def __init__(self, objective: Objective, input_ids: torch.Tensor, extras: dict[str, torch.Tensor], *, batch_size: int, seed: int):
+    def __init__(self, objective: Objective, input_ids: torch.Tensor, extras: dict[str, torch.Tensor], *, batch_size: int,
+                 seed: int, dupe_factor: int | None = None):  # fmt: skip
+        if dupe_factor is not None and (isinstance(dupe_factor, bool) or not isinstance(dupe_factor, int) or dupe_factor < 1):
+            raise ValueError(f"dupe_factor must be an int >= 1 (static masking) or None (dynamic), got {dupe_factor!r}")
         self.objective = objective
         self.input_ids = input_ids  # (N, T) long
         self.extras = extras  # name -> (N, T) tensor passed to the objective (attention_mask, document_ids, word_ids)
         self.batch_size = batch_size
         self.seed = seed
+        self.dupe_factor = dupe_factor  # None: a fresh corruption every step (RoBERTa); N: N fixed ones, cycled (BERT)
+        self._static_cache: dict[int, Batch] = {}
         self.fingerprint = data_fingerprint(input_ids, *extras.values())  # checked on resume
 
     @property
@@ -125,8 +130,42 @@ class BlockStream:
 
     def __call__(self, step: int) -> Batch:
         idx = epoch_indices(self.seed, step * self.batch_size, self.batch_size, self.num_examples)  # (B,)
+        if self.dupe_factor is not None:
+            return self._static_rows(step, idx)
         extras = {name: value[idx] for name, value in self.extras.items()}
         return self.objective(self.input_ids[idx], generator=corruption_generator(self.seed, step), **extras)
+
+    def _static(self, copy: int) -> Batch:
+        """Copy ``copy`` of the corrupted data set: the objective over every block, drawn once (BERT's dupe_factor).
+
+        Blocks are corrupted in chunks of ``_STATIC_CHUNK`` rows, each from a generator seeded by
+        ``(seed, "static", copy, chunk)``, so a block's corruption depends only on the seed, the copy and
+        where the block lies, never on the step. At most two copies are kept in memory.
+        """
+        if copy not in self._static_cache:
+            parts = []
+            for c, start in enumerate(range(0, self.num_examples, _STATIC_CHUNK)):
+                rows = slice(start, start + _STATIC_CHUNK)
+                g = torch.Generator().manual_seed(derive_seed(self.seed, "static", copy, c))
+                extras = {name: value[rows] for name, value in self.extras.items()}
+                parts.append(self.objective(self.input_ids[rows], generator=g, **extras))
+            while len(self._static_cache) >= 2:
+                self._static_cache.pop(next(iter(self._static_cache)))
+            self._static_cache[copy] = _concat_rows(parts)
+        return self._static_cache[copy]
+
+    def _static_rows(self, step: int, idx: torch.Tensor) -> Batch:
+        """The rows ``idx`` of the copy of each position's epoch (``epoch % dupe_factor``): each block cycles
+        through its ``dupe_factor`` fixed corruptions, one per epoch, as BERT's duplicated data did over training."""
+        positions = torch.arange(step * self.batch_size, (step + 1) * self.batch_size)
+        copies = (positions // self.num_examples) % self.dupe_factor  # (B,)
+        parts, order = [], []
+        for copy in copies.unique().tolist():  # at most two (a step can straddle an epoch boundary)
+            here = (copies == copy).nonzero().flatten()
+            parts.append(_select_rows(self._static(copy), idx[here]))
+            order.append(here)
+        batch = _concat_rows(parts)
+        return _select_rows(batch, torch.cat(order).argsort())
 
     def position(self, step: int) -> dict[str, Any]:
         """Where the stream stands before ``step`` (for the checkpoint's JSON; resuming needs only the step)."""
@@ -137,7 +176,11 @@ class BlockStream:
             "fingerprint": self.fingerprint,
             "next_example": start,
             "epoch": start // self.num_examples,
+            "dupe_factor": self.dupe_factor,
         }
+
+
+_STATIC_CHUNK = 256  # blocks corrupted per objective call when static masking precomputes a copy
 
 
 class _WindowStream:
@@ -201,22 +244,25 @@ class SentenceStream(_WindowStream):
         batch_size: int,
         seed: int,
         docs_per_step: int | None = None,
+        word_ids: torch.Tensor | None = None,
     ):
         self.input_ids = input_ids  # (S, L) long, padded sentences
+        self.word_ids = word_ids  # (S, L) long or None: each sentence's word ids, for whole-word units
         # rows of each document, in table order: document d owns rows order[offsets[d]:offsets[d+1]]
         _, doc_index = torch.unique(document_ids, return_inverse=True)  # (S,) in 0..D-1
         self.order = torch.argsort(doc_index, stable=True)  # (S,)
         counts = torch.bincount(doc_index)  # (D,)
         self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])  # (D+1,)
         self.num_documents = self.offsets.numel() - 1
-        self.fingerprint = data_fingerprint(input_ids, self.order, self.offsets)  # checked on resume
+        self.fingerprint = data_fingerprint(input_ids, self.order, self.offsets, *([] if word_ids is None else [word_ids]))
         super().__init__(objective, batch_size=batch_size, seed=seed, docs_per_step=docs_per_step)
 
     def _rows(self, docs: torch.Tensor, generator: torch.Generator) -> Batch:
         rows = torch.cat([self.order[self.offsets[d] : self.offsets[d + 1]] for d in docs.tolist()])  # (S',)
         sizes = (self.offsets[docs + 1] - self.offsets[docs]).tolist()
         window_ids = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))  # (S',) 0.. per window slot
-        return self.objective(self.input_ids[rows], document_ids=window_ids, generator=generator)
+        extras = {} if self.word_ids is None else {"word_ids": self.word_ids[rows]}
+        return self.objective(self.input_ids[rows], document_ids=window_ids, generator=generator, **extras)
 
 
 class DocumentStream(_WindowStream):
@@ -328,7 +374,7 @@ def data_texts(data: Sequence[Any]) -> list[str]:
 
 def build_stream(
     recipe: Recipe, objective: Objective, documents: list[Any], tokenizer: Any, *, seq_len: int,
-    batch_size: int, seed: int,
+    batch_size: int, seed: int, dupe_factor: int | None = None,
 ) -> BlockStream | SentenceStream | DocumentStream | ConversationStream:  # fmt: skip
     """The step -> batch function of a run: the corpus tokenised once and laid out as ``recipe.data`` says.
 
@@ -337,26 +383,56 @@ def build_stream(
     ``documents`` are lists of sentences (:func:`load_data`); for the ``"conversations"`` layout, chat records
     or such documents (see :meth:`ConversationStream.from_conversations`).
     """
+    if dupe_factor is not None and recipe.data != "blocks":
+        raise ValueError(
+            f"dupe_factor={dupe_factor!r} (static masking) applies to objectives on packed blocks; "
+            f"{recipe.name!r} reads {recipe.data!r}"
+        )
     vocab = tokenizer.vocab
+    wanted = recipe.block_extras(objective)
     if recipe.data == "conversations":
         return ConversationStream.from_conversations(objective, documents, tokenizer, seq_len=seq_len,
                                                      batch_size=batch_size, seed=seed)  # fmt: skip
     if recipe.data == "sentences":
-        table = sentence_table(tokenize_corpus(documents, tokenizer), pad_id=vocab.pad_id, max_length=seq_len)
-        return SentenceStream(objective, table.input_ids, table.document_ids, batch_size=batch_size, seed=seed)
+        if "word_ids" in wanted:
+            ids, words = tokenize_corpus_words(documents, tokenizer)
+        else:
+            ids, words = tokenize_corpus(documents, tokenizer), None
+        table = sentence_table(ids, pad_id=vocab.pad_id, max_length=seq_len, word_ids=words)
+        real = torch.arange(table.input_ids.shape[1])[None] < table.lengths[:, None]
+        objective = _bind_corpus_counts(objective, table.input_ids[real], vocab.size)
+        return SentenceStream(objective, table.input_ids, table.document_ids, batch_size=batch_size, seed=seed,
+                              word_ids=table.word_ids)  # fmt: skip
     if recipe.data == "documents":
         texts = [" ".join(doc) for doc in documents]
         return DocumentStream(objective, texts, tokenizer, batch_size=batch_size, seed=seed)
-    wanted = recipe.block_extras(objective)
     token_docs, word_docs = tokenize_documents(documents, tokenizer, with_words="word_ids" in wanted)
     length = recipe.block_length(objective, seq_len)
     packed = pack_documents(token_docs, length, vocab.eos_id, pad_id=vocab.pad_id, word_ids=word_docs)
     extras = {"attention_mask": packed.attention_mask}
     extras.update({name: getattr(packed, name) for name in wanted})
-    return BlockStream(objective, packed.input_ids, extras, batch_size=batch_size, seed=seed)
+    objective = _bind_corpus_counts(objective, packed.input_ids[packed.attention_mask], vocab.size)
+    return BlockStream(objective, packed.input_ids, extras, batch_size=batch_size, seed=seed, dupe_factor=dupe_factor)
+
+
+def _bind_corpus_counts(objective: Objective, tokens: torch.Tensor, vocab_size: int) -> Objective:
+    """The objective with the corpus' token counts bound, if it asks for them (random ids from the unigram
+    distribution, SpanBERT); else the objective itself."""
+    if getattr(objective, "needs_unigram_counts", False):
+        return objective.with_unigram_counts(torch.bincount(tokens, minlength=vocab_size))  # type: ignore[attr-defined]
+    return objective
 
 
 def _select_rows(batch: Batch, rows: torch.Tensor) -> Batch:
     """``batch`` restricted to ``rows`` (every tensor field has the batch as its first dim)."""
     sliced = {f.name: v[rows] for f in fields(batch) if isinstance(v := getattr(batch, f.name), torch.Tensor)}
     return replace(batch, **sliced)
+
+
+def _concat_rows(parts: list[Batch]) -> Batch:
+    """The batches' rows one after the other (same fields set in each; non-tensor fields from the first)."""
+    if len(parts) == 1:
+        return parts[0]
+    joined = {f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(parts[0])
+              if isinstance(getattr(parts[0], f.name), torch.Tensor)}  # fmt: skip
+    return replace(parts[0], **joined)

@@ -330,7 +330,7 @@ def _train(config: TrainConfig, device: torch.device) -> TrainResult:
         out.mkdir(parents=True, exist_ok=True)
         tokenizer.save(str(tokenizer_dir))
     stream = build_stream(recipe, objective, documents, tokenizer, seq_len=config.seq_len, batch_size=config.batch_size,
-                          seed=config.seed)  # fmt: skip
+                          seed=config.seed, dupe_factor=config.dupe_factor)  # fmt: skip
 
     # model and optimizer
     spec = recipe.model(objective)
