@@ -6,6 +6,10 @@ Methods (fp32, N x d x V = 4096 x 512 x 32000 by default, no ignored targets):
 * ``native``  -- torch's chunked ``F.linear_cross_entropy(..., options=LinearCrossEntropyOptions())``
   (skipped when the installed torch lacks it)
 * ``chunked`` -- ``lmobjectives.ops.linear_cross_entropy(..., impl="chunked")``
+* ``floor``   -- the three GEMMs of a step and nothing else, over the same token chunks and
+  into the same kind of buffers as ``chunked`` (``logits = x_c @ W.T``, ``dx_c = logits @ W``,
+  ``dW += logits.T @ x_c``): what ``chunked`` would cost if its softmax and cross-entropy
+  were free. Not a loss (``loss`` is reported as 0).
 
 Method: every (method, round) runs in a fresh Python subprocess, so allocator caches and the
 process high-water mark start clean. The child builds the inputs, touches them, and reads
@@ -13,9 +17,11 @@ process high-water mark start clean. The child builds the inputs, touches them, 
 baseline; it then runs ``--warmup`` untimed and ``--steps`` timed forward+backward steps
 (``time.perf_counter``) and reads ``ru_maxrss`` again. "Peak extra RSS" is the difference: the
 most memory one training step needed beyond the inputs, including the gradient tensors that
-the step leaves in ``.grad``. Time is the median over all timed steps of all rounds. Rounds
-alternate the methods so that a busy machine slows each of them alike; the 1-minute load
-average is recorded at the start and end.
+the step leaves in ``.grad``. Time is the median over all timed steps of all rounds, with the
+range (min, max) and each round's median as the spread; the ratios to ``naive`` and ``floor``
+are of medians. Rounds alternate the methods so that a busy machine slows each of them alike;
+the 1-minute load average is recorded at the start and end. On a shared host the spread, not
+the median alone, says how far to trust a ratio.
 
 Run (this is the command behind benchmarks/results/linear_cross_entropy_cpu.*)::
 
@@ -35,7 +41,7 @@ import sys
 import time
 from pathlib import Path
 
-METHODS = ("naive", "native", "chunked")
+METHODS = ("naive", "native", "chunked", "floor")
 
 
 def child(args: argparse.Namespace) -> None:
@@ -62,9 +68,11 @@ def child(args: argparse.Namespace) -> None:
 
         def loss_fn():
             return F.linear_cross_entropy(x, w, t, options=options)
-    else:
+    elif args.child == "chunked":
         def loss_fn():
             return linear_cross_entropy(x, w, t, impl="chunked", chunk_size=args.chunk_size)
+    else:
+        loss_fn = _three_gemms(x, w, args.chunk_size)
 
     times, losses = [], []
     for step in range(args.warmup + args.steps):
@@ -87,6 +95,32 @@ def child(args: argparse.Namespace) -> None:
     }))
 
 
+def _three_gemms(x, w, chunk_size):
+    """A step of the three GEMMs alone, over ``chunked``'s token chunks (its default size)."""
+    import torch
+
+    from lmobjectives.ops._chunked import default_chunk_size
+
+    n, v = x.shape[0], w.shape[0]
+    rows = chunk_size or default_chunk_size(n, v, x.dtype)
+    block = torch.empty(min(rows, n), v)  # (C, V) reused, as chunked's
+    zero = torch.zeros((), requires_grad=True)
+
+    def step():
+        dx = torch.empty_like(x)  # (N, d)
+        dw = torch.zeros_like(w)  # (V, d)
+        with torch.no_grad():
+            for s in range(0, n, rows):
+                e = min(s + rows, n)
+                logits = torch.mm(x[s:e], w.t(), out=block[: e - s])  # (C, V)
+                torch.mm(logits, w, out=dx[s:e])
+                dw.addmm_(logits.t(), x[s:e])
+        x.grad, w.grad = dx, dw
+        return zero * 1.0  # backward() of a constant: nothing
+
+    return step
+
+
 def run_child(method: str, args: argparse.Namespace) -> dict:
     cmd = [
         sys.executable, __file__, "--child", method, "--n", str(args.n), "--d", str(args.d),
@@ -106,8 +140,8 @@ def main() -> None:
     parser.add_argument("--d", type=int, default=512)
     parser.add_argument("--v", type=int, default=32000)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--chunk-size", type=int, default=None, help="ours; default: auto")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--out", default=None, help="write OUT.json and OUT.md")
@@ -137,6 +171,8 @@ def main() -> None:
         results[m] = {
             "median_s": statistics.median(times),
             "min_s": min(times),
+            "max_s": max(times),
+            "round_medians_s": [statistics.median(r["times_s"]) for r in ok],
             "times_s": times,
             "peak_extra_rss_mib": max(r["peak_extra_rss_mib"] for r in ok),
             "loss": ok[-1]["loss"],
@@ -169,6 +205,7 @@ def main() -> None:
 def markdown(report: dict) -> str:
     s = report["shape"]
     naive = report["results"].get("naive", {})
+    floor = report["results"].get("floor", {})
     lines = [
         f"# Linear cross-entropy on CPU, fp32, N x d x V = {s['N']} x {s['d']} x {s['V']}",
         "",
@@ -180,21 +217,29 @@ def markdown(report: dict) -> str:
         "",
         f"Method: {report['method']}.",
         "",
-        "| method | fwd+bwd median (s) | min (s) | vs naive time | peak extra RSS (MiB) "
-        "| vs naive memory |",
-        "|---|---|---|---|---|---|",
+        "| method | fwd+bwd median (s) | range (s) | round medians (s) | vs naive time "
+        "| vs 3-GEMM floor | peak extra RSS (MiB) | vs naive memory |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+
+    def ratio(r, base, key):
+        return f"{r[key] / base[key]:.2f}x" if key in base and key in r else "n/a"
+
     for m, r in report["results"].items():
         if "median_s" not in r:
-            lines.append(f"| {m} | {r.get('status')} | | | | |")
+            lines.append(f"| {m} | {r.get('status')} | | | | | | |")
             continue
-        rt = r["median_s"] / naive["median_s"] if "median_s" in naive else float("nan")
-        rm = (r["peak_extra_rss_mib"] / naive["peak_extra_rss_mib"]
-              if "peak_extra_rss_mib" in naive else float("nan"))
+        rounds = ", ".join(f"{t:.2f}" for t in r["round_medians_s"])
         lines.append(
-            f"| {m} | {r['median_s']:.2f} | {r['min_s']:.2f} | {rt:.2f}x | "
-            f"{r['peak_extra_rss_mib']:.0f} | {rm:.2f}x |"
+            f"| {m} | {r['median_s']:.2f} | {r['min_s']:.2f}-{r['max_s']:.2f} | {rounds} | "
+            f"{ratio(r, naive, 'median_s')} | {ratio(r, floor, 'median_s')} | "
+            f"{r['peak_extra_rss_mib']:.0f} | {ratio(r, naive, 'peak_extra_rss_mib')} |"
         )
+    lines += [
+        "",
+        "`floor`: the three GEMMs of the step alone over chunked's token chunks (no softmax, "
+        "no loss): the time chunked would take if everything but its GEMMs were free.",
+    ]
     return "\n".join(lines) + "\n"
 
 

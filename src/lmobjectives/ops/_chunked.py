@@ -32,6 +32,15 @@ Gradient of one token's loss with respect to its (capped) logits ``z`` (see
 times ``1 - tanh(logits_iv / softcap)**2`` when ``softcap`` is set, times the per-token upstream
 scale ``row_scale_i`` (0 for ignored tokens; ``1/num_valid`` for ``"mean"``).
 
+Per block, besides the GEMMs: the target logit (a gather), the row max, ``softmax`` in place
+(one fused kernel that works row by row in cache), the largest probability (``lse = max -
+log(max p)``; it is at least ``1/V``, so it never underflows), the one-hot term (a scatter), and,
+where the GEMMs run in the accumulation dtype, the row scale applied to the ``(C, d)`` GEMM
+operand and result rather than to the ``(C, V)`` block. Each further option adds a pass
+(``z_sum`` and ``eps / V`` for label smoothing, the factor for z-loss, ``1 - tanh**2`` for the
+softcap, the argmax for ``want_argmax``). ``benchmarks/linear_cross_entropy_cpu.py`` compares a
+step with its three GEMMs alone.
+
 On CPU the GEMMs run in the accumulation dtype (float32; float64 for float64 inputs), because
 CPU half-precision matmuls are emulated and slow; on CUDA they run in the input dtype with the
 softmax math in float32.
@@ -131,22 +140,50 @@ class _Problem:
         x_g: Tensor,
         p: Tensor,
         t: Tensor | None,
+        lse: Tensor,
         row_scale: Tensor,
         grads: dict[str, Tensor],
     ) -> None:
-        """Turn ``p`` (``(C, V)``, holding ``a_i * p_iv``) into dlogits and accumulate grads.
+        """Turn ``p`` (``(C, V)`` probabilities ``p_iv`` of rows ``start:end``) into dlogits in
+        place and accumulate the gradients. ``lse``, ``row_scale``: ``(C,)``.
 
-        ``a_i = row_scale_i * (1 + 2 lam lse_i)`` is already applied by the caller.
+        With GEMMs in the accumulation dtype the row scale is applied to the GEMMs' ``(C, d)``
+        operand and result instead of the ``(C, V)`` block (``dinput = r * (q @ W)``,
+        ``dweight += q.T @ (r * x)``, ``dbias += q.T @ r`` with ``q = dlogits / r``): one pass
+        over the block fewer. With half-precision GEMMs the block is scaled before its cast,
+        so that the upstream gradient (an fp16 loss scale) applies before the rounding.
         """
-        eps = self.label_smoothing
+        eps, lam = self.label_smoothing, self.z_loss
+        late = self.gemm_dtype == self.acc_dtype  # row scale after the GEMMs
+        coef = (1.0 + 2.0 * lam * lse) if lam > 0.0 else None  # (C,)
+        if not late:
+            coef = row_scale if coef is None else coef * row_scale
+        if coef is not None:
+            p.mul_(coef.unsqueeze(1))
+        unit = None if late else row_scale  # what multiplies the one-hot and smoothing terms
         target = self.safe_target[start:end].unsqueeze(1)  # (C, 1)
         hit = self.target_hit[start:end]  # (C,)
-        p.scatter_add_(1, target, (-(1.0 - eps) * row_scale * hit).unsqueeze(1))
+        one_hot = -(1.0 - eps) * hit if unit is None else -(1.0 - eps) * unit * hit  # (C,)
+        p.scatter_add_(1, target, one_hot.unsqueeze(1))
         if eps > 0.0:
-            p.sub_((eps / self.total_vocab * row_scale).unsqueeze(1))
+            if unit is None:
+                p.sub_(eps / self.total_vocab)
+            else:
+                p.sub_((eps / self.total_vocab * unit).unsqueeze(1))
         if t is not None:  # chain rule through z = cap * tanh(logits / cap)
             p.mul_(t.square_().neg_().add_(1.0))
-        dz = p if self.gemm_dtype == self.acc_dtype else p.to(self.gemm_dtype)  # (C, V)
+        if late:
+            r = row_scale.unsqueeze(1)  # (C, 1)
+            if "input" in grads:
+                dx = grads["input"][start:end]  # (C, d)
+                torch.mm(p, self.weight_g, out=dx)
+                dx.mul_(r)
+            if "weight" in grads:
+                grads["weight"].addmm_(p.t(), x_g * r)
+            if "bias" in grads:
+                grads["bias"].addmv_(p.t(), row_scale)
+            return
+        dz = p.to(self.gemm_dtype)  # (C, V)
         if "input" in grads:
             dx = grads["input"][start:end]  # (C, d)
             if dx.dtype == self.gemm_dtype:
@@ -154,11 +191,7 @@ class _Problem:
             else:
                 dx.copy_(torch.mm(dz, self.weight_g))
         if "weight" in grads:
-            dw = grads["weight"]  # (V, d) accumulation dtype
-            if dw.dtype == self.gemm_dtype:
-                dw.addmm_(dz.t(), x_g)
-            else:
-                dw.add_(torch.mm(dz.t(), x_g))
+            grads["weight"].add_(torch.mm(dz.t(), x_g))
         if "bias" in grads:
             grads["bias"].add_(p.sum(0))
 
@@ -178,6 +211,13 @@ class _Problem:
         return grads
 
 
+def _softmax_(z: Tensor) -> Tensor:
+    """``softmax(z, dim=1)`` written over ``z`` (``(C, V)``, contiguous rows): one fused kernel
+    that reads each row while it is in cache, instead of four passes (max, subtract, exp,
+    sum) over the whole block."""
+    return torch.ops.aten._softmax.out(z, 1, False, out=z)
+
+
 def _forward(
     problem: _Problem,
     *,
@@ -195,22 +235,21 @@ def _forward(
     argmax = torch.empty(n, dtype=torch.int64, device=device) if want_argmax else None
     for start, end in problem.chunks():
         x_g, z, t = problem.logits(start, end)  # z: (C, V)
-        picked = z.gather(1, problem.safe_target[start:end].unsqueeze(1)).squeeze(1)  # (C,)
-        z_target[start:end] = picked * problem.target_hit[start:end]
+        rows = slice(start, end)
+        picked = z.gather(1, problem.safe_target[rows].unsqueeze(1)).squeeze(1)  # (C,)
+        z_target[rows] = picked * problem.target_hit[rows]
         if z_sum is not None:
-            z_sum[start:end] = z.sum(1)
+            z_sum[rows] = z.sum(1)
         if argmax is not None:
-            argmax[start:end] = z.argmax(1)
+            argmax[rows] = z.argmax(1)
         m = z.amax(1)  # (C,)
-        p = z.sub_(m.unsqueeze(1)).exp_()  # (C, V) unnormalised probabilities
-        s = p.sum(1)  # (C,)
-        lse_c = m + s.log()  # (C,)
-        lse[start:end] = lse_c
+        p = _softmax_(z)  # (C, V) probabilities, in place
+        # The largest probability is exp(m - lse) >= 1/V (never underflows): lse from two
+        # cheap max reductions and the fused softmax, instead of subtract, exp and sum passes.
+        lse_c = m - p.amax(1).log()  # (C,)
+        lse[rows] = lse_c
         if row_scale is not None:
-            rs = row_scale[start:end]
-            a = rs * (1.0 + 2.0 * problem.z_loss * lse_c)  # (C,)
-            p.mul_((a / s).unsqueeze(1))
-            problem.grad_into(start, end, x_g, p, t, rs, grads)
+            problem.grad_into(start, end, x_g, p, t, lse_c, row_scale[rows], grads)
     return lse, z_target, z_sum, argmax
 
 
@@ -220,10 +259,9 @@ def _backward_recompute(
     """Recompute the logits chunk by chunk with the saved ``lse`` and accumulate gradients."""
     for start, end in problem.chunks():
         x_g, z, t = problem.logits(start, end)
-        lse_c, rs = lse[start:end], row_scale[start:end]
-        a = rs * (1.0 + 2.0 * problem.z_loss * lse_c)  # (C,)
-        p = z.sub_(lse_c.unsqueeze(1)).exp_().mul_(a.unsqueeze(1))  # (C, V) a_i * p_iv
-        problem.grad_into(start, end, x_g, p, t, rs, grads)
+        lse_c = lse[start:end]  # (C,) the saved (in the vocabulary-parallel op: global) lse
+        p = z.sub_(lse_c.unsqueeze(1)).exp_()  # (C, V) probabilities
+        problem.grad_into(start, end, x_g, p, t, lse_c, row_scale[start:end], grads)
 
 
 def _in_range(target: Tensor, valid: Tensor, vocab_size: int) -> Tensor:
