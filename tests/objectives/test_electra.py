@@ -368,17 +368,20 @@ def test_resume_reproduces_the_samples(tmp_path, registered):
 
 @pytest.mark.slow
 def test_the_discriminator_beats_the_all_original_baseline(tmp_path, registered):
-    """300 steps on text made of four words: the discriminator's accuracy over the last 100 steps beats always
-    answering "original" (1 - replaced_fraction), and its BCE beats the best constant guess (the entropy of the
-    replaced fraction). On the built-in corpus a model this small needs far longer to spot a plausible byte."""
+    """500 steps on text made of four words, generator_size=0.125: the discriminator's accuracy over the last 100
+    steps beats always answering "original" (1 - replaced_fraction), with precision > 0.5 on "replaced", and its
+    BCE beats the best constant guess (the entropy of the replaced fraction). Measured over seeds 0-5: accuracy
+    0.893-0.907 against 0.889-0.892, BCE 0.22-0.31 against 0.34-0.35, precision 0.57-0.65, recall 0.12-0.38.
+    With the default generator_size=0.25 the generator catches up sooner and one seed in four tied the baseline
+    at 400 steps; on the built-in corpus (bytes) a model this small stays at the baseline for 1000 steps."""
     rng = random.Random(0)
     words = ["cat", "dog", "sun", "moon"]
     corpus = tmp_path / "words.jsonl"
     corpus.write_text("".join(json.dumps({"text": " ".join(rng.choice(words) for _ in range(25))}) + "\n" for _ in range(200)))
-    config = TrainConfig(objective="electra", data=str(corpus), out=str(tmp_path / "run"), steps=300, log_every=100,
-                         **{**TINY, "d_model": 64, "n_heads": 8, "d_ff": 128, "lr": 5e-3})  # fmt: skip
+    config = TrainConfig(objective="electra", options={"generator_size": 0.125}, data=str(corpus), out=str(tmp_path / "run"),
+                         steps=500, log_every=100, **{**TINY, "d_model": 64, "n_heads": 8, "d_ff": 128, "lr": 5e-3})  # fmt: skip
     last = rows(train(config).metrics_path)[-1]
     p = last["replaced_fraction"]
     assert last["discriminator_accuracy"] > 1 - p, last
-    assert last["discriminator_loss"] < -(p * math.log(p) + (1 - p) * math.log(1 - p)) - 0.02, last
-    assert last["discriminator_recall"] > 0.05 and last["discriminator_precision"] > 0.5, last
+    assert last["discriminator_precision"] > 0.5 and last["discriminator_recall"] > 0.05, last
+    assert last["discriminator_loss"] < -(p * math.log(p) + (1 - p) * math.log(1 - p)) - 0.03, last
