@@ -91,3 +91,27 @@ def test_sentence_loss_dtypes():
     assert out.loss.item() == F.cross_entropy(logits, labels).item()
     with pytest.raises(TypeError, match="labels must hold integer class ids, got dtype torch.float32"):
         sentence_loss(logits, labels.float())
+
+
+@pytest.mark.parametrize("impl", ["chunked", "reference"])
+def test_num_targets_gathers_without_counting(impl):
+    """With the count of labelled positions given (counted on the host), the gather has a static
+    size (no nonzero, so no host sync on CUDA) and the same result; a wrong count is refused."""
+    g = torch.Generator().manual_seed(3)
+    h = torch.randn(2, 7, 5, generator=g, requires_grad=True)
+    w = torch.randn(11, 5, generator=g, requires_grad=True)
+    y = torch.randint(0, 11, (2, 7), generator=g)
+    y[0, ::2] = IGNORE_INDEX
+    count = int((y != IGNORE_INDEX).sum())
+    ref = lm_loss(h, w, y, impl=impl)
+    got = lm_loss(h, w, y, impl=impl, num_targets=count)
+    assert torch.equal(got.loss, ref.loss) and got.num_tokens.item() == count
+    assert torch.equal(got.num_correct, ref.num_correct)
+    assert torch.equal(*(torch.autograd.grad(o.loss, h)[0] for o in (got, ref)))
+    none = torch.full_like(y, IGNORE_INDEX)
+    assert lm_loss(h, w, none, num_targets=0).loss.item() == 0.0
+    with pytest.raises(RuntimeError, match="num_targets"):
+        lm_loss(h, w, y, impl=impl, num_targets=count - 1)
+    with pytest.raises(ValueError, match="num_targets"):
+        lm_loss(h, w, y, num_targets=y.numel() + 1)
+

@@ -52,6 +52,7 @@ def lm_loss(
     z_loss: float = 0.0,
     softcap: float | None = None,
     gather_targets: bool = True,
+    num_targets: int | None = None,
     impl: str = "auto",
 ) -> LossOutput:
     """Cross-entropy of ``hidden @ weight.T`` against ``labels`` at non-ignored positions.
@@ -69,7 +70,13 @@ def lm_loss(
     vocabulary-chunked path on CUDA and its token-chunked path elsewhere).
     ``gather_targets`` first selects the positions that have a label (for
     MLM ~15 % of tokens), so only those go through the vocabulary projection;
-    it costs one host sync (the number of targets), so turn it off for
+    finding them needs their number on the host: without ``num_targets``
+    that is one host sync per call on CUDA (``nonzero``). Pass
+    ``num_targets``, the number of labels that are not ``IGNORE_INDEX``
+    counted on the host (e.g. on the CPU batch before it is moved to the
+    device: reading a CPU tensor is no device sync), and the gather has a
+    static size (``nonzero_static``): no sync; a wrong count fails an
+    asynchronous device assertion (on CPU at once). Turn the gather off for
     CLM-like batches where nearly every position is a target.
 
     Shapes: hidden ``(..., d)``, weight ``(V, d)``, labels ``(...)``.
@@ -79,8 +86,16 @@ def lm_loss(
         raise ValueError(f"hidden {tuple(hidden.shape)} and labels {tuple(labels.shape)} disagree on leading dims")
     h = hidden.reshape(-1, hidden.shape[-1])  # (N, d)
     y = labels.reshape(-1)  # (N,)
+    bad_count = isinstance(num_targets, bool) or not isinstance(num_targets, int) or not 0 <= num_targets <= y.numel()
+    if num_targets is not None and bad_count:
+        raise ValueError(f"num_targets must be None or an int in [0, {y.numel()}] (the labelled positions), got {num_targets!r}")
     if gather_targets:
-        keep = (y != IGNORE_INDEX).nonzero().squeeze(-1)  # (M,)
+        has_target = y != IGNORE_INDEX  # (N,)
+        if num_targets is None:
+            keep = has_target.nonzero().squeeze(-1)  # (M,): a host sync on CUDA
+        else:
+            torch._assert_async(has_target.sum() == num_targets, "num_targets differs from the number of labels")
+            keep = torch.nonzero_static(has_target, size=num_targets).squeeze(-1)  # (M,) no sync
         h, y = h[keep], y[keep]  # (M, d), (M,)
     out = linear_cross_entropy_with_stats(
         h,
