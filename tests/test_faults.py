@@ -145,7 +145,7 @@ def test_version_and_summary(tmp_path, capsys):
     assert main(["train", "--objective", "sop", "--steps", "2", "--seq-len", "48", "--out", str(tmp_path / "r"),
                  *TINY[:6], "--batch-size", "4", "--warmup-steps", "1", "--no-progress"]) == 0  # fmt: skip
     out = capsys.readouterr().out
-    assert "a uniform guess over the 263-token vocabulary scores 5.5722 per target" in out
+    assert "a uniform guess over the 263-token vocabulary scores 5.5722 nats per target" in out
     assert "sentence_loss" in out and "sentence_accuracy" in out and "accuracy" in out
 
 

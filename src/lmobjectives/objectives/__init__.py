@@ -16,6 +16,7 @@ from ..constants import FIM_TOKENS, NUM_SENTINELS, PARADIGM_TOKENS, sentinel_tok
 from ..vocab import Vocab
 from .base import Batch, Objective, attention_mask_4d, padding_mask
 from .clm import CausalLM
+from .electra import ELECTRA, electra_loss
 from .fim import FillInTheMiddle, fim_reassemble
 from .mlm import MaskedLM, word_ids_from_starts
 from .mtp import MultiTokenPrediction, mtp_step_loss
@@ -31,6 +32,7 @@ from .ul2 import UL2
 
 __all__ = [
     "DEFAULT_OBJECTIVE",
+    "ELECTRA",
     "OBJECTIVES",
     "Batch",
     "CausalLM",
@@ -96,6 +98,12 @@ OBJECTIVES: dict[str, Recipe] = {
         block_extras=lambda o: ("word_ids",),
         model=lambda o: ModelSpec(architecture="transformer_sbo", kwargs={"max_pair_targets": o.max_pair_targets}),
         loss=spanbert_loss,
+    ),
+    "electra": Recipe(
+        ELECTRA,
+        "ELECTRA (Clark et al. 2020): a small MLM generator fills masked tokens, the discriminator detects replaced ones",
+        model=lambda o: ModelSpec(architecture="electra", kwargs={"generator_size": o.generator_size}),
+        loss=electra_loss,
     ),
     "nsp": Recipe(
         NextSentencePrediction,

@@ -468,10 +468,10 @@ def print_summary(result: TrainResult, config: TrainConfig, file=None) -> None:
     status = f"stopped at step {result.steps} of {config.steps} (continue with --resume)" if result.interrupted else f"done: {result.steps} steps"
     print(f"\n{status} in {result.elapsed_s:.1f} s, {result.tokens:,} tokens ({result.tokens_per_s:,.0f} tokens/s)", file=file)
     print(f"loss: {result.first_loss:.4f} (first log) -> {result.final_loss:.4f} (last), best {result.best_loss:.4f}; "
-          f"cross-entropy in nats per target, summed over the objective's terms", file=file)  # fmt: skip
+          f"the trained total: each term's mean (nats per target) times its weight", file=file)  # fmt: skip
     if result.vocab_size:
         print(f"reference: a uniform guess over the {result.vocab_size:,}-token vocabulary scores "
-              f"{math.log(result.vocab_size):.4f} per target", file=file)  # fmt: skip
+              f"{math.log(result.vocab_size):.4f} nats per target in a cross-entropy term", file=file)  # fmt: skip
     last = result.last_metrics
     if last is not None:
         skip = {"step", "loss", "tokens", "tokens_per_s", "lr"}
