@@ -21,7 +21,11 @@ the step leaves in ``.grad``. Time is the median over all timed steps of all rou
 range (min, max) and each round's median as the spread; the ratios to ``naive`` and ``floor``
 are of medians. Rounds alternate the methods so that a busy machine slows each of them alike;
 the 1-minute load average is recorded at the start and end. On a shared host the spread, not
-the median alone, says how far to trust a ratio.
+the median alone, says how far to trust a ratio: the table also gives the ratios of the fastest
+steps (the least disturbed ones) and, against the floor, the median over rounds of each round's
+ratio (a method and the floor ran seconds apart in the same round).
+
+``--report OUT.json`` rewrites ``OUT.md`` from a saved ``OUT.json`` without running anything.
 
 Run (this is the command behind benchmarks/results/linear_cross_entropy_cpu.*)::
 
@@ -145,10 +149,15 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=None, help="ours; default: auto")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--out", default=None, help="write OUT.json and OUT.md")
+    parser.add_argument("--report", default=None, help="rewrite the .md of a saved .json, run nothing")
     parser.add_argument("--child", choices=METHODS, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args)
+        return
+    if args.report:
+        saved = Path(args.report)
+        saved.with_suffix(".md").write_text(markdown(json.loads(saved.read_text())))
         return
 
     methods = args.methods.split(",")
@@ -204,8 +213,8 @@ def main() -> None:
 
 def markdown(report: dict) -> str:
     s = report["shape"]
-    naive = report["results"].get("naive", {})
-    floor = report["results"].get("floor", {})
+    results = report["results"]
+    naive, floor = results.get("naive", {}), results.get("floor", {})
     lines = [
         f"# Linear cross-entropy on CPU, fp32, N x d x V = {s['N']} x {s['d']} x {s['V']}",
         "",
@@ -213,32 +222,43 @@ def markdown(report: dict) -> str:
         "",
         f"Machine: {report['machine']['platform']}, {report['machine']['cpu_count']} CPUs, "
         f"{report['machine']['threads']} torch threads, torch {report['machine']['torch']}; "
-        f"1-min load average {report['machine']['load_average_1min_start_end']} (shared host).",
+        f"1-min load average {[round(x, 2) for x in report['machine']['load_average_1min_start_end']]} "
+        "at start and end (shared host).",
         "",
         f"Method: {report['method']}.",
         "",
-        "| method | fwd+bwd median (s) | range (s) | round medians (s) | vs naive time "
-        "| vs 3-GEMM floor | peak extra RSS (MiB) | vs naive memory |",
-        "|---|---|---|---|---|---|---|---|",
+        "| method | median (s) | min (s) | range (s) | round medians (s) | vs naive: median, min "
+        "| vs floor: median, min, per round | peak extra RSS (MiB) | vs naive memory |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
 
     def ratio(r, base, key):
         return f"{r[key] / base[key]:.2f}x" if key in base and key in r else "n/a"
 
-    for m, r in report["results"].items():
+    def per_round(r, base):
+        if "round_medians_s" not in base or "round_medians_s" not in r:
+            return "n/a"
+        pairs = zip(r["round_medians_s"], base["round_medians_s"])
+        return f"{statistics.median(a / b for a, b in pairs):.2f}x"
+
+    for m, r in results.items():
         if "median_s" not in r:
-            lines.append(f"| {m} | {r.get('status')} | | | | | | |")
+            lines.append(f"| {m} | {r.get('status')} | | | | | | | |")
             continue
         rounds = ", ".join(f"{t:.2f}" for t in r["round_medians_s"])
         lines.append(
-            f"| {m} | {r['median_s']:.2f} | {r['min_s']:.2f}-{r['max_s']:.2f} | {rounds} | "
-            f"{ratio(r, naive, 'median_s')} | {ratio(r, floor, 'median_s')} | "
-            f"{r['peak_extra_rss_mib']:.0f} | {ratio(r, naive, 'peak_extra_rss_mib')} |"
+            f"| {m} | {r['median_s']:.2f} | {r['min_s']:.2f} | {r['min_s']:.2f}-{r['max_s']:.2f} "
+            f"| {rounds} | {ratio(r, naive, 'median_s')}, {ratio(r, naive, 'min_s')} "
+            f"| {ratio(r, floor, 'median_s')}, {ratio(r, floor, 'min_s')}, {per_round(r, floor)} "
+            f"| {r['peak_extra_rss_mib']:.0f} | {ratio(r, naive, 'peak_extra_rss_mib')} |"
         )
     lines += [
         "",
         "`floor`: the three GEMMs of the step alone over chunked's token chunks (no softmax, "
-        "no loss): the time chunked would take if everything but its GEMMs were free.",
+        "no loss): the time chunked would take if everything but its GEMMs were free. "
+        "\"per round\": the median over rounds of (this method's round median / the floor's). "
+        "A round whose steps all ran slow (another job on the host) moves the medians; the "
+        "fastest steps and the per-round ratios are the least disturbed readings.",
     ]
     return "\n".join(lines) + "\n"
 
