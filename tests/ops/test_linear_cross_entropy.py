@@ -274,6 +274,10 @@ def test_unchecked_targets_past_the_vocabulary_have_target_logit_zero(impl):
     x, w, b, t = make_problem(6, 5, 37, dtype=torch.float64, bias=True)
     v = w.shape[0]
     t[:3] = torch.tensor([v, v + 1, 2**40])
+    for bad in (v, v + 1, 2**40):  # the reference path refuses them (from gather), as documented
+        with pytest.raises(RuntimeError, match="out of bounds"):
+            linear_cross_entropy(x, w, torch.full_like(t, bad), impl="reference",
+                                 check_targets=False)
     out = linear_cross_entropy_with_stats(x, w, t, bias=b, impl=impl, check_targets=False,
                                           reduction="none", chunk_size=8)
     ref = linear_cross_entropy_with_stats(x, w, t.clamp(max=v - 1), bias=b, impl="reference",
