@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from .constants import IGNORE_INDEX
 from .ops import linear_cross_entropy_with_stats
 
-__all__ = ["LossOutput", "lm_loss", "sentence_loss"]
+__all__ = ["LossOutput", "TokenLosses", "lm_logits", "lm_loss", "lm_token_losses", "sentence_loss"]
 
 Reduction = Literal["mean", "sum"]
 
@@ -110,6 +110,69 @@ def lm_loss(
         impl=impl,
     )
     return LossOutput(loss=out.loss, num_tokens=out.num_valid, num_correct=out.correct.sum())
+
+
+@dataclass
+class TokenLosses:
+    """Per-position cross-entropy and argmax hits (each with the shape of the labels)."""
+
+    loss: torch.Tensor  # float, -log p(label) at each labelled position (natural log), 0 where there is no label
+    correct: torch.Tensor  # bool, the label is the argmax of the logits; False where there is no label
+    mask: torch.Tensor  # bool, True where the position has a label (not IGNORE_INDEX)
+
+    def reduce(self) -> LossOutput:
+        """The mean over labelled positions, as :func:`lm_loss` (without label smoothing or z-loss) returns it."""
+        num = self.mask.sum()
+        return LossOutput(loss=self.loss.sum() / num.clamp(min=1), num_tokens=num, num_correct=self.correct.sum())
+
+
+def lm_token_losses(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    softcap: float | None = None,
+    impl: str = "auto",
+) -> TokenLosses:
+    """The cross-entropy of ``hidden @ weight.T`` at every labelled position, not reduced (evaluation:
+    bits per byte, pseudo-log-likelihoods, per-position curves). Differentiable like :func:`lm_loss`,
+    through the same kernels (``reduction="none"``), so the logits are never materialised either.
+
+    Shapes: hidden ``(..., d)``, weight ``(V, d)``, labels ``(...)``; every field of the result ``(...)``.
+
+    >>> hidden, weight = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]]), torch.tensor([[2.0, 0.0], [0.0, 0.0]])
+    >>> out = lm_token_losses(hidden, weight, torch.tensor([[0, IGNORE_INDEX]]))
+    >>> out.loss, out.correct, out.mask
+    (tensor([[0.1269, 0.0000]]), tensor([[ True, False]]), tensor([[ True, False]]))
+    """
+    if hidden.shape[:-1] != labels.shape:
+        raise ValueError(f"hidden {tuple(hidden.shape)} and labels {tuple(labels.shape)} disagree on leading dims")
+    out = linear_cross_entropy_with_stats(
+        hidden.reshape(-1, hidden.shape[-1]),
+        weight,
+        labels.reshape(-1),
+        bias=bias,
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+        softcap=softcap,
+        impl=impl,
+    )
+    mask = labels != IGNORE_INDEX
+    loss = torch.where(mask, out.loss.reshape(labels.shape), 0.0)
+    return TokenLosses(loss=loss, correct=out.correct.reshape(labels.shape) & mask, mask=mask)
+
+
+def lm_logits(hidden: torch.Tensor, weight: torch.Tensor, *, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The logits ``hidden @ weight.T (+ bias)`` ``(..., V)``, in float32 at least: for evaluation on a few
+    positions (candidate scoring, generation), where the ``(N, V)`` matrix is small.
+
+    >>> lm_logits(torch.tensor([[1.0, 2.0]]), torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
+    tensor([[1., 2., 3.]])
+    """
+    dtype = torch.promote_types(hidden.dtype, torch.float32)
+    logits = hidden.to(dtype) @ weight.to(dtype).T
+    return logits if bias is None else logits + bias.to(dtype)
 
 
 def sentence_loss(logits: torch.Tensor, labels: torch.Tensor, *, reduction: Reduction = "mean") -> LossOutput:

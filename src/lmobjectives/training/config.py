@@ -30,6 +30,7 @@ class TrainConfig:
     data: str = "builtin"  # corpus: "builtin" (ships with the package) or a path (see data.corpus.load_corpus)
     skip_bad_files: bool = False  # skip (with a warning naming them) data files that are not UTF-8 or cannot be read
     tokenizer: str = "byte"  # "byte", "bpe:N", "wordpiece:N" (trained on the corpus) or a saved tokenizer's path
+    heldout: float = 0.05  # fraction of documents held out of training for evaluation, chosen by a hash of their text (0 = none)
     out: str | None = None  # output folder; None: runs/<objective>, or runs/<objective>-2, -3, ... if that holds a run
     # optimisation
     steps: int = 1000  # optimizer steps in the whole run (also the length of the cosine schedule); clm: ~1.5 min on 2 CPU cores
@@ -52,6 +53,8 @@ class TrainConfig:
     positions: str = "alibi"  # relative positions: "alibi" or "rope"
     # bookkeeping
     log_every: int = 10  # write a metrics line (mean over the last log_every steps) every this many steps
+    eval_every: int | None = None  # held-out loss every N steps (a multiple of log_every) in that step's metrics line; None: 10 x log_every; 0: never
+    eval_batches: int = 8  # held-out batches per evaluation (fixed ones; fewer if the held-out data has fewer)
     save_every: int = 200  # write a checkpoint every this many steps (and always at the end); 0 = only at the end
     keep_checkpoints: int = 2  # complete checkpoints kept (the newest and older ones to fall back on if it is damaged)
     resume: bool = False  # continue from out/checkpoint (exactly: same data, same corruption, same losses)
@@ -72,6 +75,17 @@ class TrainConfig:
                 raise ValueError(f"{name} must be an int >= 0, got {value!r}")
         if self.stop_after is not None:
             _positive_int("stop_after", self.stop_after)
+        _positive_int("eval_batches", self.eval_batches)
+        if isinstance(self.heldout, bool) or not _finite(self.heldout) or not 0 <= self.heldout < 1:
+            raise ValueError(f"heldout must be a fraction in [0, 1), got {self.heldout!r}")
+        if self.eval_every is not None:
+            if isinstance(self.eval_every, bool) or not isinstance(self.eval_every, int) or self.eval_every < 0:
+                raise ValueError(f"eval_every must be an int >= 0 (0 = never) or None, got {self.eval_every!r}")
+            if self.eval_every % self.log_every:
+                raise ValueError(
+                    f"eval_every={self.eval_every} must be a multiple of log_every={self.log_every} (the held-out "
+                    "numbers go in that step's metrics line), or 0 to turn evaluation off"
+                )
         if self.dupe_factor is not None:
             _positive_int("dupe_factor", self.dupe_factor)
         if not _finite(self.lr) or self.lr <= 0:
@@ -88,6 +102,14 @@ class TrainConfig:
             raise ValueError(f"positions must be one of {', '.join(POSITIONS)}, got {self.positions!r}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+
+    @property
+    def eval_interval(self) -> int:
+        """Steps between held-out evaluations (0: none): ``eval_every``, by default ``10 * log_every`` when
+        documents are held out."""
+        if self.eval_every is not None:
+            return self.eval_every
+        return 10 * self.log_every if self.heldout > 0 else 0
 
     @property
     def recipe(self) -> Recipe:

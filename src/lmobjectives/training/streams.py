@@ -28,6 +28,11 @@ One stream per data layout of :class:`~lmobjectives.objectives.Recipe` (``recipe
   ``seq_len`` (a conversation never spans two rows); rows are then drawn as
   blocks are. Conversations left with nothing to learn are dropped and
   counted, never kept silently (:attr:`ConversationStream.report`).
+
+**The held-out split** (:func:`heldout_split`): a document is held out when a hash of its text falls
+below the run's ``heldout`` fraction, so the split needs no file, is the same for every seed, tokenizer
+and objective, and a document's side never depends on the other documents. The trainer lays out only
+the training side; :mod:`lmobjectives.evaluation` evaluates on the held-out side.
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ from __future__ import annotations
 import hashlib
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import fields, replace
 from functools import lru_cache
 from typing import Any
@@ -51,6 +57,7 @@ from ..objectives.sft import learned_mask, pack_conversations
 from ..sft import tokenize_conversation
 
 __all__ = [
+    "HELDOUT_SALT",
     "BlockStream",
     "ConversationStream",
     "DocumentStream",
@@ -59,9 +66,14 @@ __all__ = [
     "data_fingerprint",
     "data_texts",
     "derive_seed",
+    "document_key",
     "epoch_indices",
+    "heldout_split",
+    "is_heldout",
     "load_data",
 ]
+
+HELDOUT_SALT = "lmobjectives-heldout-v1"  # mixed into the split's hash; change it only to draw a new split
 
 
 def derive_seed(seed: int, *parts: object) -> int:
@@ -134,6 +146,16 @@ class BlockStream:
             return self._static_rows(step, idx)
         extras = {name: value[idx] for name, value in self.extras.items()}
         return self.objective(self.input_ids[idx], generator=corruption_generator(self.seed, step), **extras)
+
+    def one_pass(self, batch_size: int | None = None) -> Iterator[Batch]:
+        """Every block once, in table order, ``batch_size`` (default: the stream's) blocks per batch; the
+        corruption of the batch starting at block ``i`` draws from a generator seeded by ``(seed, "one_pass", i)``."""
+        size = self.batch_size if batch_size is None else batch_size
+        for start in range(0, self.num_examples, size):
+            rows = slice(start, start + size)
+            extras = {name: value[rows] for name, value in self.extras.items()}
+            g = torch.Generator().manual_seed(derive_seed(self.seed, "one_pass", start))
+            yield self.objective(self.input_ids[rows], generator=g, **extras)
 
     def _static(self, copy: int) -> Batch:
         """Copy ``copy`` of the corrupted data set: the objective over every block, drawn once (BERT's dupe_factor).
@@ -212,6 +234,23 @@ class _WindowStream:
         rows = self._rows(docs, torch.Generator().manual_seed(derive_seed(self.seed, "probe"))).input_ids.shape[0]
         per_doc = max(rows, 1) / probe
         return min(self.num_documents, max(2, math.ceil(3 * self.batch_size / per_doc)))
+
+    def one_pass(self, batch_size: int | None = None) -> Iterator[Batch]:
+        """Every row the objective makes from the documents, each window of ``docs_per_step`` documents taken
+        once in table order (a last window of one document joins the one before; no subsampling), cut into
+        batches of ``batch_size`` (default: the stream's) rows.
+        Window ``w``'s draws come from a generator seeded by ``(seed, "one_pass", w)``; a window that gives no
+        row is skipped. Sentence pairs: every pair of every document once (NSP's random B from the window)."""
+        size = self.batch_size if batch_size is None else batch_size
+        bounds = [*range(0, self.num_documents, self.docs_per_step), self.num_documents]
+        if len(bounds) > 2 and bounds[-1] - bounds[-2] < 2:  # a last window of one document joins the one before
+            del bounds[-2]
+        for w, (start, stop) in enumerate(zip(bounds, bounds[1:])):
+            docs = torch.arange(start, stop)  # (D',)
+            batch = self._rows(docs, torch.Generator().manual_seed(derive_seed(self.seed, "one_pass", w)))
+            n = batch.input_ids.shape[0]
+            for first in range(0, n, size):
+                yield _select_rows(batch, torch.arange(first, min(first + size, n)))
 
     def __call__(self, step: int) -> Batch:
         docs = epoch_indices(self.seed, step * self.docs_per_step, self.docs_per_step, self.num_documents)  # (D',)
@@ -363,6 +402,50 @@ def load_data(recipe: Recipe, spec: str, **corpus_options: Any) -> list[Any]:
     if recipe.data == "conversations":
         return load_chat(spec)
     return load_corpus(spec, **corpus_options)
+
+
+def document_key(item: Any) -> str:
+    """The text a document is known by in the held-out split: its words joined by single spaces (so a
+    different sentence segmentation or whitespace of the same text gives the same key); a chat record
+    (not a list of sentences): its JSON with sorted keys.
+
+    >>> document_key(["Two  sentences.", "Here."]) == document_key(["Two sentences. Here."])
+    True
+    """
+    if _is_document(item):
+        return " ".join(" ".join(item).split())
+    return json.dumps(item, sort_keys=True, ensure_ascii=False)
+
+
+def is_heldout(item: Any, fraction: float) -> bool:
+    """Whether the held-out split of ``fraction`` holds ``item`` out: the first 8 bytes of
+    ``sha256(HELDOUT_SALT + "\\0" + document_key(item))``, as a number in ``[0, 1)``, are below ``fraction``.
+
+    >>> is_heldout(["Any text."], 0.0), is_heldout(["Any text."], 1.0)
+    (False, True)
+    """
+    digest = hashlib.sha256(f"{HELDOUT_SALT}\0{document_key(item)}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64 < fraction
+
+
+def heldout_split(data: Sequence[Any], fraction: float) -> tuple[list[Any], list[Any]]:
+    """``(training, held_out)``: the items of :func:`load_data`'s result on each side of the split, each in
+    corpus order. A document is held out iff :func:`is_heldout`; identical documents fall on the same side.
+    The held-out share is ``fraction`` in expectation (the built-in corpus, 205 documents, at 0.05: see the
+    tests), not exactly.
+
+    >>> train, held = heldout_split([["a b."], ["c d."], ["e f."]], 0.0)
+    >>> len(train), held
+    (3, [])
+    """
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
+        raise ValueError(f"heldout must be a fraction in [0, 1), got {fraction!r}")
+    flags = [fraction > 0 and is_heldout(item, fraction) for item in data]
+    training = [item for item, held in zip(data, flags) if not held]
+    held_out = [item for item, held in zip(data, flags) if held]
+    if data and not training:
+        raise ValueError(f"heldout={fraction!r} holds out every one of the {len(data)} documents; lower it")
+    return training, held_out
 
 
 def data_texts(data: Sequence[Any]) -> list[str]:

@@ -9,12 +9,20 @@ batch's targets, plus the sentence head's loss where the batch has sentence
 labels), AdamW with linear warm-up and cosine decay, gradient clipping.
 
 Outputs in ``config.out``: ``config.json`` (``vars`` of the train and model
-configs), ``tokenizer/``, ``metrics.jsonl`` (one JSON line per
+configs, and the held-out split), ``tokenizer/``, ``metrics.jsonl`` (one JSON line per
 ``log_every`` steps) and ``checkpoint/`` (see :mod:`.checkpoint`). Resuming
 from a checkpoint reproduces the uninterrupted run's losses exactly: the data
 and every random draw are functions of ``(seed, step)`` (:mod:`.streams`).
 The first Ctrl-C lets the current step finish, saves a checkpoint and stops;
 a second one aborts at once without saving.
+
+Held-out data: the documents of :func:`.streams.heldout_split` (``config.heldout``) are never laid out
+for training (nor seen by a tokenizer trained here). Every ``config.eval_interval`` steps (and at the
+last step) the metrics line of that step also holds ``eval_<key>`` for each key of the training
+numbers (``eval_loss``, ``eval_accuracy``, ``eval_<term>_loss`` ...): the recipe's own loss, without
+gradient and in eval mode (no dropout), over the same ``eval_batches`` held-out batches every time
+(:func:`heldout_eval_batches`), each batch's random draws seeded from the run's seed. Evaluating
+changes no training number: every training step reseeds what it draws.
 """
 
 from __future__ import annotations
@@ -34,16 +42,18 @@ from tqdm.auto import tqdm
 
 from ..data.tokenizers import load_tokenizer
 from ..models import MODELS, TransformerConfig
-from ..objectives import Objective, Recipe, StepLoss
+from ..objectives import Batch, Objective, Recipe, StepLoss
 from .checkpoint import checkpoint_steps, load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .streams import build_stream, data_texts, derive_seed, load_data
+from .streams import HELDOUT_SALT, build_stream, data_texts, derive_seed, heldout_split, load_data
 
-__all__ = ["TrainResult", "train"]
+__all__ = ["TrainResult", "heldout_eval_batches", "heldout_metrics", "train"]
 
 # TrainConfig fields that may differ between a run and its resumption. None changes the losses except
 # steps, which stretches the cosine schedule (allowed, with a note); log_every only regroups the metrics lines.
-RESUMABLE_CHANGES = ("device", "log_every", "save_every", "keep_checkpoints", "resume", "stop_after", "progress", "out", "steps")
+RESUMABLE_CHANGES = ("device", "log_every", "save_every", "keep_checkpoints", "resume", "stop_after", "progress", "out", "steps",
+                     "eval_every", "eval_batches")  # fmt: skip
+SAVED_BEFORE = {"heldout": 0.0}  # fields a run saved before they existed had, in effect: all documents trained on
 
 
 @dataclass
@@ -194,6 +204,44 @@ class Meter:
         return row
 
 
+def heldout_eval_batches(recipe: Recipe, objective: Objective, documents: list[Any], tokenizer: Any, config: TrainConfig) -> list[Batch]:
+    """The fixed held-out batches of the run's evaluations: the first ``config.eval_batches`` batches (at most
+    one pass over the held-out examples) of the held-out documents laid out as the training data, drawn with
+    the seed ``derive_seed(config.seed, "heldout")``. ``objective`` should be the training stream's (with any
+    corpus counts bound from the training data). Empty when there is no held-out document or they make no batch.
+    """
+    if not documents:
+        return []
+    stream = build_stream(recipe, objective, documents, tokenizer, seq_len=config.seq_len, batch_size=config.batch_size,
+                          seed=derive_seed(config.seed, "heldout"))  # fmt: skip
+    per_step = getattr(stream, "docs_per_step", config.batch_size)  # examples each step consumes
+    count = min(config.eval_batches, max(1, math.ceil(stream.num_examples / per_step)))
+    batches = [stream(i) for i in range(count)]
+    return [b for b in batches if b.input_ids.shape[0]]
+
+
+def heldout_metrics(model: torch.nn.Module, recipe: Recipe, objective: Objective, batches: list[Batch], *, seed: int,
+                    device: torch.device | str = "cpu") -> dict[str, float]:  # fmt: skip
+    """The recipe's loss over ``batches`` without gradient, in eval mode: ``{"eval_loss": ..., "eval_accuracy":
+    ..., "eval_<term>_loss": ...}`` (the keys of a metrics line, token-weighted over the batches as
+    :class:`Meter` does, prefixed with ``eval_``). Batch ``i``'s draws in the loss (if any) are seeded from
+    ``(seed, "eval", i)``; the model's mode and the global RNG are restored."""
+    meter = Meter()
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            for i, batch in enumerate(batches):
+                torch.manual_seed(derive_seed(seed, "eval", i))
+                batch = batch.to(device)
+                meter.add(recipe.loss(objective, model, batch), int(batch.attention_mask.sum()))
+    finally:
+        model.train(was_training)
+    row = meter.read()
+    row.pop("tokens_per_s")
+    return {f"eval_{name}": value for name, value in row.items()}
+
+
 class StopOnCtrlC:
     """First Ctrl-C: set :attr:`requested` (the loop saves and stops after the current step). Second: abort."""
 
@@ -221,6 +269,7 @@ class StopOnCtrlC:
 
 
 def _check_resumable(saved: dict[str, Any], config: TrainConfig, out: Path) -> None:
+    saved = {**SAVED_BEFORE, **saved}
     current = config.to_dict()
     changed = {k: (saved.get(k), v) for k, v in current.items() if k not in RESUMABLE_CHANGES and saved.get(k) != v}
     if changed:
@@ -319,10 +368,11 @@ def _train(config: TrainConfig, device: torch.device) -> TrainResult:
 
     # data: the corpus, the tokenizer (trained on it unless loaded), the objective and the step -> batch stream
     recipe = config.recipe
-    documents = load_data(recipe, config.data, skip_bad_files=config.skip_bad_files)
+    corpus = load_data(recipe, config.data, skip_bad_files=config.skip_bad_files)
+    documents, heldout_documents = heldout_split(corpus, config.heldout)  # training never sees the held-out side
     if resuming:
         tokenizer = load_tokenizer(str(tokenizer_dir))
-    else:  # with the special tokens the objective needs (sentinels, ...)
+    else:  # with the special tokens the objective needs (sentinels, ...), trained on the training side only
         texts = data_texts(documents)
         tokenizer = load_tokenizer(config.tokenizer, texts=texts, extra_special_tokens=recipe.special_tokens)
     objective = recipe.build(tokenizer.vocab, config.options, seq_len=config.seq_len)  # checked before anything is written
@@ -331,6 +381,16 @@ def _train(config: TrainConfig, device: torch.device) -> TrainResult:
         tokenizer.save(str(tokenizer_dir))
     stream = build_stream(recipe, objective, documents, tokenizer, seq_len=config.seq_len, batch_size=config.batch_size,
                           seed=config.seed, dupe_factor=config.dupe_factor)  # fmt: skip
+    eval_interval = config.eval_interval
+    eval_batches: list[Batch] = []
+    if eval_interval:
+        try:
+            eval_batches = heldout_eval_batches(recipe, stream.objective, heldout_documents, tokenizer, config)
+        except ValueError as e:  # too few held-out documents for this layout (e.g. one, for sentence pairs)
+            tqdm.write(f"note: no held-out evaluation: the {len(heldout_documents)} held-out documents make no batch ({e})")
+        else:
+            if not eval_batches:
+                tqdm.write(f"note: no held-out evaluation: heldout={config.heldout} holds out none of the {len(corpus)} documents")
 
     # model and optimizer
     spec = recipe.model(objective)
@@ -340,8 +400,15 @@ def _train(config: TrainConfig, device: torch.device) -> TrainResult:
     optimizer = make_optimizer(model, config)
     tqdm.write(f"model config: {json.dumps(vars(model_config))}")
     tqdm.write(f"model: {model.num_parameters():,} parameters on {device}; data: {stream.position(0)}")
+    split = {"documents": len(corpus), "heldout_documents": len(heldout_documents), "salt": HELDOUT_SALT,
+             "rule": "held out iff sha256(salt, words of the document) / 2**256 < heldout (streams.heldout_split)"}  # fmt: skip
+    if config.heldout:
+        note = f"held-out split: {len(heldout_documents)} of {len(corpus)} documents (heldout={config.heldout})"
+        if eval_batches:
+            note += f"; {len(eval_batches)} held-out batches evaluated every {eval_interval} steps and at the end"
+        tqdm.write(note)
     saved = {"train": {**config.to_dict(), "out": str(out)}, "architecture": spec.architecture,
-             "model": vars(model_config), "model_kwargs": spec.kwargs}  # fmt: skip
+             "model": vars(model_config), "model_kwargs": spec.kwargs, "split": split}  # fmt: skip
     config_path.write_text(json.dumps(saved, indent=2) + "\n")
 
     state: dict[str, Any] = {"step": 0, "tokens": 0, "elapsed_s": 0.0, "first_loss": None, "final_loss": None, "best_loss": None}
@@ -391,7 +458,12 @@ def _train(config: TrainConfig, device: torch.device) -> TrainResult:
             meter.add(step_loss, tokens)
             state["step"], state["tokens"] = step, state["tokens"] + tokens
             if step % config.log_every == 0 or step == config.steps:  # windows by step number, not by process
-                row = {"step": step, **meter.read(), "tokens": state["tokens"], "lr": lr}
+                evaluated = {}
+                if eval_batches and (step % eval_interval == 0 or step == config.steps):
+                    eval_started = time.perf_counter()
+                    evaluated = heldout_metrics(model, recipe, objective, eval_batches, seed=config.seed, device=device)
+                    meter.started += time.perf_counter() - eval_started  # the window's rate counts training only
+                row = {"step": step, **meter.read(), "tokens": state["tokens"], "lr": lr, **evaluated}
                 metrics_file.write(json.dumps(row) + "\n")
                 metrics_file.flush()
                 meter.reset()

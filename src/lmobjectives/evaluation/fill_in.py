@@ -1,0 +1,159 @@
+"""Fill-in: held-out tokens hidden, both contexts visible; how well does the model restore them?
+
+The positions: each text token of the held-out blocks (:func:`~.run.heldout_blocks`) with probability
+``rate``, drawn once from a fixed seed (the same positions for every run of the same corpus and tokenizer).
+How each kind of model fills them in (:data:`~.run.Reads`):
+
+- ``bidirectional``: every selected position becomes ``[MASK]`` (always ``[MASK]``: no 80/10/10 at test
+  time), one forward pass per batch of blocks; the loss and accuracy over the full vocabulary at the masked
+  positions (``method="masked"``), what the masked-LM objective itself measures.
+- ``encoder_decoder``: T5's format: each run of selected positions becomes one sentinel in the encoder
+  input (UL2 runs get their R-denoiser's ``[NLU]`` in front), the decoder spells out each sentinel and its
+  tokens; loss and accuracy over the vocabulary at the hidden tokens (``method="sentinels"``). A hidden
+  token is predicted from both contexts and, as in T5's decoder, from the hidden tokens before it.
+- ``causal``: a left-to-right model has no way to read the right context at the hidden position, so it
+  *scores candidates* (``method="candidates"``): for a position ``t``, the true token and the
+  ``candidates - 1`` tokens the model finds likeliest from the left context alone are each put at ``t``, and
+  each whole block is scored, ``log p(x_<t) + log p(c | x_<t) + log p(x_>t | x_<t, c)``; the model fills in
+  the candidate with the highest score. The loss is the cross-entropy of that choice among the candidates
+  (not over the vocabulary: it is not comparable with the other methods' loss), the accuracy is whether the
+  true token scores highest (ties count as wrong). Each selected position is scored alone, the other
+  positions showing their true tokens; ``max_positions`` of them (each costs ``candidates`` forward rows).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..constants import IGNORE_INDEX
+from ..losses import lm_logits, lm_token_losses
+from ..objectives.span_corruption import noise_spans_to_inputs_targets
+from .result import TaskResult, encoder_decoder_batch, finite, plain_batch
+from .run import Run, eval_generator, heldout_blocks, token_byte_lengths
+
+__all__ = ["fill_in", "fill_in_positions"]
+
+
+def fill_in_positions(run: Run, blocks: torch.Tensor, rate: float) -> torch.Tensor:
+    """The hidden positions ``(N, T)`` bool: each text token (not a special one) with probability ``rate``,
+    drawn from a fixed seed (the same positions for the same blocks, whatever the run)."""
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < 1:
+        raise ValueError(f"rate must lie in (0, 1), got {rate!r}")
+    draw = torch.rand(blocks.shape, generator=eval_generator("fill_in", rate))  # (N, T)
+    return (draw < rate) & ~run.vocab.special_mask()[blocks]
+
+
+@torch.no_grad()
+def fill_in(run: Run, *, rate: float = 0.15, max_blocks: int = 32, candidates: int = 16, max_positions: int = 64,
+            batch_size: int = 16) -> TaskResult:  # fmt: skip
+    """Fill-in loss and accuracy at ``rate`` of the held-out tokens (see the module docstring)."""
+    blocks = heldout_blocks(run, max_blocks=max_blocks)  # (N, T)
+    hidden_at = fill_in_positions(run, blocks, rate)  # (N, T)
+    if run.reads == "causal":
+        return _candidates(run, blocks, hidden_at, candidates, max_positions, batch_size, rate)
+    if run.reads == "encoder_decoder":
+        blocks, hidden_at = _fit_encoder(run, blocks, hidden_at)
+    loss = torch.zeros(blocks.shape)
+    correct = torch.zeros(blocks.shape, dtype=torch.bool)
+    weight = run.model.output_weight
+    for first in range(0, blocks.shape[0], batch_size):
+        x, m = blocks[first : first + batch_size], hidden_at[first : first + batch_size]
+        rows = slice(first, first + x.shape[0])
+        if run.reads == "bidirectional":
+            if run.vocab.mask_id is None:
+                raise ValueError(f"{run.out_dir}: the tokenizer has no [MASK] token")
+            hidden = run.forward_hidden(plain_batch(x.masked_fill(m, run.vocab.mask_id), None, causal=False))
+            with torch.no_grad():
+                out = lm_token_losses(hidden, weight, torch.where(m, x, IGNORE_INDEX).to(run.device))
+            loss[rows], correct[rows] = out.loss.float().cpu(), out.correct.cpu()
+        else:
+            batch, where = _sentinel_batch(run, x, m)
+            with torch.no_grad():
+                out = lm_token_losses(run.forward_hidden(batch), weight, batch.labels.to(run.device))
+            loss[rows] = loss[rows].index_put((where[0], where[1]), out.loss.float().cpu()[where[2], where[3]])
+            correct[rows] = correct[rows].index_put((where[0], where[1]), out.correct.cpu()[where[2], where[3]])
+    n = int(hidden_at.sum())
+    total = float(loss[hidden_at].double().sum())
+    size = int(token_byte_lengths(run.tokenizer)[blocks][hidden_at].sum())
+    method = "masked" if run.reads == "bidirectional" else "sentinels"
+    return TaskResult(
+        "fill_in",
+        metrics={"accuracy": float(correct[hidden_at].float().mean()) if n else 0.0, "loss": finite(total / max(n, 1)),
+                 "bits_per_byte": finite(total / math.log(2) / max(size, 1))},  # fmt: skip
+        info={"method": method, "rate": rate, "hidden_tokens": n, "blocks": blocks.shape[0], "block_length": blocks.shape[1]},
+    )
+
+
+def _fit_encoder(run: Run, blocks: torch.Tensor, hidden_at: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blocks cut so that the encoder input (a sentinel per hidden token at worst, EOS, a paradigm token)
+    fits the model."""
+    room = run.model.config.max_seq_len - 1 - (run.vocab.nlu_id is not None)
+    return blocks[:, :room], hidden_at[:, :room]
+
+
+def _sentinel_batch(run: Run, x: torch.Tensor, m: torch.Tensor):
+    """T5's inputs and targets for hidden positions ``m``; returns the batch and where each hidden token's
+    target sits: ``(row, column in x, row, column in the labels)``."""
+    vocab = run.vocab
+    real = torch.ones_like(m)
+    out = noise_spans_to_inputs_targets(x, m, real, vocab.sentinel_ids, eos_id=vocab.eos_id, pad_id=vocab.pad_id)
+    encoder, encoder_mask = out.inputs, out.inputs_mask
+    if vocab.nlu_id is not None:  # UL2: the R-denoiser's paradigm token in front
+        encoder = torch.cat([torch.full((x.shape[0], 1), vocab.nlu_id), encoder], 1)
+        encoder_mask = torch.cat([torch.ones(x.shape[0], 1, dtype=torch.bool), encoder_mask], 1)
+    targets = out.targets  # (b, Wt): per span its sentinel then its tokens, then EOS
+    is_token = out.targets_mask & ~vocab.special_mask()[targets]  # the hidden tokens (sentinels and EOS aside)
+    labels = torch.where(out.targets_mask, targets, IGNORE_INDEX)
+    decoder = torch.cat([torch.full((x.shape[0], 1), vocab.pad_id), targets[:, :-1]], 1)
+    batch = encoder_decoder_batch(encoder, decoder, labels, encoder_mask, out.targets_mask)
+    # the k-th hidden token of a row is the k-th non-special target of that row (spans keep their order)
+    rows_x, cols_x = m.nonzero(as_tuple=True)
+    rows_t, cols_t = is_token.nonzero(as_tuple=True)
+    return batch, (rows_x, cols_x, rows_t, cols_t)
+
+
+def _candidates(run: Run, blocks: torch.Tensor, hidden_at: torch.Tensor, k: int, max_positions: int,
+                batch_size: int, rate: float) -> TaskResult:  # fmt: skip
+    """Candidate scoring for a causal model (see the module docstring)."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+        raise ValueError(f"candidates must be an int >= 2, got {k!r}")
+    hidden_at = hidden_at.clone()
+    hidden_at[:, 0] = False  # position 0 has no left context to propose candidates from
+    rows, cols = hidden_at.nonzero(as_tuple=True)
+    rows, cols = rows[:max_positions], cols[:max_positions]
+    P = rows.numel()
+    if P == 0:
+        raise ValueError("no position to fill in: the held-out blocks are too short or too few")
+    weight = run.model.output_weight
+    special = run.vocab.special_mask()
+    # candidates: the true token first, then the likeliest others from the left context
+    hidden = torch.cat([run.forward_hidden(plain_batch(blocks[i : i + batch_size], None, causal=True)).cpu()
+                        for i in range(0, blocks.shape[0], batch_size)])  # (N, T, d)  # fmt: skip
+    logits = lm_logits(hidden[rows, cols - 1], weight.detach().cpu())  # (P, V)
+    truth = blocks[rows, cols]  # (P,)
+    logits[torch.arange(P), truth] = -math.inf
+    logits[:, special] = -math.inf
+    cand = torch.cat([truth[:, None], logits.topk(k - 1, dim=-1).indices], 1)  # (P, K)
+    scores = torch.empty(P, k)
+    T = blocks.shape[1]
+    for first in range(0, P, max(1, batch_size)):
+        p = torch.arange(first, min(first + batch_size, P))
+        ids = blocks[rows[p]][:, None, :].repeat(1, k, 1)  # (p, K, T)
+        ids.scatter_(2, cols[p][:, None, None].expand(-1, k, 1), cand[p][:, :, None])
+        ids = ids.reshape(-1, T)  # (p*K, T)
+        labels = torch.full_like(ids, IGNORE_INDEX)
+        after = torch.arange(T)[None] >= cols[p].repeat_interleave(k)[:, None]  # (p*K, T): positions t .. T-1
+        labels[:, :-1] = torch.where(after[:, 1:], ids[:, 1:], IGNORE_INDEX)  # the output at j - 1 predicts j >= t
+        out = lm_token_losses(run.forward_hidden(plain_batch(ids, None, causal=True)), weight, labels.to(run.device))
+        scores[p] = -out.loss.float().cpu().sum(1).reshape(-1, k)  # log p of the block from t on
+    logp = torch.log_softmax(scores.double(), dim=-1)[:, 0]  # (P,)
+    correct = scores[:, 0] > scores[:, 1:].max(1).values  # (P,) ties count as wrong
+    return TaskResult(
+        "fill_in",
+        metrics={"accuracy": float(correct.float().mean()), "loss": finite(-logp.mean())},
+        info={"method": "candidates", "candidates": k, "rate": rate, "hidden_tokens": P, "blocks": blocks.shape[0],
+              "block_length": T, "chance_accuracy": 1 / k,
+              "note": "loss over the candidates, not the vocabulary; each position scored alone"},  # fmt: skip
+    )
