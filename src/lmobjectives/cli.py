@@ -7,7 +7,8 @@ fields (:func:`lmobjectives.objectives.options_of`): ``lmobj train
 --objective mlm --unit word --probability 0.4``; ``lmobj train --objective
 NAME --help`` lists them with the fields' comments as help. ``lmobj inspect
 --objective NAME`` prints one example and writes a picture of its attention
-pattern (:mod:`lmobjectives.inspection`).
+pattern (:mod:`lmobjectives.inspection`). ``lmobj eval RUN_DIR`` evaluates a trained run on its
+held-out documents (:mod:`lmobjectives.evaluation`): JSON to a file, a table on the terminal.
 """
 
 from __future__ import annotations
@@ -141,6 +142,9 @@ def _add_train_arguments(p: argparse.ArgumentParser, objective: str) -> None:
                         "or the path of a saved tokenizer")
     g.add_argument("--out", default=None, metavar="DIR",
                    help="output folder for metrics.jsonl, config.json, tokenizer/ and checkpoint/ (default: runs/<objective>)")
+    g.add_argument("--heldout", type=float, default=d["heldout"], metavar="FRACTION",
+                   help="fraction of the documents held out of training for evaluation (lmobj eval, --eval-every), "
+                        "chosen by a hash of each document's words: the same split for every objective and seed; 0 = none")
     g = p.add_argument_group("optimisation")
     g.add_argument("--steps", type=_positive_int, default=d["steps"], help="optimizer steps (also the length of the cosine schedule)")
     g.add_argument("--batch-size", type=_positive_int, default=d["batch_size"], help="sequences per step (blocks, sentence pairs, ...)")
@@ -156,6 +160,7 @@ def _add_train_arguments(p: argparse.ArgumentParser, objective: str) -> None:
                    help="static corruption (BERT): N fixed corruptions per block, one per epoch in turn; "
                         "default: a fresh one every step (RoBERTa's dynamic masking)")
     g.add_argument("--device", default=d["device"], help="'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:N'")
+    _add_threads_argument(g)
     g = p.add_argument_group("model")
     g.add_argument("--d-model", type=_positive_int, default=d["d_model"], help="width of the residual stream")
     g.add_argument("--layers", type=_positive_int, default=d["n_layers"], help="transformer blocks")
@@ -165,6 +170,11 @@ def _add_train_arguments(p: argparse.ArgumentParser, objective: str) -> None:
     g.add_argument("--positions", choices=POSITIONS, default=d["positions"], help="relative position scheme")
     g = p.add_argument_group("logging and checkpoints")
     g.add_argument("--log-every", type=_positive_int, default=d["log_every"], help="write a metrics line every N steps (mean over them)")
+    g.add_argument("--eval-every", type=_non_negative_int, default=None, metavar="N",
+                   help="add the loss on held-out batches (eval_loss, eval_accuracy, ...) to the metrics line every N steps "
+                        "(a multiple of --log-every) and at the end; default: 10 x --log-every when documents are held out; 0 = never")
+    g.add_argument("--eval-batches", type=_positive_int, default=d["eval_batches"],
+                   help="held-out batches per evaluation (the same ones every time)")
     g.add_argument("--save-every", type=_non_negative_int, default=d["save_every"],
                    help="checkpoint every N steps, and always at the end and on Ctrl-C (0 = only then)")
     g.add_argument("--keep-checkpoints", type=_positive_int, default=d["keep_checkpoints"],
@@ -201,12 +211,35 @@ def _add_inspect_arguments(p: argparse.ArgumentParser, objective: str) -> None:
     add_objective_options(p, objective if objective in OBJECTIVES else DEFAULTS["objective"])
 
 
+def _add_threads_argument(group: Any) -> None:
+    group.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                       help="torch CPU threads (torch.set_num_threads); default: torch's (one per core). On a busy "
+                            "machine fewer threads than cores is often faster")  # fmt: skip
+
+
+def _add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    from .evaluation import TASKS  # noqa: PLC0415
+
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the output folder of an lmobj train run")
+    p.add_argument("--tasks", nargs="+", default=None, metavar="TASK",
+                   help="evaluations to run (default: all; those that do not apply to the run are listed as not "
+                        "applicable, while a task named here that does not apply is an error): "
+                        + "; ".join(f"{t.name} ({t.summary})" for t in TASKS.values()))
+    p.add_argument("--out", default=None, metavar="PATH.json", help="where to write the results as JSON (default: RUN_DIR/eval.json)")
+    p.add_argument("--reference", default=None, metavar="RUN_DIR",
+                   help="a causal run (e.g. a longer CLM run) scoring the generation task's continuations (bits per byte)")
+    p.add_argument("--balanced", action="store_true",
+                   help="sentence_pairs: score an even subset of each pair kind (the majority label subsampled)")
+    p.add_argument("--device", default="cpu", help="'cpu', 'cuda', 'cuda:N' or 'auto'")
+    _add_threads_argument(p)
+
+
 def build_parser(objective: str = DEFAULTS["objective"]) -> argparse.ArgumentParser:
     """The ``lmobj`` parser; the ``train`` command has the flags of ``objective``'s options."""
     parser = argparse.ArgumentParser(
         prog="lmobj",
         description=f"Train small language models with the objectives of lmobjectives ({', '.join(OBJECTIVES)}).",
-        epilog="Run 'lmobj train --help' or 'lmobj inspect --help' for their flags.",
+        epilog="Run 'lmobj train --help', 'lmobj eval --help' or 'lmobj inspect --help' for their flags.",
     )
     parser.add_argument("--version", action="version", version=f"lmobj (lmobjectives) {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error instead of one line")
@@ -238,7 +271,61 @@ def build_parser(objective: str = DEFAULTS["objective"]) -> argparse.ArgumentPar
     )
     _add_inspect_arguments(inspect_parser, objective)
     inspect_parser.set_defaults(parser=inspect_parser)
+    eval_parser = commands.add_parser(
+        "eval",
+        help="evaluate a trained run on its held-out documents: next-token, fill-in, PLL, NSP/SOP, generation, probe",
+        description=(
+            "Evaluate the model of RUN_DIR on documents its training never saw (the run's --heldout split), with "
+            "each task that applies to the way it reads text (causal, bidirectional, encoder-decoder). Prints a table "
+            "and writes the numbers, and how each was measured, as JSON."
+        ),
+        formatter_class=_HelpFormatter,
+        epilog="example: lmobj eval runs/mlm --tasks next_token fill_in pll --reference runs/clm",
+    )
+    _add_eval_arguments(eval_parser)
+    eval_parser.set_defaults(parser=eval_parser)
     return parser
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    """``lmobj eval``: evaluate, print the table, write the JSON; bad input is one line and EXIT_USAGE."""
+    from .evaluation import NotApplicable, evaluate, load_run  # noqa: PLC0415
+
+    try:
+        run = load_run(args.run_dir, device=args.device)
+        options: dict[str, dict[str, Any]] = {}
+        if args.reference is not None:
+            options["generation"] = {"reference": load_run(args.reference, device=args.device)}
+        if args.balanced:
+            options["sentence_pairs"] = {"balanced": True}
+        if args.tasks is not None:
+            options = {k: v for k, v in options.items() if k in args.tasks}
+        report = evaluate(run, args.tasks, options=options, strict=args.tasks is not None,
+                          progress=lambda name: print(f"evaluating {name} ...", file=sys.stderr, flush=True))  # fmt: skip
+    except KeyboardInterrupt:
+        print("lmobj eval: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ValueError, FileNotFoundError, NotApplicable) as e:
+        if args.debug:
+            raise
+        print(f"lmobj eval: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as e:
+        if args.debug:
+            raise
+        print(f"lmobj eval: error: {type(e).__name__}: {e} (--debug shows the traceback)", file=sys.stderr)
+        return EXIT_FAILURE
+    out = args.out if args.out is not None else os.path.join(args.run_dir, "eval.json")
+    print(report.table())
+    try:
+        with open(out, "w") as f:
+            json.dump(report.to_json(), f, indent=2)
+            f.write("\n")
+    except OSError as e:
+        print(f"lmobj eval: error: cannot write {out!r}: {e.strerror or e}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"results: {out}")
+    return 0
 
 
 def _run_inspect(args: argparse.Namespace) -> int:
@@ -283,6 +370,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         grad_clip=args.grad_clip,
         seed=args.seed,
         dupe_factor=args.dupe_factor,
+        heldout=args.heldout,
         device=args.device,
         d_model=args.d_model,
         n_layers=args.layers,
@@ -291,6 +379,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         dropout=args.dropout,
         positions=args.positions,
         log_every=args.log_every,
+        eval_every=args.eval_every,
+        eval_batches=args.eval_batches,
         save_every=args.save_every,
         keep_checkpoints=args.keep_checkpoints,
         resume=args.resume,
@@ -335,6 +425,12 @@ def main(argv: list[str] | None = None) -> int:
             flags = ["--" + o.name.replace("_", "-") for o in options_of(OBJECTIVES[args.objective])]
             hint = f" (the options of --objective {args.objective} are: {', '.join(flags) or 'none'})"
         sub.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
+    if getattr(args, "threads", None) is not None:
+        import torch  # noqa: PLC0415
+
+        torch.set_num_threads(args.threads)
+    if args.command == "eval":
+        return _run_eval(args)
     if args.command == "train":
         try:
             config = config_from_args(args)

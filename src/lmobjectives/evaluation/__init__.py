@@ -29,7 +29,16 @@ from .next_token import next_token, next_token_losses
 from .pll import pll, pseudo_log_likelihoods
 from .probe import fit_linear_probe, probe
 from .result import TaskResult
-from .run import NotApplicable, Reads, Run, heldout_batches, heldout_blocks, load_run, run_batches, token_byte_lengths
+from .run import (
+    NotApplicable,
+    Reads,
+    Run,
+    heldout_batches,
+    heldout_blocks,
+    load_run,
+    run_batches,
+    token_byte_lengths,
+)
 from .sentence_pairs import pair_batches, pair_metrics, sentence_pairs
 from .tasks import TASKS, EvalReport, Task, evaluate, format_reports
 

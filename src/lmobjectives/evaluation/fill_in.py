@@ -81,7 +81,7 @@ def fill_in(run: Run, *, rate: float = 0.15, max_blocks: int = 32, candidates: i
     return TaskResult(
         "fill_in",
         metrics={"accuracy": float(correct[hidden_at].float().mean()) if n else 0.0, "loss": finite(total / max(n, 1)),
-                 "bits_per_byte": finite(total / math.log(2) / max(size, 1))},  # fmt: skip
+                 "bits_per_byte": finite(total / math.log(2) / max(size, 1))},
         info={"method": method, "rate": rate, "hidden_tokens": n, "blocks": blocks.shape[0], "block_length": blocks.shape[1]},
     )
 
@@ -155,5 +155,5 @@ def _candidates(run: Run, blocks: torch.Tensor, hidden_at: torch.Tensor, k: int,
         metrics={"accuracy": float(correct.float().mean()), "loss": finite(-logp.mean())},
         info={"method": "candidates", "candidates": k, "rate": rate, "hidden_tokens": P, "blocks": blocks.shape[0],
               "block_length": T, "chance_accuracy": 1 / k,
-              "note": "loss over the candidates, not the vocabulary; each position scored alone"},  # fmt: skip
+              "note": "loss over the candidates, not the vocabulary; each position scored alone"},
     )

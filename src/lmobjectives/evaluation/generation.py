@@ -25,9 +25,9 @@ import math
 
 import torch
 
+from ..constants import IGNORE_INDEX
 from ..data.packing import tokenize_documents
 from ..losses import lm_logits, lm_token_losses
-from ..constants import IGNORE_INDEX
 from .result import TaskResult, encoder_decoder_batch, finite, plain_batch
 from .run import Run, _texts_as_documents, eval_generator
 
@@ -146,5 +146,5 @@ def generation(run: Run, *, reference: Run | None = None, prompt_tokens: int = 3
         "generation",
         metrics=metrics,
         info={"prompts": prompts.shape[0], "prompt_tokens": prompt_tokens, "length": length, "temperature": temperature,
-              "ngram": n, "reference": str(reference.out_dir) if reference is not None else None, "examples": shown},  # fmt: skip
+              "ngram": n, "reference": str(reference.out_dir) if reference is not None else None, "examples": shown},
     )

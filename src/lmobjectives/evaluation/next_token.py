@@ -123,7 +123,7 @@ def next_token(run: Run, *, start: int | None = None, max_blocks: int = 64, batc
     return TaskResult(
         "next_token",
         metrics={"bits_per_byte": finite(total / math.log(2) / max(size, 1)), "loss": finite(total / max(n, 1)),
-                 "perplexity": finite(math.exp(min(total / max(n, 1), 700))), "accuracy": float(correct[scored].float().mean()) if n else 0.0},  # fmt: skip
+                 "perplexity": finite(math.exp(min(total / max(n, 1), 700))), "accuracy": float(correct[scored].float().mean()) if n else 0.0},
         info={"procedure": procedure, "blocks": blocks.shape[0], "block_length": length, "first_target": start,
-              "targets": n, "bytes": size},  # fmt: skip
+              "targets": n, "bytes": size},
     )

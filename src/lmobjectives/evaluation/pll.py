@@ -92,7 +92,7 @@ def pll(run: Run, *, max_blocks: int = 8, rows: int = 128) -> TaskResult:
         metrics={"pseudo_perplexity": finite(math.exp(min(-total / max(n, 1), 700))),
                  "pll_per_token": finite(total / max(n, 1)),
                  "pseudo_bits_per_byte": finite(-total / math.log(2) / max(size, 1)),
-                 "accuracy": float(correct[scored].float().mean()) if n else 0.0},  # fmt: skip
+                 "accuracy": float(correct[scored].float().mean()) if n else 0.0},
         info={"blocks": blocks.shape[0], "block_length": length, "tokens": n, "bytes": size,
-              "forward_rows": n, "reference": "Salazar et al. 2020"},  # fmt: skip
+              "forward_rows": n, "reference": "Salazar et al. 2020"},
     )

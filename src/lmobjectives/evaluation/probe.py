@@ -90,5 +90,5 @@ def probe(run: Run, *, min_sentences: int = 6, weight_decay: float = 1e-3) -> Ta
         metrics={"accuracy": accuracy, "embedding_accuracy": bag, "majority_accuracy": majority},
         info={"classes": len(documents), "train_sentences": int(train.sum()), "test_sentences": int(test.sum()),
               "features": "mean-pooled final hidden states" + (" of the encoder" if run.reads == "encoder_decoder" else ""),
-              "chance_accuracy": 1 / len(documents)},  # fmt: skip
+              "chance_accuracy": 1 / len(documents)},
     )

@@ -26,7 +26,12 @@ from ..objectives import Batch, Objective, Recipe
 from ..training.checkpoint import checkpoint_steps, load_checkpoint
 from ..training.config import TrainConfig
 from ..training.streams import build_stream, derive_seed, heldout_split, load_data
-from ..training.trainer import SAVED_BEFORE, heldout_eval_batches, is_run, resolve_device
+from ..training.trainer import (
+    SAVED_BEFORE,
+    heldout_eval_batches,
+    is_run,
+    resolve_device,
+)
 
 __all__ = ["NotApplicable", "Reads", "Run", "heldout_batches", "heldout_blocks", "load_run", "run_batches", "token_byte_lengths"]
 
@@ -167,7 +172,7 @@ def heldout_blocks(run: Run, length: int | None = None, max_blocks: int | None =
 
 def _texts_as_documents(items: list[Any]) -> list[list[str]]:
     """Documents as lists of sentences; a chat record becomes one document of its message contents."""
-    from ..training.streams import data_texts, _is_document  # noqa: PLC0415
+    from ..training.streams import _is_document, data_texts
 
     return [item if _is_document(item) else data_texts([item]) for item in items]
 

@@ -71,9 +71,9 @@ def pair_metrics(predictions: torch.Tensor, labels: torch.Tensor, *, balanced: b
         predictions, labels = predictions[keep], labels[keep]
     n = labels.numel()
     hits = predictions == labels
-    recalls = [float(hits[labels == c].float().mean()) for c in (0, 1) if bool((labels == c).any())]
-    share = float(labels.float().mean()) if n else 0.0
-    return {"accuracy": float(hits.float().mean()) if n else 0.0,
+    recalls = [int(hits[labels == c].sum()) / int((labels == c).sum()) for c in (0, 1) if bool((labels == c).any())]
+    share = int(labels.sum()) / n if n else 0.0
+    return {"accuracy": int(hits.sum()) / n if n else 0.0,
             "balanced_accuracy": sum(recalls) / len(recalls) if recalls else 0.0,
             "label_share": share, "majority_share": max(share, 1 - share) if n else 0.0, "pairs": n}  # fmt: skip
 

@@ -9,8 +9,8 @@ objective by name.
 
 from __future__ import annotations
 
-import math
 import json
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 

@@ -38,9 +38,9 @@ the training side; :mod:`lmobjectives.evaluation` evaluates on the held-out side
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import warnings
-import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import fields, replace
 from functools import lru_cache
@@ -50,7 +50,13 @@ import torch
 
 from ..data.chat import chat_texts, conversations_from_documents, load_chat
 from ..data.corpus import load_corpus
-from ..data.packing import pack_documents, sentence_table, tokenize_corpus, tokenize_corpus_words, tokenize_documents
+from ..data.packing import (
+    pack_documents,
+    sentence_table,
+    tokenize_corpus,
+    tokenize_corpus_words,
+    tokenize_documents,
+)
 from ..objectives.base import Batch, Objective
 from ..objectives.recipe import Recipe
 from ..objectives.sft import learned_mask, pack_conversations

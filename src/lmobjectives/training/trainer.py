@@ -45,7 +45,14 @@ from ..models import MODELS, TransformerConfig
 from ..objectives import Batch, Objective, Recipe, StepLoss
 from .checkpoint import checkpoint_steps, load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .streams import HELDOUT_SALT, build_stream, data_texts, derive_seed, heldout_split, load_data
+from .streams import (
+    HELDOUT_SALT,
+    build_stream,
+    data_texts,
+    derive_seed,
+    heldout_split,
+    load_data,
+)
 
 __all__ = ["TrainResult", "heldout_eval_batches", "heldout_metrics", "train"]
 
