@@ -234,6 +234,99 @@ def _add_eval_arguments(p: argparse.ArgumentParser) -> None:
     _add_threads_argument(p)
 
 
+def _add_compare_arguments(p: argparse.ArgumentParser) -> None:
+    from .compare import PRESETS  # noqa: PLC0415
+    from .evaluation import TASKS  # noqa: PLC0415
+
+    d = DEFAULTS
+    g = p.add_argument_group("what to compare")
+    g.add_argument("objectives", nargs="*", metavar="OBJECTIVE",
+                   help="objective specs NAME or NAME:option=value,option=value (e.g. clm mlm:unit=word,probability=0.4); "
+                        "with --preset, they replace the preset's objectives")
+    g.add_argument("--preset", choices=list(PRESETS), default=None,
+                   help="a named comparison: " + "; ".join(f"{n} ({' vs '.join(q.objectives)})" for n, q in PRESETS.items()))
+    g.add_argument("--tasks", nargs="+", default=None, metavar="TASK",
+                   help="evaluations (default: the preset's, else every one; those that do not apply to a run are shown "
+                        "as not applicable): " + ", ".join(TASKS))
+    g.add_argument("--seeds", type=_positive_int, default=None, metavar="K",
+                   help="runs per objective, seeds --seed, --seed + 1, ...; the report shows the spread (default: the preset's, else 1)")
+    g.add_argument("--list-presets", action="store_true", help="print the presets (question, objectives, settings) and exit")
+    g.add_argument("--out", default=None, metavar="DIR",
+                   help="report folder, also holding the runs (default: reports/<preset>); a rerun continues it")
+    g = p.add_argument_group("the shared budget and model (default: the preset's, else lmobj train's)")
+    g.add_argument("--steps", type=_positive_int, default=None, help=f"optimizer steps per run (lmobj train: {d['steps']})")
+    g.add_argument("--scale", type=float, default=1.0, metavar="F",
+                   help="multiply the steps by F (e.g. 0.1 for a quick look; the report says the steps it ran)")
+    g.add_argument("--batch-size", type=_positive_int, default=None, help=f"inputs per step ({d['batch_size']})")
+    g.add_argument("--seq-len", type=_positive_int, default=None, help=f"tokens per input ({d['seq_len']})")
+    g.add_argument("--lr", type=float, default=None, help=f"peak learning rate ({d['lr']})")
+    g.add_argument("--d-model", type=_positive_int, default=None, help=f"model width ({d['d_model']})")
+    g.add_argument("--layers", type=_positive_int, default=None, help=f"transformer blocks ({d['n_layers']})")
+    g.add_argument("--heads", type=_positive_int, default=None, help=f"attention heads ({d['n_heads']})")
+    g.add_argument("--d-ff", type=_positive_int, default=None, help=f"MLP hidden width ({d['d_ff']})")
+    g.add_argument("--data", default=None, metavar="PATH|builtin|synthetic:...", help=f"corpus of every run ({d['data']})")
+    g.add_argument("--tokenizer", default=None, metavar="SPEC", help=f"tokenizer of every run ({d['tokenizer']})")
+    g.add_argument("--seed", type=int, default=None, help=f"the first seed ({DEFAULT_SEED})")
+    g = p.add_argument_group("how to run")
+    g.add_argument("--device", default=None, help="'auto', 'cpu', 'cuda', 'cuda:N' (default: auto)")
+    _add_threads_argument(g)
+    g.add_argument("--no-progress", action="store_true", help="no progress bar or lines (the table and report are still written)")
+
+
+def _run_compare(args: argparse.Namespace, argv: list[str]) -> int:
+    """``lmobj compare``: train, evaluate, print the table and where the report is."""
+    import dataclasses  # noqa: PLC0415
+    import shlex  # noqa: PLC0415
+
+    from .compare import PRESETS, CompareConfig, compare  # noqa: PLC0415
+    from .compare.report import format_summary  # noqa: PLC0415
+
+    if args.list_presets:
+        for name, preset in PRESETS.items():
+            print(f"{name}: {preset.question}\n  objectives: {' '.join(preset.objectives)}; tasks: "
+                  f"{' '.join(preset.tasks) if preset.tasks else 'all'}; {', '.join(f'{k} {v}' for k, v in preset.settings.items())}")
+        return 0
+    overrides = {"tasks": args.tasks, "seeds": args.seeds, "out": args.out, "steps": args.steps, "batch_size": args.batch_size,
+                 "seq_len": args.seq_len, "lr": args.lr, "d_model": args.d_model, "n_layers": args.layers, "n_heads": args.heads,
+                 "d_ff": args.d_ff, "data": args.data, "tokenizer": args.tokenizer, "seed": args.seed, "device": args.device,
+                 "threads": args.threads}  # fmt: skip
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    overrides.update(progress=not args.no_progress, command=shlex.join(["lmobj", *argv]))
+    try:
+        if args.preset is not None:
+            config = CompareConfig.from_preset(args.preset, scale=args.scale, objectives=tuple(args.objectives) or None, **overrides)
+        elif args.objectives:
+            config = CompareConfig(objectives=tuple(args.objectives), **overrides)
+            if args.scale != 1.0:
+                if not args.scale > 0:
+                    raise ValueError(f"--scale must be a positive number, got {args.scale!r}")
+                config = dataclasses.replace(config, steps=max(1, round(config.steps * args.scale)))
+        else:
+            args.parser.error("give objective specs to compare (e.g. lmobj compare clm mlm) or --preset NAME (see --list-presets)")
+    except (ValueError, TypeError) as e:
+        args.parser.error(str(e))  # exits with EXIT_USAGE
+    try:
+        result = compare(config)
+    except KeyboardInterrupt:
+        print("lmobj compare: interrupted; finished runs and checkpoints are kept: run the same command again to continue",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_INTERRUPTED
+    except Exception as e:
+        if args.debug:
+            raise
+        if isinstance(e, (ValueError, FileExistsError, FileNotFoundError)):
+            print(f"lmobj compare: error: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        print(f"lmobj compare: error: {type(e).__name__}: {e} (--debug shows the traceback)", file=sys.stderr)
+        return EXIT_FAILURE
+    if not result.complete:
+        return EXIT_INTERRUPTED
+    print("\n" + format_summary(result.results))
+    others = ", ".join(p.name for k, p in result.files.items() if k != "html")
+    print(f"report: {result.files['html']} (also {others}); {result.results['timing']['total_s']:.0f} s")
+    return 0
+
+
 def build_parser(objective: str = DEFAULTS["objective"]) -> argparse.ArgumentParser:
     """The ``lmobj`` parser; the ``train`` command has the flags of ``objective``'s options."""
     parser = argparse.ArgumentParser(
@@ -284,6 +377,20 @@ def build_parser(objective: str = DEFAULTS["objective"]) -> argparse.ArgumentPar
     )
     _add_eval_arguments(eval_parser)
     eval_parser.set_defaults(parser=eval_parser)
+    compare_parser = commands.add_parser(
+        "compare",
+        help="train several objectives at an equal budget, evaluate each on held-out text, write a report with plots",
+        description=(
+            "Train the same model on the same data with each objective (and each seed), at the same number of input "
+            "tokens, evaluate every run on held-out documents with the tasks that apply, and write OUT/report.md, a "
+            "self-contained OUT/report.html with plots, and OUT/results.json. Runs are kept in OUT/runs: an "
+            "interrupted comparison continues where it stopped when run again with the same settings."
+        ),
+        formatter_class=_HelpFormatter,
+        epilog="examples: lmobj compare --preset demo;  lmobj compare clm mlm mlm:unit=word,probability=0.4 --seeds 2",
+    )
+    _add_compare_arguments(compare_parser)
+    compare_parser.set_defaults(parser=compare_parser)
     return parser
 
 
@@ -429,6 +536,8 @@ def main(argv: list[str] | None = None) -> int:
         import torch  # noqa: PLC0415
 
         torch.set_num_threads(args.threads)
+    if args.command == "compare":
+        return _run_compare(args, argv)
     if args.command == "eval":
         return _run_eval(args)
     if args.command == "train":
