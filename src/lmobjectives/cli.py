@@ -391,6 +391,22 @@ def build_parser(objective: str = DEFAULTS["objective"]) -> argparse.ArgumentPar
     )
     _add_compare_arguments(compare_parser)
     compare_parser.set_defaults(parser=compare_parser)
+    from . import quiz  # noqa: PLC0415
+
+    quiz_parser = commands.add_parser(
+        "quiz",
+        help="active recall: questions on the objectives, one at a time, the answer on Enter",
+        description=(
+            "Ask questions on language-modelling objectives (MLM vs CLM, NSP/SOP, masking, span corruption, prefix "
+            "LM, denoisers, ELECTRA, MTP, SFT, the losses); each answer names the code and the measured evidence in "
+            "the repository. On a terminal: one question at a time, Enter shows the answer, q quits. Otherwise "
+            "(stdin not a terminal) every question is printed with its answer."
+        ),
+        formatter_class=_HelpFormatter,
+        epilog="examples: lmobj quiz --topic nsp-sop;  lmobj quiz --shuffle --seed 3;  lmobj quiz --list",
+    )
+    quiz.add_arguments(quiz_parser)
+    quiz_parser.set_defaults(parser=quiz_parser)
     return parser
 
 
@@ -558,6 +574,14 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED if result.steps < planned else 0
     if args.command == "inspect":
         return _run_inspect(args)
+    if args.command == "quiz":
+        from . import quiz  # noqa: PLC0415
+
+        try:
+            return quiz.run_from_args(args)
+        except KeyboardInterrupt:  # Ctrl-C while waiting for Enter
+            print(file=sys.stderr)
+            return EXIT_INTERRUPTED
     return 0
 
 
