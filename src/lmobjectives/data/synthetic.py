@@ -22,6 +22,7 @@ corpus on every machine, independent of the torch version. Document ``i`` is dra
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import math
 import random
@@ -332,16 +333,20 @@ class MarkovSource:
 
     # ----------------------------------------------------------------------- likelihood
 
+    @functools.cached_property
+    def _log_tables(self) -> tuple[dict[str, int], torch.Tensor, torch.Tensor]:
+        """Word -> index, ``log start`` (K, W) and ``log transitions`` (K, W, W + 1), computed once."""
+        return {w: i for i, w in enumerate(self.words)}, self.start.log(), self.transitions.log()
+
     def topic_log_likelihoods(self, document: Document) -> torch.Tensor:
         """``log P(document | topic)`` in nats for each topic, ``(K,)`` float64 (``-inf`` where impossible)."""
-        index = {w: i for i, w in enumerate(self.words)}
+        index, log_start, log_trans = self._log_tables  # (K, W), (K, W, W + 1)
         W = len(self.words)
         if not isinstance(document, list) or not all(isinstance(s, str) for s in document):
             raise TypeError(f"document must be a list of sentences (str), got {type(document).__name__}")
         n = len(document)
         if not self.min_sentences <= n <= self.max_sentences:
             return torch.full((self.num_topics,), -math.inf, dtype=torch.float64)
-        log_start, log_trans = self.start.log(), self.transitions.log()  # (K, W), (K, W, W + 1)
         total = torch.full((self.num_topics,), -math.log(self.max_sentences - self.min_sentences + 1), dtype=torch.float64)
         for sentence in document:
             if not sentence.endswith(".") or sentence[:-1] != sentence[:-1].strip():
