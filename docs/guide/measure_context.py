@@ -2,8 +2,9 @@
 
 Usage (the guide's numbers; run folders from ``lmobj train --objective NAME --steps 300 --out runs/NAME``)::
 
-    python docs/guide/measure_context.py --clm runs/clm --mlm runs/mlm --prefix-lm runs/prefix_lm \
-        --out docs/guide/results/context.json
+    python docs/guide/measure_context.py --clm runs/clm --mlm runs/mlm --out docs/guide/results/context.json
+
+(``--prefix-lm runs/prefix_lm`` adds the prefix LM's row; the committed results have none.)
 
 Text: the docstrings of a fixed list of standard-library modules (``MODULES``), which the built-in corpus
 (``pydoc_data.topics``, the language reference) does not contain, so no run has seen it. It is cut into
