@@ -11,7 +11,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmobjectives.data import ByteTokenizer, load_corpus, pack_documents, split_sentences, tokenize_documents
+from lmobjectives.data import (
+    ByteTokenizer,
+    load_corpus,
+    pack_documents,
+    split_sentences,
+    tokenize_documents,
+)
 from lmobjectives.data.synthetic import (
     KEY_SYMBOLS,
     SPEC_DEFAULTS,

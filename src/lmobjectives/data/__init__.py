@@ -17,7 +17,14 @@ NSP / SOP read sentences instead: ``sentence_table(tokenize_corpus(docs, tok), t
 """
 
 from .corpus import Document, builtin_corpus, load_corpus, read_corpus, split_sentences
-from .packing import PackedBlocks, SentenceTable, pack_documents, sentence_table, tokenize_corpus, tokenize_documents
+from .packing import (
+    PackedBlocks,
+    SentenceTable,
+    pack_documents,
+    sentence_table,
+    tokenize_corpus,
+    tokenize_documents,
+)
 from .synthetic import (
     ICLSequences,
     MarkovSource,
@@ -27,7 +34,13 @@ from .synthetic import (
     markov_source,
     synthetic_corpus,
 )
-from .tokenizers import ByteTokenizer, HFTokenizer, Tokenizer, load_tokenizer, train_tokenizer
+from .tokenizers import (
+    ByteTokenizer,
+    HFTokenizer,
+    Tokenizer,
+    load_tokenizer,
+    train_tokenizer,
+)
 
 __all__ = [
     "ByteTokenizer",

@@ -33,13 +33,13 @@ import torch
 from .corpus import Document
 
 __all__ = [
-    "ICLSequences",
     "KEY_SYMBOLS",
-    "MarkovSource",
     "SPEC_DEFAULTS",
+    "VALUE_SYMBOLS",
+    "ICLSequences",
+    "MarkovSource",
     "SampledCorpus",
     "SourceEntropy",
-    "VALUE_SYMBOLS",
     "icl_sequences",
     "markov_source",
     "parse_spec",
@@ -51,10 +51,10 @@ SPEC_PREFIX = "synthetic:"
 SPEC_DEFAULTS: dict[str, dict[str, int]] = {
     # one topic: a single word-level Markov chain over 64 words
     "markov": {"docs": 256, "seed": 0, "topics": 1, "words": 64, "topic_words": 64, "branching": 4, "length": 8,
-               "min_sentences": 4, "max_sentences": 12},  # fmt: skip
+               "min_sentences": 4, "max_sentences": 12},
     # eight topics, each walking its own 32 of 256 words (subsets drawn at random, so they overlap a little)
     "topics": {"docs": 256, "seed": 0, "topics": 8, "words": 256, "topic_words": 32, "branching": 4, "length": 8,
-               "min_sentences": 4, "max_sentences": 12},  # fmt: skip
+               "min_sentences": 4, "max_sentences": 12},
     # in-context learning: 32 key-value pairs per sequence over 8 of the 26 keys, 10 possible values
     "icl": {"docs": 4096, "seed": 0, "pairs": 32, "keys": 8, "values": 10},
 }
@@ -256,7 +256,7 @@ class MarkovSource:
 
     def _visits(self) -> torch.Tensor:
         """Expected visits of each word in a sentence, ``(K, W)``: solves ``v (I - Q) = start`` per topic."""
-        K, W = self.start.shape
+        W = self.start.shape[1]
         eye = torch.eye(W, dtype=torch.float64)
         Q = self.transitions[:, :, :W]  # (K, W, W)
         try:
@@ -309,7 +309,7 @@ class MarkovSource:
         """``n`` documents; document ``i`` is drawn from its own stream seeded by ``(seed, i)``."""
         _check_int(n, "MarkovSource.sample: n", 0)
         starts, rows = self._tables()
-        K, W = self.start.shape
+        K, W = self.start.shape  # topics, words
         span = self.max_sentences - self.min_sentences + 1
 
         def draw(rng: random.Random, table: tuple[list[int], list[float]]) -> int:

@@ -1,0 +1,347 @@
+"""In-context learning probe: does a model look a key up in its own context?
+
+Each probe sequence (:class:`~lmobjectives.data.synthetic.ICLSequences`, the ``synthetic:icl`` corpus)
+pairs keys with values afresh, ``"t7 f1 t7 t7 f1 ..."``, and repeats keys. A repeated key's value can only
+be known by finding the key's earlier occurrence and copying what followed it (an induction head); a first
+occurrence's value is a uniform guess (chance ``1 / values``). :func:`probe_icl` asks the model for the
+value of **every** pair from the **left context only**, and reports accuracy (argmax over the whole
+vocabulary equals the value) and the log-probability of the value, by occurrence index of the key (1 =
+first time, 2 = second, ...) and by position of the pair in the sequence.
+
+How each kind of model is asked (``kind``), always without the pair's value or anything after it:
+
+- ``"causal"`` (clm, fim): one causal forward pass over the whole sequence; the output at the key's
+  position is the prediction (causal attention never reads the right), exactly as in training.
+- ``"prefix"`` (prefix_lm): for pair ``p``, the tokens up to and including its key are the bidirectional
+  prefix (``Batch.prefix_mask``) and the last prefix token's output predicts the first suffix token, the
+  prefix-LM convention (seqio). One forward pass per pair position, batched over sequences.
+- ``"masked"`` (mlm, spanbert): for pair ``p``, the tokens up to its key, then ``[MASK]`` in the value's
+  place, bidirectional attention; the output at ``[MASK]`` is the prediction (the issue's procedure for a
+  bidirectional model: append ``[MASK]`` after the left context). ``context="full"`` instead keeps the
+  whole sequence with only that value masked, so a later occurrence of the key may give the value away:
+  that measures fill-in, not in-context learning from the left, and is reported as such.
+
+Sequences begin at a model input's first position, as in training on ``synthetic:icl`` with ``--seq-len
+3 * pairs`` (each block is then exactly one sequence and its EOS). Keys, values and the space must each
+be one token of the run's tokenizer (true of the byte tokenizer); :func:`probe_icl` checks it.
+
+:data:`ICL_PRESETS` holds a CPU-sized and a GPU-sized training setup; ``python -m lmobjectives.icl
+--preset cpu`` trains clm, prefix_lm and mlm with it and prints the probe's table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .data.synthetic import (
+    KEY_SYMBOLS,
+    VALUE_SYMBOLS,
+    ICLSequences,
+    icl_sequences,
+    parse_spec,
+)
+from .objectives.base import Batch
+
+__all__ = [
+    "ICL_PRESETS",
+    "KINDS",
+    "KIND_OF_OBJECTIVE",
+    "ICLPreset",
+    "ICLResult",
+    "format_table",
+    "main",
+    "probe_icl",
+    "probe_run",
+    "train_command",
+]  # fmt: skip
+
+KINDS = ("causal", "prefix", "masked")
+"""How a model is asked for a value (see the module docstring)."""
+
+KIND_OF_OBJECTIVE = {"clm": "causal", "fim": "causal", "prefix_lm": "prefix", "mlm": "masked", "spanbert": "masked"}
+"""The ``kind`` :func:`probe_run` uses for a run trained with each objective (others: pass ``kind``)."""
+
+
+@dataclass
+class ICLResult:
+    """What :func:`probe_icl` measured: one entry per (sequence, pair); summaries as methods."""
+
+    kind: str  # how the model was asked: causal, prefix or masked
+    context: str  # "left" (in-context learning) or "full" (masked only: the right context visible too)
+    correct: torch.Tensor  # (N, P) bool: the argmax over the vocabulary is the pair's value
+    log_prob: torch.Tensor  # (N, P) float64: log-probability (nats) of the pair's value
+    occurrence: torch.Tensor  # (N, P) long: 1 = the key's first appearance in its sequence, 2 = second, ...
+    values: int  # size of the value alphabet: chance accuracy on a first occurrence is 1 / values
+
+    def _mean(self, x: torch.Tensor, where: torch.Tensor) -> float | None:
+        return float(x[where].double().mean()) if bool(where.any()) else None
+
+    def accuracy_by_occurrence(self) -> list[float]:
+        """Accuracy of the queries whose key appears for the ``o``-th time, at index ``o - 1``."""
+        return [self._mean(self.correct, self.occurrence == o) for o in range(1, int(self.occurrence.max()) + 1)]  # type: ignore[misc]
+
+    def accuracy_by_pair(self, *, repeated: bool = True) -> list[float | None]:
+        """Accuracy at each pair position ``p`` over the repeated keys (``repeated=False``: first occurrences);
+        ``None`` where there is no such query."""
+        select = self.occurrence >= 2 if repeated else self.occurrence == 1  # (N, P)
+        return [self._mean(self.correct[:, p], select[:, p]) for p in range(self.correct.shape[1])]
+
+    def summary(self) -> dict[str, Any]:
+        """The headline numbers (JSON-ready): accuracy and loss on repeated and first keys, by occurrence and position."""
+        repeated, first = self.occurrence >= 2, self.occurrence == 1
+        counts = torch.bincount(self.occurrence.flatten())[1:].tolist()
+        return {
+            "kind": self.kind,
+            "context": self.context,
+            "sequences": self.correct.shape[0],
+            "pairs": self.correct.shape[1],
+            "repeated_accuracy": self._mean(self.correct, repeated),
+            "first_accuracy": self._mean(self.correct, first),
+            "chance": 1.0 / self.values,
+            "repeated_loss": None if not bool(repeated.any()) else -float(self.log_prob[repeated].mean()),
+            "first_loss": -float(self.log_prob[first].mean()),
+            "first_loss_floor": math.log(self.values),
+            "accuracy_by_occurrence": self.accuracy_by_occurrence(),
+            "queries_by_occurrence": counts,
+            "repeated_accuracy_by_pair": self.accuracy_by_pair(),
+        }
+
+
+def _single_token(tokenizer: Any, text: str) -> int:
+    ids = tokenizer.encode(text)
+    if len(ids) != 1:
+        raise ValueError(f"probe_icl: {text!r} is {len(ids)} tokens of this tokenizer; the probe needs one token "
+                         "per key, value and space (use the byte tokenizer, --tokenizer byte)")  # fmt: skip
+    return ids[0]
+
+
+def _token_ids(sequences: ICLSequences, tokenizer: Any) -> torch.Tensor:
+    """``(N, 3P - 1)`` token ids of the sequences, checked against the tokenizer on the whole text."""
+    keys, values = sequences.keys, sequences.values  # (N, P)
+    n, P = keys.shape
+    key_ids = torch.tensor([_single_token(tokenizer, c) for c in KEY_SYMBOLS])  # (26,)
+    value_ids = torch.tensor([_single_token(tokenizer, c) for c in VALUE_SYMBOLS])  # (36,)
+    ids = torch.full((n, 3 * P), _single_token(tokenizer, " "), dtype=torch.long)  # (N, 3P)
+    ids[:, 0::3] = key_ids[keys]
+    ids[:, 1::3] = value_ids[values]
+    ids = ids[:, : 3 * P - 1]  # (N, 3P - 1), no space after the last value
+    for i, text in enumerate(sequences.texts()[:8]):
+        if tokenizer.encode(text) != ids[i].tolist():
+            raise ValueError("probe_icl: the tokenizer does not split the sequences into one token per key, value "
+                             "and space (merges across them); use the byte tokenizer")  # fmt: skip
+    return ids
+
+
+def _outputs(model: torch.nn.Module, batch: Batch, positions: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities ``(R, V)`` of the model's output at ``positions`` ``(R,)`` of each row."""
+    hidden = model(batch).hidden  # (R, T, d)
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    logits = hidden[rows, positions] @ model.output_weight.T  # (R, V)
+    return torch.log_softmax(logits.double(), -1)
+
+
+@torch.no_grad()
+def probe_icl(
+    model: torch.nn.Module, tokenizer: Any, sequences: ICLSequences, *, kind: str, context: str = "left",
+    values: int | None = None, batch_size: int = 256,
+) -> ICLResult:  # fmt: skip
+    """Ask ``model`` for the value of every pair of ``sequences`` (see the module docstring for ``kind``).
+
+    ``model`` is any of the package's models for a :class:`~lmobjectives.Batch` (``model(batch).hidden``
+    ``(B, T, d)``, ``model.output_weight`` ``(V, d)``), e.g. ``lmobjectives.training.load_model(out)``.
+    ``values`` is the size of the value alphabet the sequences draw from (chance = 1 / values; default:
+    the largest value seen + 1). Forward passes are batched over ``batch_size`` sequences: one per batch
+    for ``causal``, one per pair position and batch otherwise.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"probe_icl: kind must be one of {KINDS}, got {kind!r}")
+    if context not in ("left", "full"):
+        raise ValueError(f"probe_icl: context must be 'left' or 'full', got {context!r}")
+    if context == "full" and kind != "masked":
+        raise ValueError(f"probe_icl: context='full' applies to kind='masked' only (a {kind} model reads the left)")
+    if not isinstance(sequences, ICLSequences):
+        raise TypeError(f"probe_icl: sequences must be ICLSequences (data.synthetic.icl_sequences), got {type(sequences).__name__}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"probe_icl: batch_size must be a positive int, got {batch_size!r}")
+    n, P = sequences.keys.shape
+    values = int(sequences.values.max()) + 1 if values is None else values
+    if kind == "masked" and tokenizer.vocab.mask_id is None:
+        raise ValueError("probe_icl: kind='masked' needs a tokenizer with a [MASK] token")
+    device = next(model.parameters()).device
+    ids = _token_ids(sequences, tokenizer).to(device)  # (N, L)
+    value_ids = ids[:, 1::3]  # (N, P) the answers
+    was_training = model.training
+    model.eval()
+    log_prob = torch.empty(n, P, dtype=torch.float64)
+    correct = torch.empty(n, P, dtype=torch.bool)
+    try:
+        for lo in range(0, n, batch_size):
+            rows = ids[lo : lo + batch_size]  # (b, L)
+            answers = value_ids[lo : lo + batch_size]  # (b, P)
+            b = rows.shape[0]
+            if kind == "causal":
+                batch = Batch(input_ids=rows, labels=torch.zeros_like(rows), causal=True,
+                              attention_mask=torch.ones_like(rows, dtype=torch.bool))  # fmt: skip
+                hidden = model(batch).hidden  # (b, L, d)
+                logits = hidden[:, 0::3] @ model.output_weight.T  # (b, P, V): outputs at the keys
+                lp = torch.log_softmax(logits.double(), -1)  # (b, P, V)
+                log_prob[lo : lo + b] = lp.gather(-1, answers[..., None]).squeeze(-1).cpu()
+                correct[lo : lo + b] = (lp.argmax(-1) == answers).cpu()
+                continue
+            for p in range(P):  # a small constant: one forward pass per pair position
+                key_at = 3 * p
+                if kind == "prefix":
+                    x = rows[:, : key_at + 1]  # (b, 3p + 1): the left context, up to the key
+                    real = torch.ones_like(x, dtype=torch.bool)
+                    batch = Batch(input_ids=x, labels=torch.zeros_like(x), attention_mask=real, causal=True, prefix_mask=real)
+                    at = key_at
+                else:
+                    x = rows.clone() if context == "full" else rows[:, : key_at + 2].clone()  # (b, T)
+                    x[:, key_at + 1] = tokenizer.vocab.mask_id
+                    batch = Batch(input_ids=x, labels=torch.zeros_like(x), causal=False,
+                                  attention_mask=torch.ones_like(x, dtype=torch.bool))  # fmt: skip
+                    at = key_at + 1
+                lp = _outputs(model, batch, torch.full((b,), at, device=device))  # (b, V)
+                log_prob[lo : lo + b, p] = lp.gather(-1, answers[:, p : p + 1]).squeeze(-1).cpu()
+                correct[lo : lo + b, p] = (lp.argmax(-1) == answers[:, p]).cpu()
+    finally:
+        model.train(was_training)
+    return ICLResult(kind=kind, context=context, correct=correct, log_prob=log_prob,
+                     occurrence=sequences.occurrence, values=values)  # fmt: skip
+
+
+def probe_run(
+    out_dir: str | Path, *, n: int = 512, seed: int = 1, kind: str | None = None, context: str = "left",
+    data: str | None = None, device: str = "cpu",
+) -> ICLResult:  # fmt: skip
+    """:func:`probe_icl` on the model of a run folder, with ``n`` fresh sequences.
+
+    The sequences follow the run's ``synthetic:icl`` data spec (``pairs``, ``keys``, ``values``; or ``data``
+    if given) with ``seed`` (default 1; training's default data seed is 0, so these are sequences it never
+    saw). ``kind`` defaults to :data:`KIND_OF_OBJECTIVE` of the run's objective.
+    """
+    from .data.tokenizers import load_tokenizer
+    from .training import load_model
+
+    out_dir = Path(out_dir)
+    config = json.loads((out_dir / "config.json").read_text())["train"]
+    objective = config["objective"]
+    if kind is None:
+        if objective not in KIND_OF_OBJECTIVE:
+            raise ValueError(f"probe_run: no default kind for objective {objective!r}; pass kind= one of {KINDS}")
+        kind = KIND_OF_OBJECTIVE[objective]
+    spec = data if data is not None else config["data"]
+    name, params = parse_spec(spec) if isinstance(spec, str) and spec.startswith("synthetic:") else (None, {})
+    if name != "icl":
+        raise ValueError(f"probe_run: the run trained on {spec!r}; pass data='synthetic:icl?...' to say which sequences to probe")
+    if seed == params["seed"] and data is None:
+        raise ValueError(f"probe_run: seed={seed} is the training data's seed; probe with another seed")
+    sequences = icl_sequences(n, pairs=params["pairs"], keys=params["keys"], values=params["values"], seed=seed)
+    model = load_model(out_dir, device=device)
+    tokenizer = load_tokenizer(str(out_dir / "tokenizer"))
+    return probe_icl(model, tokenizer, sequences, kind=kind, context=context, values=params["values"])
+
+
+# --------------------------------------------------------------------------- presets and the comparison
+
+
+@dataclass(frozen=True)
+class ICLPreset:
+    """A training setup for the probe: data, model size and budget (one sequence per block)."""
+
+    data: str  # --data: the synthetic:icl spec
+    steps: int  # optimizer steps
+    batch_size: int  # sequences per step
+    d_model: int  # residual width
+    n_layers: int  # transformer blocks
+    n_heads: int  # attention heads
+    d_ff: int  # MLP width
+    lr: float = 2e-3  # peak learning rate
+    probe_sequences: int = 512  # fresh sequences the probe asks about
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-objective options, e.g. {"mlm": {...}}
+
+    @property
+    def seq_len(self) -> int:
+        """``3 * pairs``: a sequence (3 * pairs - 1 tokens) and its EOS fill one block exactly."""
+        return 3 * parse_spec(self.data)[1]["pairs"]
+
+
+ICL_PRESETS: dict[str, ICLPreset] = {
+    # a few minutes per objective on 2 busy CPU cores; 0.12 M parameters
+    "cpu": ICLPreset(data="synthetic:icl?docs=8192&pairs=16&keys=6&values=10", steps=800, batch_size=32,
+                     d_model=64, n_layers=2, n_heads=4, d_ff=256),
+    # the same task, longer sequences, more keys, a 25 M-parameter model: minutes on one GPU
+    "gpu": ICLPreset(data="synthetic:icl?docs=65536&pairs=64&keys=16&values=26", steps=4000, batch_size=128,
+                     d_model=512, n_layers=8, n_heads=8, d_ff=2048, lr=1e-3, probe_sequences=2048),
+}
+"""Training setups: ``cpu`` shows the comparison on a laptop, ``gpu`` is the same at a larger size."""
+
+
+def train_command(preset: str, objective: str, out: str | Path) -> list[str]:
+    """The ``lmobj train`` arguments that train ``objective`` with ``preset``."""
+    p = ICL_PRESETS[preset]
+    args = ["--objective", objective, "--data", p.data, "--seq-len", str(p.seq_len), "--steps", str(p.steps),
+            "--batch-size", str(p.batch_size), "--d-model", str(p.d_model), "--layers", str(p.n_layers),
+            "--heads", str(p.n_heads), "--d-ff", str(p.d_ff), "--lr", str(p.lr), "--out", str(out)]  # fmt: skip
+    return args
+
+
+def format_table(results: dict[str, ICLResult]) -> str:
+    """A text table: per objective, accuracy on first vs repeated keys, and by occurrence index."""
+    max_occ = max(len(r.accuracy_by_occurrence()) for r in results.values())
+    shown = min(max_occ, 6)
+    head = f"{'run':<12} {'kind':<7} {'first':>6} {'repeat':>6} {'loss1':>6} {'lossR':>6}  " + " ".join(
+        f"{'occ' + str(o):>5}" for o in range(1, shown + 1)
+    )
+    lines = [head, "-" * len(head)]
+    for name, r in results.items():
+        s = r.summary()
+        occ = s["accuracy_by_occurrence"]
+        cells = " ".join(f"{occ[o]:>5.2f}" if o < len(occ) and occ[o] is not None else f"{'-':>5}" for o in range(shown))
+        lines.append(f"{name:<12} {r.kind:<7} {s['first_accuracy']:>6.3f} {s['repeated_accuracy']:>6.3f} "
+                     f"{s['first_loss']:>6.3f} {s['repeated_loss']:>6.3f}  {cells}")  # fmt: skip
+    lines.append(f"chance on a first occurrence: {1 / next(iter(results.values())).values:.3f} "
+                 f"(loss floor {math.log(next(iter(results.values())).values):.3f}); floor on a repeat: 1.000 (loss 0)")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m lmobjectives.icl``: train each objective with a preset (unless trained), probe, print the table."""
+    parser = argparse.ArgumentParser(prog="python -m lmobjectives.icl", description=main.__doc__)
+    parser.add_argument("--preset", choices=sorted(ICL_PRESETS), default="cpu")
+    parser.add_argument("--objectives", default="clm,prefix_lm,mlm", help="comma-separated objectives to compare")
+    parser.add_argument("--out", default="runs/icl", help="folder for the runs (OUT/OBJECTIVE) and icl.json")
+    parser.add_argument("--probe-only", action="store_true", help="probe existing runs, train nothing")
+    parser.add_argument("--steps", type=int, default=None, help="override the preset's steps")
+    args = parser.parse_args(argv)
+    from .training import TrainConfig, train
+
+    preset = ICL_PRESETS[args.preset]
+    out = Path(args.out)
+    results: dict[str, ICLResult] = {}
+    for objective in args.objectives.split(","):
+        run = out / objective
+        if not args.probe_only and not (run / "checkpoint").exists():
+            train(TrainConfig(objective=objective, data=preset.data, seq_len=preset.seq_len,
+                              steps=args.steps or preset.steps, batch_size=preset.batch_size, d_model=preset.d_model,
+                              n_layers=preset.n_layers, n_heads=preset.n_heads, d_ff=preset.d_ff, lr=preset.lr,
+                              options=preset.options.get(objective, {}), out=str(run), progress=False))  # fmt: skip
+        results[objective] = probe_run(run, n=preset.probe_sequences)
+        if KIND_OF_OBJECTIVE.get(objective) == "masked":
+            results[objective + ":full"] = probe_run(run, n=preset.probe_sequences, context="full")
+    print(format_table(results))
+    (out / "icl.json").write_text(json.dumps({k: r.summary() for k, r in results.items()}, indent=2) + "\n")
+    print(f"wrote {out / 'icl.json'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
