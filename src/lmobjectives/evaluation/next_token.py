@@ -102,7 +102,7 @@ def _encoder_decoder_rows(run: Run, x: torch.Tensor, start: int) -> tuple:
 
 
 @torch.no_grad()
-def next_token(run: Run, *, start: int | None = None, max_blocks: int = 64, batch_size: int = 16) -> TaskResult:
+def next_token(run: Run, *, start: int | None = None, max_blocks: int = 32, batch_size: int = 16) -> TaskResult:
     """Next-token loss, accuracy, perplexity and bits per byte on held-out blocks, from the left context only
     (see the module docstring for each kind of model). ``start``: first target position (default
     ``seq_len // 2``); ``max_blocks``: held-out blocks scored (each gives ``seq_len - start`` targets)."""

@@ -24,7 +24,17 @@ def _always(run: Run) -> str | None:
     return None
 
 
+def _needs_lm_head(run: Run) -> str | None:
+    """Why the model's hidden states times its output matrix are no language model, or None. ELECTRA's forward is
+    its discriminator (a replaced-token detector over the shared embedding); its generator is a separate network."""
+    if hasattr(run.model, "replaced_logits"):
+        return "the model's output is a replaced-token discriminator, not a language model (ELECTRA-style)"
+    return None
+
+
 def _needs_both_sides(run: Run) -> str | None:
+    if (reason := _needs_lm_head(run)) is not None:
+        return reason
     if run.reads == "causal":
         return "a causal model reads one side only; its exact log-likelihood is next_token's loss"
     return None
@@ -49,12 +59,14 @@ class Task:
 TASKS: dict[str, Task] = {
     t.name: t
     for t in (
-        Task("next_token", "next-token loss and bits per byte from the left context only", next_token),
-        Task("fill_in", "hidden tokens restored from both contexts (causal models: candidate scoring)", fill_in),
+        Task("next_token", "next-token loss and bits per byte from the left context only", next_token, _needs_lm_head),
+        Task("fill_in", "hidden tokens restored from both contexts (causal models: candidate scoring)", fill_in,
+             _needs_lm_head),
         Task("pll", "pseudo-perplexity: each token masked in turn (Salazar et al. 2020)", pll, _needs_both_sides),
         Task("sentence_pairs", "NSP and SOP accuracy of the sentence-pair head, balanced accuracy beside", sentence_pairs,
              _needs_pair_head),
-        Task("generation", "greedy and sampled continuations of held-out prompts: repetition, reference loss", generation),
+        Task("generation", "greedy and sampled continuations of held-out prompts: repetition, reference loss", generation,
+             _needs_lm_head),
         Task("probe", "linear probe: which held-out document a sentence comes from", probe),
     )
 }

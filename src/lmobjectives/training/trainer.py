@@ -27,6 +27,7 @@ changes no training number: every training step reseeds what it draws.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import signal
@@ -212,19 +213,15 @@ class Meter:
 
 
 def heldout_eval_batches(recipe: Recipe, objective: Objective, documents: list[Any], tokenizer: Any, config: TrainConfig) -> list[Batch]:
-    """The fixed held-out batches of the run's evaluations: the first ``config.eval_batches`` batches (at most
-    one pass over the held-out examples) of the held-out documents laid out as the training data, drawn with
-    the seed ``derive_seed(config.seed, "heldout")``. ``objective`` should be the training stream's (with any
-    corpus counts bound from the training data). Empty when there is no held-out document or they make no batch.
-    """
+    """The fixed held-out batches of the run's evaluations: the held-out documents laid out as the training data,
+    the first ``config.eval_batches`` batches of one pass over them in corpus order (:meth:`BlockStream.one_pass`,
+    draws seeded from ``derive_seed(config.seed, "heldout")``). ``objective`` should be the training stream's
+    (with any corpus counts bound from the training data). Empty when there is no held-out document."""
     if not documents:
         return []
     stream = build_stream(recipe, objective, documents, tokenizer, seq_len=config.seq_len, batch_size=config.batch_size,
                           seed=derive_seed(config.seed, "heldout"))  # fmt: skip
-    per_step = getattr(stream, "docs_per_step", config.batch_size)  # examples each step consumes
-    count = min(config.eval_batches, max(1, math.ceil(stream.num_examples / per_step)))
-    batches = [stream(i) for i in range(count)]
-    return [b for b in batches if b.input_ids.shape[0]]
+    return [b for b in itertools.islice(stream.one_pass(), config.eval_batches) if b.input_ids.shape[0]]
 
 
 def heldout_metrics(model: torch.nn.Module, recipe: Recipe, objective: Objective, batches: list[Batch], *, seed: int,
