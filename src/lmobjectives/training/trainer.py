@@ -177,29 +177,41 @@ class Meter:
         self.sums: dict[str, list[float]] = {}  # term -> [loss * count, count, correct]
         self.metric_sums: dict[str, float] = {}  # other metric -> sum over steps
         self.weights: dict[str, float] = {}  # term -> its weight in "loss" (StepLoss.weights; 1 by default)
+        self.pending: list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = []  # steps not yet summed
         self.tokens = 0
         self.seconds = 0.0  # time spent in this window by earlier processes (resumed runs)
         self.started = time.perf_counter()
 
     def state(self) -> dict[str, Any]:
         """The open window, for the checkpoint (JSON)."""
+        self._flush()
         seconds = self.seconds + time.perf_counter() - self.started
         return {"steps": self.steps, "tokens": self.tokens, "seconds": seconds, "sums": self.sums,
                 "metric_sums": self.metric_sums, "weights": self.weights}  # fmt: skip
 
     def add(self, step_loss: StepLoss, tokens: int) -> None:
+        """Record a step without a host sync: its values stay on the device until the window is read."""
         self.steps += 1
         self.weights.update(step_loss.weights)
-        for name, term in step_loss.terms.items():
-            acc = self.sums.setdefault(name, [0.0, 0.0, 0.0])
-            acc[0] += term.loss.item() * term.num_tokens.item()
-            acc[1] += term.num_tokens.item()
-            acc[2] += term.num_correct.item()
-        for name, value in step_loss.metrics.items():
-            self.metric_sums[name] = self.metric_sums.get(name, 0.0) + float(value)
+        terms = {name: torch.stack([t.loss.detach().double() * t.num_tokens, t.num_tokens.double(), t.num_correct.double()])
+                 for name, t in step_loss.terms.items()}  # fmt: skip  # name -> (3,) float64 on the device
+        metrics = {name: torch.as_tensor(v).detach().double() for name, v in step_loss.metrics.items()}
+        self.pending.append((terms, metrics))
         self.tokens += tokens
 
+    def _flush(self) -> None:
+        """Add the pending steps to the sums, in step order (the same float64 arithmetic as reading each step)."""
+        for terms, metrics in self.pending:
+            for name, values in terms.items():
+                acc = self.sums.setdefault(name, [0.0, 0.0, 0.0])
+                for i, v in enumerate(values.tolist()):
+                    acc[i] += v
+            for name, value in metrics.items():
+                self.metric_sums[name] = self.metric_sums.get(name, 0.0) + value.item()
+        self.pending = []
+
     def read(self) -> dict[str, Any]:
+        self._flush()
         seconds = self.seconds + time.perf_counter() - self.started
         row: dict[str, Any] = {"loss": 0.0}
         for name, (total, count, correct) in self.sums.items():
@@ -450,7 +462,9 @@ def _train(config: TrainConfig, device: torch.device) -> TrainResult:
     interrupted = False
     with StopOnCtrlC() as ctrl_c, open(metrics_path, "a") as metrics_file:
         for step in range(start_step + 1, end_step + 1):  # step = number of the update, 1-based
-            batch = stream(step - 1).to(device)  # data position step - 1
+            cpu_batch = stream(step - 1)  # data position step - 1
+            tokens = int(cpu_batch.attention_mask.sum())  # counted on the host: no device sync
+            batch = cpu_batch.to(device)
             torch.manual_seed(derive_seed(config.seed, "dropout", step))  # dropout draws from the global RNG
             lr = learning_rate(step, config)
             for group in optimizer.param_groups:
@@ -458,7 +472,6 @@ def _train(config: TrainConfig, device: torch.device) -> TrainResult:
 
             step_loss = train_step(model, optimizer, batch, config.grad_clip, recipe, objective)
             stopping = ctrl_c.requested  # read once: Ctrl-C may arrive at any moment
-            tokens = int(batch.attention_mask.sum())
             meter.add(step_loss, tokens)
             state["step"], state["tokens"] = step, state["tokens"] + tokens
             if step % config.log_every == 0 or step == config.steps:  # windows by step number, not by process
