@@ -232,7 +232,8 @@ def _procedures(results: dict[str, Any]) -> list[str]:
             info = result.get("info", {})
             method = info.get("procedure") or info.get("method")
             if method and r["label"] not in how:
-                how[r["label"]] = str(method)
+                counts = [f"{info[k]} {k.replace('_', ' ')}" for k in ("candidates", "hidden_tokens", "targets") if k in info]
+                how[r["label"]] = str(method) + (f" ({', '.join(counts)})" if counts else "")
             notes += [f"{r['label']} seed {r['seed']}: {w}" for w in info.get("warnings", [])]
         parts = [f"{label}: {text}" for label, text in how.items()]
         if len(set(_methods(results).get(task, {}).values())) > 1:
@@ -260,7 +261,8 @@ def _plot_evaluations(results: dict[str, Any]):
         for i, label in enumerate(labels):
             cell = _cell(results, label, m["key"])
             if cell is None:
-                ax.text(0, i, " not applicable", va="center", fontsize=8, color="0.4")
+                missing = "not applicable" if label in results["not_applicable"].get(m["task"], {}) else "not measured"
+                ax.text(0, i, f" {missing}", va="center", fontsize=8, color="0.4")
                 continue
             ax.barh(i, cell["mean"], color=colours[i], alpha=0.75)
             values = [v for v in cell["values"] if v is not None]
@@ -332,7 +334,9 @@ def _sections(results: dict[str, Any], images: dict[str, str]) -> list[tuple[str
         f"every evaluation reads only the held-out documents ({s['heldout']:.0%} of the corpus, never trained on). "
         f"**Seeds**: {', '.join(map(str, seeds))}" + (
             "; each number is the mean over the seeds with the min–max range in brackets. A difference smaller than the "
-            "spread over seeds is no difference." if len(seeds) > 1 else "; one seed, so the spread is unknown."
+            "spread over seeds is no difference. The spread is over training seeds: every run is evaluated on the same "
+            "held-out positions, so the sampling error of a small evaluation is on top of it."
+            if len(seeds) > 1 else "; one seed, so the spread is unknown."
         )
     )))  # fmt: skip
     pieces.append(("h2", "Results"))

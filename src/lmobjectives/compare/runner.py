@@ -48,6 +48,7 @@ UNCHECKED = ("out", "device", "threads", "progress", "command")
 class CompareConfig:
     objectives: tuple[str, ...] = ()  # objective specs, e.g. ("clm", "mlm:unit=word,probability=0.4")
     tasks: tuple[str, ...] | None = None  # evaluation tasks (lmobjectives.evaluation.TASKS); None: every one that applies
+    task_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # keyword arguments per task; candidates="all": every token
     preset: str | None = None  # the preset this comparison came from (its question goes in the report), if any
     out: str | None = None  # report folder; None: reports/<preset> (reports/compare without a preset)
     # what every run shares: the data and the budget
@@ -86,6 +87,8 @@ class CompareConfig:
 
             if unknown := [t for t in self.tasks if t not in TASKS]:
                 raise ValueError(f"unknown evaluation task(s) {', '.join(map(repr, unknown))}; choose from: {', '.join(TASKS)}")
+        if not isinstance(self.task_options, dict) or not all(isinstance(v, dict) for v in self.task_options.values()):
+            raise TypeError(f"task_options must map task names to dicts of keyword arguments, got {self.task_options!r}")
         if self.preset is not None and self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of: {', '.join(PRESETS)}")
         for name in ("seeds", "steps", "log_every"):
@@ -116,7 +119,8 @@ class CompareConfig:
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
             raise ValueError(f"scale must be a positive number, got {scale!r}")
         preset = PRESETS[name]
-        values: dict[str, Any] = {"objectives": preset.objectives, "tasks": preset.tasks, "preset": name, **preset.settings}
+        values: dict[str, Any] = {"objectives": preset.objectives, "tasks": preset.tasks, "task_options": preset.task_options,
+                                  "preset": name, **preset.settings}
         values.update({k: v for k, v in overrides.items() if v is not None})
         values["steps"] = max(1, round(values.get("steps", _TRAIN["steps"]) * scale))
         return cls(**values)
@@ -253,7 +257,7 @@ def _one_run(config: CompareConfig, spec: RunSpec, seed: int, run_dir: Path, pro
         return None
     progress.note(f"{name}: trained in {result.elapsed_s:.0f} s; evaluating")
     eval_started = time.perf_counter()
-    evaluation, params = evaluate_run(run_dir, config.tasks, device=config.device)
+    evaluation, params = evaluate_run(run_dir, config.tasks, device=config.device, options=config.task_options)
     eval_s = time.perf_counter() - eval_started
     progress.note(f"{name}: evaluated in {eval_s:.0f} s")
     record = {
@@ -267,8 +271,9 @@ def _one_run(config: CompareConfig, spec: RunSpec, seed: int, run_dir: Path, pro
     return record
 
 
-def _task_list(config: CompareConfig) -> list[str] | None:
-    return list(config.tasks) if config.tasks is not None else None
+def _task_list(config: CompareConfig) -> dict[str, Any]:
+    """What a run's cached evaluation must have been made with: the tasks and their options."""
+    return {"tasks": list(config.tasks) if config.tasks is not None else None, "options": json.loads(json.dumps(config.task_options))}
 
 
 def _read_cached(run_dir: Path, config: CompareConfig) -> dict[str, Any] | None:
@@ -294,11 +299,15 @@ def _curve(metrics_path: Path) -> list[dict[str, float]]:
     return rows
 
 
-def evaluate_run(run_dir: str | Path, tasks: tuple[str, ...] | None, *, device: str = "cpu") -> tuple[dict[str, Any], int]:
+def evaluate_run(run_dir: str | Path, tasks: tuple[str, ...] | None, *, device: str = "cpu",
+                 options: dict[str, dict[str, Any]] | None = None) -> tuple[dict[str, Any], int]:  # fmt: skip
     """``({task: TaskResult.to_json()}, parameter count)`` of the run in ``run_dir``: the one place where the
     comparison calls :mod:`lmobjectives.evaluation`. ``tasks=None``: every task of ``TASKS``; a task that does
     not apply to the run, or fails on it (e.g. too little held-out text for a probe), comes back with
-    ``"applies": False`` and the reason, so one task cannot lose the other runs' work."""
+    ``"applies": False`` and the reason, so one task cannot lose the other runs' work. ``options``: keyword
+    arguments per task; ``{"fill_in": {"candidates": "all"}}`` makes a causal model score every non-special token
+    of its vocabulary at each hidden position (the exact conditional ``p(x_t | every other token)``, so its
+    accuracy and loss are over the vocabulary as a masked model's are)."""
     from ..evaluation import TASKS, evaluate, load_run
 
     names = list(tasks) if tasks is not None else list(TASKS)
@@ -306,9 +315,11 @@ def evaluate_run(run_dir: str | Path, tasks: tuple[str, ...] | None, *, device: 
         raise ValueError(f"unknown evaluation task(s) {', '.join(map(repr, unknown))}; choose from: {', '.join(TASKS)}")
     run = load_run(run_dir, device=device)
     results = {}
+    every_token = int((~run.vocab.special_mask()).sum())
     for name in names:
+        kwargs = {k: every_token if (k, v) == ("candidates", "all") else v for k, v in (options or {}).get(name, {}).items()}
         try:
-            report = evaluate(run, [name])
+            report = evaluate(run, [name], options={name: kwargs} if kwargs else None)
         except ValueError as e:
             results[name] = {"task": name, "applies": False, "reason": f"failed: {e}"}
         else:

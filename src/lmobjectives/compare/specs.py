@@ -124,6 +124,7 @@ class Preset:
     question: str  # the question the comparison answers, one sentence (the report's opening line)
     objectives: tuple[str, ...]  # objective specs (see parse_objective)
     tasks: tuple[str, ...] | None = None  # evaluation tasks; None: every task that applies to a run
+    task_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # keyword arguments per task (CompareConfig's)
     settings: dict[str, Any] = field(default_factory=dict)  # CompareConfig fields the preset sets (steps, seeds, ...)
     expect: str = ""  # what the original papers found, for the report to hold the numbers against
 
@@ -135,12 +136,16 @@ PRESETS: dict[str, Preset] = {
             "demo",
             "Bidirectional or unidirectional: what does each objective teach a model to do?",
             ("clm", "mlm"),
-            tasks=("next_token", "fill_in"),
+            tasks=("next_token", "fill_in", "pll"),
+            task_options={"fill_in": {"candidates": "all", "max_positions": 32}},
             settings={"steps": 400, "seeds": 2},
             expect=(
-                "A causal LM predicts the next token from the left context; a masked LM fills a gap from both sides. "
-                "Each should win on its own task and lose on the other's (BERT's motivation, and why BERT-style "
-                "models are awkward for generation)."
+                "A causal LM predicts the next token from the left context; a masked LM fills a gap from both sides in "
+                "one forward pass. The MLM should lose clearly at next-token prediction (why BERT-style models are "
+                "awkward for generation). At filling in, a CLM can still use the right context, but only by scoring "
+                "every candidate token with the whole sequence (here all 256 byte values: 256 forward passes per gap); "
+                "the MLM reads it in one pass (fill_in masks 15 % of the tokens at once, its training condition; pll "
+                "masks one token at a time, the same condition as the CLM's scoring)."
             ),
         ),
         Preset(
