@@ -3,6 +3,7 @@
 import base64
 import json
 import re
+import sys
 
 import pytest
 
@@ -14,7 +15,7 @@ from lmobjectives.compare import (
     parse_objective,
     runner,
 )
-from lmobjectives.compare.report import _entry, better, format_table, verdicts
+from lmobjectives.compare.report import _entry, better, format_table, verdicts, write_report
 from lmobjectives.objectives import OBJECTIVES
 
 TINY = ["--batch-size", "4", "--seq-len", "32", "--d-model", "32", "--layers", "1", "--heads", "2", "--d-ff", "64"]
@@ -147,6 +148,22 @@ def test_demo_preset_end_to_end_report_holds_the_runs_numbers(demo, capsys):
     assert png.startswith(b"\x89PNG") and base64.b64encode(png).decode() in page
     assert "http" not in page.replace("lmobjectives", "")  # nothing fetched from elsewhere
     assert "![evaluation](evaluation.png)" in md and "lmobj compare --preset demo" in md
+    # the demo scores a causal model's fill-in over every non-special token of its vocabulary (256 bytes)
+    assert runs[("clm", 0)]["evaluation"]["fill_in"]["info"]["candidates"] == 256
+    assert runs[("mlm", 0)]["evaluation"]["fill_in"]["info"]["method"] == "masked"
+
+
+@pytest.mark.slow
+def test_report_without_matplotlib(demo, tmp_path, monkeypatch):
+    out, argv = demo
+    if not (out / "results.json").exists():
+        assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    files = write_report(results, tmp_path)
+    assert sorted(files) == ["html", "json", "md"] and not list(tmp_path.glob("*.png"))
+    md = (tmp_path / "report.md").read_text()
+    assert "(no plots: pip install matplotlib)" in md and _entry(results["summary"]["mlm"]["next_token.bits_per_byte"]) in md
 
 
 @pytest.mark.slow
