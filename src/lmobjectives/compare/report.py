@@ -34,9 +34,14 @@ TABLE_METRICS = ("accuracy", "bits_per_byte", "balanced_accuracy")  # what the t
 def better(metric: str) -> str | None:
     """``"higher"`` or ``"lower"``: which way a metric improves, from its name (None when unknown).
 
-    >>> better("accuracy"), better("bits_per_byte"), better("nsp_balanced_accuracy"), better("tokens")
+    References that no model improves (``majority_accuracy``: always answering the commonest class; ``chance_...``)
+    have none.
+
+    >>> better("accuracy"), better("bits_per_byte"), better("nsp_balanced_accuracy"), better("majority_accuracy")
     ('higher', 'lower', 'higher', None)
     """
+    if any(word in metric for word in ("majority", "chance", "true_")):
+        return None
     if "accuracy" in metric:
         return "higher"
     if any(word in metric for word in ("loss", "bits", "perplexity", "repetition")):

@@ -152,6 +152,7 @@ PRESETS: dict[str, Preset] = {
             "clm-vs-mlm",
             "CLM vs MLM on every evaluation that applies to both.",
             ("clm", "mlm"),
+            task_options={"fill_in": {"candidates": "all", "max_positions": 64}},
             settings={"steps": 1500, "seeds": 3},
             expect="As demo, with longer training, three seeds and every evaluation (generation, probe, PLL).",
         ),
