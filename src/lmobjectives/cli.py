@@ -332,7 +332,7 @@ def build_parser(objective: str = DEFAULTS["objective"]) -> argparse.ArgumentPar
     parser = argparse.ArgumentParser(
         prog="lmobj",
         description=f"Train small language models with the objectives of lmobjectives ({', '.join(OBJECTIVES)}).",
-        epilog="Run 'lmobj train --help', 'lmobj eval --help' or 'lmobj inspect --help' for their flags.",
+        epilog="Run 'lmobj COMMAND --help' (train, eval, compare, inspect, quiz) for its flags.",
     )
     parser.add_argument("--version", action="version", version=f"lmobj (lmobjectives) {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error instead of one line")
