@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from types import SimpleNamespace
 
 import pytest
@@ -18,6 +19,7 @@ from lmobjectives.icl import (
     ICL_PRESETS,
     KINDS,
     format_table,
+    frequency_baseline,
     probe_icl,
     probe_run,
     train_command,
@@ -166,3 +168,23 @@ def test_probe_run_on_a_trained_run(tmp_path):
     with pytest.raises(ValueError, match="no default kind"):
         (out / "config.json").write_text((out / "config.json").read_text().replace('"clm"', '"sop"', 1))
         probe_run(out, n=10)
+
+
+def test_frequency_baseline_equals_a_loop():
+    sequences = icl_sequences(60, pairs=12, keys=5, values=4, seed=9)
+    expected = []
+    for row in sequences.values.tolist():
+        out = []
+        for p, value in enumerate(row):
+            counts = Counter(row[:p])
+            if not counts:
+                out.append(1 / 4)
+                continue
+            top = max(counts.values())
+            modes = [v for v, c in counts.items() if c == top]
+            out.append((value in modes) / len(modes))
+        expected.append(out)
+    torch.testing.assert_close(frequency_baseline(sequences, 4), torch.tensor(expected, dtype=torch.float64))
+    result = probe_icl(LookupOracle(), TOK, sequences, kind="causal", values=4)
+    assert torch.equal(result.baseline, frequency_baseline(sequences, 4))
+    assert "freq-guess" in format_table({"oracle": result})

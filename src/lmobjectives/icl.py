@@ -80,6 +80,7 @@ class ICLResult:
     log_prob: torch.Tensor  # (N, P) float64: log-probability (nats) of the pair's value
     occurrence: torch.Tensor  # (N, P) long: 1 = the key's first appearance in its sequence, 2 = second, ...
     values: int  # size of the value alphabet: chance accuracy on a first occurrence is 1 / values
+    baseline: torch.Tensor  # (N, P) float64: expected accuracy of guessing the most frequent earlier value (no key lookup)
 
     def _mean(self, x: torch.Tensor, where: torch.Tensor) -> float | None:
         return float(x[where].double().mean()) if bool(where.any()) else None
@@ -93,6 +94,10 @@ class ICLResult:
         ``None`` where there is no such query."""
         select = self.occurrence >= 2 if repeated else self.occurrence == 1  # (N, P)
         return [self._mean(self.correct[:, p], select[:, p]) for p in range(self.correct.shape[1])]
+
+    def baseline_by_occurrence(self) -> list[float]:
+        """:func:`frequency_baseline`'s accuracy by occurrence index: what needs no key lookup at all."""
+        return [self._mean(self.baseline, self.occurrence == o) for o in range(1, int(self.occurrence.max()) + 1)]  # type: ignore[misc]
 
     def summary(self) -> dict[str, Any]:
         """The headline numbers (JSON-ready): accuracy and loss on repeated and first keys, by occurrence and position."""
@@ -109,10 +114,35 @@ class ICLResult:
             "repeated_loss": None if not bool(repeated.any()) else -float(self.log_prob[repeated].mean()),
             "first_loss": -float(self.log_prob[first].mean()),
             "first_loss_floor": math.log(self.values),
+            "repeated_baseline": self._mean(self.baseline, repeated),
             "accuracy_by_occurrence": self.accuracy_by_occurrence(),
+            "baseline_by_occurrence": self.baseline_by_occurrence(),
             "queries_by_occurrence": counts,
             "repeated_accuracy_by_pair": self.accuracy_by_pair(),
         }
+
+
+def frequency_baseline(sequences: ICLSequences, values: int) -> torch.Tensor:
+    """``(N, P)`` expected accuracy of a guess that ignores the key: the most frequent value among the
+    earlier pairs of the sequence (ties split evenly; no earlier pair: chance ``1 / values``).
+
+    A key seen ``o - 1`` times has left its value ``o - 1`` times in the context, so this guess improves
+    with the occurrence index without any key -> value lookup; a model above it at occurrence 2 (one earlier
+    sighting of the key) uses the key. Example: values ``7 1 7 7 1`` give ``0.1`` (nothing
+    before), ``0`` (7 is the guess), ``0.5`` (7 and 1 tie), ``1`` (7 leads), ``0`` (7 leads, the value is 1).
+
+    >>> seqs = ICLSequences(keys=torch.tensor([[19, 5, 19, 19, 5]]), values=torch.tensor([[7, 1, 7, 7, 1]]))
+    >>> frequency_baseline(seqs, values=10).tolist()
+    [[0.1, 0.0, 0.5, 1.0, 0.0]]
+    """
+    v = sequences.values  # (N, P)
+    n, P = v.shape
+    onehot = torch.zeros(n, P, values, dtype=torch.long).scatter_(2, v[..., None], 1)  # (N, P, values)
+    before = onehot.cumsum(1) - onehot  # (N, P, values): counts of each value in the earlier pairs
+    top = before.max(-1, keepdim=True).values  # (N, P, 1)
+    modes = (before == top).sum(-1).double()  # (N, P) number of tied most frequent values
+    hit = (before.gather(-1, v[..., None]) == top).squeeze(-1)  # (N, P) the true value is one of them
+    return torch.where(top.squeeze(-1) > 0, hit.double() / modes, torch.full((n, P), 1.0 / values, dtype=torch.float64))
 
 
 def _single_token(tokenizer: Any, text: str) -> int:
@@ -214,8 +244,8 @@ def probe_icl(
                 correct[lo : lo + b, p] = (lp.argmax(-1) == answers[:, p]).cpu()
     finally:
         model.train(was_training)
-    return ICLResult(kind=kind, context=context, correct=correct, log_prob=log_prob,
-                     occurrence=sequences.occurrence, values=values)  # fmt: skip
+    return ICLResult(kind=kind, context=context, correct=correct, log_prob=log_prob, occurrence=sequences.occurrence,
+                     values=values, baseline=frequency_baseline(sequences, values))  # fmt: skip
 
 
 def probe_run(
@@ -295,7 +325,8 @@ def train_command(preset: str, objective: str, out: str | Path) -> list[str]:
 
 
 def format_table(results: dict[str, ICLResult]) -> str:
-    """A text table: per objective, accuracy on first vs repeated keys, and by occurrence index."""
+    """A text table: per run, accuracy on first vs repeated keys, and by occurrence index; the last rows are
+    :func:`frequency_baseline` and chance (the runs must have been probed on the same sequences)."""
     max_occ = max(len(r.accuracy_by_occurrence()) for r in results.values())
     shown = min(max_occ, 6)
     head = f"{'run':<12} {'kind':<7} {'first':>6} {'repeat':>6} {'loss1':>6} {'lossR':>6}  " + " ".join(
@@ -308,6 +339,10 @@ def format_table(results: dict[str, ICLResult]) -> str:
         cells = " ".join(f"{occ[o]:>5.2f}" if o < len(occ) and occ[o] is not None else f"{'-':>5}" for o in range(shown))
         lines.append(f"{name:<12} {r.kind:<7} {s['first_accuracy']:>6.3f} {s['repeated_accuracy']:>6.3f} "
                      f"{s['first_loss']:>6.3f} {s['repeated_loss']:>6.3f}  {cells}")  # fmt: skip
+    base = next(iter(results.values()))
+    b = base.summary()
+    cells = " ".join(f"{x:>5.2f}" for x in b["baseline_by_occurrence"][:shown])
+    lines.append(f"{'freq-guess':<12} {'-':<7} {'-':>6} {b['repeated_baseline']:>6.3f} {'-':>6} {'-':>6}  {cells}")
     lines.append(f"chance on a first occurrence: {1 / next(iter(results.values())).values:.3f} "
                  f"(loss floor {math.log(next(iter(results.values())).values):.3f}); floor on a repeat: 1.000 (loss 0)")  # fmt: skip
     return "\n".join(lines)
