@@ -138,6 +138,13 @@ def test_tokenizer_sizes_that_cannot_be_honoured_are_refused_and_shortfalls_said
     assert cli_module._one_line_warning("a problem", UserWarning, "x.py", 3) == "lmobj: warning: a problem\n"
 
 
+def test_a_missing_tokenizers_package_is_one_line_with_advice_that_works(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tokenizers", None)  # as if it were not installed
+    assert main(["train", "--steps", "1", "--tokenizer", "bpe:300", "--out", str(tmp_path / "a"), *TINY]) == EXIT_FAILURE
+    line = one_line_error(capsys)
+    assert "pip install tokenizers" in line and 'pip install -e ".[hf]"' in line and "lmobjectives[hf]" not in line
+
+
 def test_version_and_summary(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])

@@ -40,10 +40,10 @@ _HF_FILE = "tokenizer.json"  # file written by HFTokenizer.save (the HF tokenize
 def _require_tokenizers() -> Any:
     try:
         import tokenizers
-    except ImportError as e:  # pragma: no cover - exercised only without the extra
+    except ImportError as e:  # exercised by tests/test_faults.py with the package hidden
         raise ImportError(
-            "this needs the optional HF `tokenizers` package; install it with `pip install lmobjectives[hf]` "
-            "(or use the dependency-free tokenizer spec 'byte')"
+            "this needs the optional HF `tokenizers` package: pip install tokenizers (from a clone of lmobjectives: "
+            "pip install -e \".[hf]\"), or use the dependency-free tokenizer spec 'byte'"
         ) from e
     return tokenizers
 
