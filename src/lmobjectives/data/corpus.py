@@ -293,7 +293,8 @@ def load_corpus(spec: str, *, skip_bad_files: bool = False) -> list[Document]:
     if spec == "builtin":
         return builtin_corpus()
     if isinstance(spec, str) and spec.startswith("synthetic:"):
-        from .synthetic import synthetic_corpus  # torch-free callers of read_corpus do not pay for it
+        # imported here: torch-free callers of read_corpus do not pay for it
+        from .synthetic import synthetic_corpus
 
         return synthetic_corpus(spec)
     return read_corpus(spec, skip_bad_files=skip_bad_files)
