@@ -131,10 +131,12 @@ def _add_train_arguments(p: argparse.ArgumentParser, objective: str) -> None:
     g = p.add_argument_group("what to train")
     g.add_argument("--objective", choices=[n for n, r in OBJECTIVES.items() if not r.untrainable], default=d["objective"],
                    help=_objective_help() + ". Its own options follow below: see lmobj train --objective NAME --help")
-    g.add_argument("--data", default=d["data"], metavar="PATH|builtin",
+    g.add_argument("--data", default=d["data"], metavar="PATH|builtin|synthetic:KIND[?k=v&...]",
                    help="corpus: 'builtin' (English prose shipped with Python, nothing downloaded), "
-                        "or a .txt / .jsonl file or folder of them; for chat objectives (sft's layout) a .jsonl of "
-                        "{'messages': [...]} or {'prompt', 'completion'} records")
+                        "a .txt / .jsonl file or folder of them, or a seeded synthetic corpus: synthetic:markov "
+                        "(known entropy rate), synthetic:topics (documents with distinct topics), synthetic:icl "
+                        "(in-context key-value sequences), e.g. synthetic:markov?docs=500&seed=0; for chat "
+                        "objectives (sft's layout) a .jsonl of {'messages': [...]} or {'prompt', 'completion'} records")
     g.add_argument("--skip-bad-files", action="store_true",
                    help="skip data files that are not UTF-8 or cannot be read (each named in a warning) instead of stopping")
     g.add_argument("--tokenizer", default=d["tokenizer"], metavar="SPEC",

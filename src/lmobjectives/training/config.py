@@ -27,7 +27,7 @@ class TrainConfig:
     # what to train
     objective: str = DEFAULT_OBJECTIVE  # training objective: a name of lmobjectives.OBJECTIVES
     options: dict[str, Any] = field(default_factory=dict)  # the objective's options (its dataclass fields); unset = default
-    data: str = "builtin"  # corpus: "builtin" (ships with the package) or a path (see data.corpus.load_corpus)
+    data: str = "builtin"  # corpus: "builtin", "synthetic:KIND?key=value&..." (markov, topics, icl; see data.corpus.load_corpus) or a path
     skip_bad_files: bool = False  # skip (with a warning naming them) data files that are not UTF-8 or cannot be read
     tokenizer: str = "byte"  # "byte", "bpe:N", "wordpiece:N" (trained on the corpus) or a saved tokenizer's path
     heldout: float = 0.05  # fraction of documents held out of training for evaluation, chosen by a hash of their text (0 = none)
