@@ -23,7 +23,8 @@ from lmobjectives.evaluation import (
     pseudo_log_likelihoods,
     repetition_rate,
 )
-from lmobjectives.evaluation.fill_in import fill_in_positions
+from lmobjectives.evaluation.fill_in import fill_in_positions, sentinel_budget, split_runs
+from lmobjectives.evaluation.run import heldout_batches
 from lmobjectives.evaluation.result import encoder_decoder_batch, plain_batch
 
 
@@ -161,7 +162,70 @@ def test_fill_in_of_an_encoder_decoder_reads_the_sentinel_format(runs, name):
     run = runs(name)
     result = fill_in(run, max_blocks=2)
     assert result.info["method"] == "sentinels" and result.info["hidden_tokens"] > 0
+    assert result.info["spans_per_input"] == sentinel_budget(run) >= 1
     assert 0 <= result.metrics["accuracy"] <= 1 and result.metrics["loss"] > 0
+
+
+def test_sentinel_budget_is_what_training_inputs_hold(runs):
+    run = runs("t5")  # span corruption at its defaults: round(raw * 0.15 / 3) spans in every input
+    raw = run.objective.raw_length(run.config.seq_len)
+    counts = {int(torch.isin(b.input_ids, torch.tensor(run.vocab.sentinel_ids)).sum(1).max()) for b in heldout_batches(run)}
+    assert sentinel_budget(run) == max(counts)
+    assert sentinel_budget(run) == max(1, round(min(max(round(raw * 0.15), 1), raw - 1) / 3))
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_fill_in_of_an_encoder_decoder_equals_each_group_of_runs_alone(runs, k):
+    """Brute force: each block's hidden runs, ``k`` at a time in order, written out by hand in T5's format."""
+    run = runs("t5")
+    vocab = run.vocab
+    result = fill_in(run, max_blocks=2, spans_per_input=k)
+    blocks = heldout_blocks(run, max_blocks=2)[:, : run.model.config.max_seq_len - 1]
+    hidden = fill_in_positions(run, heldout_blocks(run, max_blocks=2), 0.15)[:, : blocks.shape[1]]
+    losses, hits, inputs = [], [], 0
+    for x, m in zip(blocks, hidden):
+        spans, t = [], 0
+        while t < len(x):
+            if m[t]:
+                end = t
+                while end < len(x) and m[end]:
+                    end += 1
+                spans.append((t, end))
+                t = end
+            else:
+                t += 1
+        for first in range(0, len(spans), k):
+            group = spans[first : first + k]
+            enc, dec, at, cursor = [], [vocab.pad_id], [], 0
+            for i, (a, b) in enumerate(group):
+                enc += x[cursor:a].tolist() + [vocab.sentinel_ids[i]]
+                dec.append(vocab.sentinel_ids[i])
+                for token in x[a:b].tolist():
+                    at.append((len(dec) - 1, token))
+                    dec.append(token)
+                cursor = b
+            enc += x[cursor:].tolist() + [vocab.eos_id]
+            batch = encoder_decoder_batch(torch.tensor([enc]), torch.tensor([dec]), torch.tensor([dec]))
+            for position, token in at:
+                lp = log_probs(run, batch, position)
+                losses.append(-float(lp[token]))
+                hits.append(int(lp.argmax()) == token)
+            inputs += 1
+    assert result.info["hidden_tokens"] == len(losses) and result.info["encoder_inputs"] == inputs
+    assert result.metrics["loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-4)
+    assert result.metrics["accuracy"] == pytest.approx(sum(hits) / len(hits))
+
+
+def test_split_runs_keeps_each_hidden_position_once():
+    m = torch.rand(6, 40, generator=torch.Generator().manual_seed(0)) < 0.3
+    for k in (1, 2, 5, 100):
+        rows, split = split_runs(m, k)
+        total = torch.zeros_like(m, dtype=torch.long).index_add_(0, rows, split.long())
+        assert torch.equal(total, m.long())
+        starts = split & ~F.pad(split[:, :-1], (1, 0))
+        assert int(starts.sum(1).max()) <= k
+    with pytest.raises(ValueError, match="spans_per_input must be a positive int, got 0"):
+        split_runs(m, 0)
 
 
 @pytest.mark.parametrize("name", ["clm", "mlm", "t5"])
