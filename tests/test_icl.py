@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from types import SimpleNamespace
 
@@ -188,3 +189,20 @@ def test_frequency_baseline_equals_a_loop():
     result = probe_icl(LookupOracle(), TOK, sequences, kind="causal", values=4)
     assert torch.equal(result.baseline, frequency_baseline(sequences, 4))
     assert "freq-guess" in format_table({"oracle": result})
+
+
+@pytest.mark.slow
+def test_main_trains_probes_and_writes_the_results(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from lmobjectives.icl import main
+
+    out, results = tmp_path / "runs", tmp_path / "results"
+    assert main(["--objectives", "clm,mlm", "--out", str(out), "--results", str(results), "--steps", "2", "--threads", "1"]) == 0
+    table = (results / "icl.txt").read_text()
+    assert table in capsys.readouterr().out  # printed too (after the training's own lines)
+    summaries = json.loads((results / "icl.json").read_text())
+    assert set(summaries) == {"clm", "mlm", "mlm:full"}
+    assert f"{summaries['clm']['repeated_accuracy']:.3f}" in table.splitlines()[2]
+    assert (results / "icl.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["--objectives", "clm", "--out", str(out), "--probe-only"]) == 0  # the trained run is probed again
+    assert json.loads((out / "icl.json").read_text())["clm"] == summaries["clm"]

@@ -58,6 +58,7 @@ __all__ = [
     "ICLResult",
     "format_table",
     "main",
+    "plot",
     "probe_icl",
     "probe_run",
     "train_command",
@@ -351,6 +352,41 @@ def format_table(results: dict[str, ICLResult]) -> str:
     return "\n".join(lines)
 
 
+def plot(summaries: dict[str, dict[str, Any]], path: str | Path) -> None:
+    """Write ``path`` (PNG): accuracy by occurrence index of the key, one line per run of ``summaries``
+    (:meth:`ICLResult.summary` of runs probed on the same sequences) with the frequency guess and chance,
+    and, beside it, accuracy on repeated keys by pair position. Needs matplotlib."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError("the plot needs matplotlib: pip install matplotlib") from None
+    matplotlib.use("Agg")  # files only
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    by_occurrence, by_pair = fig.subplots(1, 2)
+    for name, s in summaries.items():
+        occ = s["accuracy_by_occurrence"]
+        by_occurrence.plot(range(1, len(occ) + 1), occ, marker="o", label=f"{name} ({s['kind']}, {s['context']})")
+        pairs = s["repeated_accuracy_by_pair"]
+        by_pair.plot([p + 1 for p, a in enumerate(pairs) if a is not None], [a for a in pairs if a is not None],
+                     marker=".", label=name)  # fmt: skip
+    first = next(iter(summaries.values()))
+    base = first["baseline_by_occurrence"]
+    by_occurrence.plot(range(1, len(base) + 1), base, color="grey", linestyle="--", label="frequency guess (no lookup)")
+    for ax in (by_occurrence, by_pair):
+        ax.axhline(first["chance"], color="grey", linestyle=":", label="chance")
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("accuracy of the value (argmax)")
+    by_occurrence.set_xlabel("occurrence of the key in its sequence (1 = first time)")
+    by_occurrence.set_title("value of a key, from the left context only")
+    by_pair.set_xlabel("pair position in the sequence")
+    by_pair.set_title("repeated keys, by position")
+    by_occurrence.legend(fontsize=7)
+    by_pair.legend(fontsize=7)
+    fig.savefig(path, dpi=110)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m lmobjectives.icl``: train each objective with a preset (unless trained), probe, print the table."""
     parser = argparse.ArgumentParser(prog="python -m lmobjectives.icl", description=main.__doc__)
@@ -359,7 +395,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/icl", help="folder for the runs (OUT/OBJECTIVE) and icl.json")
     parser.add_argument("--probe-only", action="store_true", help="probe existing runs, train nothing")
     parser.add_argument("--steps", type=int, default=None, help="override the preset's steps")
+    parser.add_argument("--results", default=None, help="folder for icl.json, icl.txt (the table) and icl.png "
+                        "(default: OUT)")  # fmt: skip
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     from .training import TrainConfig, train
 
     preset = ICL_PRESETS[args.preset]
@@ -375,9 +416,20 @@ def main(argv: list[str] | None = None) -> int:
         results[objective] = probe_run(run, n=preset.probe_sequences)
         if KIND_OF_OBJECTIVE.get(objective) == "masked":
             results[objective + ":full"] = probe_run(run, n=preset.probe_sequences, context="full")
-    print(format_table(results))
-    (out / "icl.json").write_text(json.dumps({k: r.summary() for k, r in results.items()}, indent=2) + "\n")
-    print(f"wrote {out / 'icl.json'}", file=sys.stderr)
+    table = format_table(results)
+    print(table)
+    where = Path(args.results) if args.results else out
+    where.mkdir(parents=True, exist_ok=True)
+    summaries = {k: r.summary() for k, r in results.items()}
+    (where / "icl.json").write_text(json.dumps(summaries, indent=2) + "\n")
+    (where / "icl.txt").write_text(table + "\n")
+    written = ["icl.json", "icl.txt"]
+    try:
+        plot(summaries, where / "icl.png")
+        written.append("icl.png")
+    except ImportError as e:
+        print(f"no plot: {e}", file=sys.stderr)
+    print(f"wrote {', '.join(str(where / w) for w in written)}", file=sys.stderr)
     return 0
 
 
