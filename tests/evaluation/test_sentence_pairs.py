@@ -44,6 +44,8 @@ def test_both_kinds_with_shares_and_a_warning_when_one_label_dominates(runs):
         info = result.info[kind]
         assert info["pairs"] > 0 and info["majority_share"] == max(info["label_share"], 1 - info["label_share"])
         assert result.metrics[f"{kind}_accuracy"] == info["accuracy"]
+        se = 0.5 / info["pairs"] ** 0.5
+        assert f"{info['pairs']} {kind.upper()} pairs (standard error of an accuracy up to ±{se:.3f})" in result.info["procedure"]
     skewed = [k for k in ("nsp", "sop") if result.info[k]["majority_share"] > 0.8]
     assert len(result.warnings) == len(skewed) and all("balanced accuracy" in w for w in result.warnings)
     assert "nsp" in skewed  # at seq_len 32 almost every chunk is one sentence, which always takes a random B

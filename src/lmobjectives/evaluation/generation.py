@@ -145,6 +145,8 @@ def generation(run: Run, *, reference: Run | None = None, prompt_tokens: int = 3
     return TaskResult(
         "generation",
         metrics=metrics,
-        info={"prompts": prompts.shape[0], "prompt_tokens": prompt_tokens, "length": length, "temperature": temperature,
+        info={"procedure": f"{prompts.shape[0]} held-out prompts of {prompt_tokens} tokens, {length} tokens written "
+                           f"greedily and sampled at temperature {temperature}; repetition = repeated {n}-grams",
+              "prompts": prompts.shape[0], "prompt_tokens": prompt_tokens, "length": length, "temperature": temperature,
               "ngram": n, "reference": str(reference.out_dir) if reference is not None else None, "examples": shown},
     )

@@ -91,7 +91,9 @@ def probe(run: Run, *, min_sentences: int = 6, weight_decay: float = 1e-3) -> Ta
     return TaskResult(
         "probe",
         metrics={"accuracy": accuracy, "embedding_accuracy": bag, "majority_accuracy": majority},
-        info={"classes": len(documents), "train_sentences": int(train.sum()), "test_sentences": int(test.sum()),
+        info={"procedure": f"a linear classifier on frozen features, {len(documents)} classes, {int(train.sum())} "
+                           f"training and {int(test.sum())} test sentences",
+              "classes": len(documents), "train_sentences": int(train.sum()), "test_sentences": int(test.sum()),
               "features": "mean-pooled final hidden states" + (" of the encoder" if run.reads == "encoder_decoder" else ""),
               "chance_accuracy": 1 / len(documents)},
     )

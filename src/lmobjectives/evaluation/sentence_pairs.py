@@ -17,6 +17,8 @@ majority label's pairs subsampled, from a fixed seed).
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Iterator
 
 import torch
@@ -117,4 +119,7 @@ def sentence_pairs(run: Run, *, balanced: bool = False, mlm_probability: float =
                 f"({LABEL_MEANING[kind]}): an accuracy near {m['majority_share']:.2f} is what always answering {label} "
                 "scores; read the balanced accuracy (or pass balanced=True / --balanced)"
             )
+    counts = ", ".join(f"{info[k]['pairs']} {k.upper()} pairs (standard error of an accuracy up to "
+                       f"±{0.5 / math.sqrt(max(info[k]['pairs'], 1)):.3f})" for k in kinds)  # fmt: skip
+    info["procedure"] = f"the sentence head's argmax on every held-out pair as each objective builds them: {counts}"
     return TaskResult("sentence_pairs", metrics=metrics, info=info)
