@@ -230,3 +230,16 @@ def test_cli_errors(capsys):
     assert main(["compare", "--list-presets"]) == 0
     listed = capsys.readouterr().out
     assert all(f"{name}: " in listed for name in PRESETS)
+
+
+def test_a_cached_evaluation_of_every_task_is_redone_when_a_task_is_added(tmp_path, monkeypatch):
+    from lmobjectives import evaluation
+
+    config = CompareConfig(objectives=("clm",), tasks=None, steps=6, out=str(tmp_path / "c"), **TINY_CONFIG)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / runner.RUN_FILE).write_text(json.dumps({"format": runner.FORMAT, "tasks": runner._task_list(config), "steps": 6}))
+    assert runner._task_list(config)["tasks"] == list(evaluation.TASKS)
+    assert runner._read_cached(run_dir, config) == {"steps": 6}
+    monkeypatch.setitem(evaluation.TASKS, "new_task", evaluation.TASKS["next_token"])
+    assert runner._read_cached(run_dir, config) is None  # evaluated again (the training itself is resumed, not redone)

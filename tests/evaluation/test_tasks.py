@@ -24,7 +24,7 @@ from lmobjectives.evaluation import (
     repetition_rate,
 )
 from lmobjectives.evaluation.fill_in import fill_in_positions, sentinel_budget, split_runs
-from lmobjectives.evaluation.run import heldout_batches
+from lmobjectives.evaluation.run import heldout_batches, heldout_word_ids
 from lmobjectives.evaluation.result import encoder_decoder_batch, plain_batch
 
 
@@ -119,6 +119,54 @@ def test_fill_in_of_a_masked_model_equals_the_full_vocabulary_loss(runs):
     assert result.info["method"] == "masked" and result.info["hidden_tokens"] == len(losses) > 0
     assert result.metrics["loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-5)
     assert result.metrics["accuracy"] == pytest.approx(sum(hits) / len(hits))
+
+
+def test_heldout_word_ids_are_the_runs_of_non_space_bytes(runs):
+    run = runs("mlm")  # byte tokenizer: a word is a maximal run of bytes other than the space
+    blocks, words = heldout_blocks(run, max_blocks=4), heldout_word_ids(run, max_blocks=4)
+    is_word = (blocks != ord(" ")) & (blocks < 256)
+    assert torch.equal(words >= 0, is_word)
+    same = words[:, 1:] == words[:, :-1]
+    assert torch.equal(same & is_word[:, 1:], is_word[:, 1:] & is_word[:, :-1])  # one id per run, a new id per run
+
+
+def test_fill_in_words_hides_whole_words_at_the_rate(runs):
+    run = runs("mlm")
+    blocks, words = heldout_blocks(run), heldout_word_ids(run)
+    hidden = fill_in_positions(run, blocks, 0.3, words)
+    ids = words[words >= 0].unique()
+    hidden_words = {int(w) for w in words[hidden].unique()}
+    for w in ids.tolist():  # every token of a word is hidden, or none is
+        assert bool(hidden[words == w].all()) == (w in hidden_words) and bool(hidden[words == w].any()) == (w in hidden_words)
+    assert not hidden[words < 0].any()
+    n, share = ids.numel(), len(hidden_words) / ids.numel()
+    assert abs(share - 0.3) < 4 * (0.3 * 0.7 / n) ** 0.5, (share, n)
+
+
+def test_fill_in_words_of_a_masked_model_equals_the_full_vocabulary_loss(runs):
+    run = runs("mlm")
+    result = evaluate(run, ["fill_in_words"], options={"fill_in_words": {"max_blocks": 2, "rate": 0.3}}).results["fill_in_words"]
+    blocks = heldout_blocks(run, max_blocks=2)
+    hidden_at = fill_in_positions(run, blocks, 0.3, heldout_word_ids(run, max_blocks=2))
+    ids = blocks.masked_fill(hidden_at, run.vocab.mask_id)
+    losses, hits = [], []
+    for b in range(2):
+        for t in hidden_at[b].nonzero().flatten().tolist():
+            lp = log_probs(run, plain_batch(ids[b : b + 1], None, causal=False), t)
+            losses.append(-float(lp[blocks[b, t]]))
+            hits.append(int(lp.argmax()) == int(blocks[b, t]))
+    assert result.task == "fill_in_words" and result.info["unit"] == "word" and result.info["hidden_tokens"] == len(losses) > 0
+    assert result.metrics["loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-5)
+    assert result.metrics["accuracy"] == pytest.approx(sum(hits) / len(hits))
+
+
+def test_fill_in_words_does_not_apply_to_a_causal_model(runs):
+    assert not evaluate(runs("clm"), ["fill_in_words"]).results["fill_in_words"].applies
+    with pytest.raises(NotApplicable, match="whole word"):
+        fill_in(runs("clm"), unit="word")
+    with pytest.raises(ValueError, match="unit must be one of"):
+        fill_in(runs("mlm"), unit="span")
+    assert evaluate(runs("t5"), ["fill_in_words"], options={"fill_in_words": {"max_blocks": 2}}).results["fill_in_words"].applies
 
 
 def test_fill_in_positions_are_the_same_for_every_run_and_avoid_special_tokens(runs):

@@ -272,8 +272,12 @@ def _one_run(config: CompareConfig, spec: RunSpec, seed: int, run_dir: Path, pro
 
 
 def _task_list(config: CompareConfig) -> dict[str, Any]:
-    """What a run's cached evaluation must have been made with: the tasks and their options."""
-    return {"tasks": list(config.tasks) if config.tasks is not None else None, "options": json.loads(json.dumps(config.task_options))}
+    """What a run's cached evaluation must have been made with: the tasks (``tasks=None`` spelled out, so that a
+    task added to the library later is evaluated on a cached run too) and their options."""
+    from ..evaluation import TASKS
+
+    tasks = list(config.tasks) if config.tasks is not None else list(TASKS)
+    return {"tasks": tasks, "options": json.loads(json.dumps(config.task_options))}
 
 
 def _read_cached(run_dir: Path, config: CompareConfig) -> dict[str, Any] | None:

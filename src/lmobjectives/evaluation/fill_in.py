@@ -1,8 +1,12 @@
 """Fill-in: held-out tokens hidden, both contexts visible; how well does the model restore them?
 
-The positions: each text token of the held-out blocks (:func:`~.run.heldout_blocks`) with probability
-``rate``, drawn once from a fixed seed (the same positions for every run of the same corpus and tokenizer).
-How each kind of model fills them in (:data:`~.run.Reads`):
+The positions (``unit="token"``, the ``fill_in`` task): each text token of the held-out blocks
+(:func:`~.run.heldout_blocks`) with probability ``rate``, drawn once from a fixed seed (the same positions
+for every run of the same corpus and tokenizer). ``unit="word"`` (the ``fill_in_words`` task) hides each
+whole word of the tokenizer (:func:`~.run.heldout_word_ids`: with the byte tokenizer every byte of a word,
+never the spaces between words) with probability ``rate``: what whole-word and span masking train for, and
+harder than single tokens, since no piece of a hidden word is left to give it away. Scores are per hidden
+token either way. How each kind of model fills them in (:data:`~.run.Reads`):
 
 - ``bidirectional``: every selected position becomes ``[MASK]`` (always ``[MASK]``: no 80/10/10 at test
   time), one forward pass per batch of blocks; the loss and accuracy over the full vocabulary at the masked
@@ -25,6 +29,8 @@ How each kind of model fills them in (:data:`~.run.Reads`):
   (not over the vocabulary: it is not comparable with the other methods' loss), the accuracy is whether the
   true token scores highest (ties count as wrong). Each selected position is scored alone, the other
   positions showing their true tokens; ``max_positions`` of them (each costs ``candidates`` forward rows).
+  Whole words are not scored this way (a word of ``k`` tokens has ``V^k`` candidates): ``unit="word"`` does
+  not apply to a causal model.
 """
 
 from __future__ import annotations
@@ -37,18 +43,26 @@ from ..constants import IGNORE_INDEX
 from ..losses import lm_logits, lm_token_losses
 from ..objectives.span_corruption import noise_spans_to_inputs_targets
 from .result import TaskResult, encoder_decoder_batch, finite, plain_batch
-from .run import Run, eval_generator, heldout_batches, heldout_blocks, token_byte_lengths
+from .run import NotApplicable, Run, eval_generator, heldout_batches, heldout_blocks, heldout_word_ids, token_byte_lengths
 
-__all__ = ["fill_in", "fill_in_positions", "sentinel_budget"]
+__all__ = ["UNITS", "fill_in", "fill_in_positions", "sentinel_budget"]
+
+UNITS = ("token", "word")
+"""What ``fill_in`` hides: single tokens, or whole words."""
 
 
-def fill_in_positions(run: Run, blocks: torch.Tensor, rate: float) -> torch.Tensor:
-    """The hidden positions ``(N, T)`` bool: each text token (not a special one) with probability ``rate``,
-    drawn from a fixed seed (the same positions for the same blocks, whatever the run)."""
+def fill_in_positions(run: Run, blocks: torch.Tensor, rate: float, word_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """The hidden positions ``(N, T)`` bool, drawn from a fixed seed (the same positions for the same blocks,
+    whatever the run): each text token (not a special one) with probability ``rate``; with ``word_ids``
+    ``(N, T)`` (:func:`~.run.heldout_word_ids`), each word with probability ``rate``, all its tokens at once."""
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < 1:
         raise ValueError(f"rate must lie in (0, 1), got {rate!r}")
-    draw = torch.rand(blocks.shape, generator=eval_generator("fill_in", rate))  # (N, T)
-    return (draw < rate) & ~run.vocab.special_mask()[blocks]
+    text = ~run.vocab.special_mask()[blocks]  # (N, T)
+    if word_ids is None:
+        draw = torch.rand(blocks.shape, generator=eval_generator("fill_in", rate))  # (N, T)
+        return (draw < rate) & text
+    draw = torch.rand(int(word_ids.max()) + 2, generator=eval_generator("fill_in_words", rate))  # (W + 1,)
+    return (word_ids >= 0) & (draw[word_ids.clamp(min=0)] < rate) & text
 
 
 def sentinel_budget(run: Run) -> int:
@@ -80,10 +94,15 @@ def split_runs(hidden_at: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Ten
 
 @torch.no_grad()
 def fill_in(run: Run, *, rate: float = 0.15, max_blocks: int = 32, candidates: int = 16, max_positions: int = 64,
-            batch_size: int = 16, spans_per_input: int | None = None) -> TaskResult:  # fmt: skip
-    """Fill-in loss and accuracy at ``rate`` of the held-out tokens (see the module docstring)."""
+            batch_size: int = 16, spans_per_input: int | None = None, unit: str = "token") -> TaskResult:  # fmt: skip
+    """Fill-in loss and accuracy at ``rate`` of the held-out tokens, or words (see the module docstring)."""
+    if unit not in UNITS:
+        raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
+    if unit == "word" and run.reads == "causal":
+        raise NotApplicable("a causal model fills in by scoring candidates for one token; a whole word has too many")
     blocks = heldout_blocks(run, max_blocks=max_blocks)  # (N, T)
-    hidden_at = fill_in_positions(run, blocks, rate)  # (N, T)
+    words = heldout_word_ids(run, max_blocks=max_blocks) if unit == "word" else None  # (N, T)
+    hidden_at = fill_in_positions(run, blocks, rate, words)  # (N, T)
     if run.reads == "causal":
         return _candidates(run, blocks, hidden_at, candidates, max_positions, batch_size, rate)
     n_blocks, info = blocks.shape[0], {}
@@ -117,11 +136,11 @@ def fill_in(run: Run, *, rate: float = 0.15, max_blocks: int = 32, candidates: i
     size = int(token_byte_lengths(run.tokenizer)[blocks][hidden_at].sum())
     method = "masked" if run.reads == "bidirectional" else "sentinels"
     return TaskResult(
-        "fill_in",
+        "fill_in" if unit == "token" else "fill_in_words",
         metrics={"accuracy": float(correct[hidden_at].float().mean()) if n else 0.0, "loss": finite(total / max(n, 1)),
                  "bits_per_byte": finite(total / math.log(2) / max(size, 1))},
-        info={"method": method, "rate": rate, "hidden_tokens": n, "blocks": n_blocks, "block_length": blocks.shape[1],
-              **info},  # fmt: skip
+        info={"method": method, "unit": unit, "rate": rate, "hidden_tokens": n, "blocks": n_blocks,
+              "block_length": blocks.shape[1], **info},  # fmt: skip
     )
 
 

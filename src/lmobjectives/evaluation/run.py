@@ -12,7 +12,7 @@ seed and tokenizer.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,7 +33,7 @@ from ..training.trainer import (
     resolve_device,
 )
 
-__all__ = ["NotApplicable", "Reads", "Run", "heldout_batches", "heldout_blocks", "load_run", "run_batches", "token_byte_lengths"]
+__all__ = ["NotApplicable", "Reads", "Run", "heldout_batches", "heldout_blocks", "heldout_word_ids", "load_run", "run_batches", "token_byte_lengths"]
 
 Reads = Literal["causal", "bidirectional", "encoder_decoder"]
 """How a run's model reads text, from the batches it was trained on: ``"causal"`` (each position sees the
@@ -158,16 +158,29 @@ def heldout_blocks(run: Run, length: int | None = None, max_blocks: int | None =
     full blocks, the first ``max_blocks`` of them. No corruption, no special token but EOS.
 
     The blocks are the same for every run of the same corpus and tokenizer, whatever its objective."""
+    return _heldout_packed(run, length, max_blocks, with_words=False).input_ids
+
+
+def heldout_word_ids(run: Run, length: int | None = None, max_blocks: int | None = None) -> torch.Tensor:
+    """The word index of each token of :func:`heldout_blocks` ``(N, length)`` (the same arguments), unique across
+    the blocks; ``-1`` where a token belongs to no word (spaces between words, EOS). Words are the tokenizer's
+    (:meth:`encode_words`), as whole-word masking sees them."""
+    return _heldout_packed(run, length, max_blocks, with_words=True).word_ids
+
+
+def _heldout_packed(run: Run, length: int | None, max_blocks: int | None, *, with_words: bool):
     run.require_heldout()
     length = run.config.seq_len if length is None else length
-    token_docs, _ = tokenize_documents(_texts_as_documents(run.heldout), run.tokenizer)
+    token_docs, word_docs = tokenize_documents(_texts_as_documents(run.heldout), run.tokenizer, with_words=with_words)
     vocab = run.vocab
     pad = vocab.pad_id if vocab.pad_id is not None else vocab.eos_id
-    packed = pack_documents(token_docs, length, vocab.eos_id, pad_id=pad, drop_last=True)
-    blocks = packed.input_ids[: max_blocks if max_blocks is not None else None]
-    if blocks.shape[0] == 0:
+    packed = pack_documents(token_docs, length, vocab.eos_id, pad_id=pad, drop_last=True, word_ids=word_docs)
+    keep = slice(None, max_blocks)
+    packed = replace(packed, input_ids=packed.input_ids[keep],
+                     word_ids=None if packed.word_ids is None else packed.word_ids[keep])  # fmt: skip
+    if packed.input_ids.shape[0] == 0:
         raise ValueError(f"the held-out documents of {run.out_dir} hold fewer than {length} tokens: no block to evaluate")
-    return blocks
+    return packed
 
 
 def _texts_as_documents(items: list[Any]) -> list[list[str]]:

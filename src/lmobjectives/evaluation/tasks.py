@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from .fill_in import fill_in
@@ -40,6 +41,14 @@ def _needs_both_sides(run: Run) -> str | None:
     return None
 
 
+def _fills_words(run: Run) -> str | None:
+    if (reason := _needs_lm_head(run)) is not None:
+        return reason
+    if run.reads == "causal":
+        return "a causal model fills in by scoring the candidates of one token; a whole word has too many"
+    return None
+
+
 def _needs_pair_head(run: Run) -> str | None:
     if getattr(getattr(run.model, "config", None), "n_sentence_classes", 0) != 2:
         return f"the model has no sentence-pair head ({run.config.objective!r} trains none)"
@@ -62,6 +71,8 @@ TASKS: dict[str, Task] = {
         Task("next_token", "next-token loss and bits per byte from the left context only", next_token, _needs_lm_head),
         Task("fill_in", "hidden tokens restored from both contexts (causal models: candidate scoring)", fill_in,
              _needs_lm_head),
+        Task("fill_in_words", "whole words hidden (every token of a word), restored from both contexts",
+             partial(fill_in, unit="word"), _fills_words),
         Task("pll", "pseudo-perplexity: each token masked in turn (Salazar et al. 2020)", pll, _needs_both_sides),
         Task("sentence_pairs", "NSP and SOP accuracy of the sentence-pair head, balanced accuracy beside", sentence_pairs,
              _needs_pair_head),
