@@ -104,23 +104,6 @@ def test_pll_does_not_apply_to_a_causal_model(runs):
         pll(runs("clm"))
 
 
-def test_fill_in_of_a_masked_model_equals_the_full_vocabulary_loss(runs):
-    run = runs("mlm")
-    result = fill_in(run, max_blocks=2)
-    blocks = heldout_blocks(run, max_blocks=2)
-    hidden_at = fill_in_positions(run, blocks, 0.15)
-    ids = blocks.masked_fill(hidden_at, run.vocab.mask_id)
-    losses, hits = [], []
-    for b in range(2):
-        for t in hidden_at[b].nonzero().flatten().tolist():
-            lp = log_probs(run, plain_batch(ids[b : b + 1], None, causal=False), t)
-            losses.append(-float(lp[blocks[b, t]]))
-            hits.append(int(lp.argmax()) == int(blocks[b, t]))
-    assert result.info["method"] == "masked" and result.info["hidden_tokens"] == len(losses) > 0
-    assert result.metrics["loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-5)
-    assert result.metrics["accuracy"] == pytest.approx(sum(hits) / len(hits))
-
-
 def test_heldout_word_ids_are_the_runs_of_non_space_bytes(runs):
     run = runs("mlm")  # byte tokenizer: a word is a maximal run of bytes other than the space
     blocks, words = heldout_blocks(run, max_blocks=4), heldout_word_ids(run, max_blocks=4)
@@ -143,11 +126,14 @@ def test_fill_in_words_hides_whole_words_at_the_rate(runs):
     assert abs(share - 0.3) < 4 * (0.3 * 0.7 / n) ** 0.5, (share, n)
 
 
-def test_fill_in_words_of_a_masked_model_equals_the_full_vocabulary_loss(runs):
+@pytest.mark.parametrize("task", ["fill_in", "fill_in_words"])
+def test_fill_in_of_a_masked_model_equals_the_full_vocabulary_loss(runs, task):
     run = runs("mlm")
-    result = evaluate(run, ["fill_in_words"], options={"fill_in_words": {"max_blocks": 2, "rate": 0.3}}).results["fill_in_words"]
+    rate = 0.15 if task == "fill_in" else 0.3
+    result = evaluate(run, [task], options={task: {"max_blocks": 2, "rate": rate}}).results[task]
     blocks = heldout_blocks(run, max_blocks=2)
-    hidden_at = fill_in_positions(run, blocks, 0.3, heldout_word_ids(run, max_blocks=2))
+    words = heldout_word_ids(run, max_blocks=2) if task == "fill_in_words" else None
+    hidden_at = fill_in_positions(run, blocks, rate, words)
     ids = blocks.masked_fill(hidden_at, run.vocab.mask_id)
     losses, hits = [], []
     for b in range(2):
@@ -155,7 +141,8 @@ def test_fill_in_words_of_a_masked_model_equals_the_full_vocabulary_loss(runs):
             lp = log_probs(run, plain_batch(ids[b : b + 1], None, causal=False), t)
             losses.append(-float(lp[blocks[b, t]]))
             hits.append(int(lp.argmax()) == int(blocks[b, t]))
-    assert result.task == "fill_in_words" and result.info["unit"] == "word" and result.info["hidden_tokens"] == len(losses) > 0
+    assert result.task == task and result.info["unit"] == ("token" if task == "fill_in" else "word")
+    assert result.info["method"] == "masked" and result.info["hidden_tokens"] == len(losses) > 0
     assert result.metrics["loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-5)
     assert result.metrics["accuracy"] == pytest.approx(sum(hits) / len(hits))
 
