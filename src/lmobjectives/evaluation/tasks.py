@@ -33,20 +33,14 @@ def _needs_lm_head(run: Run) -> str | None:
     return None
 
 
-def _needs_both_sides(run: Run) -> str | None:
-    if (reason := _needs_lm_head(run)) is not None:
-        return reason
-    if run.reads == "causal":
-        return "a causal model reads one side only; its exact log-likelihood is next_token's loss"
-    return None
+def _needs_both_sides(why_not_causal: str) -> Callable[[Run], str | None]:
+    """An ``applies`` for a task that needs a language model reading both sides; ``why_not_causal`` says why a
+    causal model is left out."""
 
+    def applies(run: Run) -> str | None:
+        return _needs_lm_head(run) or (why_not_causal if run.reads == "causal" else None)
 
-def _fills_words(run: Run) -> str | None:
-    if (reason := _needs_lm_head(run)) is not None:
-        return reason
-    if run.reads == "causal":
-        return "a causal model fills in by scoring the candidates of one token; a whole word has too many"
-    return None
+    return applies
 
 
 def _needs_pair_head(run: Run) -> str | None:
@@ -72,8 +66,10 @@ TASKS: dict[str, Task] = {
         Task("fill_in", "hidden tokens restored from both contexts (causal models: candidate scoring)", fill_in,
              _needs_lm_head),
         Task("fill_in_words", "whole words hidden (every token of a word), restored from both contexts",
-             partial(fill_in, unit="word"), _fills_words),
-        Task("pll", "pseudo-perplexity: each token masked in turn (Salazar et al. 2020)", pll, _needs_both_sides),
+             partial(fill_in, unit="word"),
+             _needs_both_sides("a causal model fills in by scoring the candidates of one token; a whole word has too many")),
+        Task("pll", "pseudo-perplexity: each token masked in turn (Salazar et al. 2020)", pll,
+             _needs_both_sides("a causal model reads one side only; its exact log-likelihood is next_token's loss")),
         Task("sentence_pairs", "NSP and SOP accuracy of the sentence-pair head, balanced accuracy beside", sentence_pairs,
              _needs_pair_head),
         Task("generation", "greedy and sampled continuations of held-out prompts: repetition, reference loss", generation,
