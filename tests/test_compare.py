@@ -243,3 +243,19 @@ def test_a_cached_evaluation_of_every_task_is_redone_when_a_task_is_added(tmp_pa
     assert runner._read_cached(run_dir, config) == {"steps": 6}
     monkeypatch.setitem(evaluation.TASKS, "new_task", evaluation.TASKS["next_token"])
     assert runner._read_cached(run_dir, config) is None  # evaluated again (the training itself is resumed, not redone)
+
+
+def test_a_tasks_metrics_stay_together_whichever_run_has_them():
+    from lmobjectives.compare.report import summarise
+
+    def run(label, fill_in):
+        return {"label": label, "seed": 0, "train_s": 1.0, "eval_s": 1.0, "evaluation": {
+            "next_token": {"applies": True, "metrics": {"loss": 1.0}},
+            "fill_in": {"applies": True, "metrics": fill_in},
+            "probe": {"applies": True, "metrics": {"accuracy": 0.5}}}}  # fmt: skip
+
+    config = CompareConfig(objectives=("clm", "mlm"), tasks=("next_token",), steps=1)
+    results = summarise(config, [run("clm", {"accuracy": 0.9}), run("mlm", {"accuracy": 0.4, "bits_per_byte": 3.0})],
+                        elapsed_s=1.0)  # fmt: skip
+    assert [m["key"] for m in results["metrics"]] == ["next_token.loss", "fill_in.accuracy", "fill_in.bits_per_byte",
+                                                      "probe.accuracy"]  # fmt: skip

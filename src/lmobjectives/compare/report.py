@@ -67,6 +67,8 @@ def summarise(config: Any, runs: list[dict[str, Any]], *, elapsed_s: float) -> d
                     metrics.append({"key": key, "task": task, "metric": name, "better": better(name),
                                     "headline": name == next(iter(result["metrics"]))})  # fmt: skip
                 summary[run["label"]].setdefault(key, {"values": []})["values"].append(value)
+    tasks = list(dict.fromkeys(task for run in runs for task in run["evaluation"]))
+    metrics.sort(key=lambda m: tasks.index(m["task"]))  # a task's metrics side by side, whichever run had them first
     for per_label in summary.values():
         for cell in per_label.values():
             values = [v for v in cell["values"] if v is not None]
