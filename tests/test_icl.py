@@ -130,6 +130,7 @@ def test_summary_by_hand():
     assert result.correct.tolist() == [[False, False, True, True, True]]  # 7 and 1 are not "0"
     assert result.accuracy_by_occurrence() == [0.0, 1.0, 1.0]
     assert result.accuracy_by_pair() == [None, None, 1.0, 1.0, 1.0]
+    assert result.baseline_by_pair() == [None, None, 0.5, 1.0, 0.0]  # frequency_baseline: 0.1 0 0.5 1 0
 
 
 def test_errors():

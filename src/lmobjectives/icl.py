@@ -65,6 +65,7 @@ __all__ = [
 ]  # fmt: skip
 
 KINDS = ("causal", "prefix", "masked")
+MIN_QUERIES_SHOWN = 20  # plot: an occurrence index asked fewer times than this is left out (too noisy)
 """How a model is asked for a value (see the module docstring)."""
 
 KIND_OF_OBJECTIVE = {"clm": "causal", "fim": "causal", "prefix_lm": "prefix", "mlm": "masked", "spanbert": "masked"}
@@ -96,6 +97,11 @@ class ICLResult:
         select = self.occurrence >= 2 if repeated else self.occurrence == 1  # (N, P)
         return [self._mean(self.correct[:, p], select[:, p]) for p in range(self.correct.shape[1])]
 
+    def baseline_by_pair(self) -> list[float | None]:
+        """:func:`frequency_baseline`'s accuracy at each pair position over the repeated keys (``None`` where none)."""
+        select = self.occurrence >= 2  # (N, P)
+        return [self._mean(self.baseline[:, p], select[:, p]) for p in range(self.baseline.shape[1])]
+
     def baseline_by_occurrence(self) -> list[float]:
         """:func:`frequency_baseline`'s accuracy by occurrence index: what needs no key lookup at all."""
         return [self._mean(self.baseline, self.occurrence == o) for o in range(1, int(self.occurrence.max()) + 1)]  # type: ignore[misc]
@@ -120,6 +126,7 @@ class ICLResult:
             "baseline_by_occurrence": self.baseline_by_occurrence(),
             "queries_by_occurrence": counts,
             "repeated_accuracy_by_pair": self.accuracy_by_pair(),
+            "repeated_baseline_by_pair": self.baseline_by_pair(),
         }
 
 
@@ -365,21 +372,26 @@ def plot(summaries: dict[str, dict[str, Any]], path: str | Path) -> None:
 
     fig = Figure(figsize=(11, 4), layout="constrained")
     by_occurrence, by_pair = fig.subplots(1, 2)
+    first = next(iter(summaries.values()))
+    shown = sum(1 for q in first["queries_by_occurrence"] if q >= MIN_QUERIES_SHOWN)  # occurrences with enough queries
     for name, s in summaries.items():
-        occ = s["accuracy_by_occurrence"]
+        occ = s["accuracy_by_occurrence"][:shown]
         by_occurrence.plot(range(1, len(occ) + 1), occ, marker="o", label=f"{name} ({s['kind']}, {s['context']})")
         pairs = s["repeated_accuracy_by_pair"]
         by_pair.plot([p + 1 for p, a in enumerate(pairs) if a is not None], [a for a in pairs if a is not None],
                      marker=".", label=name)  # fmt: skip
-    first = next(iter(summaries.values()))
-    base = first["baseline_by_occurrence"]
+    base = first["baseline_by_occurrence"][:shown]
     by_occurrence.plot(range(1, len(base) + 1), base, color="grey", linestyle="--", label="frequency guess (no lookup)")
+    base = first["repeated_baseline_by_pair"]
+    by_pair.plot([p + 1 for p, a in enumerate(base) if a is not None], [a for a in base if a is not None], color="grey",
+                 linestyle="--", label="frequency guess (no lookup)")  # fmt: skip
     for ax in (by_occurrence, by_pair):
         ax.axhline(first["chance"], color="grey", linestyle=":", label="chance")
         ax.set_ylim(0, 1)
         ax.set_ylabel("accuracy of the value (argmax)")
     by_occurrence.set_xlabel("occurrence of the key in its sequence (1 = first time)")
-    by_occurrence.set_title("value of a key, from the left context only")
+    by_occurrence.set_title(f"value of a key, from the left context only (occurrences with ≥ {MIN_QUERIES_SHOWN} queries)",
+                            fontsize=9)
     by_pair.set_xlabel("pair position in the sequence")
     by_pair.set_title("repeated keys, by position")
     by_occurrence.legend(fontsize=7)
