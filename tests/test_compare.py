@@ -15,7 +15,7 @@ from lmobjectives.compare import (
     parse_objective,
     runner,
 )
-from lmobjectives.compare.report import _entry, better, format_table, verdicts, write_report
+from lmobjectives.compare.report import _entry, _scored, better, format_table, verdicts, write_report
 from lmobjectives.objectives import OBJECTIVES
 
 TINY = ["--batch-size", "4", "--seq-len", "32", "--d-model", "32", "--layers", "1", "--heads", "2", "--d-ff", "64"]
@@ -83,10 +83,11 @@ def test_presets_are_valid_and_scale():
 # --- the report's reading of the numbers -----------------------------------------------------------------------
 
 
-def _results(values: dict[str, list[float]], metric="accuracy", methods=None):
+def _results(values: dict[str, list[float]], metric="accuracy", methods=None, scored=None):
     cells = {}
     for label, vs in values.items():
-        cells[label] = {f"t.{metric}": {"values": vs, "mean": sum(vs) / len(vs), "min": min(vs), "max": max(vs), "n": len(vs)}}
+        cells[label] = {f"t.{metric}": {"values": vs, "mean": sum(vs) / len(vs), "min": min(vs), "max": max(vs), "n": len(vs),
+                                        "scored": scored}}  # fmt: skip
     runs = [{"label": label, "evaluation": {"t": {"applies": True, "metrics": {metric: 0.0},
                                                   "info": {"method": methods[label]} if methods else {}}}}
             for label in values]  # fmt: skip
@@ -106,6 +107,18 @@ def test_verdicts_compare_against_the_spread():
     assert "not compared" in verdicts(_results({"a": [3.0, 3.1], "b": [2.0, 2.1]}, "loss", methods))[0]
     assert "measured by different methods: a: masked, b: candidates" in verdicts(_results({"a": [0.5, 0.5], "b": [0.4, 0.4]}, methods=methods))[0]
     assert _entry({"mean": 0.5, "min": 0.4, "max": 0.6, "n": 2}) == "0.500 (0.400–0.600)"
+
+
+def test_verdicts_weigh_an_accuracy_against_its_sampling_error():
+    # 0.510 vs 0.425 over 84 items each: standard error of the difference sqrt(.51*.49/84 + .425*.575/84) = 0.0768
+    few = verdicts(_results({"a": [0.50, 0.52], "b": [0.40, 0.45]}, scored=84))
+    assert few == [("t accuracy (higher is better): a 0.510, then b 0.425: a difference of 0.085, larger than the spread "
+                    "over seeds but less than twice the evaluation's sampling error (±0.077, binomial over 84 and 84 "
+                    "items): more held-out data would be needed to call it a difference.")]  # fmt: skip
+    many = verdicts(_results({"a": [0.50, 0.52], "b": [0.40, 0.45]}, scored=2000))  # ±0.016: the gap stands
+    assert many[0].endswith("larger than the spread over seeds (the ranges do not overlap).")
+    assert _scored({"targets": 10, "hidden_tokens": 3}, "accuracy") == 10 and _scored({"targets": 10}, "loss") is None
+    assert _scored({"nsp": {"pairs": 135}, "test_sentences": 9}, "nsp_balanced_accuracy") == 135
 
 
 # --- end to end: the demo preset at a tiny size, through the command line ----------------------------------------

@@ -16,6 +16,7 @@ import base64
 import html
 import io
 import json
+import math
 import platform
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,8 @@ def summarise(config: Any, runs: list[dict[str, Any]], *, elapsed_s: float) -> d
                 if not any(m["key"] == key for m in metrics):
                     metrics.append({"key": key, "task": task, "metric": name, "better": better(name),
                                     "headline": name == next(iter(result["metrics"]))})  # fmt: skip
-                summary[run["label"]].setdefault(key, {"values": []})["values"].append(value)
+                cell = summary[run["label"]].setdefault(key, {"values": [], "scored": _scored(result.get("info", {}), name)})
+                cell["values"].append(value)
     tasks = list(dict.fromkeys(task for run in runs for task in run["evaluation"]))
     metrics.sort(key=lambda m: tasks.index(m["task"]))  # a task's metrics side by side, whichever run had them first
     for per_label in summary.values():
@@ -101,6 +103,29 @@ def summarise(config: Any, runs: list[dict[str, Any]], *, elapsed_s: float) -> d
     return results
 
 
+SCORED_KEYS = ("targets", "hidden_tokens", "tokens", "test_sentences")
+"""The entry of an evaluation's ``info`` that counts the items its accuracy is a share of (next_token, fill_in,
+pll, probe); sentence_pairs counts per kind (``info["nsp"]["pairs"]``)."""
+
+
+def _scored(info: dict[str, Any], metric: str) -> int | None:
+    """How many items an accuracy ``metric`` was measured on, or None (not an accuracy, or not counted)."""
+    if "accuracy" not in metric:
+        return None
+    kind = info.get(metric.split("_")[0])
+    if isinstance(kind, dict) and isinstance(kind.get("pairs"), int):
+        return kind["pairs"]
+    return next((info[k] for k in SCORED_KEYS if isinstance(info.get(k), int)), None)
+
+
+def _sampling_error(b: dict[str, Any], s: dict[str, Any]) -> float | None:
+    """The binomial standard error of the difference of two accuracies, each over its own ``scored`` items
+    (unpaired: an upper bound when both were measured on the same items), or None when a count is missing."""
+    if not b.get("scored") or not s.get("scored"):
+        return None
+    return math.sqrt(sum(c["mean"] * (1 - c["mean"]) / c["scored"] for c in (b, s)))
+
+
 def _cell(results: dict[str, Any], label: str, key: str) -> dict[str, Any] | None:
     cell = results["summary"].get(label, {}).get(key)
     return cell if cell and cell["mean"] is not None else None
@@ -132,6 +157,10 @@ def verdicts(results: dict[str, Any], *, table_only: bool = False) -> list[str]:
             head += f" (measured by different methods: {how})"
         if min(b["n"], s["n"]) < 2:
             out.append(f"{head}; one seed each, so the spread is unknown (--seeds 2 or more to know whether {_num(gap)} is a difference).")
+        elif (b["min"] > s["max"] or b["max"] < s["min"]) and (se := _sampling_error(b, s)) is not None and gap < 2 * se:
+            out.append(f"{head}: a difference of {_num(gap)}, larger than the spread over seeds but less than twice the "
+                       f"evaluation's sampling error (±{_num(se)}, binomial over {b['scored']:,} and {s['scored']:,} items): "
+                       "more held-out data would be needed to call it a difference.")  # fmt: skip
         elif b["min"] > s["max"] or b["max"] < s["min"]:
             out.append(f"{head}: a difference of {_num(gap)}, larger than the spread over seeds (the ranges do not overlap).")
         else:
