@@ -293,7 +293,7 @@ def _run_compare(args: argparse.Namespace, argv: list[str]) -> int:
                  "d_ff": args.d_ff, "data": args.data, "tokenizer": args.tokenizer, "seed": args.seed, "device": args.device,
                  "threads": args.threads}  # fmt: skip
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    overrides.update(progress=not args.no_progress, command=shlex.join(["lmobj", *argv]))
+    overrides.update(progress=not args.no_progress, command=shlex.join(["lmobj", *(a for a in argv if a != "--no-progress")]))
     try:
         if args.preset is not None:
             config = CompareConfig.from_preset(args.preset, scale=args.scale, objectives=tuple(args.objectives) or None, **overrides)

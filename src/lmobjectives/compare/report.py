@@ -396,8 +396,8 @@ def _sections(results: dict[str, Any], images: dict[str, str]) -> list[tuple[str
     pieces.append(("table", _runs_table(results)))
     t = results["timing"]
     pieces.append(("p", (
-        f"Made in {t['total_s']:.0f} s of wall time ({t['train_s']:.0f} s training, {t['eval_s']:.0f} s evaluating; "
-        f"runs reused from an earlier call count as their original time in these two), {t['torch_threads']} torch threads, "
+        f"The runs took {t['train_s']:.0f} s training and {t['eval_s']:.0f} s evaluating when they were made; this "
+        f"call took {t['total_s']:.0f} s of wall time (less where it reused runs of an earlier call); {t['torch_threads']} torch threads, "
         f"torch {t['torch']}, lmobjectives {t['lmobjectives']}. Every number is in `results.json`."
     )))  # fmt: skip
     return pieces
