@@ -290,7 +290,8 @@ def _plot_evaluations(results: dict[str, Any]):
     labels = results["labels"]
     cols = min(3, len(metrics))
     rows = -(-len(metrics) // cols)
-    fig = Figure(figsize=(4.2 * cols, 0.5 + (0.9 + 0.45 * len(labels)) * rows), layout="constrained")
+    names = max(len(part) for label in labels for part in label.split(","))  # longest line of an objective's name
+    fig = Figure(figsize=(3.4 * cols + 0.08 * names, 0.5 + (0.9 + 0.45 * len(labels)) * rows), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     colours = [f"C{i % 10}" for i in range(len(labels))]
     for ax, m in zip(axes, metrics):
@@ -305,7 +306,8 @@ def _plot_evaluations(results: dict[str, Any]):
             if len(values) > 1:
                 ax.plot([cell["min"], cell["max"]], [i, i], color="black", lw=1.5)
             ax.scatter(values, [i] * len(values), color="black", s=10, zorder=3)
-        ax.set_yticks(range(len(labels)), labels)
+        first_column = (list(axes).index(ax) % cols) == 0  # objective names once per row of panels
+        ax.set_yticks(range(len(labels)), [label.replace(",", ",\n") for label in labels] if first_column else [])
         ax.invert_yaxis()
         ax.set_title(f"{m['task']}: {m['metric']}{_arrow(m['better'])}", fontsize=10)
         ax.grid(axis="x", alpha=0.3)
