@@ -67,9 +67,10 @@ def fill_in_positions(run: Run, blocks: torch.Tensor, rate: float, word_ids: tor
 
 def sentinel_budget(run: Run) -> int:
     """The most sentinels one encoder input of the run's held-out batches holds, corrupted as its training
-    corrupts them (:func:`~.run.heldout_batches`): the sentinels the model has learnt to read."""
+    corrupts them (:func:`~.run.heldout_batches`): the sentinels the model has learnt to read (at least 1)."""
     sentinels = torch.tensor(run.vocab.sentinel_ids)
-    return max(int(torch.isin(batch.input_ids, sentinels).sum(1).max()) for batch in heldout_batches(run))
+    counts = [int(torch.isin(batch.input_ids, sentinels).sum(1).max()) for batch in heldout_batches(run)]
+    return max(counts + [1])
 
 
 def split_runs(hidden_at: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
