@@ -205,5 +205,6 @@ def test_main_trains_probes_and_writes_the_results(tmp_path, capsys):
     assert set(summaries) == {"clm", "mlm", "mlm:full"}
     assert f"{summaries['clm']['repeated_accuracy']:.3f}" in table.splitlines()[2]
     assert (results / "icl.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((out / "clm" / "config.json").read_text())["train"]["seed"] == 0
     assert main(["--objectives", "clm", "--out", str(out), "--probe-only"]) == 0  # the trained run is probed again
     assert json.loads((out / "icl.json").read_text())["clm"] == summaries["clm"]

@@ -410,6 +410,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", default=None, help="folder for icl.json, icl.txt (the table) and icl.png "
                         "(default: OUT)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--seed", type=int, default=0, help="training seed (initialisation, data order); the corpus "
+                        "and the probe's sequences stay the same")  # fmt: skip
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -424,7 +426,8 @@ def main(argv: list[str] | None = None) -> int:
             train(TrainConfig(objective=objective, data=preset.data, seq_len=preset.seq_len,
                               steps=args.steps or preset.steps, batch_size=preset.batch_size, d_model=preset.d_model,
                               n_layers=preset.n_layers, n_heads=preset.n_heads, d_ff=preset.d_ff, lr=preset.lr,
-                              options=preset.options.get(objective, {}), out=str(run), progress=False))  # fmt: skip
+                              options=preset.options.get(objective, {}), seed=args.seed, out=str(run),
+                              progress=False))  # fmt: skip
         results[objective] = probe_run(run, n=preset.probe_sequences)
         if KIND_OF_OBJECTIVE.get(objective) == "masked":
             results[objective + ":full"] = probe_run(run, n=preset.probe_sequences, context="full")
