@@ -24,7 +24,8 @@ from lmobjectives.evaluation import (
     repetition_rate,
 )
 from lmobjectives.evaluation.fill_in import fill_in_positions, sentinel_budget, split_runs
-from lmobjectives.evaluation.run import heldout_batches, heldout_word_ids
+from lmobjectives.evaluation import heldout_word_ids
+from lmobjectives.evaluation.run import heldout_batches
 from lmobjectives.evaluation.result import encoder_decoder_batch, plain_batch
 
 

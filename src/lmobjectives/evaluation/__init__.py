@@ -11,7 +11,8 @@ split into training and held-out documents, and how the model reads text: ``run.
 document's words decides, see :func:`lmobjectives.training.streams.heldout_split`):
 
 - :func:`next_token`: next-token loss and bits per byte from the left context only;
-- :func:`fill_in`: hidden tokens restored from both contexts;
+- :func:`fill_in`: hidden tokens restored from both contexts (task ``fill_in``), or hidden whole words
+  (``unit="word"``, task ``fill_in_words``);
 - :func:`pll`: pseudo-log-likelihood and pseudo-perplexity (Salazar et al. 2020);
 - :func:`sentence_pairs`: NSP and SOP accuracy of a sentence-pair head, with label shares and balanced accuracy;
 - :func:`generation`: greedy and sampled continuations of held-out prompts;
@@ -19,8 +20,8 @@ document's words decides, see :func:`lmobjectives.training.streams.heldout_split
 
 Each returns a :class:`TaskResult`; :func:`evaluate` runs several and returns an :class:`EvalReport`.
 The run's own data: :func:`run_batches` (the exact training batches), :func:`heldout_batches` (those of its
-``eval_*`` metrics), :func:`heldout_blocks` (held-out text as token blocks), :func:`pair_batches` (every
-held-out sentence pair once).
+``eval_*`` metrics), :func:`heldout_blocks` (held-out text as token blocks) and :func:`heldout_word_ids`
+(their words), :func:`pair_batches` (every held-out sentence pair once).
 """
 
 from .fill_in import fill_in
@@ -35,6 +36,7 @@ from .run import (
     Run,
     heldout_batches,
     heldout_blocks,
+    heldout_word_ids,
     load_run,
     run_batches,
     token_byte_lengths,
@@ -58,6 +60,7 @@ __all__ = [
     "generation",
     "heldout_batches",
     "heldout_blocks",
+    "heldout_word_ids",
     "load_run",
     "next_token",
     "next_token_losses",
