@@ -18,7 +18,6 @@ majority label's pairs subsampled, from a fixed seed).
 from __future__ import annotations
 
 import math
-
 from collections.abc import Iterator
 
 import torch
