@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -11,7 +12,7 @@ from ..constants import IGNORE_INDEX
 from ..vocab import Vocab
 from .base import Batch, checked_tokens
 
-__all__ = ["CausalLM", "documents_from_eos", "positions_within_documents"]
+__all__ = ["CausalLM", "documents_from_eos", "masking_document_ids", "positions_within_documents"]
 
 
 def documents_from_eos(input_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
@@ -22,6 +23,34 @@ def documents_from_eos(input_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
     """
     is_eos = (input_ids == eos_id).long()  # (B, T)
     return is_eos.cumsum(-1) - is_eos  # number of EOS strictly before t
+
+
+def masking_document_ids(
+    input_ids: torch.Tensor,
+    document_ids: object,
+    vocab: Vocab,
+    document_masking: bool,
+    who: str,
+    check: Callable[[object, torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor | None:
+    """The document ids ``(B, T)`` that ``document_masking`` needs: ``document_ids`` when given (passed through
+    ``check(document_ids, input_ids)``; default: same shape and device, long), else from EOS (``vocab.eos_id``
+    required); None without document masking, where passing ``document_ids`` is an error. ``who`` names the
+    objective in errors.
+
+    >>> masking_document_ids(torch.tensor([[7, 2, 9]]), None, Vocab(size=10, eos_id=2), True, "CausalLM")
+    tensor([[0, 0, 1]])
+    """
+    if not document_masking:
+        if document_ids is not None:
+            raise ValueError("document_ids was given but document_masking=False; set document_masking=True to use it")
+        return None
+    if document_ids is None:
+        vocab.require("eos_id", who=f"{who}(document_masking=True) without document_ids")
+        return documents_from_eos(input_ids, vocab.eos_id)  # type: ignore[arg-type]
+    if check is None:
+        return check_like(document_ids, input_ids, "document_ids")
+    return check(document_ids, input_ids)
 
 
 def positions_within_documents(document_ids: torch.Tensor) -> torch.Tensor:
@@ -84,16 +113,10 @@ class CausalLM:
         labels = torch.full_like(input_ids, IGNORE_INDEX)  # (B, T)
         keep = real[:, :-1] & real[:, 1:]  # (B, T-1): both this token and the next are real
         position_ids = None
-        if self.document_masking:
-            if document_ids is None:
-                self.vocab.require("eos_id", who="CausalLM(document_masking=True) without document_ids")
-                document_ids = documents_from_eos(input_ids, self.vocab.eos_id)  # type: ignore[arg-type]
-            else:
-                document_ids = check_like(document_ids, input_ids, "document_ids")
+        document_ids = masking_document_ids(input_ids, document_ids, self.vocab, self.document_masking, "CausalLM")
+        if document_ids is not None:
             keep = keep & (document_ids[:, :-1] == document_ids[:, 1:])
             position_ids = positions_within_documents(document_ids)
-        elif document_ids is not None:
-            raise ValueError("document_ids was given but document_masking=False; set document_masking=True to use it")
         has_targets = keep.any(-1)  # (B,)
         if not bool(has_targets.any()):  # host sync, as in MaskedLM: never a silently all-ignored batch
             raise ValueError(

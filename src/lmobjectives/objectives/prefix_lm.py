@@ -23,7 +23,7 @@ from .._checks import check_like
 from ..constants import IGNORE_INDEX
 from ..vocab import Vocab
 from .base import Batch, checked_tokens
-from .clm import documents_from_eos, positions_within_documents
+from .clm import masking_document_ids, positions_within_documents
 
 __all__ = ["PrefixLM", "document_lengths", "prefix_lm_batch"]
 
@@ -288,14 +288,8 @@ class PrefixLM:
         generator: torch.Generator | None = None,
     ) -> Batch:
         input_ids, real = checked_tokens(input_ids, self.vocab, attention_mask, generator)  # (B, T), (B, T)
-        if self.document_masking:
-            if document_ids is None:
-                self.vocab.require("eos_id", who="PrefixLM(document_masking=True) without document_ids")
-                document_ids = documents_from_eos(input_ids, self.vocab.eos_id)  # type: ignore[arg-type]
-            else:
-                document_ids = _check_document_ids(document_ids, input_ids)
-        elif document_ids is not None:
-            raise ValueError("document_ids was given but document_masking=False; set document_masking=True to use it")
+        document_ids = masking_document_ids(input_ids, document_ids, self.vocab, self.document_masking, "PrefixLM",
+                                            check=_check_document_ids)  # fmt: skip
         index = _document_index(document_ids, input_ids.shape, input_ids.device)  # (B, T)
         lengths, rank = _lengths_and_ranks(real, index)  # (B, T) column k = document k, (B, T) per token
         u = torch.rand(lengths.shape, generator=generator, device=input_ids.device, dtype=torch.float64)  # (B, T)
