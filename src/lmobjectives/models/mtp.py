@@ -39,7 +39,6 @@ from .transformer import (
     Transformer,
     TransformerConfig,
     init_weights,
-    self_attention_inputs,
 )
 
 __all__ = ["MTPModule", "MTPOutput", "MultiTokenTransformer"]
@@ -103,22 +102,6 @@ class MultiTokenTransformer(Transformer):
             self.extra_heads.apply(partial(init_weights, n_residual=2 * config.n_layers))
         else:  # depths 1..D
             self.mtp_modules = nn.ModuleList(MTPModule(config) for _ in range(n_future - 1))
-
-    def _embed(self, batch: Batch) -> tuple[torch.Tensor, AttentionInputs]:
-        """The input of the first block ``(B, T, d)`` and the attention inputs, as in :meth:`Transformer.forward`."""
-        if batch.decoder_input_ids is not None:
-            raise ValueError("MultiTokenTransformer got an encoder-decoder batch (decoder_input_ids is set)")
-        T = batch.input_ids.shape[1]
-        if T > self.config.max_seq_len:
-            raise ValueError(f"sequence length {T} exceeds TransformerConfig.max_seq_len={self.config.max_seq_len}")
-        x = self.tok_emb(batch.input_ids)  # (B, T, d)
-        if batch.token_type_ids is not None:
-            if self.type_emb is None:
-                raise ValueError("batch has token_type_ids but the model was built with n_token_types=0")
-            x = x + self.type_emb(batch.token_type_ids)  # (B, T, d)
-        x = self.drop(x)
-        slopes = self.alibi_slopes if self.config.positions == "alibi" else None
-        return x, self_attention_inputs(batch, self.config, slopes)
 
     # ------------------------------------------------------------------ parallel heads
 

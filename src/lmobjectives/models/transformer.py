@@ -296,24 +296,27 @@ class Transformer(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, batch: Batch) -> ModelOutput:
+    def _embed(self, batch: Batch) -> tuple[torch.Tensor, AttentionInputs]:
+        """The input of the first block ``(B, T, d)`` (token and segment embeddings, dropout) and the attention
+        inputs; :class:`~lmobjectives.models.mtp.MultiTokenTransformer`'s heads start from it too."""
         if batch.decoder_input_ids is not None:
             raise ValueError(
-                "Transformer got an encoder-decoder batch (decoder_input_ids is set) and would ignore its decoder "
-                "half; train it with architecture 'encoder_decoder' (lmobjectives.models.EncoderDecoder)"
+                f"{type(self).__name__} got an encoder-decoder batch (decoder_input_ids is set) and would ignore its "
+                "decoder half; train it with architecture 'encoder_decoder' (lmobjectives.models.EncoderDecoder)"
             )
-        idx = batch.input_ids
-        B, T = idx.shape
+        T = batch.input_ids.shape[1]
         if T > self.config.max_seq_len:
             raise ValueError(f"sequence length {T} exceeds TransformerConfig.max_seq_len={self.config.max_seq_len}")
-        x = self.tok_emb(idx)  # (B, T, d)
+        x = self.tok_emb(batch.input_ids)  # (B, T, d)
         if batch.token_type_ids is not None:
             if self.type_emb is None:
                 raise ValueError("batch has token_type_ids but the model was built with n_token_types=0")
             x = x + self.type_emb(batch.token_type_ids)  # (B, T, d)
-        x = self.drop(x)
         slopes = self.alibi_slopes if self.config.positions == "alibi" else None
-        attn_mask, is_causal, rope = self_attention_inputs(batch, self.config, slopes)
+        return self.drop(x), self_attention_inputs(batch, self.config, slopes)
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        x, (attn_mask, is_causal, rope) = self._embed(batch)  # (B, T, d)
         for block in self.blocks:
             x = block(x, attn_mask, is_causal, rope)  # (B, T, d)
         hidden = self.ln_f(x)  # (B, T, d)
