@@ -1,8 +1,11 @@
-"""Argument checks shared by objectives and losses. Each raises with the argument's name and value."""
+"""Argument checks shared by objectives, losses and the data pipeline. Each raises with the argument's name and value."""
 
 from __future__ import annotations
 
 import math
+from array import array
+from collections.abc import Sequence
+from itertools import chain
 
 import torch
 
@@ -75,3 +78,22 @@ def check_generator(generator: object, device: torch.device) -> torch.Generator 
             f"create it with torch.Generator(device={device.type!r})"
         )
     return generator
+
+
+def int_rows(rows: object, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenate a sequence of integer lists (or 1-d tensors): ``(total,)`` long values and ``(len(rows),)``
+    long lengths; a ``TypeError`` naming ``name`` for anything else.
+
+    >>> int_rows([[7, 8], [], [9]], "documents")
+    (tensor([7, 8, 9]), tensor([2, 0, 1]))
+    """
+    if isinstance(rows, (str, bytes, torch.Tensor)) or not isinstance(rows, Sequence):
+        raise TypeError(f"{name} must be a sequence of integer sequences, got {type(rows).__name__}")
+    rows = [r.tolist() if isinstance(r, torch.Tensor) else r for r in rows]
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)  # (R,)
+    try:  # array('q') takes ints only and is several times faster than torch.tensor on a long list
+        flat = array("q", chain.from_iterable(rows))
+    except TypeError as e:
+        raise TypeError(f"{name} must hold Python ints ({e})") from None
+    values = torch.frombuffer(flat, dtype=torch.long) if len(flat) else torch.zeros(0, dtype=torch.long)  # (total,)
+    return values, lengths

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import chain
 
 import torch
 
+from .._checks import int_rows
 from .corpus import Document
 from .tokenizers import Tokenizer
 
@@ -49,20 +48,6 @@ def _check_id(value: object, name: str) -> int:
     return value
 
 
-def _flatten(rows: Sequence[Sequence[int]], name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Concatenate integer rows: (total,) long values and (len(rows),) long lengths."""
-    if isinstance(rows, (str, bytes, torch.Tensor)) or not isinstance(rows, Sequence):
-        raise TypeError(f"{name} must be a sequence of integer sequences, got {type(rows).__name__}")
-    rows = [r.tolist() if isinstance(r, torch.Tensor) else r for r in rows]
-    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)  # (D,)
-    try:  # array('q') takes ints only and is several times faster than torch.tensor on a long list
-        flat = array("q", chain.from_iterable(rows))
-    except TypeError as e:
-        raise TypeError(f"{name} must hold Python ints ({e})") from None
-    values = torch.frombuffer(flat, dtype=torch.long) if len(flat) else torch.zeros(0, dtype=torch.long)  # (total,)
-    return values, lengths
-
-
 def pack_documents(
     documents: Sequence[Sequence[int]],
     block_size: int,
@@ -100,7 +85,7 @@ def pack_documents(
         raise ValueError(f"pack_documents: block_size must be a positive int, got {block_size!r}")
     _check_id(eos_id, "pack_documents: eos_id")
     _check_id(pad_id, "pack_documents: pad_id")
-    tokens, lengths = _flatten(documents, "pack_documents: documents")  # (n,), (D,)
+    tokens, lengths = int_rows(documents, "pack_documents: documents")  # (n,), (D,)
     D = lengths.numel()
     if D == 0:
         raise ValueError("pack_documents: documents is empty")
@@ -116,7 +101,7 @@ def pack_documents(
 
     words = None
     if word_ids is not None:
-        w, w_lengths = _flatten(word_ids, "pack_documents: word_ids")  # (n,), (D,)
+        w, w_lengths = int_rows(word_ids, "pack_documents: word_ids")  # (n,), (D,)
         if w_lengths.numel() != D or not torch.equal(w_lengths, lengths):
             raise ValueError(
                 "pack_documents: word_ids must have one entry per token of each document; lengths differ "
@@ -201,14 +186,14 @@ def sentence_table(
             kept += 1
     if not rows:
         raise ValueError("sentence_table: no sentence has a token (documents empty or all sentences empty)")
-    tokens, lengths = _flatten(rows, "sentence_table: documents")  # (n,), (S,)
+    tokens, lengths = int_rows(rows, "sentence_table: documents")  # (n,), (S,)
     L = int(lengths.max())
     real = torch.arange(L)[None, :] < lengths[:, None]  # (S, L)
     input_ids = torch.full((len(rows), L), pad_id, dtype=torch.long)  # (S, L)
     input_ids[real] = tokens  # row-major order matches the concatenation
     words = None
     if word_ids is not None:
-        w, w_lengths = _flatten(word_rows, "sentence_table: word_ids")
+        w, w_lengths = int_rows(word_rows, "sentence_table: word_ids")
         if not torch.equal(w_lengths, lengths):
             raise ValueError("sentence_table: word_ids must have one entry per token of each sentence; lengths differ")
         words = torch.full((len(rows), L), -1, dtype=torch.long)  # (S, L)

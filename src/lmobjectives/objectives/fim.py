@@ -19,15 +19,14 @@ draw and the assembly of the rows are vectorised tensor operations.
 
 from __future__ import annotations
 
-from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import chain, groupby
+from itertools import groupby
 from typing import Any
 
 import torch
 
-from .._checks import check_generator, check_positive_int, check_probability
+from .._checks import check_generator, check_positive_int, check_probability, int_rows
 from ..vocab import Vocab
 from .base import Batch
 from .clm import CausalLM
@@ -37,17 +36,6 @@ __all__ = ["FillInTheMiddle", "fim_reassemble"]
 LEVELS = ("context", "document")
 _FIM_IDS = ("fim_prefix_id", "fim_middle_id", "fim_suffix_id")
 _PLAIN, _PSM, _SPM = 0, 1, 2  # how a unit (document, fragment or separator) is laid out
-
-
-def _flatten(rows: Sequence[Sequence[int]], what: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Concatenate integer lists: ``(total,)`` long values and ``(len(rows),)`` long lengths."""
-    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)  # (R,)
-    try:  # array('q') takes ints only and is much faster than torch.tensor on a long list
-        flat = array("q", chain.from_iterable(rows))
-    except TypeError as e:
-        raise TypeError(f"FillInTheMiddle: {what} must be lists of int token ids ({e})") from None
-    values = torch.frombuffer(flat, dtype=torch.long).clone() if len(flat) else torch.zeros(0, dtype=torch.long)
-    return values, lengths
 
 
 def _encode_with_char_starts(tokenizer: Any, text: str) -> tuple[list[int], list[int]]:
@@ -259,7 +247,7 @@ class FillInTheMiddle:
             for text, (lo, hi) in zip(texts, cuts)
             for piece in (text[:lo], text[lo:hi], text[hi:])
         ]
-        flat, lengths = _flatten(pieces, "tokenizer.encode's results")
+        flat, lengths = int_rows(pieces, "FillInTheMiddle: tokenizer.encode's results")
         return flat, lengths.view(-1, 3)
 
     def _check_ids(self, tokens: torch.Tensor) -> None:
@@ -290,7 +278,8 @@ class FillInTheMiddle:
         fim_docs = is_fim.nonzero().flatten().tolist()
         plain_docs = (~is_fim).nonzero().flatten().tolist()
         pieces, piece_len = self._pieces(tokenizer, [texts[d] for d in fim_docs], cuts[fim_docs].tolist())  # (F, 3)
-        plain, plain_len = _flatten([tokenizer.encode(texts[d]) for d in plain_docs], "tokenizer.encode's results")
+        plain, plain_len = int_rows([tokenizer.encode(texts[d]) for d in plain_docs],
+                                    "FillInTheMiddle: tokenizer.encode's results")  # fmt: skip
         self._check_ids(torch.cat([pieces, plain]))
         source, sentinels, eos, (_, plain_base) = self._sources(pieces, plain)
 
@@ -319,8 +308,8 @@ class FillInTheMiddle:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         D, T = len(texts), self.seq_len
         encoded = [_encode_with_char_starts(tokenizer, text) for text in texts]
-        tokens, lengths = _flatten([ids for ids, _ in encoded], "tokenizer.encode's results")  # (n,), (D,)
-        char_start, n_starts = _flatten([starts for _, starts in encoded], "character offsets")  # (n,)
+        tokens, lengths = int_rows([ids for ids, _ in encoded], "FillInTheMiddle: tokenizer.encode's results")  # (n,), (D,)
+        char_start, n_starts = int_rows([starts for _, starts in encoded], "FillInTheMiddle: character offsets")  # (n,)
         if not torch.equal(n_starts, lengths):
             d = int((n_starts != lengths).nonzero()[0])
             raise ValueError(

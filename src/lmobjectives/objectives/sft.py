@@ -13,15 +13,13 @@ document ids so that no token attends across conversations and positions restart
 from __future__ import annotations
 
 import bisect
-from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import chain
 from typing import Any
 
 import torch
 
-from .._checks import check_like
+from .._checks import check_like, int_rows
 from ..constants import IGNORE_INDEX
 from ..vocab import Vocab
 from .base import Batch, checked_tokens
@@ -88,20 +86,6 @@ class PackedConversations:
     rows: list[list[int]]  # rows[r]: indices of the conversations in row r, in their order along the row
 
 
-def _flatten(rows: Sequence[Sequence[int]], name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Concatenate integer lists: ``(total,)`` long values and ``(len(rows),)`` long lengths."""
-    if isinstance(rows, (str, bytes, torch.Tensor)) or not isinstance(rows, Sequence):
-        raise TypeError(f"pack_conversations: {name} must be a sequence of integer lists, got {type(rows).__name__}")
-    rows = [r.tolist() if isinstance(r, torch.Tensor) else r for r in rows]
-    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)  # (C,)
-    try:  # array('q') takes ints only and is much faster than torch.tensor on a long list
-        flat = array("q", chain.from_iterable(rows))
-    except TypeError as e:
-        raise TypeError(f"pack_conversations: {name} must hold Python ints ({e})") from None
-    values = torch.frombuffer(flat, dtype=torch.long).clone() if len(flat) else torch.zeros(0, dtype=torch.long)
-    return values, lengths
-
-
 def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
     """Bins of at most ``capacity``, best-fit decreasing: items longest first (ties: lower index first), each into
     the open bin it fills most tightly (ties: the earliest opened), or a new bin. ``bins[b]`` lists item indices
@@ -158,8 +142,8 @@ def pack_conversations(
         raise ValueError(f"pack_conversations: row_length must be a positive int, got {row_length!r}")
     if isinstance(pad_id, bool) or not isinstance(pad_id, int) or pad_id < 0:
         raise ValueError(f"pack_conversations: pad_id must be a non-negative int, got {pad_id!r}")
-    tokens, lengths = _flatten(input_ids, "input_ids")  # (n,), (C,)
-    role_values, role_lengths = _flatten(roles, "roles")  # (n,), (C,)
+    tokens, lengths = int_rows(input_ids, "pack_conversations: input_ids")  # (n,), (C,)
+    role_values, role_lengths = int_rows(roles, "pack_conversations: roles")  # (n,), (C,)
     C = lengths.numel()
     if C == 0:
         raise ValueError("pack_conversations: input_ids is empty; need at least one conversation")
