@@ -45,6 +45,8 @@ import sys
 import time
 from pathlib import Path
 
+from _harness import child_rounds  # benchmarks/_harness.py (the script's folder is on sys.path)
+
 METHODS = ("naive", "native", "chunked", "floor")
 
 
@@ -161,14 +163,7 @@ def main() -> None:
         return
 
     methods = args.methods.split(",")
-    load_start = os.getloadavg()[0]
-    runs: dict[str, list[dict]] = {m: [] for m in methods}
-    for r in range(args.rounds):
-        for m in methods:
-            res = run_child(m, args)
-            runs[m].append(res)
-            print(f"round {r} {m}: {res}", flush=True)
-    load_end = os.getloadavg()[0]
+    runs, load_start, load_end = child_rounds(methods, lambda m: run_child(m, args), args.rounds)
 
     results = {}
     for m, rs in runs.items():

@@ -39,11 +39,11 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
+
+from _harness import time_interleaved  # benchmarks/_harness.py (the script's folder is on sys.path)
 
 import torch
 
@@ -92,25 +92,6 @@ def offsets_from_word_ids(word_ids: torch.Tensor) -> torch.Tensor:
     begin = torch.arange(word_ids.shape[1]) + starts.long().cumsum(-1)  # one blank char before each word
     offs = torch.stack([begin, begin + 1], dim=-1)
     return torch.where(in_word[..., None], offs, 0)
-
-
-def time_interleaved(paths: dict, calls: dict, warmup: int, rounds: int) -> dict:
-    """Median wall time per call of each path, measured round-robin so that every path sees the same load.
-
-    Each round times every path ``calls[name]`` times in a row; ``warmup`` untimed rounds come first.
-    """
-    times = {name: [] for name in paths}
-    for r in range(warmup + rounds):
-        for name, fn in paths.items():
-            for _ in range(calls[name]):
-                t0 = time.perf_counter()
-                fn()
-                if r >= warmup:
-                    times[name].append(time.perf_counter() - t0)
-    return {
-        name: {"median_ms": 1e3 * statistics.median(ts), "min_ms": 1e3 * min(ts), "max_ms": 1e3 * max(ts), "calls": len(ts)}
-        for name, ts in times.items()
-    }
 
 
 def main(argv=None) -> dict:

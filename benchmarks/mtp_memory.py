@@ -42,11 +42,12 @@ import os
 import platform
 import re
 import resource
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _harness import child_rounds, stats  # benchmarks/_harness.py (the script's folder is on sys.path)
 
 VARIANTS = ("naive", "efficient", "one_head")
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}
@@ -168,10 +169,6 @@ def run_child(variant: str, args: argparse.Namespace) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _stats(values: list[float]) -> dict:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "values": values}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n-future", type=int, default=4, help="heads (Gloeckle et al.: 4)")
@@ -193,14 +190,7 @@ def main() -> None:
 
     saved = saved_activations(args)
     print("saved activations:", json.dumps(saved), flush=True)
-    load_start = os.getloadavg()[0]
-    runs: dict[str, list[dict]] = {v: [] for v in VARIANTS}
-    for r in range(args.rounds):
-        for v in VARIANTS:
-            res = run_child(v, args)
-            runs[v].append(res)
-            print(f"round {r} {v}: {res}", flush=True)
-    load_end = os.getloadavg()[0]
+    runs, load_start, load_end = child_rounds(list(VARIANTS), lambda v: run_child(v, args), args.rounds)
 
     results = {}
     for v, rs in runs.items():
@@ -209,8 +199,8 @@ def main() -> None:
             results[v] = {"status": rs[-1] if rs else "not run"}
             continue
         results[v] = {
-            "peak_extra_rss_mib": _stats([r["peak_extra_rss_mib"] for r in ok]),
-            "step_s": _stats([t for r in ok for t in r["times_s"]]),
+            "peak_extra_rss_mib": stats([r["peak_extra_rss_mib"] for r in ok]),
+            "step_s": stats([t for r in ok for t in r["times_s"]]),
             "loss": ok[-1]["loss"],
             "rounds": len(ok),
         }

@@ -31,12 +31,11 @@ import argparse
 import json
 import os
 import platform
-import resource
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from _harness import time_interleaved  # benchmarks/_harness.py (the script's folder is on sys.path)
 
 import numpy as np
 import torch
@@ -105,31 +104,6 @@ def numpy_per_example(ids: np.ndarray, lengths: np.ndarray, d: float, mu: float,
 
 
 # --------------------------------------------------------------------------- timing
-def time_interleaved(paths: dict, calls: dict, warmup: int, rounds: int) -> dict:
-    times = {name: [] for name in paths}
-    faults = {name: 0 for name in paths}
-    for r in range(warmup + rounds):
-        for name, fn in paths.items():
-            for _ in range(calls[name]):
-                f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-                t0 = time.perf_counter()
-                fn()
-                t1 = time.perf_counter()
-                if r >= warmup:
-                    times[name].append(t1 - t0)
-                    faults[name] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
-    return {
-        name: {
-            "median_ms": 1e3 * statistics.median(ts),
-            "min_ms": 1e3 * min(ts),
-            "max_ms": 1e3 * max(ts),
-            "calls": len(ts),
-            "page_faults_per_call": faults[name] / len(ts),
-        }
-        for name, ts in times.items()
-    }
-
-
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=256)
