@@ -30,17 +30,22 @@ def real_tokens(batch) -> list[int]:
     return batch.input_ids[batch.attention_mask].tolist()
 
 
-def split_eos(ids: list[int], eos: int = EOS) -> list[list[int]]:
-    """``ids`` split at EOS: the fragments (the last one not followed by EOS, possibly empty)."""
+def split_at(ids: list[int], markers: tuple[int, ...]) -> list[list[int]]:
+    """``ids`` split at every marker: the pieces between them (the last one not followed by a marker, possibly empty)."""
     out, cur = [], []
     for i in ids:
-        if i == eos:
+        if i in markers:
             out.append(cur)
             cur = []
         else:
             cur.append(i)
     out.append(cur)
     return out
+
+
+def split_eos(ids: list[int], eos: int = EOS) -> list[list[int]]:
+    """``ids`` split at EOS: the fragments (the last one not followed by EOS, possibly empty)."""
+    return split_at(ids, (eos,))
 
 
 def byte_stream(texts: list[str]) -> list[int]:
@@ -145,15 +150,7 @@ def test_document_level_round_trip_is_exact(texts, fim_rate, spm_rate, seq_len, 
 
 def _pieces(fragment: list[int]) -> list[list[int]]:
     """A fragment split at the sentinels."""
-    out, cur = [], []
-    for i in fragment:
-        if i in (PRE, MID, SUF):
-            out.append(cur)
-            cur = []
-        else:
-            cur.append(i)
-    out.append(cur)
-    return out
+    return split_at(fragment, (PRE, MID, SUF))
 
 
 def test_round_trip_over_many_draws():
