@@ -48,7 +48,7 @@ from _harness import time_interleaved  # benchmarks/_harness.py (the script's fo
 import torch
 
 from lmobjectives import Vocab, get_objective
-from lmobjectives.objectives.mlm import word_ids_from_starts
+from lmobjectives.data.tokenizers import word_ids_from_starts
 
 RESULTS = Path(__file__).resolve().parent / "results"
 VOCAB_SIZE, PAD, UNK, CLS, SEP, MASK = 30522, 0, 100, 101, 102, 103

@@ -5,7 +5,7 @@ Variants (one training step = the loss, then ``total.backward()``; fp32; the par
 :class:`~lmobjectives.models.MultiTokenTransformer`):
 
 * ``naive``     -- ``n_future`` heads, every head's forward, then one backward (all heads' activations alive);
-* ``efficient`` -- ``n_future`` heads, the paper's schedule (:func:`lmobjectives.objectives.mtp.parallel_heads_loss`):
+* ``efficient`` -- ``n_future`` heads, the paper's schedule (:func:`lmobjectives.recipes.step_losses.parallel_heads_loss`):
   trunk forward, then each head's forward + backward in turn, gradients summed at the trunk output;
 * ``one_head``  -- ``n_future = 1``: the same trunk and one head (the plain Transformer). Its peak is the
   target ``trunk + one head``, which is also ``trunk + (naive heads) / N``.
@@ -95,7 +95,7 @@ def _peak_rss() -> int:
 
 
 def child(args: argparse.Namespace) -> None:
-    from lmobjectives.objectives.mtp import parallel_heads_loss
+    from lmobjectives.recipes.step_losses import parallel_heads_loss
 
     variant = args.child
     torch, model, batch = _setup(args, 1 if variant == "one_head" else args.n_future)

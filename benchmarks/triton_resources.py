@@ -16,12 +16,7 @@ from pathlib import Path
 
 import triton
 
-from lmobjectives.ops._triton_resources import (
-    HOPPER,
-    HOPPER_SHARED_BYTES,
-    compile_resources,
-    variants,
-)
+from lmobjectives.ops._triton_resources import HOPPER, HOPPER_SHARED_BYTES, compile_resources, variants
 
 
 def main() -> None:

@@ -65,12 +65,17 @@ def test_public_names_are_importable():
     import lmobjectives.data
     import lmobjectives.losses
     import lmobjectives.objectives
+    import lmobjectives.recipes
+    import lmobjectives.training
 
-    for module in (lmobjectives, lmobjectives.objectives, lmobjectives.data, lmobjectives.losses):
+    modules = (lmobjectives, lmobjectives.objectives, lmobjectives.recipes, lmobjectives.data, lmobjectives.losses,
+               lmobjectives.training)
+    for module in modules:
         for name in module.__all__:
             assert getattr(module, name) is not None, (module.__name__, name)
     # what public functions return or the docs point to is exported from the package
-    assert {"SentencePairs", "word_ids_from_starts"} <= set(lmobjectives.objectives.__all__)
+    assert "SentencePairs" in lmobjectives.objectives.__all__
+    assert {"word_ids_from_starts", "tokenize_conversation", "heldout_split"} <= set(lmobjectives.data.__all__)
     with pytest.raises(TypeError, match="tok"):
         Vocab.from_tokenizer(object())
 

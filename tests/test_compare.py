@@ -8,15 +8,9 @@ import sys
 import pytest
 
 from lmobjectives.cli import main
-from lmobjectives.compare import (
-    PRESETS,
-    CompareConfig,
-    compare,
-    parse_objective,
-    runner,
-)
+from lmobjectives.compare import PRESETS, CompareConfig, compare, parse_objective, runner
 from lmobjectives.compare.report import _entry, _scored, better, format_table, verdicts, write_report
-from lmobjectives.objectives import OBJECTIVES
+from lmobjectives.recipes import OBJECTIVES
 
 TINY = ["--batch-size", "4", "--seq-len", "32", "--d-model", "32", "--layers", "1", "--heads", "2", "--d-ff", "64"]
 TINY_CONFIG = {"batch_size": 4, "seq_len": 32, "d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64, "progress": False}

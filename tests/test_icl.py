@@ -10,23 +10,20 @@ import pytest
 import torch
 
 from lmobjectives.data import ByteTokenizer
-from lmobjectives.data.synthetic import (
-    KEY_SYMBOLS,
-    VALUE_SYMBOLS,
-    icl_sequences,
-    parse_spec,
-)
-from lmobjectives.icl import (
+from lmobjectives.data.synthetic import KEY_SYMBOLS, VALUE_SYMBOLS, icl_sequences, parse_spec
+from lmobjectives.evaluation.icl import (
     ICL_PRESETS,
     KINDS,
     format_table,
     frequency_baseline,
+    kind_of_batch,
     probe_icl,
     probe_run,
     train_command,
 )
+from lmobjectives.evaluation.inspection import example_batch
 from lmobjectives.models import Transformer, TransformerConfig
-from lmobjectives.objectives.base import Batch
+from lmobjectives.batch import Batch
 
 TOK = ByteTokenizer()
 
@@ -167,9 +164,22 @@ def test_probe_run_on_a_trained_run(tmp_path):
     assert result.kind == "causal" and result.correct.shape == (10, 4)
     with pytest.raises(ValueError, match="training data's seed"):
         probe_run(out, n=10, seed=0)
-    with pytest.raises(ValueError, match="no default kind"):
-        (out / "config.json").write_text((out / "config.json").read_text().replace('"clm"', '"sop"', 1))
-        probe_run(out, n=10)
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "kind"),
+    [("clm", {}, "causal"), ("fim", {}, "causal"), ("prefix_lm", {}, "prefix"), ("mlm", {}, "masked"),
+     ("sop", {}, "masked"), ("span_corruption", {"layout": "decoder"}, "prefix")],
+)  # fmt: skip
+def test_the_kind_comes_from_the_batch_the_run_trained_on(name, options, kind):
+    batch = example_batch(name, options=options, seq_len=48).batch
+    assert kind_of_batch(batch) == kind
+
+
+def test_an_encoder_decoder_batch_has_no_kind():
+    batch = example_batch("span_corruption", "The cat sat on the mat. It purred.", seq_len=32).batch
+    with pytest.raises(ValueError, match="encoder-decoder"):
+        kind_of_batch(batch)
 
 
 def test_frequency_baseline_equals_a_loop():
@@ -195,7 +205,7 @@ def test_frequency_baseline_equals_a_loop():
 @pytest.mark.slow
 def test_main_trains_probes_and_writes_the_results(tmp_path, capsys):
     pytest.importorskip("matplotlib")
-    from lmobjectives.icl import main
+    from lmobjectives.evaluation.icl import main
 
     out, results = tmp_path / "runs", tmp_path / "results"
     assert main(["--objectives", "clm,mlm", "--out", str(out), "--results", str(results), "--steps", "2", "--threads", "1"]) == 0

@@ -12,8 +12,8 @@ from lmobjectives import OBJECTIVES, attention_mask_4d
 from lmobjectives.cli import main
 from lmobjectives.constants import IGNORE_INDEX, sentinel_token
 from lmobjectives.data import ByteTokenizer
-from lmobjectives.inspection import Example, attention_panels, example_batch, figure, render_text
-from lmobjectives.objectives import Recipe
+from lmobjectives.evaluation.inspection import Example, attention_panels, example_batch, figure, render_text
+from lmobjectives.recipes import Recipe
 from lmobjectives.objectives.span_corruption import SpanCorruption
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")

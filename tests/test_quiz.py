@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from lmobjectives import OBJECTIVES
-from lmobjectives import quiz
+from lmobjectives.cli import quiz
 from lmobjectives.cli import main
-from lmobjectives.quiz import TOPICS, Question, load_questions, render, run, select
+from lmobjectives.cli.quiz import TOPICS, Question, load_questions, render, run, select
 
 ROOT = Path(__file__).resolve().parents[1]
 GUIDE = ROOT / "docs" / "guide"

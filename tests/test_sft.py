@@ -1,4 +1,4 @@
-"""lmobjectives.sft.tokenize_conversation: loss masks from how each part is rendered and tokenised, on tokenizers
+"""lmobjectives.data.chat_template.tokenize_conversation: loss masks from how each part is rendered and tokenised, on tokenizers
 built here (a Llama-3-style and a ChatML-style template, a tokenizer that merges across a boundary, the built-in
 ChatML format of lmobjectives' own tokenizers); bad input; training end to end through the trainer."""
 
@@ -12,8 +12,8 @@ import pytest
 
 from lmobjectives.constants import IGNORE_INDEX
 from lmobjectives.data.tokenizers import ByteTokenizer, load_tokenizer, train_tokenizer
-from lmobjectives.objectives.sft import ASSISTANT, COMPLETION, PROMPT
-from lmobjectives.sft import CHAT_TOKENS, render_chatml, tokenize_conversation
+from lmobjectives.data.chat_template import ASSISTANT, COMPLETION, PROMPT
+from lmobjectives.data.chat_template import CHAT_TOKENS, render_chatml, tokenize_conversation
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
@@ -249,15 +249,13 @@ def test_a_template_that_rewrites_earlier_turns_is_refused(chatml):
 def test_trains_on_a_chat_jsonl_with_a_saved_tokenizer(tmp_path, monkeypatch):
     """``lmobj train --objective sft --data chat.jsonl --tokenizer PATH`` as a TrainConfig: the loss falls."""
     from lmobjectives.data.chat import builtin_chat, write_chat
-    from lmobjectives.objectives import OBJECTIVES, Recipe
-    from lmobjectives.objectives.sft import SupervisedFineTuning, sft_step_loss
-    from lmobjectives.training import TrainConfig, train, trainer
-    from lmobjectives.training.streams import load_data
+    from lmobjectives.recipes import OBJECTIVES, Recipe
+    from lmobjectives.objectives.sft import SupervisedFineTuning
+    from lmobjectives.recipes.step_losses import sft_step_loss
+    from lmobjectives.training import TrainConfig, train
 
     recipe = Recipe(SupervisedFineTuning, "sft", data="conversations", special_tokens=CHAT_TOKENS, loss=sft_step_loss)
     monkeypatch.setitem(OBJECTIVES, "sft", recipe)
-    if hasattr(trainer, "load_corpus"):  # until the trainer reads its data through streams.load_data
-        monkeypatch.setattr(trainer, "load_corpus", lambda spec, **kw: load_data(OBJECTIVES["sft"], spec, **kw))
     data = tmp_path / "chat.jsonl"
     write_chat(builtin_chat()[:60], data)
     tok_path = tmp_path / "tok"

@@ -14,10 +14,10 @@ __all__ = ["IGNORE_INDEX", "OBJECTIVES", "Batch", "Vocab", "attention_mask_4d", 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "OBJECTIVES": ".objectives",
-    "Batch": ".objectives",
-    "attention_mask_4d": ".objectives",
-    "get_objective": ".objectives",
+    "OBJECTIVES": ".recipes",
+    "Batch": ".batch",
+    "attention_mask_4d": ".batch",
+    "get_objective": ".recipes",
     "Vocab": ".vocab",
 }
 

@@ -9,21 +9,15 @@ import pytest
 import torch
 
 from lmobjectives.constants import IGNORE_INDEX
-from lmobjectives.data.chat import (
-    builtin_chat,
-    chat_texts,
-    conversations_from_documents,
-    example_chat,
-    load_chat,
-    read_chat,
-    write_chat,
-)
+from lmobjectives.data.chat import builtin_chat, chat_texts, conversations_from_documents, example_chat, load_chat, read_chat, write_chat
 from lmobjectives.data.corpus import builtin_corpus
 from lmobjectives.data.tokenizers import ByteTokenizer
-from lmobjectives.objectives import Recipe
-from lmobjectives.objectives.sft import SupervisedFineTuning, sft_step_loss
-from lmobjectives.sft import CHAT_TOKENS, tokenize_conversation
-from lmobjectives.training.streams import ConversationStream, build_stream, data_texts, load_data
+from lmobjectives.recipes import Recipe
+from lmobjectives.objectives.sft import SupervisedFineTuning
+from lmobjectives.recipes.step_losses import sft_step_loss
+from lmobjectives.data.chat_template import CHAT_TOKENS, tokenize_conversation
+from lmobjectives.training.streams import ConversationStream, build_stream
+from lmobjectives.data.sources import data_texts, load_data
 
 RECIPE = Recipe(SupervisedFineTuning, "sft", data="conversations", special_tokens=CHAT_TOKENS, loss=sft_step_loss)
 TOK = ByteTokenizer(extra_special_tokens=CHAT_TOKENS)
@@ -103,10 +97,10 @@ def test_example_chat_fits_a_row_of_32_byte_tokens():
 
 
 def test_load_data_picks_the_layout():
-    from lmobjectives.objectives import OBJECTIVES
+    from lmobjectives.recipes import OBJECTIVES
 
-    assert load_data(RECIPE, "builtin") == builtin_chat()
-    assert load_data(OBJECTIVES["clm"], "builtin") == builtin_corpus()
+    assert load_data("builtin", RECIPE.data) == builtin_chat()
+    assert load_data("builtin", OBJECTIVES["clm"].data) == builtin_corpus()
 
 
 # ----------------------------------------------------------------------------- the conversations layout

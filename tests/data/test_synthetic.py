@@ -11,23 +11,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmobjectives.data import (
-    ByteTokenizer,
-    load_corpus,
-    pack_documents,
-    split_sentences,
-    tokenize_documents,
-)
-from lmobjectives.data.synthetic import (
-    KEY_SYMBOLS,
-    SPEC_DEFAULTS,
-    VALUE_SYMBOLS,
-    MarkovSource,
-    icl_sequences,
-    markov_source,
-    parse_spec,
-    synthetic_corpus,
-)
+from lmobjectives.data import ByteTokenizer, load_corpus, pack_documents, split_sentences, tokenize_documents
+from lmobjectives.data.synthetic import KEY_SYMBOLS, SPEC_DEFAULTS, VALUE_SYMBOLS, MarkovSource, icl_sequences, markov_source, parse_spec, synthetic_corpus
 
 F64 = torch.float64
 

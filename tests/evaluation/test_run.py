@@ -8,14 +8,9 @@ import pytest
 import torch
 
 from lmobjectives.data.corpus import builtin_corpus
-from lmobjectives.evaluation import (
-    heldout_batches,
-    heldout_blocks,
-    load_run,
-    run_batches,
-)
-from lmobjectives.training.checkpoint import load_model
-from lmobjectives.training.streams import document_key, heldout_split, is_heldout
+from lmobjectives.evaluation import heldout_batches, heldout_blocks, load_run, run_batches
+from lmobjectives.training.run_folder import load_model
+from lmobjectives.data.heldout import document_key, heldout_split, is_heldout
 
 
 def test_load_run_round_trip(runs):

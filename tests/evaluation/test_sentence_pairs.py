@@ -5,12 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmobjectives.evaluation import (
-    NotApplicable,
-    pair_batches,
-    pair_metrics,
-    sentence_pairs,
-)
+from lmobjectives.evaluation import NotApplicable, pair_batches, pair_metrics, sentence_pairs
 
 
 def test_pair_metrics_worked_example():

@@ -8,21 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmobjectives.evaluation import (
-    NotApplicable,
-    continue_prompts,
-    evaluate,
-    fill_in,
-    fit_linear_probe,
-    generation,
-    heldout_blocks,
-    next_token,
-    next_token_losses,
-    pll,
-    probe,
-    pseudo_log_likelihoods,
-    repetition_rate,
-)
+from lmobjectives.evaluation import NotApplicable, continue_prompts, evaluate, fill_in, fit_linear_probe, generation, heldout_blocks, next_token, next_token_losses, pll, probe, pseudo_log_likelihoods, repetition_rate
 from lmobjectives.evaluation.fill_in import fill_in_positions, sentinel_budget, split_runs
 from lmobjectives.evaluation import heldout_word_ids
 from lmobjectives.evaluation.run import heldout_batches

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from lmobjectives import IGNORE_INDEX, Vocab, attention_mask_4d, get_objective
 from lmobjectives.losses import lm_loss
-from lmobjectives.objectives.base import padding_mask
+from lmobjectives.batch import padding_mask
 from lmobjectives.objectives.clm import documents_from_eos, positions_within_documents
 
 

@@ -17,14 +17,10 @@ from hypothesis import strategies as st
 from lmobjectives import IGNORE_INDEX, Vocab
 from lmobjectives.models import MODELS, TransformerConfig
 from lmobjectives.models.electra import ElectraModel
-from lmobjectives.objectives import OBJECTIVES, ModelSpec, Recipe, options_of
-from lmobjectives.objectives.base import Batch
-from lmobjectives.objectives.electra import (
-    ELECTRA,
-    electra_loss,
-    gumbel_max_sample,
-    replace_masked,
-)
+from lmobjectives.recipes import OBJECTIVES, ModelSpec, Recipe, options_of
+from lmobjectives.batch import Batch
+from lmobjectives.objectives.electra import ELECTRA, gumbel_max_sample, replace_masked
+from lmobjectives.recipes.step_losses import electra_loss
 from lmobjectives.training import TrainConfig, load_model, train
 
 V = Vocab(size=10, pad_id=0, cls_id=1, sep_id=2, mask_id=3)  # ordinary ids 4..9

@@ -12,7 +12,7 @@ from lmobjectives.constants import FIM_TOKENS
 from lmobjectives.data.tokenizers import ByteTokenizer, HFTokenizer, train_tokenizer
 from lmobjectives.objectives.clm import CausalLM
 from lmobjectives.objectives.fim import FillInTheMiddle, fim_reassemble
-from lmobjectives.objectives.recipe import Recipe, options_of
+from lmobjectives.recipes.recipe import Recipe, options_of
 
 TOK = ByteTokenizer()
 EOS, PRE, MID, SUF, PAD = 262, 263, 264, 265, 256

@@ -6,14 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmobjectives import IGNORE_INDEX, OBJECTIVES, Vocab, get_objective
-from lmobjectives.objectives.mlm import (
-    _SPARE_CANDIDATES,
-    MaskedLM,
-    _at_least_one,
-    _bernoulli_positions,
-    _truncated_geometric,
-    word_ids_from_starts,
-)
+from lmobjectives.objectives.mlm import _SPARE_CANDIDATES, MaskedLM, _at_least_one, _bernoulli_positions, _truncated_geometric
+from lmobjectives.data.tokenizers import word_ids_from_starts
 
 T_, F_ = True, False
 V = Vocab(size=10, pad_id=0, cls_id=1, sep_id=2, mask_id=3)  # ordinary ids: 4..9

@@ -15,14 +15,10 @@ from hypothesis import strategies as st
 from lmobjectives import IGNORE_INDEX, Vocab, attention_mask_4d
 from lmobjectives.models import MODELS, TransformerConfig
 from lmobjectives.models.mtp import MultiTokenTransformer
-from lmobjectives.objectives import OBJECTIVES, CausalLM, ModelSpec, Recipe
-from lmobjectives.objectives.mtp import (
-    MultiTokenPrediction,
-    head_term_name,
-    mtp_step_loss,
-    parallel_heads_loss,
-    sequential_modules_loss,
-)
+from lmobjectives.recipes import OBJECTIVES, ModelSpec, Recipe
+from lmobjectives.objectives import CausalLM
+from lmobjectives.objectives.mtp import MultiTokenPrediction, head_term_name
+from lmobjectives.recipes.step_losses import mtp_step_loss, parallel_heads_loss, sequential_modules_loss
 from lmobjectives.training import TrainConfig, train
 
 V = Vocab(size=10, pad_id=2, eos_id=2)

@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmobjectives import IGNORE_INDEX, Vocab, attention_mask_4d
-from lmobjectives.objectives.base import padding_mask
+from lmobjectives.batch import padding_mask
 from lmobjectives.objectives.clm import documents_from_eos, positions_within_documents
 from lmobjectives.objectives.prefix_lm import PrefixLM, document_lengths, prefix_lm_batch
 

@@ -15,17 +15,11 @@ from lmobjectives import Vocab, attention_mask_4d
 from lmobjectives.constants import IGNORE_INDEX
 from lmobjectives.data.tokenizers import ByteTokenizer
 from lmobjectives.models import Transformer, TransformerConfig
-from lmobjectives.objectives.sft import (
-    ASSISTANT,
-    COMPLETION,
-    PROMPT,
-    SupervisedFineTuning,
-    best_fit_decreasing,
-    learned_mask,
-    pack_conversations,
-    sft_step_loss,
-)
-from lmobjectives.sft import CHAT_TOKENS, tokenize_conversation
+from lmobjectives.data.chat_template import ASSISTANT, COMPLETION, PROMPT, learned_mask
+from lmobjectives.objectives.sft import SupervisedFineTuning
+from lmobjectives.data.packing import best_fit_decreasing, pack_conversations
+from lmobjectives.recipes.step_losses import sft_step_loss
+from lmobjectives.data.chat_template import CHAT_TOKENS, tokenize_conversation
 
 N = IGNORE_INDEX
 VOCAB = Vocab(size=10, pad_id=2, eos_id=2)  # pad == eos

@@ -9,14 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmobjectives import IGNORE_INDEX, Vocab, attention_mask_4d
-from lmobjectives.objectives.span_corruption import (
-    SpanCorruption,
-    noise_spans_to_inputs_targets,
-    random_spans_noise_mask,
-    raw_length_for_inputs,
-    raw_length_for_total,
-    span_corruption_lengths,
-)
+from lmobjectives.objectives.span_corruption import SpanCorruption, noise_spans_to_inputs_targets, random_spans_noise_mask, raw_length_for_inputs, raw_length_for_total, span_corruption_lengths
 
 T, F_ = True, False
 PAD, EOS = 0, 1

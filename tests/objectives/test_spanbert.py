@@ -7,7 +7,8 @@ from lmobjectives import IGNORE_INDEX, Vocab
 from lmobjectives.models.sbo import TransformerWithSBO
 from lmobjectives.models.transformer import Transformer, TransformerConfig
 from lmobjectives.objectives.mlm import MaskedLM
-from lmobjectives.objectives.spanbert import SpanBERT, span_boundary_targets, spanbert_loss
+from lmobjectives.objectives.spanbert import SpanBERT, span_boundary_targets
+from lmobjectives.recipes.step_losses import spanbert_loss
 
 V = Vocab(size=10, pad_id=0, cls_id=1, sep_id=2, mask_id=3)
 X = torch.tensor([[1, 4, 5, 6, 7, 8, 9, 4, 5, 6, 2, 0, 0]])

@@ -436,7 +436,7 @@ def test_bad_tensors():
 
 def test_options_have_help():
     # every option is a CLI flag whose help is the field's comment (recipe.options_of)
-    from lmobjectives.objectives.recipe import Recipe, options_of
+    from lmobjectives.recipes.recipe import Recipe, options_of
 
     options = options_of(Recipe(UL2, "UL2"))
     assert [o.name for o in options] == [

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lmobjectives import Vocab, get_objective
-from lmobjectives.objectives import OBJECTIVES
+from lmobjectives.recipes import OBJECTIVES
 from lmobjectives.training.streams import BlockStream, build_stream
 
 V = Vocab(size=40, pad_id=0, cls_id=1, sep_id=2, mask_id=3, eos_id=4)

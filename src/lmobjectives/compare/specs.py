@@ -24,7 +24,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..objectives import OBJECTIVES, Option, options_of
+from ..recipes import OBJECTIVES, Option, options_of
 
 __all__ = ["PRESETS", "Preset", "RunSpec", "parse_objective"]
 

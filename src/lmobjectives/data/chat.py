@@ -1,6 +1,6 @@
 """Chat data for supervised fine-tuning: JSONL conversations, and a built-in set made from the reference manual.
 
-A conversation is one JSON object per line, in either of the formats of :func:`lmobjectives.sft.check_record`::
+A conversation is one JSON object per line, in either of the formats of :func:`lmobjectives.data.check_record`::
 
     {"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]}
     {"prompt": "...", "completion": "..."}
@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..sft import check_record
+from .chat_template import check_record
 from .corpus import Document, _topic_documents, split_sentences
 
 __all__ = [
@@ -41,7 +41,7 @@ ANSWER_CHARS = 300  # the built-in set's answers: whole sentences up to this man
 
 def read_chat(path: str | Path) -> list[Conversation]:
     """Conversations from a ``.jsonl`` file, one JSON object per line (blank lines skipped), each checked by
-    :func:`lmobjectives.sft.check_record`; a bad line raises ``ValueError`` naming the file and line."""
+    :func:`lmobjectives.data.check_record`; a bad line raises ``ValueError`` naming the file and line."""
     if not isinstance(path, (str, Path)):
         raise TypeError(f"read_chat: path must be a str or Path, got {type(path).__name__}")
     file = Path(path)

@@ -3,7 +3,7 @@
 Two sources: :func:`builtin_corpus`, English prose taken from the Python
 reference manual that ships with every CPython (so tests, examples and the CLI
 run offline with nothing downloaded), and :func:`read_corpus` for your own
-``.txt`` / ``.jsonl`` files. :func:`load_corpus` picks one from a string.
+``.txt`` / ``.jsonl`` files. :func:`lmobjectives.data.sources.load_corpus` picks one from a string.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import re
 import warnings
 from pathlib import Path
 
-__all__ = ["Document", "builtin_corpus", "load_corpus", "read_corpus", "split_sentences"]
+__all__ = ["Document", "builtin_corpus", "read_corpus", "split_sentences"]
 
 Document = list[str]
 """A document: its sentences, in order (whitespace-normalised, non-empty)."""
@@ -270,31 +270,3 @@ def read_corpus(path: str | Path, *, skip_bad_files: bool = False) -> list[Docum
     if not documents:
         raise ValueError(f"read_corpus: {str(root)!r} holds no text (no non-empty document)")
     return documents
-
-
-def load_corpus(spec: str, *, skip_bad_files: bool = False) -> list[Document]:
-    """The documents named by ``spec`` (the ``--data`` flag of ``lmobj train``):
-
-    - ``"builtin"``: :func:`builtin_corpus`, English prose shipped with CPython;
-    - ``"synthetic:KIND"`` or ``"synthetic:KIND?key=value&key=value"``: a seeded synthetic corpus of
-      :mod:`lmobjectives.data.synthetic`, built in memory, nothing read or downloaded. ``KIND`` is
-      ``markov`` (one word-level Markov chain, known entropy: ``MarkovSource.entropy``), ``topics``
-      (several such chains, one per document: NSP's topic shortcut) or ``icl`` (in-context learning
-      sequences ``"t7 f1 t7 t7 f1 ..."``: ``lmobjectives.icl``). Values are integers; unnamed parameters
-      take their defaults (``data.synthetic.SPEC_DEFAULTS``), e.g. ``synthetic:markov?docs=500&seed=0``,
-      ``synthetic:topics?topics=4``, ``synthetic:icl?pairs=32&keys=8&values=10``;
-    - anything else: a path for :func:`read_corpus` (a ``.txt`` / ``.jsonl`` file or a folder).
-
-    >>> len(load_corpus("synthetic:markov?docs=3"))
-    3
-    """
-    if not isinstance(spec, (str, Path)):
-        raise TypeError(f"load_corpus: spec must be 'builtin', 'synthetic:...' or a path, got {type(spec).__name__}")
-    if spec == "builtin":
-        return builtin_corpus()
-    if isinstance(spec, str) and spec.startswith("synthetic:"):
-        # imported here: torch-free callers of read_corpus do not pay for it
-        from .synthetic import synthetic_corpus
-
-        return synthetic_corpus(spec)
-    return read_corpus(spec, skip_bad_files=skip_bad_files)

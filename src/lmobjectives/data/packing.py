@@ -1,19 +1,30 @@
-"""From tokenized documents to tensors: packed blocks (CLM / MLM / span objectives) and sentence tables (NSP / SOP)."""
+"""From tokenized documents to tensors: packed blocks (CLM / MLM / span objectives), sentence tables (NSP / SOP)
+and packed chat conversations (SFT)."""
 
 from __future__ import annotations
 
+import bisect
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from .._checks import int_rows
+from .chat import conversations_from_documents
+from .chat_template import PROMPT, learned_mask, tokenize_conversation
 from .corpus import Document
+from .sources import is_document
 from .tokenizers import Tokenizer
 
 __all__ = [
     "PackedBlocks",
+    "PackedConversations",
     "SentenceTable",
+    "best_fit_decreasing",
+    "pack_chat",
+    "pack_conversations",
     "pack_documents",
     "sentence_table",
     "tokenize_corpus",
@@ -255,3 +266,181 @@ def tokenize_documents(
         return [tok.encode(text) for text in texts], None
     pairs = [tok.encode_words(text) for text in texts]
     return [ids for ids, _ in pairs], [words for _, words in pairs]
+
+
+# ----------------------------------------------------------------------------- conversations
+
+
+@dataclass
+class PackedConversations:
+    """Tokenised conversations packed into rows; a conversation never spans two rows."""
+
+    input_ids: torch.Tensor  # (N, T) long, token ids, each row right-padded with pad_id
+    roles: torch.Tensor  # (N, T) long, PROMPT / ASSISTANT / COMPLETION per token (PROMPT at padding)
+    document_ids: torch.Tensor  # (N, T) long, slot of the conversation in its row: 0, 1, ...; padding: a fresh id
+    attention_mask: torch.Tensor  # (N, T) bool, True at real tokens
+    rows: list[list[int]]  # rows[r]: indices of the conversations in row r, in their order along the row
+
+
+def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Bins of at most ``capacity``, best-fit decreasing: items longest first (ties: lower index first), each into
+    the open bin it fills most tightly (ties: the earliest opened), or a new bin. ``bins[b]`` lists item indices
+    in the order they were placed.
+
+    >>> best_fit_decreasing([3, 6, 2, 4], 8)
+    [[1, 2], [3, 0]]
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    free: list[tuple[int, int]] = []  # (room left, bin), sorted: the first with room >= n is the best fit
+    bins: list[list[int]] = []
+    for i in order:  # one step per conversation (data preparation), never per token
+        n = lengths[i]
+        k = bisect.bisect_left(free, (n, -1))
+        if k < len(free):
+            room, b = free.pop(k)
+        else:
+            room, b = capacity, len(bins)
+            bins.append([])
+        bins[b].append(i)
+        bisect.insort(free, (room - n, b))
+    return bins
+
+
+def pack_conversations(
+    input_ids: Sequence[Sequence[int]], roles: Sequence[Sequence[int]], row_length: int, *, pad_id: int
+) -> PackedConversations:
+    """Pack tokenised conversations into rows of ``row_length`` tokens, best-fit decreasing.
+
+    Best-fit decreasing (as TRL's ``packing_strategy="bfd"``) fills rows far better than first-come packing
+    (few rows hold only a short conversation) and, unlike cutting a stream into blocks, never splits a
+    conversation. Each conversation must fit a row (truncate longer ones first). Within a row, conversations
+    take document ids 0, 1, 2, ... in the order they were placed; padding gets the next id (never a
+    conversation's), ``attention_mask`` False, role :data:`PROMPT`.
+
+    Worked example (``row_length=8``, ``pad_id=0``; lengths 3, 6, 2, 4; conversation ``c`` holds tokens
+    ``10c, 10c+1, ...`` and ends in EOS = 2)::
+
+        conversations   [10 11 2]  [20 21 22 23 24 2]  [30 2]  [40 41 42 2]
+        best fit        6 -> row 0 (room 2); 4 -> row 1 (room 4); 3 -> row 1 (room 1); 2 -> row 0 (room 0)
+        input_ids       [[20, 21, 22, 23, 24,  2, 30,  2],
+                         [40, 41, 42,  2, 10, 11,  2,  0]]
+        document_ids    [[ 0,  0,  0,  0,  0,  0,  1,  1],
+                         [ 0,  0,  0,  0,  1,  1,  1,  2]]
+        rows            [[1, 2], [3, 0]]
+
+    >>> convs = [[10, 11, 2], [20, 21, 22, 23, 24, 2], [30, 2], [40, 41, 42, 2]]
+    >>> packed = pack_conversations(convs, [[0] * len(c) for c in convs], 8, pad_id=0)
+    >>> packed.input_ids
+    tensor([[20, 21, 22, 23, 24,  2, 30,  2],
+            [40, 41, 42,  2, 10, 11,  2,  0]])
+    """
+    if isinstance(row_length, bool) or not isinstance(row_length, int) or row_length <= 0:
+        raise ValueError(f"pack_conversations: row_length must be a positive int, got {row_length!r}")
+    if isinstance(pad_id, bool) or not isinstance(pad_id, int) or pad_id < 0:
+        raise ValueError(f"pack_conversations: pad_id must be a non-negative int, got {pad_id!r}")
+    tokens, lengths = int_rows(input_ids, "pack_conversations: input_ids")  # (n,), (C,)
+    role_values, role_lengths = int_rows(roles, "pack_conversations: roles")  # (n,), (C,)
+    C = lengths.numel()
+    if C == 0:
+        raise ValueError("pack_conversations: input_ids is empty; need at least one conversation")
+    if not torch.equal(lengths, role_lengths):
+        bad = int((lengths != role_lengths).nonzero()[0]) if role_lengths.numel() == C else None
+        raise ValueError(
+            "pack_conversations: roles must have one entry per token of each conversation; "
+            + (f"conversation {bad} has {int(lengths[bad])} tokens and {int(role_lengths[bad])} roles"
+               if bad is not None else f"got {C} conversations and {role_lengths.numel()} role lists")
+        )  # fmt: skip
+    if int(lengths.min()) == 0:
+        raise ValueError(f"pack_conversations: conversation {int((lengths == 0).nonzero()[0])} has no token")
+    if int(lengths.max()) > row_length:
+        i = int(lengths.argmax())
+        raise ValueError(
+            f"pack_conversations: conversation {i} has {int(lengths[i])} tokens, more than row_length={row_length}; "
+            "truncate conversations to the row length before packing"
+        )
+    rows = best_fit_decreasing(lengths.tolist(), row_length)
+    N = len(rows)
+    placed = torch.tensor([i for row in rows for i in row], dtype=torch.long)  # (C,) conversations, row by row
+    row_of = torch.repeat_interleave(torch.arange(N), torch.tensor([len(r) for r in rows]))  # (C,) in placed order
+    placed_lengths = lengths[placed]  # (C,)
+    starts = placed_lengths.cumsum(0) - placed_lengths  # (C,) start of each conversation if the rows were one stream
+    first_of_row = torch.searchsorted(row_of, row_of)  # (C,) placed index of the first conversation of its row
+    offset, row, doc = (torch.empty(C, dtype=torch.long) for _ in range(3))  # (C,) each, by conversation index
+    offset[placed] = starts - starts[first_of_row]  # first column of each conversation in its row
+    row[placed] = row_of
+    doc[placed] = torch.arange(C) - first_of_row  # slot within its row: 0, 1, ...
+
+    conv_of_token = torch.repeat_interleave(torch.arange(C), lengths)  # (n,)
+    first = lengths.cumsum(0) - lengths  # (C,) index of each conversation's first token in `tokens`
+    column = offset[conv_of_token] + torch.arange(tokens.numel()) - first[conv_of_token]  # (n,)
+    flat_index = row[conv_of_token] * row_length + column  # (n,)
+
+    slots_per_row = torch.bincount(row_of, minlength=N)  # (N,) padding takes the next document id
+    out_ids = torch.full((N * row_length,), pad_id, dtype=torch.long)
+    out_roles = torch.full((N * row_length,), PROMPT, dtype=torch.long)
+    out_docs = slots_per_row.repeat_interleave(row_length)  # (N*T,)
+    real = torch.zeros(N * row_length, dtype=torch.bool)
+    out_ids[flat_index] = tokens
+    out_roles[flat_index] = role_values
+    out_docs[flat_index] = doc[conv_of_token]
+    real[flat_index] = True
+    shape = (N, row_length)
+    return PackedConversations(
+        input_ids=out_ids.view(shape),
+        roles=out_roles.view(shape),
+        document_ids=out_docs.view(shape),
+        attention_mask=real.view(shape),
+        rows=rows,
+    )
+
+
+def pack_chat(conversations: Sequence[Any], tokenizer: Any, *, seq_len: int, train_on: str = "assistant"
+              ) -> tuple[PackedConversations, dict[str, int]]:  # fmt: skip
+    """Tokenise (:func:`~lmobjectives.data.chat_template.tokenize_conversation`), truncate to ``seq_len``
+    (keeping the start, as TRL does), drop and count the conversations with no learned target left under
+    ``train_on``, pack the rest best-fit decreasing into rows of ``seq_len`` (:func:`pack_conversations`).
+
+    ``conversations``: records (``{"messages": ...}``, ``{"prompt", "completion"}``, lists of messages) or
+    documents (lists of sentences, made into conversations by
+    :func:`~lmobjectives.data.chat.conversations_from_documents`). Returns the packed rows and a report:
+    ``conversations`` read, ``kept``, ``truncated``, ``no_target`` (dropped, with a warning), ``with_merges``
+    and ``boundary_merges`` (part boundaries the tokenizer merged; their parts' tokens are kept, with a warning).
+    """
+    if conversations and all(is_document(c) for c in conversations):
+        conversations = conversations_from_documents(conversations)
+    ids, roles = [], []
+    report = {"conversations": len(conversations), "kept": 0, "truncated": 0, "no_target": 0, "with_merges": 0,
+              "boundary_merges": 0}  # fmt: skip
+    for k, record in enumerate(conversations):  # tokenisation is Python: one call per conversation
+        try:
+            tokens = tokenize_conversation(record, tokenizer, train_on=train_on)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"conversation {k}: {e}") from None
+        report["with_merges"] += tokens.boundary_merges > 0
+        report["boundary_merges"] += tokens.boundary_merges
+        report["truncated"] += len(tokens.input_ids) > seq_len
+        conv_roles = torch.tensor(tokens.roles[:seq_len], dtype=torch.long)  # (L,)
+        if not bool(learned_mask(conv_roles, train_on)[1:].any()):  # the first token is never a target
+            report["no_target"] += 1
+            continue
+        ids.append(tokens.input_ids[:seq_len])
+        roles.append(tokens.roles[:seq_len])
+    report["kept"] = len(ids)
+    if not ids:
+        raise ValueError(
+            f"no conversation has a learned token within seq_len={seq_len} (train_on={train_on!r}): all "
+            f"{report['conversations']} have their answers cut off ({report['truncated']} truncated) or none; "
+            "use a longer --seq-len"
+        )
+    if report["no_target"]:
+        warnings.warn(
+            f"{report['no_target']} of {report['conversations']} conversations have no learned token within "
+            f"seq_len={seq_len} (train_on={train_on!r}; conversations truncated to seq_len: {report['truncated']}) and "
+            "are dropped", stacklevel=3)  # fmt: skip
+    if report["with_merges"]:
+        warnings.warn(
+            f"{report['with_merges']} of {report['conversations']} conversations tokenise differently as a whole "
+            f"than part by part ({report['boundary_merges']} part boundaries merged by the tokenizer); their "
+            "parts' tokens are kept, so every label is exact", stacklevel=3)  # fmt: skip
+    pad_id = tokenizer.vocab.pad_id if tokenizer.vocab.pad_id is not None else 0
+    return pack_conversations(ids, roles, seq_len, pad_id=pad_id), report

@@ -7,7 +7,7 @@
   a sentence's topic can be read from its words (NSP's "topic shortcut": a random B from another document
   gives itself away by topic alone).
 - :class:`ICLSequences` (``synthetic:icl``): in-context learning sequences ``"t7 f1 t7 t7 f1 ..."``; each
-  defines its own key -> value mapping and repeats keys (see :mod:`lmobjectives.icl` for the probe).
+  defines its own key -> value mapping and repeats keys (see :mod:`lmobjectives.evaluation.icl` for the probe).
 
 :func:`synthetic_corpus` reads the spec strings that :func:`lmobjectives.data.load_corpus` (``--data``)
 accepts; :data:`SPEC_DEFAULTS` lists every parameter with its default.

@@ -22,19 +22,40 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import torch
 
-from ..objectives.mlm import word_ids_from_starts
 from ..vocab import Vocab, reserved_ids
 
 if TYPE_CHECKING:  # pragma: no cover
     import tokenizers
 
-__all__ = ["ByteTokenizer", "HFTokenizer", "Tokenizer", "load_tokenizer", "train_tokenizer"]
+__all__ = ["ByteTokenizer", "HFTokenizer", "Tokenizer", "load_tokenizer", "train_tokenizer", "word_ids_from_starts"]
 
 SPECIAL_TOKENS: tuple[str, ...] = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[BOS]", "[EOS]")
 """Special tokens of every tokenizer built here, in id order (after the bytes for :class:`ByteTokenizer`)."""
 
 _MARKER = "lmobjectives_tokenizer.json"  # file written by ByteTokenizer.save
 _HF_FILE = "tokenizer.json"  # file written by HFTokenizer.save (the HF tokenizers format)
+
+
+def word_ids_from_starts(is_word_start: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Word ids ``(B, T)`` from a word-start flag: ids count words from 0 in each row, -1 off words.
+
+    A word runs from a start to the token before the next start (or before the
+    next invalid token). An invalid token (special, padding; ``valid`` False)
+    gets -1 and ends the word before it; a valid token right after an invalid
+    one starts a word even when its flag is False.
+
+    >>> word_ids_from_starts(torch.tensor([[0, 1, 0, 1, 1, 0]]), torch.tensor([[0, 1, 1, 1, 1, 0]]))
+    tensor([[-1,  0,  0,  1,  2, -1]])
+    """
+    starts = is_word_start.bool()  # (B, T)
+    if valid is None:
+        valid = torch.ones_like(starts)
+    valid = valid.bool()
+    prev_valid = torch.cat([torch.zeros_like(valid[:, :1]), valid[:, :-1]], dim=1)  # (B, T)
+    starts = valid & (starts | ~prev_valid)
+    ids = starts.long().cumsum(-1) - 1  # (B, T)
+    return torch.where(valid, ids, -1)
+
 
 
 def _require_tokenizers() -> Any:

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from ..constants import IGNORE_INDEX
-from ..objectives import Batch
+from ..batch import Batch
 
 __all__ = ["TaskResult"]
 

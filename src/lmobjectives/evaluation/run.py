@@ -4,7 +4,7 @@ Also the run's data, rebuilt exactly as the trainer lays it out: :func:`run_batc
 batches, ``stream(step)`` being the batch of data position ``step``), :func:`heldout_batches` (the held-out
 batches its ``eval_every`` lines were computed on) and :func:`heldout_blocks` (held-out text as plain token
 blocks, what the evaluations in this package read). The held-out documents are the corpus's documents that
-:func:`lmobjectives.training.streams.heldout_split` holds out for the run's ``heldout`` fraction: a hash of
+:func:`lmobjectives.data.heldout_split` holds out for the run's ``heldout`` fraction: a hash of
 each document's words decides, so nothing is written to disk and the split is the same for every objective,
 seed and tokenizer.
 """
@@ -19,21 +19,19 @@ from typing import Any, Literal
 import torch
 
 from ..constants import DEFAULT_SEED
+from ..batch import Batch, Objective
+from ..data.heldout import heldout_split
 from ..data.packing import pack_documents, tokenize_documents
+from ..data.sources import data_texts, is_document, load_data
 from ..data.tokenizers import ByteTokenizer, load_tokenizer
-from ..models import MODELS, TransformerConfig
-from ..objectives import Batch, Objective, Recipe
+from ..recipes import Recipe
 from ..training.checkpoint import checkpoint_steps, load_checkpoint
-from ..training.config import TrainConfig
-from ..training.streams import build_stream, derive_seed, heldout_split, load_data
-from ..training.trainer import (
-    SAVED_BEFORE,
-    heldout_eval_batches,
-    is_run,
-    resolve_device,
-)
+from ..training.config import TrainConfig, resolve_device
+from ..training.run_folder import CHECKPOINT_DIR, TOKENIZER_DIR, build_model, read_run_config
+from ..training.streams import build_stream, derive_seed
+from ..training.trainer import heldout_eval_batches
 
-__all__ = ["NotApplicable", "Reads", "Run", "heldout_batches", "heldout_blocks", "heldout_word_ids", "load_run", "run_batches", "token_byte_lengths"]
+__all__ = ["NotApplicable", "Reads", "Run", "heldout_batches", "heldout_blocks", "heldout_word_ids", "load_run", "run_batches", "sample_batch", "token_byte_lengths"]
 
 Reads = Literal["causal", "bidirectional", "encoder_decoder"]
 """How a run's model reads text, from the batches it was trained on: ``"causal"`` (each position sees the
@@ -102,35 +100,41 @@ def load_run(out_dir: str | Path, device: str = "cpu") -> Run:
     ValueError: /nonexistent is not an lmobj run (no config.json with a "train" entry)
     """
     out = Path(out_dir)
-    if not is_run(out):
-        raise ValueError(f'{out} is not an lmobj run (no config.json with a "train" entry)')
-    saved = json.loads((out / "config.json").read_text())
-    known = {f.name for f in fields(TrainConfig)}
-    train = {**SAVED_BEFORE, **{k: v for k, v in saved["train"].items() if k in known}}
-    train.update(resume=False, progress=False, out=str(out))
-    config = TrainConfig(**train)
-    if not checkpoint_steps(out / "checkpoint"):
-        raise FileNotFoundError(f"{out} has no checkpoint yet (no {out / 'checkpoint'}/state-*.json): nothing to evaluate")
-    tokenizer = load_tokenizer(str(out / "tokenizer"))
+    saved = read_run_config(out)
+    config = saved.train_config(resume=False, progress=False, out=str(out))
+    checkpoints = out / CHECKPOINT_DIR
+    if not checkpoint_steps(checkpoints):
+        raise FileNotFoundError(f"{out} has no checkpoint yet (no {checkpoints}/state-*.json): nothing to evaluate")
+    tokenizer = load_tokenizer(str(out / TOKENIZER_DIR))
     recipe = config.recipe
     objective = recipe.build(tokenizer.vocab, config.options, seq_len=config.seq_len)
     where = resolve_device(device)
-    architecture = saved.get("architecture", "transformer")
-    model = MODELS[architecture](TransformerConfig(**saved["model"]), **saved.get("model_kwargs", {})).to(where)
-    state = load_checkpoint(out / "checkpoint", model)
+    model = build_model(saved).to(where)
+    state = load_checkpoint(checkpoints, model)
     model.eval()
-    corpus = load_data(recipe, config.data, skip_bad_files=config.skip_bad_files)
+    corpus = load_data(config.data, recipe.data, skip_bad_files=config.skip_bad_files)
     documents, heldout = heldout_split(corpus, config.heldout)
-    reads = _reads(recipe, objective, heldout or documents, tokenizer, config)
+    reads = _reads(_first_batch(recipe, objective, heldout or documents, tokenizer, config))
     return Run(out_dir=out, config=config, tokenizer=tokenizer, recipe=recipe, objective=objective, model=model,
                step=int(state["step"]), reads=reads, documents=documents, heldout=heldout, device=where)  # fmt: skip
 
 
-def _reads(recipe: Recipe, objective: Objective, documents: list[Any], tokenizer: Any, config: TrainConfig) -> Reads:
-    """How the model reads text: the attention pattern of one batch laid out as the training laid them out."""
+def _first_batch(recipe: Recipe, objective: Objective, documents: list[Any], tokenizer: Any, config: TrainConfig
+                 ) -> Batch:  # fmt: skip
+    """A batch of two rows from the first 16 ``documents``, laid out and corrupted as the training's."""
     stream = build_stream(recipe, objective, documents[:16], tokenizer, seq_len=config.seq_len, batch_size=2,
                           seed=config.seed)  # fmt: skip
-    batch = stream(0)
+    return stream(0)
+
+
+def sample_batch(run: Run) -> Batch:
+    """A small batch (two rows) of the run's kind, laid out and corrupted as its training batches: what its
+    model was trained to read (its attention pattern, its targets), from the held-out side if it has one."""
+    return _first_batch(run.recipe, run.objective, run.heldout or run.documents, run.tokenizer, run.config)
+
+
+def _reads(batch: Batch) -> Reads:
+    """How the model reads text: the attention pattern of a batch laid out as the training laid them out."""
     if batch.decoder_input_ids is not None:
         return "encoder_decoder"
     return "causal" if batch.causal else "bidirectional"
@@ -185,9 +189,7 @@ def _heldout_packed(run: Run, length: int | None, max_blocks: int | None, *, wit
 
 def _texts_as_documents(items: list[Any]) -> list[list[str]]:
     """Documents as lists of sentences; a chat record becomes one document of its message contents."""
-    from ..training.streams import _is_document, data_texts
-
-    return [item if _is_document(item) else data_texts([item]) for item in items]
+    return [item if is_document(item) else data_texts([item]) for item in items]
 
 
 def token_byte_lengths(tokenizer: Any) -> torch.Tensor:

@@ -24,7 +24,8 @@ import torch
 
 from ..constants import DEFAULT_SEED
 from ..data.packing import sentence_table, tokenize_corpus
-from ..objectives import Batch, NextSentencePrediction, SentenceOrderPrediction
+from ..batch import Batch
+from ..objectives import NextSentencePrediction, SentenceOrderPrediction
 from ..training.streams import SentenceStream, derive_seed
 from .result import TaskResult
 from .run import NotApplicable, Run, _texts_as_documents, eval_generator

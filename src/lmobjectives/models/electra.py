@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..objectives.base import Batch
+from ..batch import Batch
 from .transformer import (
     Block,
     ModelOutput,
@@ -118,7 +118,7 @@ class ElectraModel(nn.Module):
     fine-tuning); :meth:`replaced_logits` is its replaced-token head; :meth:`generator_hidden` and
     ``generator.head`` give the generator's predictions, with :attr:`output_weight` and
     ``generator.output_bias`` as its output layer. The loss is
-    :func:`lmobjectives.objectives.electra.electra_loss`.
+    :func:`lmobjectives.recipes.step_losses.electra_loss`.
     """
 
     def __init__(self, config: TransformerConfig, generator_size: float = 0.25) -> None:

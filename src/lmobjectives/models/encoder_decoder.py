@@ -32,7 +32,7 @@ from functools import partial
 import torch
 import torch.nn as nn
 
-from ..objectives.base import Batch, attention_mask_4d
+from ..batch import Batch, attention_mask_4d
 from .transformer import Block, ModelOutput, TransformerConfig, alibi_slopes, init_weights, self_attention_inputs
 
 __all__ = ["EncoderDecoder"]

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..objectives.base import Batch
+from ..batch import Batch
 from .transformer import (
     AttentionInputs,
     Block,

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..objectives.base import Batch, attention_mask_4d
+from ..batch import Batch, attention_mask_4d
 
 __all__ = ["ModelOutput", "Transformer", "TransformerConfig", "alibi_slopes"]
 

@@ -10,7 +10,8 @@ import torch
 from .._checks import check_like
 from ..constants import IGNORE_INDEX
 from ..vocab import Vocab
-from .base import Batch, checked_tokens
+from ..batch import Batch, checked_tokens
+from ._option import option
 
 __all__ = ["CausalLM", "documents_from_eos", "masking_document_ids", "positions_within_documents"]
 
@@ -97,7 +98,7 @@ class CausalLM:
     """
 
     vocab: Vocab  # vocabulary (eos_id used for document boundaries, pad_id for padding)
-    document_masking: bool = False  # no attention / no target across documents; positions restart per document
+    document_masking: bool = option(False, "no attention / no target across documents; positions restart per document")
 
     name = "clm"
 

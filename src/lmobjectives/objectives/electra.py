@@ -12,7 +12,8 @@ Three pieces, each checkable on its own:
   masked, ``labels`` the originals at the masked positions.
 * :func:`replace_masked`: the discriminator's input and labels from that batch and the generator's
   samples (``_get_fake_data`` of the released code).
-* :func:`electra_loss`, the recipe's loss: generator MLM + ``discriminator_weight`` x sigmoid BCE.
+* :func:`lmobjectives.recipes.step_losses.electra_loss`, the recipe's loss: generator MLM +
+  ``discriminator_weight`` x sigmoid BCE.
 
 The model is :class:`lmobjectives.models.electra.ElectraModel` (registry architecture ``"electra"``).
 """
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -29,14 +29,11 @@ import torch.nn.functional as F
 from .._checks import check_positive_int, check_probability
 from ..constants import IGNORE_INDEX
 from ..vocab import Vocab
-from .base import Batch
+from ..batch import Batch
+from ._option import option
 from .mlm import MaskedLM
-from .recipe import StepLoss
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ..models.electra import ElectraModel
-
-__all__ = ["ELECTRA", "electra_loss", "gumbel_max_sample", "replace_masked"]
+__all__ = ["ELECTRA", "gumbel_max_sample", "replace_masked"]
 
 MASK_FRACTION = 0.85  # ELECTRA's mask(): a masked position gets [MASK] with probability 0.85, else stays as it was
 
@@ -71,7 +68,7 @@ class ELECTRA:
       (19 at its length 128, where ``round(0.15 n) <= 19`` for every ``n <= 128``: no cap at all).
 
     ``generator_size`` and ``discriminator_weight`` do not change the batch: the model reads the
-    first (``ModelSpec.kwargs``), :func:`electra_loss` the second. Both are ELECTRA's defaults
+    first (``ModelSpec.kwargs``), :func:`lmobjectives.recipes.step_losses.electra_loss` the second. Both are ELECTRA's defaults
     (``generator_hidden_size = 0.25``, ``disc_weight = 50``).
 
     Seeded example (vocab size 10: pad 0, CLS 1, SEP 2, MASK 3; ordinary ids 4..9;
@@ -87,10 +84,10 @@ class ELECTRA:
     """
 
     vocab: Vocab  # vocabulary: mask_id is required; special ids are never masked
-    probability: float = 0.15  # share of each row's maskable tokens masked for the generator (ELECTRA's mask_prob)
-    max_predictions: int | None = None  # cap on masked tokens per row (ELECTRA's max_predictions_per_seq); None = none
-    generator_size: float = 0.25  # generator width / discriminator width, in (0, 1]; same depth, shared embedding
-    discriminator_weight: float = 50.0  # lambda: loss = generator MLM + lambda * discriminator BCE (ELECTRA: 50)
+    probability: float = option(0.15, "share of each row's maskable tokens masked for the generator (ELECTRA's mask_prob)")
+    max_predictions: int | None = option(None, "cap on masked tokens per row (ELECTRA's max_predictions_per_seq); None = none")
+    generator_size: float = option(0.25, "generator width / discriminator width, in (0, 1]; same depth, shared embedding")
+    discriminator_weight: float = option(50.0, "lambda: loss = generator MLM + lambda * discriminator BCE (ELECTRA: 50)")
     _masking: MaskedLM = field(init=False, repr=False, compare=False)  # the MaskedLM doing the masking
 
     name = "electra"
@@ -182,76 +179,3 @@ def replace_masked(batch: Batch, sampled: torch.Tensor) -> tuple[torch.Tensor, t
     original = torch.where(masked, batch.labels, batch.input_ids)  # (B, T)
     fake = original.flatten().index_put((flat,), sampled.to(original.dtype)).view_as(original)  # (B, T)
     return fake, fake != original
-
-
-def electra_loss(
-    objective: ELECTRA, model: ElectraModel, batch: Batch, *, generator: torch.Generator | None = None
-) -> StepLoss:
-    """ELECTRA's loss on the generator's ``batch``: generator MLM + ``discriminator_weight`` x discriminator BCE.
-
-    1. The generator runs on the masked input; its MLM loss at the masked positions goes through the
-       package's fused linear cross-entropy (:func:`lmobjectives.losses.lm_loss`), on the masked rows
-       only (``hidden[masked]``: the head and the vocabulary projection never see the others).
-    2. One token per masked position is sampled from the generator's distribution at temperature 1
-       (:func:`gumbel_max_sample`, on logits ``h @ E.T + b`` of the masked rows only, without gradient:
-       ELECTRA's ``stop_gradient``). The discriminator's input and labels come from
-       :func:`replace_masked`.
-    3. The discriminator's loss: sigmoid cross-entropy of its replaced-token logits, mean over every
-       real token (``attention_mask``; ELECTRA's ``input_mask`` weights), specials included.
-
-    ``total = generator + discriminator_weight * discriminator`` (ELECTRA: ``gen_weight = 1``,
-    ``disc_weight = 50``), which ``weights`` makes the reported ``loss`` too. Terms: ``"generator"`` (MLM loss; accuracy = argmax hits on the masked
-    positions) and ``"discriminator"`` (BCE mean; ``num_tokens`` = real tokens, ``num_correct`` =
-    tokens with ``(logit > 0) == replaced``, ELECTRA's ``disc_accuracy``). Metrics, per step:
-    ``replaced_fraction`` (replaced / real tokens: the all-"original" baseline's error),
-    ``discriminator_precision`` and ``discriminator_recall`` on the replaced tokens (0 when
-    undefined, as ``tf.metrics.accuracy`` with zero weight gives in ELECTRA's evaluation).
-
-    Randomness: the sample draws from ``generator``, by default None: torch's global generator, as
-    the model's dropout does. The trainer seeds it from ``(seed, step)`` before every step
-    (``training.trainer``), so a resumed run draws the same samples as an uninterrupted one; pass a
-    generator to make a call reproducible on its own.
-    """
-    # lazy: the loss pulls in the fused kernels
-    from ..losses import LossOutput, lm_loss
-
-    masked = batch.labels != IGNORE_INDEX  # (B, T)
-    rows = masked.flatten().nonzero().squeeze(-1)  # (M,) row-major
-    targets = batch.labels.flatten().index_select(0, rows)  # (M,)
-    gen_hidden = model.generator_hidden(batch)  # (B, T, d_gen)
-    h = model.generator.head(gen_hidden.flatten(0, 1).index_select(0, rows))  # (M, d)
-    weight, bias = model.output_weight, model.generator.output_bias  # (V, d), (V,)
-    gen = lm_loss(h, weight, targets, bias=bias, gather_targets=False)
-    with torch.no_grad():
-        work = torch.promote_types(h.dtype, torch.float32)  # fp32 at least; float64 stays float64
-        logits = torch.addmm(bias.to(work), h.to(work), weight.to(work).t())  # (M, V), masked rows only
-        sampled = gumbel_max_sample(logits, generator)  # (M,)
-    fake, replaced = replace_masked(batch, sampled)  # (B, T), (B, T)
-
-    hidden = model(replace(batch, input_ids=fake)).hidden  # (B, T, d)
-    disc_logits = model.replaced_logits(hidden)  # (B, T)
-    disc_logits = disc_logits.to(torch.promote_types(disc_logits.dtype, torch.float32))
-    real = batch.attention_mask  # (B, T)
-    per_token = F.binary_cross_entropy_with_logits(disc_logits, replaced.to(disc_logits.dtype), reduction="none")  # (B, T)
-    n_real = real.sum()
-    disc_loss = torch.where(real, per_token, 0.0).sum() / n_real.clamp(min=1)
-    predicted = (disc_logits > 0) & real  # (B, T): ELECTRA's preds = round((sign(logit) + 1) / 2)
-    replaced = replaced & real
-    n_replaced, n_predicted = replaced.sum(), predicted.sum()
-    hits = (predicted & replaced).sum()
-    correct = ((predicted == replaced) & real).sum()
-    disc = LossOutput(loss=disc_loss, num_tokens=n_real, num_correct=correct)
-
-    def ratio(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return (a / b.clamp(min=1)).float().detach()
-
-    return StepLoss(
-        total=gen.loss + objective.discriminator_weight * disc_loss,
-        terms={"generator": gen, "discriminator": disc},
-        weights={"discriminator": objective.discriminator_weight},  # the reported "loss" is the trained total
-        metrics={
-            "replaced_fraction": ratio(n_replaced, n_real),
-            "discriminator_precision": ratio(hits, n_predicted),
-            "discriminator_recall": ratio(hits, n_replaced),
-        },
-    )

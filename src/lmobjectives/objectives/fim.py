@@ -28,7 +28,8 @@ import torch
 
 from .._checks import check_generator, check_positive_int, check_probability, int_rows
 from ..vocab import Vocab
-from .base import Batch
+from ..batch import Batch
+from ._option import option
 from .clm import CausalLM
 
 __all__ = ["FillInTheMiddle", "fim_reassemble"]
@@ -189,10 +190,10 @@ class FillInTheMiddle:
     """
 
     vocab: Vocab  # needs eos_id (<EOT>, the document separator) and fim_prefix_id, fim_middle_id, fim_suffix_id
-    fim_rate: float = 0.5  # probability that a document (fragment, at context level) is FIM-transformed
-    spm_rate: float = 0.5  # probability that a FIM example is laid out SPM rather than PSM
-    seq_len: int = 2048  # tokens per output row (>= 2; the run's --seq-len sets it)
-    level: str = "context"  # "context": FIM per document fragment of a packed row (paper's choice) | "document"
+    fim_rate: float = option(0.5, "probability that a document (fragment, at context level) is FIM-transformed")
+    spm_rate: float = option(0.5, "probability that a FIM example is laid out SPM rather than PSM")
+    seq_len: int = option(2048, "tokens per output row (>= 2; the run's --seq-len sets it)")
+    level: str = option("context", "\"context\": FIM per document fragment of a packed row (paper's choice) | \"document\"")
 
     name = "fim"
 

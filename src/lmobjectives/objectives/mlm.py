@@ -24,9 +24,10 @@ import torch
 from .._checks import check_like, check_positive_int, check_probability
 from ..constants import IGNORE_INDEX
 from ..vocab import Vocab
-from .base import Batch, checked_tokens
+from ..batch import Batch, checked_tokens
+from ._option import option
 
-__all__ = ["MaskedLM", "word_ids_from_starts"]
+__all__ = ["MaskedLM"]
 
 
 def _check_counts(counts: object, vocab: Vocab) -> torch.Tensor:
@@ -51,27 +52,6 @@ SELECTIONS = ("bernoulli", "exact")
 RANDOM_IDS = ("uniform", "unigram")
 _SPARE_CANDIDATES = 8  # span: candidates drawn beyond the largest budget, for the ones that add nothing
 _TAIL_WINDOW = 16  # candidates a budget-filling round looks at per row
-
-
-def word_ids_from_starts(is_word_start: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-    """Word ids ``(B, T)`` from a word-start flag: ids count words from 0 in each row, -1 off words.
-
-    A word runs from a start to the token before the next start (or before the
-    next invalid token). An invalid token (special, padding; ``valid`` False)
-    gets -1 and ends the word before it; a valid token right after an invalid
-    one starts a word even when its flag is False.
-
-    >>> word_ids_from_starts(torch.tensor([[0, 1, 0, 1, 1, 0]]), torch.tensor([[0, 1, 1, 1, 1, 0]]))
-    tensor([[-1,  0,  0,  1,  2, -1]])
-    """
-    starts = is_word_start.bool()  # (B, T)
-    if valid is None:
-        valid = torch.ones_like(starts)
-    valid = valid.bool()
-    prev_valid = torch.cat([torch.zeros_like(valid[:, :1]), valid[:, :-1]], dim=1)  # (B, T)
-    starts = valid & (starts | ~prev_valid)
-    ids = starts.long().cumsum(-1) - 1  # (B, T)
-    return torch.where(valid, ids, -1)
 
 
 def _truncated_geometric(u: torch.Tensor, p: float, n: int | torch.Tensor) -> torch.Tensor:
@@ -167,7 +147,7 @@ class MaskedLM:
     """Masked-LM corruption: select tokens, replace most by [MASK], predict the originals.
 
     **Maskable** tokens are real (``attention_mask`` True; without one, not in
-    the trailing ``pad_id`` run, see :func:`~lmobjectives.objectives.base.padding_mask`)
+    the trailing ``pad_id`` run, see :func:`~lmobjectives.batch.padding_mask`)
     and not special (``Vocab.special_ids``: PAD, CLS, SEP, MASK, UNK and the
     extras, as HF's ``get_special_tokens_mask``). Only maskable tokens are
     ever selected. A selected token gets its original id as label and is
@@ -260,7 +240,7 @@ class MaskedLM:
     maskable tokens with the same id ``>= 0`` (so HF ``word_ids()`` of a
     sentence pair, which restart at 0 after [SEP], work as they are); -1 marks
     tokens outside any word (never selected by the word and span units).
-    :func:`word_ids_from_starts` builds them from a word-start flag.
+    :func:`lmobjectives.data.word_ids_from_starts` builds them from a word-start flag.
 
     Deterministic example (``probability=1.0, mask_fraction=1.0,
     random_fraction=0.0``, either selection; vocab size 10, pad 0, CLS 1,
@@ -295,16 +275,16 @@ class MaskedLM:
     """
 
     vocab: Vocab  # vocabulary: mask_id is required; special_ids are never selected nor drawn
-    probability: float = 0.15  # selection rate in (0, 1]: per unit (bernoulli) or budget fraction (exact, span)
-    mask_fraction: float = 0.8  # share of selected tokens replaced by [MASK]
-    random_fraction: float = 0.1  # share replaced by a random non-special id; the rest are kept
-    unit: str = "token"  # "token" | "word" (whole-word masking) | "span" (SpanBERT)
-    selection: str = "bernoulli"  # "bernoulli" (independent draws) | "exact" (fixed count per row, BERT)
-    max_predictions: int | None = None  # cap on targets per row (BERT max_predictions_per_seq); budgeted modes only
-    span_geometric_p: float = 0.2  # span: parameter of the geometric span length (SpanBERT p)
-    max_span_length: int = 10  # span: longest span, in words (SpanBERT l_max)
-    max_ngram: int = 3  # ngram: longest n-gram, in words (ALBERT n); P(n) proportional to 1/n
-    random_ids: str = "uniform"  # random replacements: "uniform" over ordinary ids, or "unigram" (corpus counts, SpanBERT)
+    probability: float = option(0.15, "selection rate in (0, 1]: per unit (bernoulli) or budget fraction (exact, span)")
+    mask_fraction: float = option(0.8, "share of selected tokens replaced by [MASK]")
+    random_fraction: float = option(0.1, "share replaced by a random non-special id; the rest are kept")
+    unit: str = option("token", "\"token\" | \"word\" (whole-word masking) | \"span\" (SpanBERT)")
+    selection: str = option("bernoulli", "\"bernoulli\" (independent draws) | \"exact\" (fixed count per row, BERT)")
+    max_predictions: int | None = option(None, "cap on targets per row (BERT max_predictions_per_seq); budgeted modes only")
+    span_geometric_p: float = option(0.2, "span: parameter of the geometric span length (SpanBERT p)")
+    max_span_length: int = option(10, "span: longest span, in words (SpanBERT l_max)")
+    max_ngram: int = option(3, "ngram: longest n-gram, in words (ALBERT n); P(n) proportional to 1/n")
+    random_ids: str = option("uniform", "random replacements: \"uniform\" over ordinary ids, or \"unigram\" (corpus counts, SpanBERT)")
     _unigram: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)  # counts (V,)
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # per-device lookup tables
 
@@ -418,7 +398,7 @@ class MaskedLM:
             if word_ids is None:
                 raise ValueError(
                     f"unit={self.unit!r} needs word_ids (B, T): same id = same word, -1 = no word; "
-                    "build them with lmobjectives.objectives.mlm.word_ids_from_starts (the byte tokenizer derives "
+                    "build them with lmobjectives.data.word_ids_from_starts (the byte tokenizer derives "
                     "them from whitespace) or from a HF tokenizer's word_ids()"
                 )
             word_ids = check_like(word_ids, input_ids, "word_ids")

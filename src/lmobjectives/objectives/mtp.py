@@ -1,8 +1,8 @@
 """Multi-token prediction: predict tokens t+1 ... t+N from tokens <= t (Gloeckle et al. 2024; DeepSeek-V3).
 
 The objective builds the labels, one column per future token; the two head designs live in
-:class:`lmobjectives.models.MultiTokenTransformer` and the losses here (:func:`mtp_step_loss`, the
-recipe's loss, which picks :func:`parallel_heads_loss` or :func:`sequential_modules_loss`).
+:class:`lmobjectives.models.MultiTokenTransformer` and the losses in :mod:`lmobjectives.recipes.step_losses`
+(``mtp_step_loss``, the recipe's loss, which picks ``parallel_heads_loss`` or ``sequential_modules_loss``).
 
 Sources: F. Gloeckle, B. Y. Idrissi, B. Rozière, D. Lopez-Paz, G. Synnaeve, "Better & Faster Large Language
 Models via Multi-token Prediction", ICML 2024 (arXiv:2404.19737), §2 and Fig. 2 (the memory-efficient
@@ -13,26 +13,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 
 from .._checks import check_like, check_positive_int
 from ..constants import IGNORE_INDEX
 from ..vocab import Vocab
-from .base import Batch, checked_tokens
+from ..batch import Batch, checked_tokens
+from ._option import option
 from .clm import documents_from_eos, positions_within_documents
-from .recipe import StepLoss
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..losses import LossOutput
 
 __all__ = [
     "MultiTokenPrediction",
     "head_term_name",
-    "mtp_step_loss",
-    "parallel_heads_loss",
-    "sequential_modules_loss",
 ]
 
 HeadDesign = Literal["parallel", "sequential"]
@@ -97,11 +91,11 @@ class MultiTokenPrediction:
     """
 
     vocab: Vocab  # vocabulary (eos_id marks document boundaries, pad_id padding)
-    n_future: int = 2  # tokens predicted at each position (t+1 ... t+n_future); 1 is plain next-token prediction
-    head_design: HeadDesign = "parallel"  # 'parallel': Gloeckle et al.'s independent heads; 'sequential': DeepSeek-V3's chained modules
-    document_masking: bool = False  # also no attention across documents, positions restarting per document
-    mtp_weight: float = 0.3  # sequential heads: lambda, the weight of the mean loss of the extra depths (DeepSeek-V3)
-    memory_efficient: bool = True  # parallel heads: one head's forward and backward at a time (Gloeckle et al. Fig. 2)
+    n_future: int = option(2, "tokens predicted at each position (t+1 ... t+n_future); 1 is plain next-token prediction")
+    head_design: HeadDesign = option("parallel", "'parallel': Gloeckle et al.'s independent heads; 'sequential': DeepSeek-V3's chained modules")
+    document_masking: bool = option(False, "also no attention across documents, positions restarting per document")
+    mtp_weight: float = option(0.3, "sequential heads: lambda, the weight of the mean loss of the extra depths (DeepSeek-V3)")
+    memory_efficient: bool = option(True, "parallel heads: one head's forward and backward at a time (Gloeckle et al. Fig. 2)")
 
     name = "mtp"
 
@@ -161,135 +155,3 @@ class MultiTokenPrediction:
         )
 
 
-# ----------------------------------------------------------------------------- losses
-
-
-def _check_labels(model: Any, batch: Batch, heads: str) -> torch.Tensor:
-    """``batch.labels`` ``(B, T, N)`` checked against the model: a multi-token model of the same design and N."""
-    from ..models.mtp import (
-        MultiTokenTransformer,  # lazy: models import objectives.base
-    )
-
-    if not isinstance(model, MultiTokenTransformer):
-        raise TypeError(f"the mtp loss needs a MultiTokenTransformer (architecture 'mtp'), got {type(model).__name__}")
-    if model.head_design != heads:
-        raise ValueError(f"the {heads} heads loss got a model with head_design={model.head_design!r}")
-    labels = batch.labels
-    if labels.dim() != 3 or labels.shape[-1] != model.n_future:
-        raise ValueError(
-            f"batch.labels must be (B, T, n_future={model.n_future}) from the mtp objective, got shape "
-            f"{tuple(labels.shape)}"
-        )
-    return labels
-
-
-def _head_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> LossOutput:
-    from ..losses import lm_loss  # lazy: the loss pulls in the fused kernels
-
-    # nearly every position is a target, so no gather (and no host sync) before the projection
-    return lm_loss(hidden, weight, labels, gather_targets=False)
-
-
-class _AccumulatedGradients(torch.autograd.Function):
-    """``total`` of the memory-efficient schedule: its value is the real loss; its backward hands the gradients
-    already accumulated (trunk output, head parameters) to autograd, which continues into the trunk.
-
-    The gradients are stored on ``ctx`` (not saved tensors) and scaled in place by the incoming gradient,
-    so this backward runs once (``retain_graph`` and a second backward raise)."""
-
-    @staticmethod
-    def forward(ctx: Any, value: torch.Tensor, grads: list[torch.Tensor | None], *inputs: torch.Tensor) -> torch.Tensor:
-        ctx.grads = grads
-        return value.detach().clone()
-
-    @staticmethod
-    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        grads, ctx.grads = ctx.grads, None
-        if grads is None:
-            raise RuntimeError("the memory-efficient MTP loss can be backpropagated once only")
-        return (None, None, *(None if g is None else g.mul_(grad_out) for g in grads))
-
-
-def parallel_heads_loss(model: Any, batch: Batch, *, memory_efficient: bool = True) -> StepLoss:
-    """Gloeckle et al.'s loss ``Σ_k CE_k`` (each the mean over head ``k``'s targets), terms per head.
-
-    ``memory_efficient=False`` is the naive version: every head's forward, then one backward through
-    all of them, so all ``N`` heads' activations are alive together. ``memory_efficient=True`` is the
-    paper's schedule (Fig. 2): the trunk runs forward once; then, one head at a time, that head's
-    forward and backward (``torch.autograd.grad``) from the *detached* trunk output, summing the
-    gradient at the trunk output and the head's parameter gradients (its block, the shared final norm
-    and the shared unembedding). Only one head's activations exist at a time. The returned
-    ``total`` is the real loss ``Σ_k CE_k`` as a value; its backward (the trainer's
-    ``total.backward()``) delivers the summed head gradients to their parameters and continues from the
-    trunk output through the trunk, so that every parameter ends up with the naive version's gradient
-    (same dropout draws too: the forwards run in the same order). Term values are the heads' real,
-    detached losses. Without grad mode (evaluation) both run the heads one at a time with no backward.
-    """
-    labels = _check_labels(model, batch, "parallel")
-    weight = model.output_weight
-    N = model.n_future
-    terms: dict[str, LossOutput] = {}
-    if not memory_efficient and torch.is_grad_enabled():
-        out = model(batch)  # every head, all alive until the backward
-        for k in range(N):
-            terms[head_term_name(k)] = _head_loss(out.heads[:, :, k], weight, labels[..., k])
-        total = sum(t.loss for t in terms.values())
-        return StepLoss(total=total, terms=terms)  # type: ignore[arg-type]
-    trunk, attention = model.trunk(batch)  # (B, T, d), attention inputs shared by the heads
-    if not torch.is_grad_enabled():
-        for k in range(N):
-            terms[head_term_name(k)] = _head_loss(model.head(k, trunk, attention), weight, labels[..., k])
-        return StepLoss(total=sum(t.loss for t in terms.values()), terms=terms)  # type: ignore[arg-type]
-    detached = trunk.detach().requires_grad_(trunk.requires_grad)  # (B, T, d): the heads' input
-    shared = [p for p in (*model.ln_f.parameters(), weight) if p.requires_grad]
-    grads: dict[torch.Tensor, torch.Tensor] = {}  # parameter -> its summed gradient
-    trunk_grad: torch.Tensor | None = None  # (B, T, d)
-    for k in range(N):
-        params = [p for p in model.head_block(k).parameters() if p.requires_grad] + shared
-        term = _head_loss(model.head(k, detached, attention), weight, labels[..., k])
-        inputs = ([detached] if detached.requires_grad else []) + params
-        if inputs and term.loss.requires_grad:
-            got = torch.autograd.grad(term.loss, inputs, allow_unused=True)  # frees head k's activations
-            if detached.requires_grad:
-                g, got = got[0], got[1:]
-                trunk_grad = g if trunk_grad is None else trunk_grad.add_(g)
-            for p, g in zip(params, got):
-                if g is not None:
-                    grads[p] = g if p not in grads else grads[p].add_(g)
-        terms[head_term_name(k)] = type(term)(loss=term.loss.detach(), num_tokens=term.num_tokens,
-                                              num_correct=term.num_correct)  # fmt: skip
-    value = sum(t.loss for t in terms.values())
-    targets = ([trunk] if trunk_grad is not None else []) + list(grads)
-    if not targets:
-        return StepLoss(total=value, terms=terms)  # type: ignore[arg-type]
-    carried = ([trunk_grad] if trunk_grad is not None else []) + list(grads.values())
-    total = _AccumulatedGradients.apply(value, carried, *targets)
-    return StepLoss(total=total, terms=terms)
-
-
-def sequential_modules_loss(model: Any, batch: Batch, *, weight: float = 0.3) -> StepLoss:
-    """DeepSeek-V3's loss (§2.2, Eqs. 24-25): ``CE_main + weight / D · Σ_{k=1..D} CE_k``.
-
-    Terms: ``"lm"`` (the main model's next-token loss) and ``"head{k+1}"`` for depth ``k`` (the real,
-    unweighted cross-entropy of the token ``k + 1`` ahead); metric ``"mtp_weighted_loss"`` is the
-    weighted extra part ``weight / D · Σ_k CE_k``, so the trained total is ``lm_loss +
-    mtp_weighted_loss``.
-    """
-    labels = _check_labels(model, batch, "sequential")
-    out = model(batch)
-    terms = {head_term_name(k): _head_loss(out.heads[:, :, k], model.output_weight, labels[..., k])
-             for k in range(model.n_future)}  # fmt: skip
-    main = terms["lm"].loss
-    D = model.n_future - 1
-    if D == 0:
-        return StepLoss(total=main, terms=terms)
-    extra = weight / D * sum(terms[head_term_name(k)].loss for k in range(1, D + 1))
-    weights = {head_term_name(k): weight / D for k in range(1, D + 1)}  # the reported "loss" is the trained total
-    return StepLoss(total=main + extra, terms=terms, metrics={"mtp_weighted_loss": extra.detach()}, weights=weights)
-
-
-def mtp_step_loss(objective: MultiTokenPrediction, model: Any, batch: Batch) -> StepLoss:
-    """The recipe's loss: the objective's ``head_design`` with its ``memory_efficient`` / ``mtp_weight``."""
-    if objective.head_design == "parallel":
-        return parallel_heads_loss(model, batch, memory_efficient=objective.memory_efficient)
-    return sequential_modules_loss(model, batch, weight=objective.mtp_weight)

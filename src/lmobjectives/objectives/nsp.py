@@ -19,7 +19,8 @@ import torch
 from .._checks import check_generator, check_like, check_positive_int, check_probability, check_token_ids
 from ..constants import IGNORE_INDEX
 from ..vocab import Vocab
-from .base import Batch, padding_mask
+from ..batch import Batch, padding_mask
+from ._option import option
 from .mlm import MaskedLM
 
 __all__ = ["NextSentencePrediction", "SentenceOrderPrediction", "SentencePairs"]
@@ -461,13 +462,13 @@ class NextSentencePrediction(_SentencePairObjective):
     """
 
     vocab: Vocab  # needs cls_id, sep_id, pad_id (and mask_id when mlm_probability > 0)
-    max_seq_length: int = 128  # length of every output row, [CLS] A [SEP] B [SEP] included (>= 5)
-    short_seq_prob: float = 0.1  # probability that a document's target length is uniform in [2, max_seq_length - 3]
-    random_next_prob: float = 0.5  # probability that B comes from another document (label 1)
-    mlm_probability: float = 0.15  # MaskedLM masking rate on the pairs; 0 turns MLM off (labels all IGNORE_INDEX)
-    mlm_selection: str = "exact"  # MaskedLM selection: "exact" (BERT's fixed count per row) or "bernoulli"
-    max_predictions: int | None = 20  # MaskedLM cap per row (BERT's max_predictions_per_seq); None for "bernoulli"
-    unit: str = "token"  # MaskedLM unit on the pairs: "token", "word" (BERT wwm), "span" (SpanBERT), "ngram" (ALBERT)
+    max_seq_length: int = option(128, "length of every output row, [CLS] A [SEP] B [SEP] included (>= 5)")
+    short_seq_prob: float = option(0.1, "probability that a document's target length is uniform in [2, max_seq_length - 3]")
+    random_next_prob: float = option(0.5, "probability that B comes from another document (label 1)")
+    mlm_probability: float = option(0.15, "MaskedLM masking rate on the pairs; 0 turns MLM off (labels all IGNORE_INDEX)")
+    mlm_selection: str = option("exact", "MaskedLM selection: \"exact\" (BERT's fixed count per row) or \"bernoulli\"")
+    max_predictions: int | None = option(20, "MaskedLM cap per row (BERT's max_predictions_per_seq); None for \"bernoulli\"")
+    unit: str = option("token", "MaskedLM unit on the pairs: \"token\", \"word\" (BERT wwm), \"span\" (SpanBERT), \"ngram\" (ALBERT)")
     _mlm: MaskedLM | None = field(default=None, init=False, repr=False, compare=False)  # built from the mlm_* options
 
     name = "nsp"
@@ -532,13 +533,13 @@ class SentenceOrderPrediction(_SentencePairObjective):
     """
 
     vocab: Vocab  # needs cls_id, sep_id, pad_id (and mask_id when mlm_probability > 0)
-    max_seq_length: int = 128  # length of every output row, [CLS] A [SEP] B [SEP] included (>= 5)
-    short_seq_prob: float = 0.1  # probability that a document's target length is uniform in [2, max_seq_length - 3]
-    swap_prob: float = 0.5  # probability that A and B are swapped (label 1)
-    mlm_probability: float = 0.15  # MaskedLM masking rate on the pairs; 0 turns MLM off (labels all IGNORE_INDEX)
-    mlm_selection: str = "exact"  # MaskedLM selection: "exact" (BERT's fixed count per row) or "bernoulli"
-    max_predictions: int | None = 20  # MaskedLM cap per row (BERT's max_predictions_per_seq); None for "bernoulli"
-    unit: str = "token"  # MaskedLM unit on the pairs: "token", "word" (BERT wwm), "span" (SpanBERT), "ngram" (ALBERT)
+    max_seq_length: int = option(128, "length of every output row, [CLS] A [SEP] B [SEP] included (>= 5)")
+    short_seq_prob: float = option(0.1, "probability that a document's target length is uniform in [2, max_seq_length - 3]")
+    swap_prob: float = option(0.5, "probability that A and B are swapped (label 1)")
+    mlm_probability: float = option(0.15, "MaskedLM masking rate on the pairs; 0 turns MLM off (labels all IGNORE_INDEX)")
+    mlm_selection: str = option("exact", "MaskedLM selection: \"exact\" (BERT's fixed count per row) or \"bernoulli\"")
+    max_predictions: int | None = option(20, "MaskedLM cap per row (BERT's max_predictions_per_seq); None for \"bernoulli\"")
+    unit: str = option("token", "MaskedLM unit on the pairs: \"token\", \"word\" (BERT wwm), \"span\" (SpanBERT), \"ngram\" (ALBERT)")
     _mlm: MaskedLM | None = field(default=None, init=False, repr=False, compare=False)  # built from the mlm_* options
 
     name = "sop"

@@ -21,7 +21,8 @@ import torch
 from .._checks import check_positive_int, check_probability
 from ..constants import IGNORE_INDEX
 from ..vocab import Vocab
-from .base import Batch, checked_tokens
+from ..batch import Batch, checked_tokens
+from ._option import option
 
 __all__ = ["PermutationLM"]
 
@@ -66,7 +67,7 @@ class PermutationLM:
 
     **Attention.** ``perm_mask`` is the mask of XLNet's *query stream* (a
     target predicts its token without seeing it): allowed = ``attention_mask``
-    keys and ``~perm_mask``. :func:`~lmobjectives.objectives.base.attention_mask_4d`
+    keys and ``~perm_mask``. :func:`~lmobjectives.batch.attention_mask_4d`
     applies ``perm_mask`` and then lets every query see itself: that is XLNet's
     *content stream* (each token sees its own content, ``perm_mask`` minus the
     diagonal in XLNet's model), not the query stream.
@@ -146,8 +147,8 @@ class PermutationLM:
     """
 
     vocab: Vocab  # vocabulary: mask_id is required; special ids and padding are never targets
-    plm_probability: float = 1 / 6  # span length / window length (XLNet mask_beta / mask_alpha = 1/6)
-    max_span_length: int = 5  # span lengths are uniform on 1..max_span_length (XLNet max_gram = 5)
+    plm_probability: float = option(1 / 6, "span length / window length (XLNet mask_beta / mask_alpha = 1/6)")
+    max_span_length: int = option(5, "span lengths are uniform on 1..max_span_length (XLNet max_gram = 5)")
 
     name = "plm"
 

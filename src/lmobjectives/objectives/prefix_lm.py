@@ -22,7 +22,8 @@ import torch
 from .._checks import check_like
 from ..constants import IGNORE_INDEX
 from ..vocab import Vocab
-from .base import Batch, checked_tokens
+from ..batch import Batch, checked_tokens
+from ._option import option
 from .clm import masking_document_ids, positions_within_documents
 
 __all__ = ["PrefixLM", "document_lengths", "prefix_lm_batch"]
@@ -251,7 +252,7 @@ class PrefixLM:
         position_ids     [[ 0,    1,  2,  3,     0,  1,  2,     0]]
         attention_mask   [[ T,    T,  T,  T,     T,  T,  T,     F]]
 
-    >>> from lmobjectives.objectives.base import attention_mask_4d
+    >>> from lmobjectives.batch import attention_mask_4d
     >>> x = torch.tensor([[7, 8, 9, 2, 5, 6, 2, 2]])
     >>> b = PrefixLM(Vocab(size=10, pad_id=2, eos_id=2))(x, generator=torch.Generator().manual_seed(5))
     >>> b.labels
@@ -275,7 +276,7 @@ class PrefixLM:
     """
 
     vocab: Vocab  # vocabulary (eos_id for document boundaries, pad_id for padding)
-    document_masking: bool = True  # each document is an example: own split, no attention across, positions restart
+    document_masking: bool = option(True, "each document is an example: own split, no attention across, positions restart")
 
     name = "prefix_lm"
 

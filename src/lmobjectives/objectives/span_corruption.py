@@ -19,7 +19,8 @@ import torch
 from .._checks import check_generator, check_like, check_probability
 from ..constants import IGNORE_INDEX
 from ..vocab import Vocab
-from .base import Batch, checked_tokens
+from ..batch import Batch, checked_tokens
+from ._option import option
 
 __all__ = [
     "SpanCorruption",
@@ -600,9 +601,9 @@ class SpanCorruption:
     """
 
     vocab: Vocab  # vocabulary: eos_id, pad_id (padding and decoder start) and sentinel_ids are required
-    noise_density: float = 0.15  # fraction of each row's tokens that are corrupted, in (0, 1) (T5: 0.15)
-    mean_noise_span_length: float = 3.0  # mean length in tokens of a corrupted span, >= 1 (T5: 3)
-    layout: str = "encoder_decoder"  # "encoder_decoder" (T5) or "decoder" (inputs then targets, prefix LM)
+    noise_density: float = option(0.15, "fraction of each row's tokens that are corrupted, in (0, 1) (T5: 0.15)")
+    mean_noise_span_length: float = option(3.0, "mean length in tokens of a corrupted span, >= 1 (T5: 3)")
+    layout: str = option("encoder_decoder", "\"encoder_decoder\" (T5) or \"decoder\" (inputs then targets, prefix LM)")
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # per-device sentinel ids
 
     name = "span_corruption"

@@ -5,7 +5,7 @@ half predicts every masked token of a span again, this time only from the encode
 span's two boundary tokens and the token's offset in the span
 (:class:`~lmobjectives.models.sbo.SpanBoundaryHead`). Its targets are a function of the masked
 batch alone (:func:`span_boundary_targets`), so the objective returns a plain :class:`Batch` and
-:func:`spanbert_loss` computes ``loss = MLM + SBO`` from it.
+:func:`lmobjectives.recipes.step_losses.spanbert_loss` computes ``loss = MLM + SBO`` from it.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import torch
 from .._checks import check_like, check_positive_int
 from ..constants import IGNORE_INDEX
 from ..vocab import Vocab
-from .base import Batch
+from ..batch import Batch
+from ._option import option
 from .mlm import MaskedLM
-from .recipe import StepLoss
 
-__all__ = ["SpanBERT", "SpanBoundaryTargets", "span_boundary_targets", "spanbert_loss"]
+__all__ = ["SpanBERT", "SpanBoundaryTargets", "span_boundary_targets"]
 
 
 class SpanBoundaryTargets(NamedTuple):
@@ -93,7 +93,7 @@ def span_boundary_targets(
 
 @dataclass(frozen=True)
 class SpanBERT:
-    """SpanBERT's pretraining data: span masking, trained with ``loss = MLM + SBO`` (:func:`spanbert_loss`).
+    """SpanBERT's pretraining data: span masking, trained with ``loss = MLM + SBO`` (:func:`lmobjectives.recipes.step_losses.spanbert_loss`).
 
     The batch is :class:`MaskedLM` with ``unit="span"`` and these options (SpanBERT's defaults:
     15 % of tokens, Geometric(0.2) span lengths on 1..10 words, one 80/10/10 decision per span,
@@ -121,15 +121,15 @@ class SpanBERT:
     """
 
     vocab: Vocab  # vocabulary: mask_id is required; special_ids are never selected nor drawn
-    probability: float = 0.15  # share of maskable tokens to mask (SpanBERT mask_ratio)
-    mask_fraction: float = 0.8  # share of spans replaced by [MASK]
-    random_fraction: float = 0.1  # share of spans replaced by random ids; the rest are kept
-    selection: str = "exact"  # "exact" (fixed token budget per row, SpanBERT) | "bernoulli" (Binomial budget)
-    max_predictions: int | None = None  # cap on masked tokens per row; None = no cap
-    span_geometric_p: float = 0.2  # parameter of the geometric span length (SpanBERT p)
-    max_span_length: int = 10  # longest span, in words (SpanBERT l_max)
-    max_pair_targets: int = 15  # SBO: tokens of a span that are SBO targets (SpanBERT --max-pair-targets)
-    random_ids: str = "uniform"  # random replacements: "uniform" over ordinary ids, or "unigram" (corpus counts, SpanBERT)
+    probability: float = option(0.15, "share of maskable tokens to mask (SpanBERT mask_ratio)")
+    mask_fraction: float = option(0.8, "share of spans replaced by [MASK]")
+    random_fraction: float = option(0.1, "share of spans replaced by random ids; the rest are kept")
+    selection: str = option("exact", "\"exact\" (fixed token budget per row, SpanBERT) | \"bernoulli\" (Binomial budget)")
+    max_predictions: int | None = option(None, "cap on masked tokens per row; None = no cap")
+    span_geometric_p: float = option(0.2, "parameter of the geometric span length (SpanBERT p)")
+    max_span_length: int = option(10, "longest span, in words (SpanBERT l_max)")
+    max_pair_targets: int = option(15, "SBO: tokens of a span that are SBO targets (SpanBERT --max-pair-targets)")
+    random_ids: str = option("uniform", "random replacements: \"uniform\" over ordinary ids, or \"unigram\" (corpus counts, SpanBERT)")
     _mlm: MaskedLM | None = field(default=None, init=False, repr=False, compare=False)  # built from the options
 
     name = "spanbert"
@@ -173,38 +173,10 @@ class SpanBERT:
         if word_ids is None:
             raise ValueError(
                 "SpanBERT needs word_ids (B, T): spans are whole words (same id = same word, -1 = no word); "
-                "build them with lmobjectives.objectives.mlm.word_ids_from_starts or a tokenizer's encode_words"
+                "build them with lmobjectives.data.word_ids_from_starts or a tokenizer's encode_words"
             )
         return self._mlm(input_ids, attention_mask=attention_mask, word_ids=word_ids, generator=generator)  # type: ignore[misc]
 
     def targets(self, batch: Batch) -> SpanBoundaryTargets:
         """The SBO targets of a batch this objective made (:func:`span_boundary_targets`)."""
         return span_boundary_targets(batch.labels, batch.attention_mask, self.max_pair_targets)
-
-
-def spanbert_loss(objective: SpanBERT, model: torch.nn.Module, batch: Batch) -> StepLoss:
-    """``MLM + SBO`` (SpanBERT's ``--pair-loss-weight 1.0``): terms ``"lm"`` and ``"sbo"``, each a mean over targets.
-
-    ``model`` must carry a span boundary head as ``model.sbo`` (architecture ``"transformer_sbo"``,
-    :class:`~lmobjectives.models.sbo.TransformerWithSBO`). A batch with no span between two boundary
-    tokens has an SBO loss of exactly 0 (no NaN).
-    """
-    from ..losses import lm_loss  # lazy: the loss pulls in the fused kernels
-
-    head = getattr(model, "sbo", None)
-    if head is None:
-        raise TypeError(
-            f"spanbert_loss needs a model with a span boundary head (model.sbo; architecture 'transformer_sbo'), "
-            f"got {type(model).__name__}"
-        )
-    if head.max_pair_targets < objective.max_pair_targets:
-        raise ValueError(
-            f"the model's SBO head has max_pair_targets={head.max_pair_targets} position embeddings, fewer than the "
-            f"objective's max_pair_targets={objective.max_pair_targets}"
-        )
-    out = model(batch)
-    lm = lm_loss(out.hidden, model.output_weight, batch.labels)
-    t = objective.targets(batch)
-    h = head(out.hidden, t.rows, t.left, t.right, t.offset)  # (M, d)
-    sbo = lm_loss(h, model.output_weight, t.labels, bias=head.bias)
-    return StepLoss(total=lm.loss + sbo.loss, terms={"lm": lm, "sbo": sbo})

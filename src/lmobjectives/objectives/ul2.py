@@ -17,7 +17,8 @@ import torch
 
 from ..constants import IGNORE_INDEX, PARADIGM_TOKENS
 from ..vocab import Vocab
-from .base import Batch, checked_tokens
+from ..batch import Batch, checked_tokens
+from ._option import option
 from .prefix_lm import prefix_lm_batch
 from .span_corruption import (
     LAYOUTS,
@@ -193,11 +194,11 @@ class UL2:
     """
 
     vocab: Vocab  # vocabulary: eos_id, pad_id, sentinel_ids and the paradigm ids nlu_id/nlg_id/s2s_id in use
-    mean_noise_span_lengths: tuple[float, ...] = (3.0, 8.0, 3.0, 8.0, 64.0, 64.0)  # span length μ per span denoiser
-    noise_densities: tuple[float, ...] = (0.15, 0.15, 0.5, 0.5, 0.15, 0.5)  # corruption rate r per span denoiser
-    use_prefix_lm_task: bool = True  # add the S-denoiser (prefix LM, [S2S]) as the last task
-    rates: tuple[float, ...] = (0.2, 0.2, 0.1, 0.1, 0.1, 0.1, 0.2)  # probability of each task, S last; sum 1
-    layout: str = "encoder_decoder"  # "encoder_decoder" (UL2) or "decoder" (one row, prefix-LM attention)
+    mean_noise_span_lengths: tuple[float, ...] = option((3.0, 8.0, 3.0, 8.0, 64.0, 64.0), "span length μ per span denoiser")
+    noise_densities: tuple[float, ...] = option((0.15, 0.15, 0.5, 0.5, 0.15, 0.5), "corruption rate r per span denoiser")
+    use_prefix_lm_task: bool = option(True, "add the S-denoiser (prefix LM, [S2S]) as the last task")
+    rates: tuple[float, ...] = option((0.2, 0.2, 0.1, 0.1, 0.1, 0.1, 0.2), "probability of each task, S last; sum 1")
+    layout: str = option("encoder_decoder", "\"encoder_decoder\" (UL2) or \"decoder\" (one row, prefix-LM attention)")
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # per-device lookup tables
 
     name = "ul2"

@@ -1,7 +1,18 @@
-"""Training: `TrainConfig` + `train(config) -> TrainResult`, the API behind ``lmobj train``."""
+"""Training: `TrainConfig` + `train(config) -> TrainResult`, the API behind ``lmobj train``; the run folder it
+writes (:mod:`.run_folder`) and the model it leaves there (:func:`load_model`)."""
 
-from .checkpoint import load_model
-from .config import TrainConfig
+from .config import TrainConfig, resolve_device
+from .run_folder import RunConfig, build_model, is_run, load_model, read_run_config
 from .trainer import TrainResult, train
 
-__all__ = ["TrainConfig", "TrainResult", "load_model", "train"]
+__all__ = [
+    "RunConfig",
+    "TrainConfig",
+    "TrainResult",
+    "build_model",
+    "is_run",
+    "load_model",
+    "read_run_config",
+    "resolve_device",
+    "train",
+]

@@ -31,9 +31,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..models import MODELS, TransformerConfig
 
-__all__ = ["CheckpointError", "checkpoint_steps", "load_checkpoint", "load_model", "save_checkpoint"]
+__all__ = ["CheckpointError", "checkpoint_steps", "load_checkpoint", "save_checkpoint"]
 
 KEEP_CHECKPOINTS = 2  # complete checkpoints kept by default: the newest and one to fall back on
 _STATE = re.compile(r"^state-(\d{7})\.json$")
@@ -238,13 +237,3 @@ def load_checkpoint(
         state.pop("files")
         return state
     raise CheckpointError(f"no intact checkpoint in {directory}: " + "; ".join(problems))
-
-
-def load_model(out_dir: str | Path, device: str = "cpu") -> torch.nn.Module:
-    """The trained model of a run folder (``out/config.json`` + ``out/checkpoint/``), in eval mode."""
-    out_dir = Path(out_dir)
-    config = json.loads((out_dir / "config.json").read_text())
-    architecture = config.get("architecture", "transformer")  # runs saved before architectures existed
-    model = MODELS[architecture](TransformerConfig(**config["model"]), **config.get("model_kwargs", {})).to(device)
-    load_checkpoint(out_dir / "checkpoint", model)
-    return model.eval()

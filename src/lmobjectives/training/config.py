@@ -1,7 +1,7 @@
 """`TrainConfig`: the generic knobs of a training run, one field each, plus the objective's options as one mapping.
 
 The objective's options are the fields of its dataclass (see
-:func:`lmobjectives.objectives.options_of`); ``TrainConfig.options`` holds
+:func:`lmobjectives.recipes.options_of`); ``TrainConfig.options`` holds
 every one of them, defaults filled in, so ``config.json`` records exactly
 what was trained and ``--resume`` can check it. Nothing here knows any
 objective by name.
@@ -14,10 +14,12 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from ..constants import DEFAULT_SEED
-from ..objectives import DEFAULT_OBJECTIVE, OBJECTIVES, Recipe
+import torch
 
-__all__ = ["TrainConfig"]
+from ..constants import DEFAULT_SEED
+from ..recipes import DEFAULT_OBJECTIVE, OBJECTIVES, Recipe
+
+__all__ = ["POSITIONS", "TrainConfig", "resolve_device"]
 
 POSITIONS = ("alibi", "rope")
 
@@ -137,3 +139,16 @@ def _positive_int(name: str, value: object) -> None:
 
 def _finite(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device for ``--device``: ``"auto"`` is CUDA when available, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"device {name!r} is not a valid torch device ({e})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for CUDA but torch.cuda.is_available() is False; use --device cpu")
+    return device

@@ -7,7 +7,7 @@ endless sequence of epochs. The objective's corruption (masking, random
 sentence choice) draws from a generator seeded with ``(seed, step)``. Nothing
 is carried from one step to the next, so resuming at step ``s`` needs only ``s``.
 
-One stream per data layout of :class:`~lmobjectives.objectives.Recipe` (``recipe.data``):
+One stream per data layout of :class:`~lmobjectives.recipes.Recipe` (``recipe.data``):
 
 - :class:`BlockStream` (``"blocks"``: clm, mlm, ...): documents packed end to
   end into blocks (``data.packing.pack_documents``: EOS between documents, the
@@ -23,16 +23,13 @@ One stream per data layout of :class:`~lmobjectives.objectives.Recipe` (``recipe
 - :class:`DocumentStream` (``"documents"``): the same windows, as raw document
   texts plus the tokenizer, for objectives that cut text before tokenising (FIM).
 - :class:`ConversationStream` (``"conversations"``: sft): chat conversations
-  tokenised once with the role of every token (:mod:`lmobjectives.sft`),
+  tokenised once with the role of every token (:func:`lmobjectives.data.pack_chat`),
   truncated to ``seq_len``, and packed best-fit decreasing into rows of
   ``seq_len`` (a conversation never spans two rows); rows are then drawn as
   blocks are. Conversations left with nothing to learn are dropped and
   counted, never kept silently (:attr:`ConversationStream.report`).
 
-**The held-out split** (:func:`heldout_split`): a document is held out when a hash of its text falls
-below the run's ``heldout`` fraction, so the split needs no file, is the same for every seed, tokenizer
-and objective, and a document's side never depends on the other documents. The trainer lays out only
-the training side; :mod:`lmobjectives.evaluation` evaluates on the held-out side.
+The held-out split is :mod:`lmobjectives.data.heldout`; the trainer lays out only the training side.
 """
 
 from __future__ import annotations
@@ -48,38 +45,27 @@ from typing import Any
 
 import torch
 
-from ..data.chat import chat_texts, conversations_from_documents, load_chat
-from ..data.corpus import load_corpus
 from ..data.packing import (
+    pack_chat,
     pack_documents,
     sentence_table,
     tokenize_corpus,
     tokenize_corpus_words,
     tokenize_documents,
 )
-from ..objectives.base import Batch, Objective
-from ..objectives.recipe import Recipe
-from ..objectives.sft import learned_mask, pack_conversations
-from ..sft import tokenize_conversation
+from ..batch import Batch, Objective
+from ..recipes import Recipe
 
 __all__ = [
-    "HELDOUT_SALT",
     "BlockStream",
     "ConversationStream",
     "DocumentStream",
     "SentenceStream",
     "build_stream",
     "data_fingerprint",
-    "data_texts",
     "derive_seed",
-    "document_key",
     "epoch_indices",
-    "heldout_split",
-    "is_heldout",
-    "load_data",
 ]
-
-HELDOUT_SALT = "lmobjectives-heldout-v1"  # mixed into the split's hash; change it only to draw a new split
 
 
 def derive_seed(seed: int, *parts: object) -> int:
@@ -341,124 +327,15 @@ class ConversationStream(BlockStream):
     @classmethod
     def from_conversations(cls, objective: Objective, conversations: Sequence[Any], tokenizer: Any, *, seq_len: int,
                            batch_size: int, seed: int) -> ConversationStream:  # fmt: skip
-        """Tokenise (:func:`~lmobjectives.sft.tokenize_conversation`), truncate to ``seq_len`` (keeping the
-        start, as TRL does), drop and count the conversations with no learned target left under the
-        objective's ``train_on``, pack the rest best-fit decreasing into rows of ``seq_len``.
-
-        ``conversations``: records (``{"messages": ...}``, ``{"prompt", "completion"}``, lists of messages) or
-        documents (lists of sentences, made into conversations by
-        :func:`~lmobjectives.data.chat.conversations_from_documents`).
-        """
-        if conversations and all(_is_document(c) for c in conversations):
-            conversations = conversations_from_documents(conversations)
-        train_on = getattr(objective, "train_on", "assistant")
-        ids, roles = [], []
-        report = {"conversations": len(conversations), "kept": 0, "truncated": 0, "no_target": 0, "with_merges": 0,
-                  "boundary_merges": 0}  # fmt: skip
-        for k, record in enumerate(conversations):  # tokenisation is Python: one call per conversation
-            try:
-                tokens = tokenize_conversation(record, tokenizer, train_on=train_on)
-            except (TypeError, ValueError) as e:
-                raise ValueError(f"conversation {k}: {e}") from None
-            report["with_merges"] += tokens.boundary_merges > 0
-            report["boundary_merges"] += tokens.boundary_merges
-            report["truncated"] += len(tokens.input_ids) > seq_len
-            conv_roles = torch.tensor(tokens.roles[:seq_len], dtype=torch.long)  # (L,)
-            if not bool(learned_mask(conv_roles, train_on)[1:].any()):  # the first token is never a target
-                report["no_target"] += 1
-                continue
-            ids.append(tokens.input_ids[:seq_len])
-            roles.append(tokens.roles[:seq_len])
-        report["kept"] = len(ids)
-        if not ids:
-            raise ValueError(
-                f"no conversation has a learned token within seq_len={seq_len} (train_on={train_on!r}): all "
-                f"{report['conversations']} have their answers cut off ({report['truncated']} truncated) or none; "
-                "use a longer --seq-len"
-            )
-        if report["no_target"]:
-            warnings.warn(
-                f"{report['no_target']} of {report['conversations']} conversations have no learned token within "
-                f"seq_len={seq_len} (train_on={train_on!r}; conversations truncated to seq_len: {report['truncated']}) and "
-                "are dropped", stacklevel=2)  # fmt: skip
-        if report["with_merges"]:
-            warnings.warn(
-                f"{report['with_merges']} of {report['conversations']} conversations tokenise differently as a whole "
-                f"than part by part ({report['boundary_merges']} part boundaries merged by the tokenizer); their "
-                "parts' tokens are kept, so every label is exact", stacklevel=2)  # fmt: skip
-        pad_id = tokenizer.vocab.pad_id if tokenizer.vocab.pad_id is not None else 0
-        packed = pack_conversations(ids, roles, seq_len, pad_id=pad_id)
+        """The conversations tokenised and packed by :func:`~lmobjectives.data.packing.pack_chat` under the
+        objective's ``train_on``, drawn as blocks are."""
+        packed, report = pack_chat(conversations, tokenizer, seq_len=seq_len,
+                                   train_on=getattr(objective, "train_on", "assistant"))  # fmt: skip
         extras = {"attention_mask": packed.attention_mask, "document_ids": packed.document_ids, "roles": packed.roles}
         return cls(objective, packed.input_ids, extras, report, batch_size=batch_size, seed=seed)
 
     def position(self, step: int) -> dict[str, Any]:
         return {**super().position(step), "unit": "row of conversations", **self.report}
-
-
-def _is_document(item: object) -> bool:
-    """A corpus document (a list of sentences), as opposed to a conversation record or a list of messages."""
-    return isinstance(item, Sequence) and not isinstance(item, (str, Mapping)) and all(isinstance(s, str) for s in item)
-
-
-def load_data(recipe: Recipe, spec: str, **corpus_options: Any) -> list[Any]:
-    """What :func:`build_stream` lays out for ``recipe``, read from ``spec`` (``--data``): chat conversations
-    (:func:`~lmobjectives.data.chat.load_chat`: ``"builtin"`` or a ``.jsonl`` file) for the
-    ``"conversations"`` layout, else the corpus's documents (:func:`~lmobjectives.data.corpus.load_corpus`,
-    given ``corpus_options``)."""
-    if recipe.data == "conversations":
-        return load_chat(spec)
-    return load_corpus(spec, **corpus_options)
-
-
-def document_key(item: Any) -> str:
-    """The text a document is known by in the held-out split: its words joined by single spaces (so a
-    different sentence segmentation or whitespace of the same text gives the same key); a chat record
-    (not a list of sentences): its JSON with sorted keys.
-
-    >>> document_key(["Two  sentences.", "Here."]) == document_key(["Two sentences. Here."])
-    True
-    """
-    if _is_document(item):
-        return " ".join(" ".join(item).split())
-    return json.dumps(item, sort_keys=True, ensure_ascii=False)
-
-
-def is_heldout(item: Any, fraction: float) -> bool:
-    """Whether the held-out split of ``fraction`` holds ``item`` out: the first 8 bytes of
-    ``sha256(HELDOUT_SALT + "\\0" + document_key(item))``, as a number in ``[0, 1)``, are below ``fraction``.
-
-    >>> is_heldout(["Any text."], 0.0), is_heldout(["Any text."], 1.0)
-    (False, True)
-    """
-    digest = hashlib.sha256(f"{HELDOUT_SALT}\0{document_key(item)}".encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0**64 < fraction
-
-
-def heldout_split(data: Sequence[Any], fraction: float) -> tuple[list[Any], list[Any]]:
-    """``(training, held_out)``: the items of :func:`load_data`'s result on each side of the split, each in
-    corpus order. A document is held out iff :func:`is_heldout`; identical documents fall on the same side.
-    The held-out share is ``fraction`` in expectation (the built-in corpus, 205 documents, at 0.05: see the
-    tests), not exactly.
-
-    >>> train, held = heldout_split([["a b."], ["c d."], ["e f."]], 0.0)
-    >>> len(train), held
-    (3, [])
-    """
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
-        raise ValueError(f"heldout must be a fraction in [0, 1), got {fraction!r}")
-    flags = [fraction > 0 and is_heldout(item, fraction) for item in data]
-    training = [item for item, held in zip(data, flags) if not held]
-    held_out = [item for item, held in zip(data, flags) if held]
-    if data and not training:
-        raise ValueError(f"heldout={fraction!r} holds out every one of the {len(data)} documents; lower it")
-    return training, held_out
-
-
-def data_texts(data: Sequence[Any]) -> list[str]:
-    """The texts of :func:`load_data`'s result (sentences, or message contents), e.g. to train a tokenizer on."""
-    if data and not all(_is_document(d) for d in data):
-        return chat_texts(data)
-    return [s for doc in data for s in doc]
 
 
 def build_stream(
@@ -468,8 +345,8 @@ def build_stream(
     """The step -> batch function of a run: the corpus tokenised once and laid out as ``recipe.data`` says.
 
     ``stream(step)`` is exactly the batch ``lmobj train`` trains on at data position ``step`` (0-based) with
-    this ``seed`` and ``batch_size``; :mod:`lmobjectives.inspection` draws its example from it too.
-    ``documents`` are lists of sentences (:func:`load_data`); for the ``"conversations"`` layout, chat records
+    this ``seed`` and ``batch_size``; :mod:`lmobjectives.evaluation.inspection` draws its example from it too.
+    ``documents`` are lists of sentences (:func:`lmobjectives.data.load_data`); for the ``"conversations"`` layout, chat records
     or such documents (see :meth:`ConversationStream.from_conversations`).
     """
     if dupe_factor is not None and recipe.data != "blocks":

@@ -16,7 +16,7 @@ and every random draw are functions of ``(seed, step)`` (:mod:`.streams`).
 The first Ctrl-C lets the current step finish, saves a checkpoint and stops;
 a second one aborts at once without saving.
 
-Held-out data: the documents of :func:`.streams.heldout_split` (``config.heldout``) are never laid out
+Held-out data: the documents of :func:`lmobjectives.data.heldout_split` (``config.heldout``) are never laid out
 for training (nor seen by a tokenizer trained here). Every ``config.eval_interval`` steps (and at the
 last step) the metrics line of that step also holds ``eval_<key>`` for each key of the training
 numbers (``eval_loss``, ``eval_accuracy``, ``eval_<term>_loss`` ...): the recipe's own loss, without
@@ -43,17 +43,24 @@ from tqdm.auto import tqdm
 
 from ..data.tokenizers import load_tokenizer
 from ..models import MODELS, TransformerConfig
-from ..objectives import Batch, Objective, Recipe, StepLoss
+from ..batch import Batch, Objective
+from ..recipes import Recipe, StepLoss
+from ..data.heldout import HELDOUT_SALT, heldout_split
+from ..data.sources import data_texts, load_data
 from .checkpoint import checkpoint_steps, load_checkpoint, save_checkpoint
-from .config import TrainConfig
-from .streams import (
-    HELDOUT_SALT,
-    build_stream,
-    data_texts,
-    derive_seed,
-    heldout_split,
-    load_data,
+from .config import TrainConfig, resolve_device
+from .run_folder import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    METRICS_FILE,
+    SAVED_BEFORE,
+    TOKENIZER_DIR,
+    RunConfig,
+    read_run_config,
+    resolve_out,
+    write_run_config,
 )
+from .streams import build_stream, derive_seed
 
 __all__ = ["TrainResult", "heldout_eval_batches", "heldout_metrics", "train"]
 
@@ -61,7 +68,6 @@ __all__ = ["TrainResult", "heldout_eval_batches", "heldout_metrics", "train"]
 # steps, which stretches the cosine schedule (allowed, with a note); log_every only regroups the metrics lines.
 RESUMABLE_CHANGES = ("device", "log_every", "save_every", "keep_checkpoints", "resume", "stop_after", "progress", "out", "steps",
                      "eval_every", "eval_batches")  # fmt: skip
-SAVED_BEFORE = {"heldout": 0.0}  # fields a run saved before they existed had, in effect: all documents trained on
 
 
 @dataclass
@@ -88,18 +94,6 @@ class TrainResult:
 
 # -----------------------------------------------------------------------------
 # building blocks
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise ValueError(f"device {name!r} is not a valid torch device ({e})") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for CUDA but torch.cuda.is_available() is False; use --device cpu")
-    return device
 
 
 def model_config_for(config: TrainConfig, recipe: Recipe, objective: Objective, vocab_size: int) -> TransformerConfig:
@@ -333,58 +327,19 @@ def train(config: TrainConfig) -> TrainResult:
         return _train(config, device)
 
 
-def is_run(path: Path) -> bool:
-    """Whether ``path`` is the output folder of an ``lmobj train`` run (its ``config.json`` has a ``"train"`` entry)."""
-    try:
-        return "train" in json.loads((path / "config.json").read_text())
-    except (OSError, ValueError, TypeError):
-        return False
-
-
-def resolve_out(config: TrainConfig) -> Path:
-    """The output folder; never one holding files that are not a run of ours.
-
-    An explicit ``out`` must be new, empty, or a run (which ``resume`` continues; without it, only a run
-    that saved no checkpoint may be started over). The default, ``runs/<objective>``, becomes
-    ``runs/<objective>-2``, ``-3``, ... when it already holds a run with a checkpoint and ``resume`` is off.
-    """
-    if config.out is not None:
-        out = Path(config.out)
-        candidates = [out]
-    else:
-        base = Path("runs") / config.objective
-        candidates = [base] if config.resume else [base, *(base.with_name(f"{base.name}-{i}") for i in range(2, 1000))]
-    for out in candidates:
-        if out.exists() and not out.is_dir():
-            raise FileExistsError(f"--out {out} is a file, not a folder; choose another --out")
-        if out.is_dir() and any(out.iterdir()) and not is_run(out):
-            raise FileExistsError(
-                f"--out {out} holds files that are not an lmobj run (no config.json of a run); refusing to write "
-                "there: choose a new or empty folder"
-            )
-        if config.resume or not checkpoint_steps(out / "checkpoint"):
-            return out
-        if config.out is not None:
-            raise FileExistsError(
-                f"{out} already holds a run with a checkpoint (step {checkpoint_steps(out / 'checkpoint')[0]}); pass "
-                "--resume (resume=True) to continue it, or choose another --out"
-            )
-    raise FileExistsError(f"runs/{config.objective} and its numbered variants up to -999 all hold runs; pass --out")
-
-
 def _train(config: TrainConfig, device: torch.device) -> TrainResult:
     out = resolve_out(config)
-    checkpoint_dir, metrics_path, config_path, tokenizer_dir = out / "checkpoint", out / "metrics.jsonl", out / "config.json", out / "tokenizer"
+    checkpoint_dir, metrics_path, config_path, tokenizer_dir = out / CHECKPOINT_DIR, out / METRICS_FILE, out / CONFIG_FILE, out / TOKENIZER_DIR
     resuming = config.resume and bool(checkpoint_steps(checkpoint_dir))
     if config.resume and not resuming:
         tqdm.write(f"note: --resume, but {out} has no checkpoint yet: starting from step 0")
     if resuming:
-        _check_resumable(json.loads(config_path.read_text())["train"], config, out)
+        _check_resumable(read_run_config(out).train, config, out)
     tqdm.write(f"train config: {json.dumps({**config.to_dict(), 'out': str(out)})}")
 
     # data: the corpus, the tokenizer (trained on it unless loaded), the objective and the step -> batch stream
     recipe = config.recipe
-    corpus = load_data(recipe, config.data, skip_bad_files=config.skip_bad_files)
+    corpus = load_data(config.data, recipe.data, skip_bad_files=config.skip_bad_files)
     documents, heldout_documents = heldout_split(corpus, config.heldout)  # training never sees the held-out side
     if resuming:
         tokenizer = load_tokenizer(str(tokenizer_dir))
@@ -417,15 +372,15 @@ def _train(config: TrainConfig, device: torch.device) -> TrainResult:
     tqdm.write(f"model config: {json.dumps(vars(model_config))}")
     tqdm.write(f"model: {model.num_parameters():,} parameters on {device}; data: {stream.position(0)}")
     split = {"documents": len(corpus), "heldout_documents": len(heldout_documents), "salt": HELDOUT_SALT,
-             "rule": "held out iff sha256(salt, words of the document) / 2**256 < heldout (streams.heldout_split)"}  # fmt: skip
+             "rule": "held out iff sha256(salt, words of the document) / 2**256 < heldout (data.heldout.heldout_split)"}  # fmt: skip
     if config.heldout:
         note = f"held-out split: {len(heldout_documents)} of {len(corpus)} documents (heldout={config.heldout})"
         if eval_batches:
             note += f"; {len(eval_batches)} held-out batches evaluated every {eval_interval} steps and at the end"
         tqdm.write(note)
-    saved = {"train": {**config.to_dict(), "out": str(out)}, "architecture": spec.architecture,
-             "model": vars(model_config), "model_kwargs": spec.kwargs, "split": split}  # fmt: skip
-    config_path.write_text(json.dumps(saved, indent=2) + "\n")
+    run_config = RunConfig(train={**config.to_dict(), "out": str(out)}, model=vars(model_config),
+                           architecture=spec.architecture, model_kwargs=spec.kwargs, split=split)  # fmt: skip
+    write_run_config(out, run_config)
 
     state: dict[str, Any] = {"step": 0, "tokens": 0, "elapsed_s": 0.0, "first_loss": None, "final_loss": None, "best_loss": None}
     if resuming:

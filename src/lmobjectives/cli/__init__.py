@@ -7,7 +7,7 @@ fields (:func:`lmobjectives.objectives.options_of`): ``lmobj train
 --objective mlm --unit word --probability 0.4``; ``lmobj train --objective
 NAME --help`` lists them with the fields' comments as help. ``lmobj inspect
 --objective NAME`` prints one example and writes a picture of its attention
-pattern (:mod:`lmobjectives.inspection`). ``lmobj eval RUN_DIR`` evaluates a trained run on its
+pattern (:mod:`lmobjectives.evaluation.inspection`). ``lmobj eval RUN_DIR`` evaluates a trained run on its
 held-out documents (:mod:`lmobjectives.evaluation`): JSON to a file, a table on the terminal.
 """
 
@@ -23,12 +23,12 @@ import warnings
 from dataclasses import fields
 from typing import Any
 
-from . import inspection
-from . import __version__
-from .constants import DEFAULT_SEED
-from .objectives import OBJECTIVES, Option, Recipe, options_of
-from .training import TrainConfig, train
-from .training.config import POSITIONS
+from ..evaluation import inspection
+from .. import __version__
+from ..constants import DEFAULT_SEED
+from ..recipes import OBJECTIVES, Option, Recipe, options_of
+from ..training import TrainConfig, train
+from ..training.config import POSITIONS
 
 __all__ = ["build_parser", "main"]
 
@@ -220,7 +220,7 @@ def _add_threads_argument(group: Any) -> None:
 
 
 def _add_eval_arguments(p: argparse.ArgumentParser) -> None:
-    from .evaluation import TASKS  # noqa: PLC0415
+    from ..evaluation import TASKS  # noqa: PLC0415
 
     p.add_argument("run_dir", metavar="RUN_DIR", help="the output folder of an lmobj train run")
     p.add_argument("--tasks", nargs="+", default=None, metavar="TASK",
@@ -237,8 +237,8 @@ def _add_eval_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _add_compare_arguments(p: argparse.ArgumentParser) -> None:
-    from .compare import PRESETS  # noqa: PLC0415
-    from .evaluation import TASKS  # noqa: PLC0415
+    from ..compare import PRESETS  # noqa: PLC0415
+    from ..evaluation import TASKS  # noqa: PLC0415
 
     d = DEFAULTS
     g = p.add_argument_group("what to compare")
@@ -280,8 +280,8 @@ def _run_compare(args: argparse.Namespace, argv: list[str]) -> int:
     import dataclasses  # noqa: PLC0415
     import shlex  # noqa: PLC0415
 
-    from .compare import PRESETS, CompareConfig, compare  # noqa: PLC0415
-    from .compare.report import format_summary  # noqa: PLC0415
+    from ..compare import PRESETS, CompareConfig, compare  # noqa: PLC0415
+    from ..compare.report import format_summary  # noqa: PLC0415
 
     if args.list_presets:
         for name, preset in PRESETS.items():
@@ -414,7 +414,7 @@ def build_parser(objective: str = DEFAULTS["objective"]) -> argparse.ArgumentPar
 
 def _run_eval(args: argparse.Namespace) -> int:
     """``lmobj eval``: evaluate, print the table, write the JSON; bad input is one line and EXIT_USAGE."""
-    from .evaluation import NotApplicable, evaluate, load_run  # noqa: PLC0415
+    from ..evaluation import NotApplicable, evaluate, load_run  # noqa: PLC0415
 
     try:
         run = load_run(args.run_dir, device=args.device)

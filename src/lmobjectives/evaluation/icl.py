@@ -25,7 +25,7 @@ Sequences begin at a model input's first position, as in training on ``synthetic
 3 * pairs`` (each block is then exactly one sequence and its EOS). Keys, values and the space must each
 be one token of the run's tokenizer (true of the byte tokenizer); :func:`probe_icl` checks it.
 
-:data:`ICL_PRESETS` holds a CPU-sized and a GPU-sized training setup; ``python -m lmobjectives.icl
+:data:`ICL_PRESETS` holds a CPU-sized and a GPU-sized training setup; ``python -m lmobjectives.evaluation.icl
 --preset cpu`` trains clm, prefix_lm and mlm with it and prints the probe's table.
 """
 
@@ -41,19 +41,20 @@ from typing import Any
 
 import torch
 
-from .data.synthetic import (
+from ..data.synthetic import (
     KEY_SYMBOLS,
     VALUE_SYMBOLS,
     ICLSequences,
     icl_sequences,
     parse_spec,
 )
-from .objectives.base import Batch
+from ..batch import Batch
+from .run import load_run, sample_batch
 
 __all__ = [
     "ICL_PRESETS",
     "KINDS",
-    "KIND_OF_OBJECTIVE",
+    "kind_of_batch",
     "ICLPreset",
     "ICLResult",
     "format_table",
@@ -68,8 +69,6 @@ KINDS = ("causal", "prefix", "masked")
 MIN_QUERIES_SHOWN = 20  # plot: an occurrence index asked fewer times than this is left out (too noisy)
 """How a model is asked for a value (see the module docstring)."""
 
-KIND_OF_OBJECTIVE = {"clm": "causal", "fim": "causal", "prefix_lm": "prefix", "mlm": "masked", "spanbert": "masked"}
-"""The ``kind`` :func:`probe_run` uses for a run trained with each objective (others: pass ``kind``)."""
 
 
 @dataclass
@@ -256,6 +255,22 @@ def probe_icl(
                      values=values, baseline=frequency_baseline(sequences, values))  # fmt: skip
 
 
+def kind_of_batch(batch: Batch) -> str:
+    """How a model trained on ``batch`` is asked (one of :data:`KINDS`): ``"masked"`` when it attends both ways,
+    ``"prefix"`` when a causal row has a bidirectional prefix, else ``"causal"``; an encoder-decoder batch is a
+    ``ValueError`` (the probe asks one stack).
+
+    >>> t = torch.zeros(1, 3, dtype=torch.long)
+    >>> kind_of_batch(Batch(input_ids=t, labels=t, attention_mask=t.bool(), causal=True))
+    'causal'
+    """
+    if batch.decoder_input_ids is not None:
+        raise ValueError("the ICL probe asks one stack; an encoder-decoder run has no kind (pass kind= to force one)")
+    if not batch.causal:
+        return "masked"
+    return "prefix" if batch.prefix_mask is not None else "causal"
+
+
 def probe_run(
     out_dir: str | Path, *, n: int = 512, seed: int = 1, kind: str | None = None, context: str = "left",
     data: str | None = None, device: str = "cpu",
@@ -264,27 +279,20 @@ def probe_run(
 
     The sequences follow the run's ``synthetic:icl`` data spec (``pairs``, ``keys``, ``values``; or ``data``
     if given) with ``seed`` (default 1; training's default data seed is 0, so these are sequences it never
-    saw). ``kind`` defaults to :data:`KIND_OF_OBJECTIVE` of the run's objective.
+    saw). ``kind`` defaults to how the run's model reads its training batches (:func:`kind_of_batch`).
     """
-    from .data.tokenizers import load_tokenizer
-    from .training import load_model
-
-    out_dir = Path(out_dir)
-    config = json.loads((out_dir / "config.json").read_text())["train"]
-    objective = config["objective"]
+    run = load_run(out_dir, device=device)
     if kind is None:
-        if objective not in KIND_OF_OBJECTIVE:
-            raise ValueError(f"probe_run: no default kind for objective {objective!r}; pass kind= one of {KINDS}")
-        kind = KIND_OF_OBJECTIVE[objective]
-    spec = data if data is not None else config["data"]
+        kind = kind_of_batch(sample_batch(run))
+    config = run.config
+    spec = data if data is not None else config.data
     name, params = parse_spec(spec) if isinstance(spec, str) and spec.startswith("synthetic:") else (None, {})
     if name != "icl":
         raise ValueError(f"probe_run: the run trained on {spec!r}; pass data='synthetic:icl?...' to say which sequences to probe")
     if seed == params["seed"] and data is None:
         raise ValueError(f"probe_run: seed={seed} is the training data's seed; probe with another seed")
     sequences = icl_sequences(n, pairs=params["pairs"], keys=params["keys"], values=params["values"], seed=seed)
-    model = load_model(out_dir, device=device)
-    tokenizer = load_tokenizer(str(out_dir / "tokenizer"))
+    model, tokenizer = run.model, run.tokenizer
     return probe_icl(model, tokenizer, sequences, kind=kind, context=context, values=params["values"])
 
 
@@ -400,8 +408,8 @@ def plot(summaries: dict[str, dict[str, Any]], path: str | Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m lmobjectives.icl``: train each objective with a preset (unless trained), probe, print the table."""
-    parser = argparse.ArgumentParser(prog="python -m lmobjectives.icl", description=main.__doc__)
+    """``python -m lmobjectives.evaluation.icl``: train each objective with a preset (unless trained), probe, print the table."""
+    parser = argparse.ArgumentParser(prog="python -m lmobjectives.evaluation.icl", description=main.__doc__)
     parser.add_argument("--preset", choices=sorted(ICL_PRESETS), default="cpu")
     parser.add_argument("--objectives", default="clm,prefix_lm,mlm", help="comma-separated objectives to compare")
     parser.add_argument("--out", default="runs/icl", help="folder for the runs (OUT/OBJECTIVE) and icl.json")
@@ -415,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    from .training import TrainConfig, train
+    from ..training import TrainConfig, train
 
     preset = ICL_PRESETS[args.preset]
     out = Path(args.out)
@@ -429,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
                               options=preset.options.get(objective, {}), seed=args.seed, out=str(run),
                               progress=False))  # fmt: skip
         results[objective] = probe_run(run, n=preset.probe_sequences)
-        if KIND_OF_OBJECTIVE.get(objective) == "masked":
+        if results[objective].kind == "masked":  # also asked with both sides of the value visible
             results[objective + ":full"] = probe_run(run, n=preset.probe_sequences, context="full")
     table = format_table(results)
     print(table)

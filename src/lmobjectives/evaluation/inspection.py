@@ -59,11 +59,13 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .constants import DEFAULT_SEED, IGNORE_INDEX
-from .data import builtin_corpus, load_tokenizer, split_sentences
-from .objectives import OBJECTIVES, Batch, Objective, Recipe, attention_mask_4d
-from .data.chat import conversations_from_documents, example_chat
-from .training.streams import build_stream, data_texts
+from ..constants import DEFAULT_SEED, IGNORE_INDEX
+from ..data import builtin_corpus, load_tokenizer, split_sentences
+from ..batch import Batch, Objective, attention_mask_4d
+from ..recipes import OBJECTIVES, Recipe
+from ..data.chat import conversations_from_documents, example_chat
+from ..data.sources import data_texts
+from ..training.streams import build_stream
 
 __all__ = [
     "DEFAULT_SEQ_LEN",

@@ -7,8 +7,8 @@ from typing import Literal, Protocol
 
 import torch
 
-from .._checks import check_generator, check_like, check_token_ids
-from ..constants import IGNORE_INDEX
+from ._checks import check_generator, check_like, check_token_ids
+from .constants import IGNORE_INDEX
 
 __all__ = ["Batch", "Objective", "attention_mask_4d", "checked_tokens", "padding_mask"]
 

@@ -44,7 +44,7 @@ __all__ = [
     "select",
 ]
 
-QUESTIONS_FILE = "quiz.toml"  # the question set, package data of lmobjectives
+QUESTIONS_FILE = "quiz.toml"  # the question set, package data of lmobjectives.cli
 
 TOPICS: dict[str, str] = {
     "mlm-vs-clm": "masked vs causal LM: bidirectional context, generation, what the objective makes the model",

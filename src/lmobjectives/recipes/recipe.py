@@ -1,34 +1,29 @@
 """How an objective is trained: the data it reads, the model it needs, the loss it computes.
 
 Every registered objective has one :class:`Recipe` (its registry entry in
-:data:`lmobjectives.objectives.OBJECTIVES`). The trainer and the CLI read
+:data:`lmobjectives.recipes.OBJECTIVES`). The trainer and the CLI read
 recipes and never an objective's name: adding an objective means its module,
 its tests and one registry entry.
 
 The objective's own dataclass fields are its options: :func:`options_of`
-lists them with their types, defaults and the help text written as the
-field's comment, which is what ``lmobj train --objective NAME --help`` shows.
+lists them with their types, defaults and help texts (each field's ``metadata["help"]``), which is what
+``lmobj train --objective NAME --help`` shows.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
-import re
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 
-from .base import Batch
+from ..batch import Batch
+from .step_losses import StepLoss, lm_step_loss
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ..losses import LossOutput
-
-__all__ = ["DataLayout", "ModelSpec", "Option", "Recipe", "StepLoss", "lm_step_loss", "options_of"]
+__all__ = ["DataLayout", "ModelSpec", "Option", "Recipe", "options_of"]
 
 DataLayout = Literal["blocks", "sentences", "documents", "conversations"]
 """What the trainer hands an objective at each step (see :mod:`lmobjectives.training.streams`):
@@ -41,7 +36,7 @@ DataLayout = Literal["blocks", "sentences", "documents", "conversations"]
   for a window of documents; the trainer keeps ``batch_size`` of the rows returned;
 - ``"conversations"``: ``objective(input_ids (B, T), roles=..., attention_mask=..., document_ids=...,
   generator=...)``, chat conversations (``--data`` a JSONL file) tokenised with each token's role
-  (:mod:`lmobjectives.sft`) and packed best-fit decreasing into rows, one conversation in one row.
+  (:func:`lmobjectives.data.pack_chat`) and packed best-fit decreasing into rows, one conversation in one row.
 """
 
 Architecture = str  # a key of lmobjectives.models.MODELS: "transformer", "encoder_decoder", ...
@@ -55,33 +50,6 @@ class ModelSpec:
     n_token_types: int = 0  # segment embeddings (2 for sentence pairs), 0 = none
     n_sentence_classes: int = 0  # classes of the [CLS] sentence head (2 for NSP/SOP), 0 = no head
     kwargs: dict[str, Any] = field(default_factory=dict)  # JSON values passed to MODELS[architecture](config, **kwargs)
-
-
-@dataclass
-class StepLoss:
-    """What a recipe's loss returns for one batch."""
-
-    total: torch.Tensor  # 0-dim, the quantity to backpropagate
-    terms: dict[str, LossOutput]  # reported separately: metrics "<name>_loss", "<name>_accuracy" ("lm": "accuracy")
-    metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # other 0-dim values, reported as their mean over steps
-    weights: dict[str, float] = field(default_factory=dict)  # a term's weight in the reported "loss" (default 1), as in total
-
-
-def lm_step_loss(objective: Any, model: torch.nn.Module, batch: Batch) -> StepLoss:
-    """The default loss: cross-entropy at the labelled positions, plus the sentence head's loss when the batch
-    has ``sentence_labels`` (NSP, SOP); total = their sum. Works for any model whose output has ``hidden``
-    aligned with ``batch.labels`` and ``sentence_logits``, and which exposes ``output_weight``."""
-    from ..losses import lm_loss, sentence_loss  # lazy: the loss pulls in the fused kernels
-
-    out = model(batch)
-    terms = {"lm": lm_loss(out.hidden, model.output_weight, batch.labels)}
-    if batch.sentence_labels is not None and out.sentence_logits is not None:
-        terms["sentence"] = sentence_loss(out.sentence_logits, batch.sentence_labels)
-    total = terms["lm"].loss
-    for name, term in terms.items():
-        if name != "lm":
-            total = total + term.loss
-    return StepLoss(total=total, terms=terms)
 
 
 def _no_names(objective: Any) -> tuple[str, ...]:
@@ -119,7 +87,7 @@ class Recipe:
     def full_options(self, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Every option, ``given`` over the defaults, in field order; an unknown name is a ``ValueError``.
 
-        >>> from lmobjectives.objectives import OBJECTIVES
+        >>> from lmobjectives.recipes import OBJECTIVES
         >>> OBJECTIVES["clm"].full_options({"document_masking": True})
         {'document_masking': True}
         """
@@ -160,41 +128,22 @@ class Option:
     name: str  # field name, e.g. "unit" (CLI flag: --unit)
     type: Any  # resolved annotation, e.g. str, float, int | None, tuple[float, ...]
     default: Any  # the field's default
-    help: str  # the field's comment in the class body
-
-
-_FIELD_COMMENT = re.compile(r"^\s+(\w+)\s*:[^#]*#\s*(.+?)\s*$")
-
-
-@lru_cache(maxsize=None)
-def _field_comments(cls: type) -> dict[str, str]:
-    """``{field: comment}`` read from the class body (``name: type = default  # comment``), bases included."""
-    comments: dict[str, str] = {}
-    for klass in reversed(cls.__mro__):
-        try:
-            source = inspect.getsource(klass)
-        except (OSError, TypeError):
-            continue
-        for line in source.splitlines():
-            if match := _FIELD_COMMENT.match(line):
-                comments[match.group(1)] = match.group(2)
-    return comments
+    help: str  # the field's help text (its metadata["help"], set by objectives._option.option)
 
 
 def options_of(recipe: Recipe) -> list[Option]:
     """The options a user sets: the objective's init fields except ``vocab`` and the run-set ``length_option``.
 
-    >>> from lmobjectives.objectives import OBJECTIVES
+    >>> from lmobjectives.recipes import OBJECTIVES
     >>> [(o.name, o.default) for o in options_of(OBJECTIVES["clm"])]
     [('document_masking', False)]
     """
     cls = recipe.objective
     hints = typing.get_type_hints(cls)
-    comments = _field_comments(cls)
     out = []
     for f in dataclasses.fields(cls):
         if not f.init or f.name in ("vocab", recipe.length_option):
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        out.append(Option(name=f.name, type=hints[f.name], default=default, help=comments.get(f.name, "")))
+        out.append(Option(name=f.name, type=hints[f.name], default=default, help=f.metadata.get("help", "")))
     return out

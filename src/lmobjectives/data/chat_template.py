@@ -29,14 +29,21 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .constants import IGNORE_INDEX
-from .objectives.sft import ASSISTANT, COMPLETION, PROMPT, TRAIN_ON
+import torch
+
+from .._checks import check_choice
+from ..constants import IGNORE_INDEX
 
 __all__ = [
+    "ASSISTANT",
     "CHAT_TOKENS",
+    "COMPLETION",
     "MESSAGE_ROLES",
+    "PROMPT",
+    "TRAIN_ON",
     "TokenizedConversation",
     "check_record",
+    "learned_mask",
     "render_chatml",
     "tokenize_conversation",
 ]
@@ -48,6 +55,31 @@ MESSAGE_ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
 """The roles a message may have."""
 
 ON_MERGE = ("split", "error")
+
+PROMPT, ASSISTANT, COMPLETION = 0, 1, 2  # token roles: context, an assistant turn, the final assistant turn
+TRAIN_ON = ("assistant", "completion", "all")  # which roles are learned (see learned_mask)
+
+
+def learned_mask(roles: torch.Tensor, train_on: str, real: torch.Tensor | None = None) -> torch.Tensor:
+    """Which tokens the model learns to produce, from their roles: bool, the shape of ``roles``.
+
+    ``train_on="assistant"``: every assistant turn (role :data:`ASSISTANT` or :data:`COMPLETION`);
+    ``"completion"``: the final assistant turn / the completion only (:data:`COMPLETION`); ``"all"``:
+    every real token (``real``, default all), prompts and template included, as plain CLM on the
+    rendered text would.
+
+    >>> learned_mask(torch.tensor([0, 1, 1, 0, 2, 2]), "assistant").int()
+    tensor([0, 1, 1, 0, 1, 1], dtype=torch.int32)
+    >>> learned_mask(torch.tensor([0, 1, 1, 0, 2, 2]), "completion").int()
+    tensor([0, 0, 0, 0, 1, 1], dtype=torch.int32)
+    """
+    check_choice(train_on, "train_on", TRAIN_ON)
+    if train_on == "assistant":
+        return roles >= ASSISTANT
+    if train_on == "completion":
+        return roles == COMPLETION
+    return torch.ones_like(roles, dtype=torch.bool) if real is None else real.clone()
+
 
 
 @dataclass
@@ -172,7 +204,7 @@ def _format(tokenizer: Any, need_template: bool) -> _Format:
             raise ValueError(
                 f"tokenizer ({type(tokenizer).__name__}) has no chat_template, so messages cannot be rendered; set "
                 "tokenizer.chat_template (a Jinja template), or use one of lmobjectives' tokenizers, which render the "
-                "built-in ChatML format (lmobjectives.sft.render_chatml)"
+                "built-in ChatML format (lmobjectives.data.render_chatml)"
             )
 
         def render(messages: list[Mapping[str, Any]], generation: bool) -> str:
@@ -192,7 +224,7 @@ def _format(tokenizer: Any, need_template: bool) -> _Format:
         missing = [s for s in CHAT_TOKENS if s not in ids]
         raise ValueError(
             f"tokenizer {tokenizer!r} has no chat template and lacks the special tokens {missing} of the built-in "
-            "ChatML format; load it with load_tokenizer(spec, extra_special_tokens=lmobjectives.sft.CHAT_TOKENS)"
+            "ChatML format; load it with load_tokenizer(spec, extra_special_tokens=lmobjectives.data.CHAT_TOKENS)"
         )
     pattern = re.compile("(" + "|".join(map(re.escape, ids)) + ")") if ids else None
 
