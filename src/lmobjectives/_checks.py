@@ -97,3 +97,66 @@ def int_rows(rows: object, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         raise TypeError(f"{name} must hold Python ints ({e})") from None
     values = torch.frombuffer(flat, dtype=torch.long) if len(flat) else torch.zeros(0, dtype=torch.long)  # (total,)
     return values, lengths
+
+
+def check_choice(value: object, name: str, choices: Sequence[object]) -> object:
+    """Check ``value`` is one of ``choices``; returns it.
+
+    >>> check_choice("word", "unit", ("token", "word"))
+    'word'
+    """
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
+def check_int(
+    value: object, name: str, *, low: int | None = None, high: int | None = None, allow_none: bool = False
+) -> int | None:
+    """Check an int (a bool is not one) in ``[low, high]`` (each end optional, both inclusive), or None with
+    ``allow_none``: a ``TypeError`` for another type, a ``ValueError`` out of range.
+
+    >>> check_int(3, "num_targets", low=0, high=2)
+    Traceback (most recent call last):
+    ValueError: num_targets must be an int in [0, 2], got 3
+    """
+    if value is None and allow_none:
+        return None
+    what = "an int"
+    if low is not None and high is not None:
+        what += f" in [{low}, {high}]"
+    elif low is not None:
+        what += f" >= {low}"
+    elif high is not None:
+        what += f" <= {high}"
+    if allow_none:
+        what = "None or " + what
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be {what}, got {value!r}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return value
+
+
+def check_finite_float(
+    value: object, name: str, *, low: float | None = None, low_open: bool = False, allow_none: bool = False
+) -> float | None:
+    """Check a finite float (an int counts, a bool does not) ``>= low`` (``> low`` with ``low_open``; no bound
+    without ``low``), or None with ``allow_none``; returns it as a float. A ``TypeError`` for another type, a
+    ``ValueError`` for NaN, an infinity or a value below the bound.
+
+    >>> check_finite_float(0, "softcap", low=0, low_open=True, allow_none=True)
+    Traceback (most recent call last):
+    ValueError: softcap must be None or a finite float > 0, got 0
+    """
+    if value is None and allow_none:
+        return None
+    what = "a finite float" if low is None else f"a finite float {'>' if low_open else '>='} {low:g}"
+    if allow_none:
+        what = "None or " + what
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be {what}, got {value!r}")
+    v = float(value)
+    if not math.isfinite(v) or (low is not None and (v <= low if low_open else v < low)):
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return v
