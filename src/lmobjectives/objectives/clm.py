@@ -11,7 +11,7 @@ from .._checks import check_like
 from ..constants import IGNORE_INDEX
 from ..vocab import Vocab
 from ..batch import Batch, checked_tokens
-from ._option import option
+from .._option import option
 
 __all__ = ["CausalLM", "documents_from_eos", "masking_document_ids", "positions_within_documents"]
 

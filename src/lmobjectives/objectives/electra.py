@@ -30,7 +30,7 @@ from .._checks import check_positive_int, check_probability
 from ..constants import IGNORE_INDEX
 from ..vocab import Vocab
 from ..batch import Batch
-from ._option import option
+from .._option import option
 from .mlm import MaskedLM
 
 __all__ = ["ELECTRA", "gumbel_max_sample", "replace_masked"]

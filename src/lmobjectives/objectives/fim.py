@@ -29,7 +29,7 @@ import torch
 from .._checks import check_generator, check_positive_int, check_probability, int_rows
 from ..vocab import Vocab
 from ..batch import Batch
-from ._option import option
+from .._option import option
 from .clm import CausalLM
 
 __all__ = ["FillInTheMiddle", "fim_reassemble"]

@@ -25,7 +25,7 @@ from .._checks import check_like, check_positive_int, check_probability
 from ..constants import IGNORE_INDEX
 from ..vocab import Vocab
 from ..batch import Batch, checked_tokens
-from ._option import option
+from .._option import option
 
 __all__ = ["MaskedLM"]
 

@@ -21,7 +21,7 @@ from .._checks import check_like, check_positive_int
 from ..constants import IGNORE_INDEX
 from ..vocab import Vocab
 from ..batch import Batch, checked_tokens
-from ._option import option
+from .._option import option
 from .clm import documents_from_eos, positions_within_documents
 
 __all__ = [

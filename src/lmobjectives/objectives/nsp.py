@@ -20,7 +20,7 @@ from .._checks import check_generator, check_like, check_positive_int, check_pro
 from ..constants import IGNORE_INDEX
 from ..vocab import Vocab
 from ..batch import Batch, padding_mask
-from ._option import option
+from .._option import option
 from .mlm import MaskedLM
 
 __all__ = ["NextSentencePrediction", "SentenceOrderPrediction", "SentencePairs"]

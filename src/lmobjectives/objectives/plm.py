@@ -22,7 +22,7 @@ from .._checks import check_positive_int, check_probability
 from ..constants import IGNORE_INDEX
 from ..vocab import Vocab
 from ..batch import Batch, checked_tokens
-from ._option import option
+from .._option import option
 
 __all__ = ["PermutationLM"]
 

@@ -23,7 +23,7 @@ from .._checks import check_like
 from ..constants import IGNORE_INDEX
 from ..vocab import Vocab
 from ..batch import Batch, checked_tokens
-from ._option import option
+from .._option import option
 from .clm import masking_document_ids, positions_within_documents
 
 __all__ = ["PrefixLM", "document_lengths", "prefix_lm_batch"]

@@ -24,7 +24,7 @@ from ..constants import IGNORE_INDEX
 from ..vocab import Vocab
 from ..batch import Batch, checked_tokens
 from ..data.chat_template import ASSISTANT, COMPLETION, PROMPT, TRAIN_ON, learned_mask
-from ._option import option
+from .._option import option
 from .clm import CausalLM
 
 __all__ = [

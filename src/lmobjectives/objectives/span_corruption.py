@@ -20,7 +20,7 @@ from .._checks import check_generator, check_like, check_probability
 from ..constants import IGNORE_INDEX
 from ..vocab import Vocab
 from ..batch import Batch, checked_tokens
-from ._option import option
+from .._option import option
 
 __all__ = [
     "SpanCorruption",

@@ -19,7 +19,7 @@ from .._checks import check_like, check_positive_int
 from ..constants import IGNORE_INDEX
 from ..vocab import Vocab
 from ..batch import Batch
-from ._option import option
+from .._option import option
 from .mlm import MaskedLM
 
 __all__ = ["SpanBERT", "SpanBoundaryTargets", "span_boundary_targets"]

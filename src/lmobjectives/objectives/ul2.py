@@ -18,7 +18,7 @@ import torch
 from ..constants import IGNORE_INDEX, PARADIGM_TOKENS
 from ..vocab import Vocab
 from ..batch import Batch, checked_tokens
-from ._option import option
+from .._option import option
 from .prefix_lm import prefix_lm_batch
 from .span_corruption import (
     LAYOUTS,

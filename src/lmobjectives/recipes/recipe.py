@@ -128,7 +128,7 @@ class Option:
     name: str  # field name, e.g. "unit" (CLI flag: --unit)
     type: Any  # resolved annotation, e.g. str, float, int | None, tuple[float, ...]
     default: Any  # the field's default
-    help: str  # the field's help text (its metadata["help"], set by objectives._option.option)
+    help: str  # the field's help text (its metadata["help"], set by lmobjectives._option.option)
 
 
 def options_of(recipe: Recipe) -> list[Option]:
