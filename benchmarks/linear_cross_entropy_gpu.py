@@ -152,12 +152,12 @@ def build_method(name, x, w, t, *, device):
     if name == "vocab_chunked":
         return lambda: linear_cross_entropy(x, w, t, impl="vocab_chunked")
     if name == "vocab_chunked_noborrow":
+        from lmobjectives.ops._common import LossOptions
         from lmobjectives.ops._custom_ops import vocab_chunked_linear_cross_entropy
 
         def noborrow():
             loss, _, _ = vocab_chunked_linear_cross_entropy(
-                x, w, t, None, ignore_index=IGNORE_INDEX, reduction="mean", label_smoothing=0.0,
-                z_loss=0.0, softcap=None, chunk_size=None, want_argmax=False,
+                x, w, t, None, LossOptions(), chunk_size=None, want_argmax=False,
                 borrow_dweight=False,
             )
             return loss

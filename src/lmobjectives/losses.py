@@ -9,11 +9,12 @@ kernel (:mod:`lmobjectives.ops`) can replace the logits matmul.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 
+from ._checks import check_choice, check_int
 from .constants import IGNORE_INDEX
 from .ops import linear_cross_entropy_with_stats
 
@@ -34,11 +35,6 @@ class LossOutput:
     def accuracy(self) -> torch.Tensor:
         """Fraction of targets predicted by argmax (0 when there are none)."""
         return self.num_correct / self.num_tokens.clamp(min=1)
-
-
-def _check_reduction(reduction: str) -> None:
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
 
 
 def lm_loss(
@@ -81,14 +77,12 @@ def lm_loss(
 
     Shapes: hidden ``(..., d)``, weight ``(V, d)``, labels ``(...)``.
     """
-    _check_reduction(reduction)
+    check_choice(reduction, "reduction", get_args(Reduction))
     if hidden.shape[:-1] != labels.shape:
         raise ValueError(f"hidden {tuple(hidden.shape)} and labels {tuple(labels.shape)} disagree on leading dims")
     h = hidden.reshape(-1, hidden.shape[-1])  # (N, d)
     y = labels.reshape(-1)  # (N,)
-    bad_count = isinstance(num_targets, bool) or not isinstance(num_targets, int) or not 0 <= num_targets <= y.numel()
-    if num_targets is not None and bad_count:
-        raise ValueError(f"num_targets must be None or an int in [0, {y.numel()}] (the labelled positions), got {num_targets!r}")
+    check_int(num_targets, "num_targets", low=0, high=y.numel(), allow_none=True)
     if gather_targets:
         has_target = y != IGNORE_INDEX  # (N,)
         if num_targets is None:
@@ -177,7 +171,7 @@ def lm_logits(hidden: torch.Tensor, weight: torch.Tensor, *, bias: torch.Tensor 
 
 def sentence_loss(logits: torch.Tensor, labels: torch.Tensor, *, reduction: Reduction = "mean") -> LossOutput:
     """Cross-entropy of sentence-level logits ``(B, C)`` against labels ``(B,)`` (NSP, SOP)."""
-    _check_reduction(reduction)
+    check_choice(reduction, "reduction", get_args(Reduction))
     if logits.dim() != 2 or labels.shape != logits.shape[:1]:
         raise ValueError(f"logits must be (B, C) and labels (B,), got {tuple(logits.shape)} and {tuple(labels.shape)}")
     if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:

@@ -189,6 +189,7 @@ def vocab_chunked_epilogues_match_torch() -> int:
     to 1e-5 (same math, different summation order), argmax exactly (ties included: the logits
     are rounded to a coarse grid so that many ties exist)."""
     from lmobjectives.ops import _vocab_chunked as vc
+    from lmobjectives.ops._common import LossOptions
     from lmobjectives.ops._custom_ops import vocab_chunked_linear_cross_entropy
 
     failures = 0
@@ -211,9 +212,8 @@ def vocab_chunked_epilogues_match_torch() -> int:
         for epilogue in ("torch", "triton"):
             leaves = [a.clone().requires_grad_() for a in inputs]
             loss, lse, argmax = vocab_chunked_linear_cross_entropy(
-                leaves[0], leaves[1], t, leaves[2], ignore_index=IGNORE_INDEX, reduction="sum",
-                chunk_size=20, want_argmax=True, epilogue=epilogue, **{
-                    "label_smoothing": 0.0, "z_loss": 0.0, "softcap": None, **opts},
+                leaves[0], leaves[1], t, leaves[2], LossOptions(reduction="sum", **opts),
+                chunk_size=20, want_argmax=True, epilogue=epilogue,
             )
             outs[epilogue] = [loss.detach(), lse, *torch.autograd.grad(loss, leaves)], argmax
         (ref, ref_arg), (got, got_arg) = outs["torch"], outs["triton"]

@@ -4,6 +4,8 @@ test_vocab_chunked.py, and on CUDA below)."""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
 import subprocess
 import sys
@@ -18,8 +20,10 @@ from lmobjectives.ops import (
     Impl,
     LinearCrossEntropyOutput,
     linear_cross_entropy,
+    linear_cross_entropy_vocab_parallel,
     linear_cross_entropy_with_stats,
 )
+from lmobjectives.ops._common import LossOptions
 
 CUDA = torch.cuda.is_available()
 
@@ -526,6 +530,17 @@ def test_out_of_range_target_raises(bad, impl):
     if impl == "vocab_chunked":  # same convention as chunked
         ref = linear_cross_entropy(x, w, t, impl="chunked", check_targets=False, reduction="none")
         torch.testing.assert_close(loss, ref)
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [linear_cross_entropy, linear_cross_entropy_with_stats, linear_cross_entropy_vocab_parallel],
+)
+def test_public_defaults_are_the_loss_options_defaults(fn):
+    """The public keyword defaults and LossOptions' (what the internals are given) agree."""
+    params = inspect.signature(fn).parameters
+    for field in dataclasses.fields(LossOptions):
+        assert params[field.name].default == field.default, field.name
 
 
 def test_impl_resolution(monkeypatch):

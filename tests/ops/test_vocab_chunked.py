@@ -13,6 +13,7 @@ import torch
 
 from lmobjectives.ops import _vocab_chunked as vc
 from lmobjectives.ops import linear_cross_entropy
+from lmobjectives.ops._common import LossOptions
 from lmobjectives.ops._custom_ops import vocab_chunked_linear_cross_entropy
 
 
@@ -97,13 +98,13 @@ def test_borrowing_dweight_rows_changes_nothing(v):
     """Same bits with the accumulator's second half in dweight rows (whose chunks are then
     recomputed) as in a separate buffer; V = 29 < N = 33 cannot borrow at all."""
     x, w, b, t = make_problem(33, 48, v, dtype=torch.bfloat16, bias=True, ignore_every=3)
-    opts = dict(ignore_index=-100, reduction="sum", label_smoothing=0.1, z_loss=1e-3,
-                softcap=5.0, chunk_size=16, want_argmax=True)
+    options = LossOptions(reduction="sum", label_smoothing=0.1, z_loss=1e-3, softcap=5.0)
     results = []
     for borrow in (True, False):
         leaves = [a.clone().requires_grad_() for a in (x, w, b)]
         loss, lse, argmax = vocab_chunked_linear_cross_entropy(
-            leaves[0], leaves[1], t, leaves[2], borrow_dweight=borrow, **opts
+            leaves[0], leaves[1], t, leaves[2], options, chunk_size=16, want_argmax=True,
+            borrow_dweight=borrow,
         )
         results.append([loss.detach(), lse, argmax, *torch.autograd.grad(loss, leaves)])
     for a, r in zip(*results):
@@ -152,8 +153,7 @@ def test_epilogue_choice_and_validation(monkeypatch):
     x, w, _, t = make_problem(4, 3, 5, dtype=torch.float32)
     with pytest.raises(ValueError, match="epilogue"):
         vocab_chunked_linear_cross_entropy(
-            x, w, t, None, ignore_index=-100, reduction="mean", label_smoothing=0.0,
-            z_loss=0.0, softcap=None, chunk_size=None, want_argmax=False, epilogue="cuda",
+            x, w, t, None, LossOptions(), chunk_size=None, want_argmax=False, epilogue="cuda"
         )
 
 
@@ -173,8 +173,7 @@ def test_cuda_peak_memory(borrow):
     base = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
     loss, _, _ = vocab_chunked_linear_cross_entropy(
-        x, w, t, None, ignore_index=-100, reduction="mean", label_smoothing=0.0, z_loss=0.0,
-        softcap=None, chunk_size=None, want_argmax=False, borrow_dweight=borrow,
+        x, w, t, None, LossOptions(), chunk_size=None, want_argmax=False, borrow_dweight=borrow
     )
     loss.backward()
     torch.cuda.synchronize()

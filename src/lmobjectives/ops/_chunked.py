@@ -52,6 +52,7 @@ import torch
 from torch import Tensor
 
 from lmobjectives.ops._common import (
+    LossOptions,
     accumulation_dtype,
     backward_once,
     loss_from_stats,
@@ -81,10 +82,8 @@ class _Problem:
         bias: Tensor | None,
         target: Tensor,
         target_mask: Tensor,
+        options: LossOptions,
         *,
-        label_smoothing: float,
-        z_loss: float,
-        softcap: float | None,
         chunk_size: int,
         total_vocab: int | None = None,
     ) -> None:
@@ -102,16 +101,14 @@ class _Problem:
         self.target_hit = target_mask.to(self.acc_dtype)  # (N,) 1.0 where the one-hot applies
         self.num_tokens, self.vocab_size = input.shape[0], weight.shape[0]
         self.total_vocab = self.vocab_size if total_vocab is None else total_vocab
-        self.label_smoothing = label_smoothing
-        self.z_loss = z_loss
-        self.softcap = softcap
+        self.options = options
         self.chunk_size = chunk_size
         rows = min(chunk_size, self.num_tokens)
         device = input.device
         # Reused blocks: (rows, V) logits (tanh(logits / cap) with softcap) and, with softcap
         # only, a second (rows, V) block for z = cap * tanh(logits / cap).
         self.block = torch.empty(rows, self.vocab_size, dtype=self.acc_dtype, device=device)
-        self.z_block = torch.empty_like(self.block) if softcap is not None else None
+        self.z_block = torch.empty_like(self.block) if options.softcap is not None else None
 
     def chunks(self):
         for start in range(0, self.num_tokens, self.chunk_size):
@@ -127,10 +124,11 @@ class _Problem:
             out.copy_(torch.mm(x_g, self.weight_g.t()))
         if self.bias_acc is not None:
             out.add_(self.bias_acc)
-        if self.softcap is None:
+        cap = self.options.softcap
+        if cap is None:
             return x_g, out, None
-        t = out.div_(self.softcap).tanh_()  # (C, V) tanh(logits / cap)
-        z = torch.mul(t, self.softcap, out=self.z_block[: end - start])  # (C, V)
+        t = out.div_(cap).tanh_()  # (C, V) tanh(logits / cap)
+        z = torch.mul(t, cap, out=self.z_block[: end - start])  # (C, V)
         return x_g, z, t
 
     def grad_into(
@@ -153,7 +151,7 @@ class _Problem:
         over the block fewer. With half-precision GEMMs the block is scaled before its cast,
         so that the upstream gradient (an fp16 loss scale) applies before the rounding.
         """
-        eps, lam = self.label_smoothing, self.z_loss
+        eps, lam = self.options.label_smoothing, self.options.z_loss
         late = self.gemm_dtype == self.acc_dtype  # row scale after the GEMMs
         coef = (1.0 + 2.0 * lam * lse) if lam > 0.0 else None  # (C,)
         if not late:
@@ -231,7 +229,8 @@ def _forward(
     device = problem.input.device
     lse = torch.empty(n, dtype=acc, device=device)  # (N,)
     z_target = torch.empty(n, dtype=acc, device=device)  # (N,)
-    z_sum = torch.empty(n, dtype=acc, device=device) if problem.label_smoothing > 0 else None
+    smoothing = problem.options.label_smoothing > 0
+    z_sum = torch.empty(n, dtype=acc, device=device) if smoothing else None
     argmax = torch.empty(n, dtype=torch.int64, device=device) if want_argmax else None
     for start, end in problem.chunks():
         x_g, z, t = problem.logits(start, end)  # z: (C, V)
@@ -282,21 +281,11 @@ def _finish_grads(
     )
 
 
-def _problem(input, weight, bias, target, ignore_index, label_smoothing, z_loss, softcap, chunk_size):
+def _problem(input, weight, bias, target, options: LossOptions, chunk_size: int):
     """The chunked problem of one call, and its ``valid`` mask ``(N,)`` (forward and backward alike)."""
-    valid = target != ignore_index  # (N,)
-    problem = _Problem(
-        input,
-        weight,
-        bias,
-        target,
-        _in_range(target, valid, weight.shape[0]),
-        label_smoothing=label_smoothing,
-        z_loss=z_loss,
-        softcap=softcap,
-        chunk_size=chunk_size,
-    )
-    return problem, valid
+    valid = target != options.ignore_index  # (N,)
+    in_range = _in_range(target, valid, weight.shape[0])
+    return _Problem(input, weight, bias, target, in_range, options, chunk_size=chunk_size), valid
 
 
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
@@ -309,23 +298,21 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         weight: Tensor,  # (V, d)
         bias: Tensor | None,  # (V,)
         target: Tensor,  # (N,) int64
-        ignore_index: int,
-        reduction: str,
-        label_smoothing: float,
-        z_loss: float,
-        softcap: float | None,
+        options: LossOptions,
         chunk_size: int,
         need_grads: tuple[bool, bool, bool],
         want_argmax: bool,
     ):
-        problem, valid = _problem(input, weight, bias, target, ignore_index, label_smoothing, z_loss, softcap, chunk_size)
+        problem, valid = _problem(input, weight, bias, target, options, chunk_size)
         # Gradients in the forward only where nothing is rounded to half precision before the
         # upstream gradient is known (see the module docstring).
         grads_in_forward = (
-            any(need_grads) and reduction != "none" and problem.gemm_dtype == problem.acc_dtype
+            any(need_grads)
+            and options.reduction != "none"
+            and problem.gemm_dtype == problem.acc_dtype
         )
         row_scale = (
-            row_scale_for_reduction(valid, reduction, problem.acc_dtype)
+            row_scale_for_reduction(valid, options.reduction, problem.acc_dtype)
             if grads_in_forward
             else None
         )
@@ -333,16 +320,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         lse, z_target, z_sum, argmax = _forward(
             problem, want_argmax=want_argmax, row_scale=row_scale, grads=grads
         )
-        loss = loss_from_stats(
-            lse,
-            z_target,
-            z_sum,
-            valid,
-            reduction=reduction,
-            vocab_size=problem.vocab_size,
-            label_smoothing=label_smoothing,
-            z_loss=z_loss,
-        )
+        loss = loss_from_stats(lse, z_target, z_sum, valid, options, vocab_size=problem.vocab_size)
 
         ctx.grads_in_forward = grads_in_forward
         ctx.has_bias = bias is not None
@@ -353,8 +331,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             # input, weight, bias: only so that a double backward can name what it needs
             ctx.save_for_backward(*[g for g in (dx, dw, db) if g is not None], input, weight, bias)
         elif any(need_grads):  # recompute in backward
-            ctx.options = (ignore_index, label_smoothing, z_loss, softcap, chunk_size, need_grads)
-            ctx.reduction = reduction
+            ctx.options, ctx.chunk_size, ctx.need_grads = options, chunk_size, need_grads
             ctx.save_for_backward(input, weight, bias, target, lse)
         if argmax is None:
             argmax = torch.empty(0, dtype=torch.int64, device=input.device)
@@ -365,7 +342,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     @backward_once("chunked")
     def backward(ctx, grad_loss: Tensor, grad_lse: Tensor, grad_argmax: Tensor):
         del grad_lse, grad_argmax  # non-differentiable outputs
-        nones = (None,) * 9
+        nones = (None,) * 5  # target, options, chunk_size, need_grads, want_argmax
         if ctx.grads_in_forward:
             saved = iter(ctx.saved_tensors)
             out = [
@@ -375,10 +352,11 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             return (*out[:2], out[2] if ctx.has_bias else None, *nones)
 
         input, weight, bias, target, lse = ctx.saved_tensors
-        ignore_index, label_smoothing, z_loss, softcap, chunk_size, need_grads = ctx.options
-        problem, valid = _problem(input, weight, bias, target, ignore_index, label_smoothing, z_loss, softcap, chunk_size)
-        row_scale = row_scale_for_reduction(valid, ctx.reduction, problem.acc_dtype, grad_loss)  # (N,)
-        grads = problem.new_grads(*need_grads)
+        problem, valid = _problem(input, weight, bias, target, ctx.options, ctx.chunk_size)
+        row_scale = row_scale_for_reduction(
+            valid, ctx.options.reduction, problem.acc_dtype, grad_loss
+        )  # (N,)
+        grads = problem.new_grads(*ctx.need_grads)
         _backward_recompute(problem, lse, row_scale, grads)
         dx, dw, db = _finish_grads(grads, input, weight, bias)
         return (dx, dw, db, *nones)
@@ -389,12 +367,8 @@ def chunked_linear_cross_entropy(
     weight: Tensor,
     target: Tensor,
     bias: Tensor | None,
+    options: LossOptions,
     *,
-    ignore_index: int,
-    reduction: str,
-    label_smoothing: float,
-    z_loss: float,
-    softcap: float | None,
     chunk_size: int | None,
     want_argmax: bool,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -402,6 +376,7 @@ def chunked_linear_cross_entropy(
 
     Args:
         input: ``(N, d)``; weight: ``(V, d)``; target: ``(N,)`` int64; bias: ``(V,)`` or None.
+        options: the loss options.
         chunk_size: rows per chunk; None picks :func:`default_chunk_size`.
         want_argmax: also return the per-token argmax (costs one extra pass per chunk).
 
@@ -418,17 +393,6 @@ def chunked_linear_cross_entropy(
         grad_on and bias is not None and bias.requires_grad,
     )
     loss, lse, argmax = _ChunkedLinearCrossEntropy.apply(
-        input,
-        weight,
-        bias,
-        target,
-        ignore_index,
-        reduction,
-        label_smoothing,
-        z_loss,
-        softcap,
-        max(1, chunk_size),
-        need_grads,
-        want_argmax,
+        input, weight, bias, target, options, max(1, chunk_size), need_grads, want_argmax
     )
     return loss, lse, argmax if want_argmax else None

@@ -1,6 +1,6 @@
-"""What every implementation of the linear cross-entropy shares: argument checks, the
-accumulation dtype, the loss from per-token statistics, the per-token upstream scales, and
-whether Triton is installed.
+"""What every implementation of the linear cross-entropy shares: the loss options
+(:class:`LossOptions`), the tensor checks, the accumulation dtype, the loss from per-token
+statistics, the per-token upstream scales, and whether Triton is installed.
 
 The import graph inside ``ops/`` points one way (``tests/ops/test_import_graph.py``)::
 
@@ -9,7 +9,8 @@ The import graph inside ``ops/`` points one way (``tests/ops/test_import_graph.p
     tensor_parallel -> _chunked
     _custom_ops -> _vocab_chunked, _triton (lazily: it imports Triton)
     _vocab_chunked -> _vocab_chunked_kernels (lazily) -> _triton_kernels <- _triton
-    every module -> _common (which imports only torch)
+    every module -> _common (which imports only torch, lmobjectives.constants and
+                             lmobjectives._checks)
 """
 
 from __future__ import annotations
@@ -17,24 +18,71 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
-import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from lmobjectives._checks import (
+    check_choice,
+    check_finite_float,
+    check_int,
+    check_probability,
+)
+from lmobjectives.constants import IGNORE_INDEX
+
 __all__ = [
     "DOUBLE_BACKWARD_MESSAGE",
     "TRITON_AVAILABLE",
+    "LossOptions",
     "accumulation_dtype",
     "backward_once",
     "cast_for_autocast",
     "check_target_range",
     "loss_from_stats",
     "row_scale_for_reduction",
-    "validate_arguments",
+    "validate_tensors",
 ]
 
 _REDUCTIONS = ("mean", "sum", "none")
+
+
+@dataclass(frozen=True)
+class LossOptions:
+    """The loss options of :func:`lmobjectives.ops.linear_cross_entropy` (whose docstring gives
+    the math), checked here once and passed as one argument to every implementation. The
+    fields are in the order of the public keyword arguments and of the custom operators'
+    schema (``_custom_ops``).
+
+    >>> LossOptions(z_loss=1)
+    LossOptions(ignore_index=-100, reduction='mean', label_smoothing=0.0, z_loss=1.0, softcap=None)
+    >>> LossOptions(reduction="avg")
+    Traceback (most recent call last):
+    ValueError: reduction must be one of 'mean', 'sum', 'none', got 'avg'
+    """
+
+    ignore_index: int = IGNORE_INDEX
+    """Target value that contributes neither loss nor gradient."""
+    reduction: str = "mean"
+    """``"mean"`` (over non-ignored tokens), ``"sum"`` or ``"none"``."""
+    label_smoothing: float = 0.0
+    """``eps`` in ``[0, 1]``."""
+    z_loss: float = 0.0
+    """``lam >= 0``, coefficient of ``lse**2``."""
+    softcap: float | None = None
+    """``cap > 0`` to use ``cap * tanh(logits / cap)``, or None."""
+
+    def __post_init__(self) -> None:
+        check_int(self.ignore_index, "ignore_index")
+        check_choice(self.reduction, "reduction", _REDUCTIONS)
+        smoothing = check_probability(self.label_smoothing, "label_smoothing")
+        z_loss = check_finite_float(self.z_loss, "z_loss", low=0)
+        softcap = check_finite_float(self.softcap, "softcap", low=0, low_open=True, allow_none=True)
+        # Stored as Python floats (an int is accepted): the custom operators' schema says float.
+        object.__setattr__(self, "label_smoothing", smoothing)  # frozen: set through object
+        object.__setattr__(self, "z_loss", z_loss)
+        object.__setattr__(self, "softcap", softcap)
+
 
 TRITON_AVAILABLE = importlib.util.find_spec("triton") is not None
 """Whether the optional dependency triton is installed (found without importing it)."""
@@ -50,27 +98,26 @@ def loss_from_stats(
     z_target: Tensor,
     z_sum: Tensor | None,
     valid: Tensor,
+    options: LossOptions,
     *,
-    reduction: str,
     vocab_size: int,
-    label_smoothing: float,
-    z_loss: float,
 ) -> Tensor:
     """The loss from per-token statistics, all ``(N,)``: per token
     ``loss_i = (1-eps)(lse_i - z_target_i) + eps(lse_i - z_sum_i / V) + lam * lse_i**2``, 0 where
     ``valid`` is False; then ``"none"``: as is, ``"sum"``: the sum, ``"mean"``: the sum over
     max(1, number of valid tokens)."""
-    loss = (1.0 - label_smoothing) * (lse - z_target)  # (N,)
-    if label_smoothing > 0.0:
+    eps, lam = options.label_smoothing, options.z_loss
+    loss = (1.0 - eps) * (lse - z_target)  # (N,)
+    if eps > 0.0:
         assert z_sum is not None
-        loss = loss + label_smoothing * (lse - z_sum / vocab_size)
-    if z_loss > 0.0:
-        loss = loss + z_loss * lse.square()
+        loss = loss + eps * (lse - z_sum / vocab_size)
+    if lam > 0.0:
+        loss = loss + lam * lse.square()
     loss = torch.where(valid, loss, torch.zeros_like(loss))
-    if reduction == "none":
+    if options.reduction == "none":
         return loss
     total = loss.sum()
-    if reduction == "sum":
+    if options.reduction == "sum":
         return total
     return total / valid.sum().clamp_min(1).to(loss.dtype)
 
@@ -89,19 +136,9 @@ def row_scale_for_reduction(
     return scale
 
 
-def validate_arguments(
-    input: Tensor,
-    weight: Tensor,
-    target: Tensor,
-    bias: Tensor | None,
-    *,
-    ignore_index: int,
-    reduction: str,
-    label_smoothing: float,
-    z_loss: float,
-    softcap: float | None,
-) -> None:
-    """Raise ``TypeError``/``ValueError`` naming the bad argument and its value."""
+def validate_tensors(input: Tensor, weight: Tensor, target: Tensor, bias: Tensor | None) -> None:
+    """Raise ``TypeError``/``ValueError`` naming the bad tensor and what is wrong with it (the
+    other options are checked by :class:`LossOptions`)."""
     for name, tensor in (("input", input), ("weight", weight), ("target", target)):
         if not isinstance(tensor, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
@@ -139,18 +176,6 @@ def validate_arguments(
     devices = {t.device for t in (input, weight, target) + ((bias,) if bias is not None else ())}
     if len(devices) != 1:
         raise ValueError(f"input, weight, target (and bias) must share one device, got {devices}")
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise TypeError(f"ignore_index must be an int, got {ignore_index!r}")
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-    if not (isinstance(label_smoothing, (int, float)) and 0.0 <= label_smoothing <= 1.0):
-        raise ValueError(f"label_smoothing must be a float in [0, 1], got {label_smoothing!r}")
-    if not (isinstance(z_loss, (int, float)) and math.isfinite(z_loss) and z_loss >= 0.0):
-        raise ValueError(f"z_loss must be a finite float >= 0, got {z_loss!r}")
-    if softcap is not None and not (
-        isinstance(softcap, (int, float)) and math.isfinite(softcap) and softcap > 0.0
-    ):
-        raise ValueError(f"softcap must be None or a finite float > 0, got {softcap!r}")
 
 
 def check_target_range(

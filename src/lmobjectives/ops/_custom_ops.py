@@ -19,6 +19,10 @@ are computed here, once for both. This module also holds each implementation's e
 (:func:`vocab_chunked_linear_cross_entropy`, :func:`triton_linear_cross_entropy`), so that the
 imports point one way: ``_custom_ops`` imports the implementations, never the reverse.
 
+The operators' schema takes tensors and primitives only, so :class:`~._common.LossOptions`
+crosses it as its five fields: unpacked in :func:`linear_cross_entropy_op`, packed again in
+each operator.
+
 The operators are differentiable once: ``lce_backward``'s own autograd formula raises a clear
 error if a second backward (``create_graph=True``, then differentiating the gradients) reaches
 it, instead of the dispatcher's "no autograd formula" or a silently wrong result.
@@ -29,9 +33,11 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from lmobjectives._checks import check_choice
 from lmobjectives.ops import _vocab_chunked
 from lmobjectives.ops._common import (
     DOUBLE_BACKWARD_MESSAGE,
+    LossOptions,
     accumulation_dtype,
     loss_from_stats,
     row_scale_for_reduction,
@@ -84,13 +90,13 @@ def _forward(
     want_argmax: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     del borrow  # a backward option, kept here so that the autograd context has it
+    options = LossOptions(ignore_index, reduction, label_smoothing, z_loss, softcap)
     lse, z_target, z_sum, argmax = _module(impl).forward_stats(
-        x, weight, bias, target, softcap=softcap, need_zsum=label_smoothing > 0.0,
-        need_argmax=want_argmax, **_impl_options(impl, chunk, epilogue),
+        x, weight, bias, target, options, need_argmax=want_argmax,
+        **_impl_options(impl, chunk, epilogue),
     )
     loss = loss_from_stats(
-        lse, z_target, z_sum, target != ignore_index, reduction=reduction,
-        vocab_size=weight.shape[0], label_smoothing=label_smoothing, z_loss=z_loss,
+        lse, z_target, z_sum, target != ignore_index, options, vocab_size=weight.shape[0]
     )
     if argmax is None:
         argmax = torch.empty(0, dtype=torch.int64, device=x.device)
@@ -128,10 +134,10 @@ def _backward(
     need_dw: bool,
     need_db: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
+    options = LossOptions(ignore_index, reduction, label_smoothing, z_loss, softcap)
     row_scale = row_scale_for_reduction(target != ignore_index, reduction, lse.dtype, grad_loss)
     grads = _module(impl).backward_grads(
-        x, weight, bias, target, lse, row_scale, label_smoothing=label_smoothing,
-        z_loss=z_loss, softcap=softcap, need=(need_dx, need_dw, need_db),
+        x, weight, bias, target, lse, row_scale, options, need=(need_dx, need_dw, need_db),
         **_impl_options(impl, chunk, epilogue, borrow),
     )
     return tuple(x.new_empty(0) if g is None else g for g in grads)
@@ -149,10 +155,10 @@ def _backward_fake(impl, grad_loss, x, weight, bias, target, lse, ignore_index, 
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    impl, x, weight, bias, target, *options = inputs
+    impl, x, weight, bias, target, *args = inputs
     loss, lse, argmax = output
     ctx.save_for_backward(x, weight, bias, target, lse)
-    ctx.impl, ctx.options = impl, options[:-1]  # all but want_argmax
+    ctx.impl, ctx.args = impl, args[:-1]  # the loss and impl options, all but want_argmax
     ctx.mark_non_differentiable(lse, argmax)
 
 
@@ -163,7 +169,7 @@ def _backward_formula(ctx, grad_loss, grad_lse, grad_argmax):
     nones = (None,) * 10  # target and the options
     if not (need_dx or need_dw or need_db):
         return (None, None, None, None, *nones)
-    dx, dw, db = _backward(ctx.impl, grad_loss, x, weight, bias, target, lse, *ctx.options,
+    dx, dw, db = _backward(ctx.impl, grad_loss, x, weight, bias, target, lse, *ctx.args,
                            need_dx, need_dw, need_db)
     return (None, dx if need_dx else None, dw if need_dw else None,
             db if need_db else None, *nones)
@@ -189,12 +195,8 @@ def linear_cross_entropy_op(
     weight: Tensor,
     bias: Tensor | None,
     target: Tensor,
+    options: LossOptions,
     *,
-    ignore_index: int,
-    reduction: str,
-    label_smoothing: float,
-    z_loss: float,
-    softcap: float | None,
     want_argmax: bool,
     chunk: int = 0,
     epilogue: str = "",
@@ -203,9 +205,10 @@ def linear_cross_entropy_op(
     """``(loss, lse, argmax or None)`` of ``impl`` (``"triton"`` or ``"vocab_chunked"``, whose
     ``chunk``/``epilogue``/``borrow`` options are ignored by ``"triton"``), differentiable in
     ``x``, ``weight`` and ``bias``, one opaque operator to ``torch.compile``."""
+    o = options  # the one place where the options become the operators' primitive arguments
     loss, lse, argmax = _forward(
-        impl, x, weight, bias, target, ignore_index, reduction, float(label_smoothing),
-        float(z_loss), softcap, chunk, epilogue, borrow, want_argmax,
+        impl, x, weight, bias, target, o.ignore_index, o.reduction, o.label_smoothing,
+        o.z_loss, o.softcap, chunk, epilogue, borrow, want_argmax,
     )
     return loss, lse, argmax if want_argmax else None
 
@@ -215,12 +218,8 @@ def vocab_chunked_linear_cross_entropy(
     weight: Tensor,
     target: Tensor,
     bias: Tensor | None,
+    options: LossOptions,
     *,
-    ignore_index: int,
-    reduction: str,
-    label_smoothing: float,
-    z_loss: float,
-    softcap: float | None,
     chunk_size: int | None,
     want_argmax: bool,
     epilogue: str | None = None,
@@ -246,13 +245,10 @@ def vocab_chunked_linear_cross_entropy(
     chunk = _vocab_chunked.default_vocab_chunk(n, v, input.dtype) if chunk_size is None else chunk_size
     if epilogue is None:
         epilogue = _vocab_chunked.default_epilogue(input.device, input.dtype)
-    if epilogue not in ("torch", "triton"):
-        raise ValueError(f"epilogue must be 'torch' or 'triton', got {epilogue!r}")
+    check_choice(epilogue, "epilogue", ("torch", "triton"))
     return linear_cross_entropy_op(
-        "vocab_chunked", input, weight, bias, target, ignore_index=ignore_index,
-        reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
-        chunk=max(1, min(chunk, v)), epilogue=epilogue, borrow=borrow_dweight,
-        want_argmax=want_argmax,
+        "vocab_chunked", input, weight, bias, target, options, chunk=max(1, min(chunk, v)),
+        epilogue=epilogue, borrow=borrow_dweight, want_argmax=want_argmax,
     )
 
 
@@ -261,19 +257,14 @@ def triton_linear_cross_entropy(
     weight: Tensor,
     target: Tensor,
     bias: Tensor | None,
+    options: LossOptions,
     *,
-    ignore_index: int,
-    reduction: str,
-    label_smoothing: float,
-    z_loss: float,
-    softcap: float | None,
     want_argmax: bool,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Triton forward/backward on flattened, validated tensors; same conventions as
     ``chunked_linear_cross_entropy`` (float64 is refused before this, by ``_resolve_impl``)."""
     return linear_cross_entropy_op(
         "triton", input.contiguous(), weight.contiguous(),
-        None if bias is None else bias.contiguous(), target.contiguous(),
-        ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
-        z_loss=z_loss, softcap=softcap, want_argmax=want_argmax,
+        None if bias is None else bias.contiguous(), target.contiguous(), options,
+        want_argmax=want_argmax,
     )

@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lmobjectives.ops._common import LossOptions
+
 __all__ = ["reference_linear_cross_entropy"]
 
 
@@ -28,12 +30,7 @@ def reference_linear_cross_entropy(
     weight: Tensor,
     target: Tensor,
     bias: Tensor | None,
-    *,
-    ignore_index: int,
-    reduction: str,
-    label_smoothing: float,
-    z_loss: float,
-    softcap: float | None,
+    options: LossOptions,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Return ``(loss, lse, argmax)`` computed the naive way.
 
@@ -42,8 +39,7 @@ def reference_linear_cross_entropy(
         weight: ``(V, d)`` classifier weight.
         target: ``(N,)`` int64 class indices, ``ignore_index`` for positions without loss.
         bias: ``(V,)`` or None.
-        ignore_index, reduction, label_smoothing, z_loss, softcap: as in
-            :func:`lmobjectives.ops.linear_cross_entropy` (already validated).
+        options: ``ignore_index``, ``reduction``, ``label_smoothing``, ``z_loss``, ``softcap``.
 
     Returns:
         loss: scalar for ``"mean"``/``"sum"``, ``(N,)`` for ``"none"``; float32, or float64
@@ -55,6 +51,7 @@ def reference_linear_cross_entropy(
     float32 (float64 for float64 inputs), which is what "the naive same-dtype computation" in
     the tests means.
     """
+    eps, lam, softcap = options.label_smoothing, options.z_loss, options.softcap
     acc_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
     logits = input @ weight.T  # (N, V), input dtype
     if bias is not None:
@@ -64,20 +61,20 @@ def reference_linear_cross_entropy(
         z = softcap * torch.tanh(z / softcap)
     vocab_size = z.shape[-1]
 
-    valid = target != ignore_index  # (N,)
+    valid = target != options.ignore_index  # (N,)
     safe_target = torch.where(valid, target, torch.zeros_like(target))  # (N,)
     lse = torch.logsumexp(z, dim=-1)  # (N,)
     z_target = z.gather(-1, safe_target.unsqueeze(-1)).squeeze(-1)  # (N,)
-    token_loss = (1.0 - label_smoothing) * (lse - z_target)
-    if label_smoothing > 0.0:
-        token_loss = token_loss + label_smoothing * (lse - z.sum(-1) / vocab_size)
-    if z_loss > 0.0:
-        token_loss = token_loss + z_loss * lse.square()
+    token_loss = (1.0 - eps) * (lse - z_target)
+    if eps > 0.0:
+        token_loss = token_loss + eps * (lse - z.sum(-1) / vocab_size)
+    if lam > 0.0:
+        token_loss = token_loss + lam * lse.square()
     token_loss = torch.where(valid, token_loss, torch.zeros_like(token_loss))  # (N,)
 
-    if reduction == "none":
+    if options.reduction == "none":
         loss = token_loss
-    elif reduction == "sum":
+    elif options.reduction == "sum":
         loss = token_loss.sum()
     else:  # "mean" over non-ignored tokens; 0 when every token is ignored
         loss = token_loss.sum() / valid.sum().clamp_min(1).to(acc_dtype)

@@ -22,6 +22,7 @@ import torch
 import triton
 from torch import Tensor
 
+from lmobjectives.ops._common import LossOptions
 from lmobjectives.ops._triton_kernels import (
     COMPILE_OPTIONS,
     lce_backward_kernel,
@@ -76,15 +77,16 @@ def forward_stats(
     weight: Tensor,
     bias: Tensor | None,
     target: Tensor,
+    options: LossOptions,
     *,
-    softcap: float | None,
-    need_zsum: bool,
     need_argmax: bool,
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
-    """Per-token ``(lse, z_target, z_sum, argmax)`` for ``x`` ``(N, d)``, ``weight`` ``(V, d)``.
+    """Per-token ``(lse, z_target, z_sum, argmax)`` for ``x`` ``(N, d)``, ``weight`` ``(V, d)``
+    (``z_sum`` None without label smoothing, ``argmax`` None unless asked for).
 
     ``z_target`` is 0 for targets outside ``[0, V)`` (ignored positions included).
     """
+    softcap, need_zsum = options.softcap, options.label_smoothing > 0.0
     n, d = x.shape
     v = weight.shape[0]
     cfg = launch_config("forward", upcast=_upcast(x))
@@ -144,13 +146,12 @@ def backward_grads(
     target: Tensor,
     lse: Tensor,
     row_scale: Tensor,
+    options: LossOptions,
     *,
-    label_smoothing: float,
-    z_loss: float,
-    softcap: float | None,
     need: tuple[bool, bool, bool],
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """Gradients for per-token upstream scales ``row_scale`` ``(N,)`` (0 at ignored tokens)."""
+    label_smoothing, z_loss, softcap = options.label_smoothing, options.z_loss, options.softcap
     n, d = x.shape
     v = weight.shape[0]
     coef_a = row_scale * (1.0 + 2.0 * z_loss * lse)  # (N,)

@@ -77,7 +77,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lmobjectives.ops._common import TRITON_AVAILABLE, accumulation_dtype
+from lmobjectives.ops._common import TRITON_AVAILABLE, LossOptions, accumulation_dtype
 
 __all__ = [
     "backward_grads",
@@ -336,10 +336,10 @@ def _backward_epilogue_torch(
 class _Problem:
     """Tensors, options and the chunk buffer shared by every chunk of one pass."""
 
-    def __init__(self, x, weight, bias, target, *, softcap, chunk, epilogue) -> None:
+    def __init__(self, x, weight, bias, target, options: LossOptions, *, chunk, epilogue) -> None:
         self.x, self.weight, self.bias, self.target = x, weight, bias, target
         self.num_tokens, self.vocab_size = x.shape[0], weight.shape[0]
-        self.softcap = softcap
+        self.options = options
         self.chunk = chunk
         self.epilogue = epilogue
         self.acc_dtype = accumulation_dtype(x.dtype)
@@ -365,17 +365,19 @@ class _Problem:
         if self.epilogue == "triton":
             self.kernels.forward_epilogue(
                 logits, self.bias_chunk(v0, v1), self.target, v0, state.as_tuple(),
-                softcap=self.softcap,
+                softcap=self.options.softcap,
             )
         else:
             _forward_epilogue_torch(
-                logits, self.bias_chunk(v0, v1), self.target, v0, state, softcap=self.softcap
+                logits, self.bias_chunk(v0, v1), self.target, v0, state,
+                softcap=self.options.softcap,
             )
 
-    def dlogits(self, v0: int, v1: int, lse, row_scale, *, label_smoothing, z_loss) -> Tensor:
+    def dlogits(self, v0: int, v1: int, lse, row_scale) -> Tensor:
         """``(N, v1 - v0)`` dlogits in the input dtype (in the buffer)."""
         logits = self.logits(v0, v1)
-        kw = dict(softcap=self.softcap, label_smoothing=label_smoothing, z_loss=z_loss,
+        o = self.options
+        kw = dict(softcap=o.softcap, label_smoothing=o.label_smoothing, z_loss=o.z_loss,
                   vocab_size=self.vocab_size)
         if self.epilogue == "triton":
             self.kernels.backward_epilogue(
@@ -393,16 +395,15 @@ def forward_stats(
     weight: Tensor,  # (V, d)
     bias: Tensor | None,  # (V,)
     target: Tensor,  # (N,) int64
+    options: LossOptions,
     *,
-    softcap: float | None,
-    need_zsum: bool,
     need_argmax: bool,
     chunk: int,
     epilogue: str,
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
-    """Per-token ``(lse, z_target, z_sum, argmax)``, each ``(N,)`` (``z_sum``/``argmax`` None
-    unless asked for), over chunks of ``chunk`` classes."""
-    problem = _Problem(x, weight, bias, target, softcap=softcap, chunk=chunk, epilogue=epilogue)
+    """Per-token ``(lse, z_target, z_sum, argmax)``, each ``(N,)`` (``z_sum`` None without
+    label smoothing, ``argmax`` None unless asked for), over chunks of ``chunk`` classes."""
+    problem = _Problem(x, weight, bias, target, options, chunk=chunk, epilogue=epilogue)
     n, device, acc = problem.num_tokens, x.device, problem.acc_dtype
     if x.dtype in _HALF:
         _fused_fp32_addmm(device, x.dtype)  # the backward's probe, outside any backward capture
@@ -410,7 +411,7 @@ def forward_stats(
         max=torch.full((n,), float("-inf"), dtype=acc, device=device),
         sumexp=torch.zeros(n, dtype=acc, device=device),
         z_target=torch.zeros(n, dtype=acc, device=device),
-        z_sum=torch.zeros(n, dtype=acc, device=device) if need_zsum else None,
+        z_sum=torch.zeros(n, dtype=acc, device=device) if options.label_smoothing > 0 else None,
         argmax=torch.zeros(n, dtype=torch.int64, device=device) if need_argmax else None,
     )
     for v0, v1 in _split(0, problem.vocab_size, problem.chunk):
@@ -426,17 +427,15 @@ def backward_grads(
     target: Tensor,  # (N,) int64
     lse: Tensor,  # (N,) from forward_stats
     row_scale: Tensor,  # (N,) d(loss)/d(token loss), 0 at ignored tokens
+    options: LossOptions,
     *,
-    label_smoothing: float,
-    z_loss: float,
-    softcap: float | None,
     need: tuple[bool, bool, bool],
     chunk: int,
     epilogue: str,
     borrow: bool,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """``(dinput, dweight, dbias)`` in the parameters' dtypes (None where not ``need``)."""
-    problem = _Problem(x, weight, bias, target, softcap=softcap, chunk=chunk, epilogue=epilogue)
+    problem = _Problem(x, weight, bias, target, options, chunk=chunk, epilogue=epilogue)
     (n, d), v = x.shape, problem.vocab_size
     need_dx, need_dw, need_db = need
     dw = torch.empty(v, d, dtype=weight.dtype, device=x.device) if need_dw else None  # (V, d)
@@ -456,9 +455,8 @@ def backward_grads(
 
     main = _split(0, split, problem.chunk)
     tail = _split(split, v, problem.chunk)  # dweight deferred until dinput is done
-    kw = dict(label_smoothing=label_smoothing, z_loss=z_loss)
     for v0, v1 in main + tail:
-        dz = problem.dlogits(v0, v1, lse, row_scale, **kw)  # (N, C)
+        dz = problem.dlogits(v0, v1, lse, row_scale)  # (N, C)
         if db is not None:
             torch.sum(dz, 0, dtype=db.dtype, out=db[v0:v1])
         if dw is not None and v1 <= split:
@@ -468,6 +466,6 @@ def backward_grads(
     dx = acc.finish(scratch=problem.buffer) if acc is not None else None
     if dw is not None:
         for v0, v1 in tail:  # the borrowed rows are free now
-            dz = problem.dlogits(v0, v1, lse, row_scale, **kw)
+            dz = problem.dlogits(v0, v1, lse, row_scale)
             torch.mm(dz.t(), x, out=dw[v0:v1])
     return dx, dw, None if db is None else db.to(bias.dtype)

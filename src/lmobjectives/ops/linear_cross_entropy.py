@@ -46,12 +46,14 @@ from enum import StrEnum
 import torch
 from torch import Tensor
 
+from lmobjectives._checks import check_choice, check_positive_int
 from lmobjectives.constants import IGNORE_INDEX
 from lmobjectives.ops._common import (
     TRITON_AVAILABLE,
+    LossOptions,
     cast_for_autocast,
     check_target_range,
-    validate_arguments,
+    validate_tensors,
 )
 
 __all__ = [
@@ -109,12 +111,8 @@ class LinearCrossEntropyOutput:
 def _resolve_impl(
     impl: str | Impl, device: torch.device, dtype: torch.dtype = torch.float32
 ) -> Impl:
-    try:
-        impl = Impl(impl)
-    except ValueError:
-        raise ValueError(
-            f"impl must be one of {[i.value for i in Impl]}, got {impl!r}"
-        ) from None
+    check_choice(impl, "impl", [i.value for i in Impl])
+    impl = Impl(impl)
     if impl == Impl.AUTO:
         on_gpu = device.type == "cuda" and dtype != torch.float64
         return Impl.VOCAB_CHUNKED if on_gpu else Impl.CHUNKED
@@ -139,12 +137,8 @@ def _run(
     weight: Tensor,
     target: Tensor,
     bias: Tensor | None,
+    options: LossOptions,
     *,
-    ignore_index: int,
-    reduction: str,
-    label_smoothing: float,
-    z_loss: float,
-    softcap: float | None,
     impl: str | Impl,
     chunk_size: int | None,
     check_targets: bool,
@@ -154,54 +148,35 @@ def _run(
     token-shaped tensors flattened to ``(N,)``."""
     input, weight, bias, precision = cast_for_autocast(input, weight, bias)
     with precision:
-        validate_arguments(
-            input,
-            weight,
-            target,
-            bias,
-            ignore_index=ignore_index,
-            reduction=reduction,
-            label_smoothing=label_smoothing,
-            z_loss=z_loss,
-            softcap=softcap,
-        )
-        if chunk_size is not None and (
-            isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
-        ):
-            raise ValueError(f"chunk_size must be None or a positive int, got {chunk_size!r}")
+        validate_tensors(input, weight, target, bias)
+        check_positive_int(chunk_size, "chunk_size", allow_none=True)
         resolved = _resolve_impl(impl, input.device, input.dtype)
         x = input.reshape(-1, input.shape[-1])  # (N, d)
         t = target.reshape(-1).long()  # (N,)
         if check_targets:
-            check_target_range(t, vocab_size=weight.shape[0], ignore_index=ignore_index)
-        options = dict(
-            ignore_index=ignore_index,
-            reduction=reduction,
-            label_smoothing=float(label_smoothing),
-            z_loss=float(z_loss),
-            softcap=None if softcap is None else float(softcap),
-        )
+            check_target_range(t, vocab_size=weight.shape[0], ignore_index=options.ignore_index)
         if resolved == Impl.REFERENCE:
             from lmobjectives.ops._reference import reference_linear_cross_entropy
 
-            loss, lse, argmax = reference_linear_cross_entropy(x, weight, t, bias, **options)
+            loss, lse, argmax = reference_linear_cross_entropy(x, weight, t, bias, options)
         elif resolved == Impl.CHUNKED:
             from lmobjectives.ops._chunked import chunked_linear_cross_entropy
 
             loss, lse, argmax = chunked_linear_cross_entropy(
-                x.contiguous(), weight, t, bias, chunk_size=chunk_size, want_argmax=want_argmax, **options
+                x.contiguous(), weight, t, bias, options, chunk_size=chunk_size,
+                want_argmax=want_argmax,
             )
         elif resolved == Impl.VOCAB_CHUNKED:
             from lmobjectives.ops._custom_ops import vocab_chunked_linear_cross_entropy
 
             loss, lse, argmax = vocab_chunked_linear_cross_entropy(
-                x, weight, t, bias, chunk_size=chunk_size, want_argmax=want_argmax, **options
+                x, weight, t, bias, options, chunk_size=chunk_size, want_argmax=want_argmax
             )
         else:
             from lmobjectives.ops._custom_ops import triton_linear_cross_entropy
 
             loss, lse, argmax = triton_linear_cross_entropy(
-                x, weight, t, bias, want_argmax=want_argmax, **options
+                x, weight, t, bias, options, want_argmax=want_argmax
             )
         return loss, lse, argmax, t
 
@@ -262,16 +237,13 @@ def linear_cross_entropy(
         >>> linear_cross_entropy(torch.zeros(1, 2), w, torch.tensor([0]))
         tensor(0.6931)
     """
+    options = LossOptions(ignore_index, reduction, label_smoothing, z_loss, softcap)
     loss, _, _, _ = _run(
         input,
         weight,
         target,
         bias,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        label_smoothing=label_smoothing,
-        z_loss=z_loss,
-        softcap=softcap,
+        options,
         impl=impl,
         chunk_size=chunk_size,
         check_targets=check_targets,
@@ -309,16 +281,13 @@ def linear_cross_entropy_with_stats(
         >>> out.correct, out.num_valid, out.accuracy
         (tensor([ True, False, False]), tensor(2), tensor(0.5000))
     """
+    options = LossOptions(ignore_index, reduction, label_smoothing, z_loss, softcap)
     loss, lse, argmax, flat_target = _run(
         input,
         weight,
         target,
         bias,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        label_smoothing=label_smoothing,
-        z_loss=z_loss,
-        softcap=softcap,
+        options,
         impl=impl,
         chunk_size=chunk_size,
         check_targets=check_targets,

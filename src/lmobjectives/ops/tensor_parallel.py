@@ -42,12 +42,13 @@ from lmobjectives.ops._chunked import (
     default_chunk_size,
 )
 from lmobjectives.ops._common import (
+    LossOptions,
     backward_once,
     cast_for_autocast,
     check_target_range,
     loss_from_stats,
     row_scale_for_reduction,
-    validate_arguments,
+    validate_tensors,
 )
 
 __all__ = ["linear_cross_entropy_vocab_parallel"]
@@ -61,7 +62,8 @@ def _shard_problem(
     valid: Tensor,
     vocab_start: int,
     total_vocab: int,
-    options: dict,
+    options: LossOptions,
+    chunk_size: int,
 ) -> _Problem:
     """This shard's chunked problem; ``z_target`` comes out 0 for targets in other shards."""
     local_target = target - vocab_start  # (N,)
@@ -72,10 +74,8 @@ def _shard_problem(
         bias_shard,
         local_target,
         in_shard,
-        label_smoothing=options["label_smoothing"],
-        z_loss=options["z_loss"],
-        softcap=options["softcap"],
-        chunk_size=options["chunk_size"],
+        options,
+        chunk_size=chunk_size,
         total_vocab=total_vocab,
     )
 
@@ -105,13 +105,13 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
         group,
         vocab_start: int,
         total_vocab: int,
-        reduction: str,
-        options: dict,
+        options: LossOptions,
+        chunk_size: int,
     ) -> Tensor:
-        ignore_index = options["ignore_index"]
-        valid = target != ignore_index  # (N,)
+        valid = target != options.ignore_index  # (N,)
         problem = _shard_problem(
-            input, weight_shard, bias_shard, target, valid, vocab_start, total_vocab, options
+            input, weight_shard, bias_shard, target, valid, vocab_start, total_vocab, options,
+            chunk_size,
         )
         lse_local, z_target, z_sum, _ = _forward(problem, want_argmax=False, row_scale=None, grads={})
 
@@ -128,14 +128,12 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
             packed[1],
             packed[2] if z_sum is not None else None,
             valid,
-            reduction=reduction,
+            options,
             vocab_size=total_vocab,
-            label_smoothing=options["label_smoothing"],
-            z_loss=options["z_loss"],
         )
 
         ctx.group, ctx.vocab_start, ctx.total_vocab = group, vocab_start, total_vocab
-        ctx.reduction, ctx.options = reduction, options
+        ctx.options, ctx.chunk_size = options, chunk_size
         ctx.has_bias = bias_shard is not None
         ctx.needs = (
             input.requires_grad,
@@ -149,7 +147,7 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
     @backward_once("vocab_parallel")
     def backward(ctx, grad_loss: Tensor):
         input, weight_shard, bias_shard, target, lse = ctx.saved_tensors
-        valid = target != ctx.options["ignore_index"]
+        valid = target != ctx.options.ignore_index
         problem = _shard_problem(
             input,
             weight_shard,
@@ -159,8 +157,11 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
             ctx.vocab_start,
             ctx.total_vocab,
             ctx.options,
+            ctx.chunk_size,
         )
-        row_scale = row_scale_for_reduction(valid, ctx.reduction, problem.acc_dtype, grad_loss)
+        row_scale = row_scale_for_reduction(
+            valid, ctx.options.reduction, problem.acc_dtype, grad_loss
+        )
         # dinput must be all-reduced even on ranks that would not need it locally.
         grads = problem.new_grads(ctx.needs[0], ctx.needs[1], ctx.needs[2])
         _backward_recompute(problem, lse, row_scale, grads)
@@ -207,19 +208,10 @@ def linear_cross_entropy_vocab_parallel(
         every rank; ``weight_shard.grad`` is this shard's slice of the full gradient. Under
         ``torch.autocast`` the arguments are cast as in ``linear_cross_entropy``.
     """
+    options = LossOptions(ignore_index, reduction, label_smoothing, z_loss, softcap)
     input, weight_shard, bias_shard, precision = cast_for_autocast(input, weight_shard, bias_shard)
     with precision:
-        validate_arguments(
-            input,
-            weight_shard,
-            target,
-            bias_shard,
-            ignore_index=ignore_index,
-            reduction=reduction,
-            label_smoothing=label_smoothing,
-            z_loss=z_loss,
-            softcap=softcap,
-        )
+        validate_tensors(input, weight_shard, target, bias_shard)
         shard_size = weight_shard.shape[0]
         vocab_start, total_vocab = _shard_offset(shard_size, group, input.device)
         x = input.reshape(-1, input.shape[-1]).contiguous()  # (N, d)
@@ -228,14 +220,8 @@ def linear_cross_entropy_vocab_parallel(
             check_target_range(t, vocab_size=total_vocab, ignore_index=ignore_index)
         if chunk_size is None:
             chunk_size = default_chunk_size(x.shape[0], shard_size, x.dtype)
-        options = dict(
-            ignore_index=ignore_index,
-            label_smoothing=float(label_smoothing),
-            z_loss=float(z_loss),
-            softcap=None if softcap is None else float(softcap),
-            chunk_size=max(1, chunk_size),
-        )
         loss = _VocabParallelLinearCrossEntropy.apply(
-            x, weight_shard, bias_shard, t, group, vocab_start, total_vocab, reduction, options
+            x, weight_shard, bias_shard, t, group, vocab_start, total_vocab, options,
+            max(1, chunk_size),
         )
         return loss.reshape(target.shape) if reduction == "none" else loss
