@@ -31,7 +31,7 @@ T_, F_ = True, False
 RECIPE = Recipe(
     ELECTRA,
     "ELECTRA (Clark et al. 2020): a small MLM generator fills masked tokens, the discriminator detects replaced ones",
-    model=lambda o: ModelSpec(architecture="electra", kwargs={"generator_size": o.generator_size}),
+    model=lambda o: ModelSpec(architecture="generator_discriminator", kwargs={"generator_size": o.generator_size}),
     loss=electra_loss,
 )
 

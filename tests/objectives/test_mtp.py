@@ -279,7 +279,7 @@ def _recipe() -> Recipe:
         MultiTokenPrediction,
         "multi-token prediction",
         block_extras=lambda o: ("document_ids",) if o.document_masking else (),
-        model=lambda o: ModelSpec(architecture="mtp", kwargs={"n_future": o.n_future, "head_design": o.head_design}),
+        model=lambda o: ModelSpec(architecture="multi_token", kwargs={"n_future": o.n_future, "head_design": o.head_design}),
         loss=mtp_step_loss,
     )
 
@@ -300,4 +300,4 @@ def test_trains_on_cpu_through_train(tmp_path, monkeypatch, options):
     for name in names:  # every head learns
         assert math.isfinite(rows[-1][f"{name}_loss"]) and rows[-1][f"{name}_loss"] < rows[0][f"{name}_loss"] - 0.3
     config_json = json.loads((tmp_path / "config.json").read_text())
-    assert config_json["architecture"] == "mtp" and config_json["model_kwargs"]["n_future"] == n
+    assert config_json["architecture"] == "multi_token" and config_json["model_kwargs"]["n_future"] == n

@@ -15,7 +15,7 @@ Three pieces, each checkable on its own:
 * :func:`lmobjectives.recipes.step_losses.electra_loss`, the recipe's loss: generator MLM +
   ``discriminator_weight`` x sigmoid BCE.
 
-The model is :class:`lmobjectives.models.electra.ElectraModel` (registry architecture ``"electra"``).
+The model is :class:`lmobjectives.models.electra.ElectraModel` (registry architecture ``"generator_discriminator"``).
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ from .step_losses import StepLoss, electra_loss, lm_step_loss, mtp_step_loss, sf
 
 __all__ = [
     "DEFAULT_OBJECTIVE",
+    "LEGACY_ARCHITECTURES",
     "OBJECTIVES",
     "DataLayout",
     "ModelSpec",
@@ -46,6 +47,9 @@ __all__ = [
 ]
 
 DEFAULT_OBJECTIVE = "clm"  # what `lmobj train` trains without --objective
+
+LEGACY_ARCHITECTURES = {"electra": "generator_discriminator", "mtp": "multi_token"}
+"""Architecture names that runs saved before their renaming carry in ``config.json``, and their names now."""
 
 _SENTENCE_PAIRS = ModelSpec(n_token_types=2, n_sentence_classes=2)  # segment embeddings and the [CLS] head
 _SENTINELS = tuple(sentinel_token(i) for i in range(NUM_SENTINELS))  # T5's <extra_id_0> ... <extra_id_99>
@@ -81,7 +85,7 @@ OBJECTIVES: dict[str, Recipe] = {
     "electra": Recipe(
         ELECTRA,
         "ELECTRA (Clark et al. 2020): a small MLM generator fills masked tokens, the discriminator detects replaced ones",
-        model=lambda o: ModelSpec(architecture="electra", kwargs={"generator_size": o.generator_size}),
+        model=lambda o: ModelSpec(architecture="generator_discriminator", kwargs={"generator_size": o.generator_size}),
         loss=electra_loss,
     ),
     "nsp": Recipe(
@@ -123,7 +127,7 @@ OBJECTIVES: dict[str, Recipe] = {
         MultiTokenPrediction,
         "multi-token prediction (Gloeckle et al. 2024 parallel heads; DeepSeek-V3 sequential modules): t+1 ... t+n",
         block_extras=lambda o: ("document_ids",) if o.document_masking else (),
-        model=lambda o: ModelSpec(architecture="mtp", kwargs={"n_future": o.n_future, "head_design": o.head_design}),
+        model=lambda o: ModelSpec(architecture="multi_token", kwargs={"n_future": o.n_future, "head_design": o.head_design}),
         loss=mtp_step_loss,
     ),
     "fim": Recipe(

@@ -206,7 +206,7 @@ def _check_labels(model: Any, batch: Batch, heads: str) -> torch.Tensor:
     """``batch.labels`` ``(B, T, N)`` checked against the model: a multi-token model of the same design and N."""
 
     if not isinstance(model, MultiTokenTransformer):
-        raise TypeError(f"the mtp loss needs a MultiTokenTransformer (architecture 'mtp'), got {type(model).__name__}")
+        raise TypeError(f"the mtp loss needs a MultiTokenTransformer (architecture 'multi_token'), got {type(model).__name__}")
     if model.head_design != heads:
         raise ValueError(f"the {heads} heads loss got a model with head_design={model.head_design!r}")
     labels = batch.labels

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from ..models import MODELS, TransformerConfig
+from ..recipes import LEGACY_ARCHITECTURES
 from .checkpoint import checkpoint_steps, load_checkpoint
 from .config import TrainConfig
 
@@ -80,7 +81,8 @@ def read_run_config(out: str | Path) -> RunConfig:
     if not is_run(out):
         raise ValueError(f'{out} is not an lmobj run (no {CONFIG_FILE} with a "train" entry)')
     saved = json.loads((Path(out) / CONFIG_FILE).read_text())
-    return RunConfig(train=saved["train"], model=saved["model"], architecture=saved.get("architecture", "transformer"),
+    architecture = saved.get("architecture", "transformer")
+    return RunConfig(train=saved["train"], model=saved["model"], architecture=LEGACY_ARCHITECTURES.get(architecture, architecture),
                      model_kwargs=saved.get("model_kwargs", {}), split=saved.get("split", {}))  # fmt: skip
 
 
