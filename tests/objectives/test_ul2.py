@@ -353,7 +353,7 @@ def test_missing_paradigm_token_of_an_unused_denoiser_is_fine():
     "options, error, pattern",
     [
         ({"rates": (0.5, 0.5)}, ValueError, r"rates must have 7 entries, one per task .*got 2"),
-        ({"rates": (0.3, 0.2, 0.1, 0.1, 0.1, 0.3, -0.1)}, ValueError, r"rates\[6\] must be >= 0, got -0.1"),
+        ({"rates": (0.3, 0.2, 0.1, 0.1, 0.1, 0.3, -0.1)}, ValueError, r"rates\[6\] must be a finite float >= 0, got -0.1"),
         ({"rates": (0.2,) * 7}, ValueError, r"rates must sum to 1.*sum 1.4"),
         ({"rates": (0.2, 0.2, 0.1, 0.1, 0.1, 0.1, "0.2")}, TypeError, r"rates\[6\] must be a finite float, got '0.2'"),
         ({"rates": (0.2, 0.2, 0.1, 0.1, 0.1, 0.1, float("nan"))}, TypeError, r"rates\[6\]"),
@@ -363,7 +363,7 @@ def test_missing_paradigm_token_of_an_unused_denoiser_is_fine():
         ({"noise_densities": (0.15, 1.0, 0.5, 0.5, 0.15, 0.5)}, ValueError,
          r"noise_densities\[1\] must lie in \(0, 1\), got 1.0"),
         ({"mean_noise_span_lengths": (3.0, 0.5, 3.0, 8.0, 64.0, 64.0)}, ValueError,
-         r"mean_noise_span_lengths\[1\] must be >= 1 .*got 0.5"),
+         r"mean_noise_span_lengths\[1\] must be a finite float >= 1, got 0.5"),
         ({"mean_noise_span_lengths": (), "noise_densities": (), "use_prefix_lm_task": False, "rates": ()},
          ValueError, r"at least one denoiser"),
         ({"layout": "prefix"}, ValueError, r"layout must be one of 'encoder_decoder', 'decoder', got 'prefix'"),
@@ -419,7 +419,7 @@ def test_sentinel_in_text():
 
 @pytest.mark.parametrize("layout, least", [("encoder_decoder", 4), ("decoder", 7)])
 def test_length_helper_errors(layout, least):
-    with pytest.raises(ValueError, match=rf"seq_len must be an int >= {least} for layout='{layout}'.*got {least - 1}"):
+    with pytest.raises(ValueError, match=rf"seq_len must be an int >= {least}, got {least - 1}"):
         UL2(V, layout=layout).raw_length(least - 1)
     with pytest.raises(ValueError, match=r"raw_length must be an int >= 2, got 1"):
         UL2(V, layout=layout).widths(1)

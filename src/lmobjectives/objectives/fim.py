@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from .._checks import check_generator, check_positive_int, check_probability, int_rows
+from .._checks import check_choice, check_generator, check_int, check_positive_int, check_probability, int_rows
 from ..vocab import Vocab
 from ..batch import Batch
 from .._option import option
@@ -95,88 +95,46 @@ def _assemble(
 
 @dataclass(frozen=True)
 class FillInTheMiddle:
-    """Fill-in-the-middle training rows from raw texts (Bavarian et al. 2022, "Efficient Training of
-    Language Models to Fill in the Middle"), trained as a causal LM on every token.
+    """Fill-in-the-middle training rows from raw texts, trained as a causal LM on every token.
 
-    Each unit of text (a document fragment: see ``level``) becomes, with
-    probability ``fim_rate``, a FIM example: two cut points are drawn
-    uniformly and independently among its ``n + 1`` character positions
-    ``0..n`` and sorted (so prefix, middle and suffix may each be empty, as in
-    the paper and StarCoder's code), the three pieces are tokenised separately
-    and laid out, with probability ``spm_rate``, as SPM, else as PSM::
+    Each unit of text (see ``level``) becomes, with probability ``fim_rate``, a FIM example: two cut points are drawn
+    uniformly and independently among its ``n + 1`` character positions and sorted (prefix, middle and suffix may each
+    be empty), the three pieces are tokenised separately and laid out, with probability ``spm_rate``, as SPM, else PSM::
 
         PSM   <PRE> prefix <SUF> suffix <MID> middle <EOT>
         SPM   <PRE> <SUF> suffix <MID> prefix middle <EOT>
 
-    ``<PRE> <MID> <SUF>`` are ``vocab.fim_prefix_id``, ``fim_middle_id``,
-    ``fim_suffix_id``; ``<EOT>`` is ``vocab.eos_id``, the separator that ends
-    every document (FIM or not) in the packed stream. Other units keep their
-    ordinary tokens. Labels are :class:`CausalLM`'s on the assembled rows
-    (``labels[t] = input_ids[t + 1]``, padding ignored): the paper computes the
-    loss on all tokens, so FIM and left-to-right modelling are learnt jointly.
+    Contract: ``__call__(texts, *, tokenizer, generator=None)``, ``texts`` non-empty strings, ``tokenizer`` anything
+    with ``encode(text) -> list[int]`` giving ids of this vocab. ``<PRE> <MID> <SUF>`` are ``vocab.fim_prefix_id``,
+    ``fim_middle_id``, ``fim_suffix_id``; ``<EOT>`` is ``vocab.eos_id``, which ends every document, FIM or not. Other
+    units keep their tokens. Returns :class:`CausalLM`'s batch of the rows (``labels[t] = input_ids[t + 1]``): rows of
+    ``seq_len``, the last padded (``vocab.pad_id``, else EOS) with ``attention_mask`` False. An SPM example is token
+    for token a PSM example with an empty prefix and ``prefix + middle`` as its middle; :func:`fim_reassemble` undoes
+    both. Draws: four float64 uniforms per unit in one ``torch.rand`` (FIM or not, SPM or PSM, the two cut points).
 
-    **Which SPM.** The paper's appendix describes two SPM layouts and uses
-    this one in practice: ``<PRE> <SUF>`` first, then the prefix directly
-    followed by the middle (StarCoder's "SPM variant 2"), rather than
-    ``<SUF> suffix <PRE> prefix <MID> middle``. The prefix runs on into the
-    middle as in ordinary text, and an SPM example is token for token a PSM
-    example whose prefix is empty and whose middle is ``prefix + middle``, so
-    the two modes share one format (:func:`fim_reassemble` undoes both the same
-    way). The pieces are tokenised separately in both modes.
+    * ``level="context"`` (default, the paper's choice): documents are tokenised and packed (each followed by EOS) into
+      rows of ``seq_len``; each row is split at EOS into fragments, the units. A fragment from token ``k`` to token
+      ``m`` is the character range ``start(k) .. start(m)`` of its document, ``start`` being the character of a token's
+      first byte (0 for a document's first token, the text's length at its end): a character split between two rows
+      belongs to the later row's fragment. A FIM fragment is cut and re-tokenised, other fragments keep their tokens
+      (``fim_rate=0`` is plain packing); a row that grew is truncated at its end to ``seq_len`` (its last tokens
+      dropped, not carried over), one that shrank is padded. A fragment with no character and a document with no
+      token are never FIM. Needs per-token character offsets (:class:`ByteTokenizer`, :class:`HFTokenizer`, or
+      ``encode_offsets(text) -> (ids, char_starts)``).
+    * ``level="document"``: each document is a unit; the transformed documents are joined with EOS and cut into rows
+      of ``seq_len``, nothing truncated (an example may span two rows). Any tokenizer with ``encode``.
 
-    **Context-level FIM** (``level="context"``, the default: the paper found
-    it slightly better than document-level). As in the paper and StarCoder's
-    Megatron code, documents are first tokenised and packed (each followed by
-    EOS) into rows of ``seq_len`` tokens; each row is split at EOS into
-    fragments, and FIM is applied to each fragment independently. Unlike
-    Megatron, which detokenises the fragment's tokens to get its text, the
-    fragment's characters are found exactly from each token's character offset
-    (so a fragment is a character range of its document): a fragment from
-    token ``k`` to token ``m`` covers characters ``start(k) .. start(m)``,
-    where ``start`` is the character holding a token's first byte (0 for a
-    document's first token, the text's length at its end). A character split
-    between two rows by a byte-level tokenizer therefore belongs to the later
-    row's fragment (its first bytes also stay in the earlier row when that
-    fragment is not transformed). A FIM fragment is cut at characters and
-    re-tokenised; other fragments keep their tokens (with ``fim_rate=0`` the
-    rows are plain packing). A row that grew (3 sentinels per FIM fragment,
-    and re-tokenised pieces may take more tokens) is truncated to ``seq_len``
-    at its end, as Megatron does: the row's last tokens are dropped (the end
-    of its last fragment, or more), not carried to the next row; a row that
-    shrank is padded. A fragment with no character (only the continuation
-    bytes of a split character) and a document with no token are never FIM.
-    Needs per-token character offsets: :class:`ByteTokenizer` and
-    :class:`HFTokenizer` have them.
+    A text that spells a special token (``<|fim_prefix|>``, ``<|endoftext|>``) is encoded by an HF tokenizer as that
+    token, which then looks like a sentinel: clean such texts beforehand.
 
-    **Document-level FIM** (``level="document"``): each whole document is
-    transformed, then the transformed documents are joined with EOS and
-    cut into rows of ``seq_len`` tokens; nothing is truncated (a FIM example
-    may span two rows). Works with any tokenizer that has ``encode``.
-
-    In both, the last row is padded (``vocab.pad_id``, else EOS) with
-    ``attention_mask`` False. ``__call__(texts, *, tokenizer, generator)``:
-    ``texts`` a list of non-empty strings (an empty document has no character
-    to cut and raises ``ValueError``), ``tokenizer`` anything with
-    ``encode(text) -> list[int]`` producing ids of this vocab. All draws (FIM
-    or not, SPM or PSM, the two cut points) come from ``generator``, four
-    float64 uniforms per unit in one ``torch.rand``. A text that spells a
-    special token (``<|fim_prefix|>``, ``<|endoftext|>``) is encoded by an HF
-    tokenizer as that token, which then looks like a sentinel: clean such
-    texts beforehand.
-
-    Worked example (``ByteTokenizer``: ``a b c e h l o`` are bytes
-    ``97 98 99 101 104 108 111``; EOS 262, ``<PRE>`` 263, ``<MID>`` 264,
-    ``<SUF>`` 265; ``fim_rate=1``, ``seq_len=16``,
-    ``generator=torch.Generator().manual_seed(216)``). The stream
-    ``h e l l o EOS a b c EOS`` fits in one row, whose two fragments are
-    ``"hello"`` (PSM, cut points 1 and 3: prefix ``h``, middle ``el``, suffix
-    ``lo``) and ``"abc"`` (SPM, cut points 1 and 2: prefix ``a``, middle
-    ``b``, suffix ``c``)::
+    Worked example (``ByteTokenizer``: ``a b c e h l o`` are bytes ``97 98 99 101 104 108 111``; EOS 262, ``<PRE>``
+    263, ``<MID>`` 264, ``<SUF>`` 265; ``fim_rate=1``, ``seq_len=16``, seed 216). The stream ``h e l l o EOS a b c
+    EOS`` fits in one row, whose two fragments are ``"hello"`` (PSM, cut points 1 and 3: prefix ``h``, middle ``el``,
+    suffix ``lo``) and ``"abc"`` (SPM, cut points 1 and 2: prefix ``a``, middle ``b``, suffix ``c``)::
 
         row             <PRE>  h  <SUF>  l    o   <MID>  e    l   EOS  <PRE> <SUF>  c  <MID>  a    b   EOS
         input_ids     [[ 263, 104, 265, 108, 111, 264, 101, 108, 262, 263, 265,  99, 264,  97,  98, 262]]
         labels        [[ 104, 265, 108, 111, 264, 101, 108, 262, 263, 265,  99, 264,  97,  98, 262, -100]]
-        attention_mask  all True
 
     >>> from lmobjectives.data.tokenizers import ByteTokenizer
     >>> tok = ByteTokenizer()
@@ -185,8 +143,13 @@ class FillInTheMiddle:
     >>> batch = fim(["hello", "abc"], tokenizer=tok, generator=torch.Generator().manual_seed(216))
     >>> batch.input_ids.tolist()
     [[263, 104, 265, 108, 111, 264, 101, 108, 262, 263, 265, 99, 264, 97, 98, 262]]
+    >>> batch.labels.tolist(), batch.attention_mask.all().item()
+    ([[104, 265, 108, 111, 264, 101, 108, 262, 263, 265, 99, 264, 97, 98, 262, -100]], True)
     >>> fim_reassemble(batch.input_ids[0], vocab) == tok.encode("hello") + [262] + tok.encode("abc") + [262]
     True
+
+    Reference: Bavarian et al. 2022, "Efficient Training of Language Models to Fill in the Middle". Where this differs
+    from the paper and StarCoder's Megatron code: ``docs/deviations.md``, rows "fim ...".
     """
 
     vocab: Vocab  # needs eos_id (<EOT>, the document separator) and fim_prefix_id, fim_middle_id, fim_suffix_id
@@ -209,11 +172,9 @@ class FillInTheMiddle:
             raise ValueError(f"FillInTheMiddle: the EOS and FIM ids of the vocab must be distinct, got {ids}")
         object.__setattr__(self, "fim_rate", check_probability(self.fim_rate, "fim_rate"))
         object.__setattr__(self, "spm_rate", check_probability(self.spm_rate, "spm_rate"))
-        check_positive_int(self.seq_len, "seq_len")
-        if self.seq_len < 2:
-            raise ValueError(f"seq_len must be >= 2 (a row needs a token and its next token), got {self.seq_len!r}")
-        if self.level not in LEVELS:
-            raise ValueError(f"level must be one of {', '.join(map(repr, LEVELS))}, got {self.level!r}")
+        check_positive_int(self.seq_len, "seq_len")  # a ValueError for a non-int too
+        check_int(self.seq_len, "seq_len", low=2)  # a row needs a token and its next token
+        check_choice(self.level, "level", LEVELS)
 
     def __call__(self, texts: Sequence[str], *, tokenizer: Any, generator: torch.Generator | None = None) -> Batch:
         texts = _check_texts(texts)

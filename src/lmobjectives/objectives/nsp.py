@@ -16,7 +16,15 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from .._checks import check_generator, check_like, check_positive_int, check_probability, check_token_ids
+from .._checks import (
+    check_choice,
+    check_generator,
+    check_int,
+    check_like,
+    check_positive_int,
+    check_probability,
+    check_token_ids,
+)
 from ..constants import IGNORE_INDEX
 from ..vocab import Vocab
 from ..batch import Batch, padding_mask
@@ -70,19 +78,14 @@ class _SentencePairObjective:
         if not isinstance(self.vocab, Vocab):
             raise TypeError(f"{who}: vocab must be a lmobjectives.Vocab, got {type(self.vocab).__name__}")
         self.vocab.require("cls_id", "sep_id", "pad_id", who=who)
-        m = self.max_seq_length
-        if isinstance(m, bool) or not isinstance(m, int) or m < 5:
-            # 3 special tokens plus at least one token of A and one of B; BERT's randint(2, max_seq_length - 3)
-            raise ValueError(
-                f"{who}: max_seq_length must be an int >= 5 ([CLS] A [SEP] B [SEP] with A, B non-empty), got {m!r}"
-            )
+        # [CLS] A [SEP] B [SEP] with A and B non-empty: 3 special tokens, then BERT's randint(2, max_seq_length - 3)
+        check_positive_int(self.max_seq_length, "max_seq_length")  # a ValueError for a non-int too
+        check_int(self.max_seq_length, "max_seq_length", low=5)
         check_probability(self.short_seq_prob, "short_seq_prob")
         check_probability(self.mlm_probability, "mlm_probability")
-        if self.mlm_selection not in _SELECTIONS:
-            raise ValueError(f"{who}: mlm_selection must be one of {_SELECTIONS}, got {self.mlm_selection!r}")
+        check_choice(self.mlm_selection, "mlm_selection", _SELECTIONS)
         check_positive_int(self.max_predictions, "max_predictions", allow_none=True)
-        if self.unit not in _UNITS:
-            raise ValueError(f"{who}: unit must be one of {_UNITS} (the masked-LM unit on the pairs), got {self.unit!r}")
+        check_choice(self.unit, "unit", _UNITS)  # the masked-LM unit on the pairs
         budgeted = self.unit in ("span", "ngram")  # these have a token budget under "bernoulli" too
         if self.mlm_selection == "bernoulli" and self.max_predictions is not None and self.mlm_probability > 0 and not budgeted:
             # say it in this objective's terms (MaskedLM would name its own options)
@@ -373,92 +376,64 @@ class _SentencePairObjective:
 class NextSentencePrediction(_SentencePairObjective):
     """BERT's next-sentence prediction pairs, masked for joint MLM + NSP training.
 
-    Per document, as BERT's ``create_instances_from_document``: with
-    ``M = max_seq_length - 3``, each document draws one target length: ``M``,
-    or with probability ``short_seq_prob`` a uniform integer in ``[2, M]``. Sentences
-    are gathered into a chunk until its length reaches the target (or the
-    document ends); A is the chunk's first ``a_end`` sentences, ``a_end``
-    uniform in ``[1, n - 1]`` (1 for a one-sentence chunk). With probability
-    ``random_next_prob``, or always for a one-sentence chunk, B is taken from
-    another document, starting at a uniform sentence and running until its
-    length reaches ``target - len(A)`` (label 1); the unused rest of the chunk
-    is put back, so the next chunk starts right after A. Otherwise B is the
-    rest of the chunk (label 0, the HF ``next_sentence_label`` convention).
-    As in BERT, the share of label 1 therefore exceeds ``random_next_prob``
-    where chunks often hold a single sentence (sentences long next to
-    ``max_seq_length``): 0.73 on the built-in corpus with the byte tokenizer
-    and ``max_seq_length=128``, against 0.5 when every chunk has several.
-    The pair is then truncated to ``M`` tokens as BERT's ``truncate_seq_pair``
-    does (one token at a time from the longer side, B on a tie, front or back
-    with probability 1/2; computed in closed form), laid out as
-    ``[CLS] A [SEP] B [SEP] pad...`` and masked with :class:`MaskedLM` (never
-    [CLS], [SEP] or padding) unless ``mlm_probability == 0``, in units of
-    ``unit``: tokens (BERT), whole words (BERT-wwm), SpanBERT spans or ALBERT
-    n-grams. The whole-word units need ``word_ids`` ``(S, L)``, each
-    sentence's word index per token; a word never runs from one sentence into
-    the next, and a word cut by truncation counts as a word.
+    Cuts ``[CLS] A [SEP] B [SEP]`` pairs out of documents as BERT's ``create_instances_from_document`` does, labels
+    each pair 0 (B follows A) or 1 (B from another document; HF's ``next_sentence_label`` convention) and masks it
+    with :class:`MaskedLM`, for ``loss = MLM + NSP`` on one batch.
 
-    Call: ``nsp(input_ids, *, document_ids, attention_mask=None, word_ids=None, generator=None)``
-    with ``input_ids`` ``(S, L)`` one sentence per row (padding: ``attention_mask``
-    if given, else the trailing run of ``pad_id``) and ``document_ids`` ``(S,)``
-    non-decreasing. :meth:`build_pairs` returns the pairs before masking and
-    :meth:`pairs` the plan (:class:`SentencePairs`) with the same draws.
+    Contract: ``nsp(input_ids, *, document_ids, attention_mask=None, word_ids=None, generator=None)``, ``input_ids``
+    ``(S, L)`` one sentence per row (padding: ``attention_mask``, else the trailing ``pad_id`` run), ``document_ids``
+    ``(S,)`` non-decreasing, at least 2 documents. Per document, with ``M = max_seq_length - 3``:
 
-    Output: a :class:`Batch` of ``N`` rows of ``max_seq_length``. ``N``
-    depends on the data: every document gives at least one pair, about one
-    per ``target`` tokens, more when put-back sentences are reused. Rows are
-    in document order, then chunk order (BERT shuffles its instances; shuffle
-    in the data loader). ``token_type_ids`` is 0 on ``[CLS] A [SEP]`` and
-    padding, 1 on ``B [SEP]``; ``sentence_labels`` ``(N,)``; ``has_targets``
-    is all True (every pair has a sentence target).
+    * one target length, ``M`` or, with probability ``short_seq_prob``, uniform in ``[2, M]``. Sentences are gathered
+      into a chunk until its length reaches the target (or the document ends); A is the chunk's first ``a_end``
+      sentences, ``a_end`` uniform in ``[1, n - 1]`` (1 for a one-sentence chunk).
+    * With probability ``random_next_prob``, and always for a one-sentence chunk, B starts at a uniform sentence of
+      another document and runs until its length reaches ``target - len(A)`` (label 1); the rest of the chunk is put
+      back, so the next chunk starts right after A. Otherwise B is the rest of the chunk (label 0). Where chunks often
+      hold one sentence, the share of label 1 therefore exceeds ``random_next_prob``.
+    * The pair is truncated to ``M`` tokens as BERT's ``truncate_seq_pair`` (one token at a time from the longer side,
+      B on a tie, front or back with probability 1/2), laid out and masked in units of ``unit`` (never [CLS], [SEP] or
+      padding; not at all with ``mlm_probability=0``). The whole-word units need ``word_ids`` ``(S, L)``: a word never
+      runs on into the next sentence, and a word cut by truncation is a word.
 
-    Deviations from BERT, all deliberate:
+    Output: a :class:`Batch` of ``N`` rows of ``max_seq_length`` (at least one per document), in document order, then
+    chunk order; ``token_type_ids`` 0 on ``[CLS] A [SEP]`` and padding, 1 on ``B [SEP]``; ``sentence_labels`` ``(N,)``;
+    ``has_targets`` all True. :meth:`build_pairs` gives the pairs before masking and :meth:`pairs` the plan
+    (:class:`SentencePairs`), with the same draws.
 
-    * the other document is drawn uniformly among the *other* documents of
-      this call (BERT: among its whole corpus, retrying up to 10 times to
-      avoid the current one, so a B from the same document labelled "random"
-      is possible there and never here); hence at least 2 documents;
-    * one pass: BERT repeats the corpus ``dupe_factor`` times with fresh
-      randomness; call again with the generator advanced instead;
-    * a pass runs in rounds (one chunk of every document per round), so the
-      draws are made in another order than BERT's (same distribution);
-    * with ``mlm_selection="exact"`` the number of masked tokens follows
-      :class:`MaskedLM` (BERT counts [CLS] and the two [SEP] in ``len(tokens)``
-      before taking ``max(1, round(0.15 * len))``, capped by ``max_predictions``).
+    Worked example (``max_seq_length=8``, ``short_seq_prob=0``, ``random_next_prob=0``; every chunk is exactly two
+    sentences, so nothing is random):
 
-    Worked example (vocab: pad 0, [CLS] 1, [SEP] 2, [MASK] 3;
-    ``max_seq_length=8``, ``short_seq_prob=0``, ``random_next_prob=0``; two
-    documents whose chunks are exactly two sentences, so nothing is random)::
+    >>> v = Vocab(size=40, pad_id=0, cls_id=1, sep_id=2, mask_id=3)
+    >>> x = torch.tensor([[10, 11, 12], [13, 14, 0], [15, 16, 17], [18, 0, 0], [20, 21, 0], [22, 23, 0]])
+    >>> nsp = NextSentencePrediction(v, max_seq_length=8, short_seq_prob=0, random_next_prob=0)
+    >>> b = nsp.build_pairs(x, document_ids=torch.tensor([0, 0, 0, 0, 1, 1]))
+    >>> b.input_ids
+    tensor([[ 1, 10, 11, 12,  2, 13, 14,  2],
+            [ 1, 15, 16, 17,  2, 18,  2,  0],
+            [ 1, 20, 21,  2, 22, 23,  2,  0]])
+    >>> b.token_type_ids.tolist(), b.sentence_labels.tolist()
+    ([[0, 0, 0, 0, 0, 1, 1, 1], [0, 0, 0, 0, 0, 1, 1, 0], [0, 0, 0, 0, 1, 1, 1, 0]], [0, 0, 0])
 
-        input_ids     [[10, 11, 12], [13, 14, 0], [15, 16, 17], [18, 0, 0],   # document 0
-                       [20, 21, 0], [22, 23, 0]]                              # document 1
-        document_ids  [0, 0, 0, 0, 1, 1]
+    Seeded (``max_seq_length=7``, so ``M = 4``; ``mlm_probability=0``; documents ``s0 s1 s2 = [10 11] [12] [13 14]``,
+    ``s3 s4 = [20 21 22] [23]``, ``s5 s6 = [30] [31 32]``). Doc 0: A = s0, B = s1 s2 cut 1 at the front. Doc 1: A = s3
+    cut 1 at the back, B = s2 (doc 0); s4 is put back, alone: B = s5 s6 (doc 2). Doc 2 (short target 3): A = s5,
+    B = s2 (doc 0); s6 is put back, alone: B = s3 (doc 1), cut:
 
-        build_pairs(...).input_ids
-                      [[1, 10, 11, 12, 2, 13, 14, 2],
-                       [1, 15, 16, 17, 2, 18,  2, 0],
-                       [1, 20, 21,  2, 22, 23, 2, 0]]
-        token_type_ids [[0, 0, 0, 0, 0, 1, 1, 1],
-                        [0, 0, 0, 0, 0, 1, 1, 0],
-                        [0, 0, 0, 0, 1, 1, 1, 0]]
-        sentence_labels [0, 0, 0]
+    >>> x = torch.tensor([[10, 11, 0], [12, 0, 0], [13, 14, 0], [20, 21, 22], [23, 0, 0], [30, 0, 0], [31, 32, 0]])
+    >>> nsp = NextSentencePrediction(v, max_seq_length=7, mlm_probability=0)
+    >>> b = nsp(x, document_ids=torch.tensor([0, 0, 0, 1, 1, 2, 2]), generator=torch.Generator().manual_seed(0))
+    >>> b.input_ids
+    tensor([[ 1, 10, 11,  2, 13, 14,  2],
+            [ 1, 20, 21,  2, 13, 14,  2],
+            [ 1, 23,  2, 30, 31, 32,  2],
+            [ 1, 30,  2, 13, 14,  2,  0],
+            [ 1, 31, 32,  2, 20, 21,  2]])
+    >>> b.sentence_labels.tolist()
+    [0, 1, 1, 1, 1]
 
-    Seeded example: defaults but ``max_seq_length=7`` (so ``M = 4``) and
-    ``mlm_probability=0``, ``generator=torch.Generator().manual_seed(0)``;
-    three documents ``[10 11] [12] [13 14]``, ``[20 21 22] [23]``,
-    ``[30] [31 32]`` (sentence rows 0-2, 3-4, 5-6)::
-
-        input_ids       [[1, 10, 11,  2, 13, 14,  2],    # doc 0: A = s0, B = s1 s2, B cut 1 at the front
-                         [1, 20, 21,  2, 13, 14,  2],    # doc 1: A = s3 cut 1 at the back, B = s2 (doc 0)
-                         [1, 23,  2, 30, 31, 32,  2],    # doc 1: s4 put back, alone -> B = s5 s6 (doc 2)
-                         [1, 30,  2, 13, 14,  2,  0],    # doc 2 (short target 3): A = s5, B = s2 (doc 0)
-                         [1, 31, 32,  2, 20, 21,  2]]    # doc 2: s6 put back, alone -> B = s3 (doc 1) cut
-        token_type_ids  [[0, 0, 0, 0, 1, 1, 1],
-                         [0, 0, 0, 0, 1, 1, 1],
-                         [0, 0, 0, 1, 1, 1, 1],
-                         [0, 0, 0, 1, 1, 1, 0],
-                         [0, 0, 0, 0, 1, 1, 1]]
-        sentence_labels [0, 1, 1, 1, 1]
+    Reference: Devlin et al. 2019, "BERT: Pre-training of Deep Bidirectional Transformers for Language
+    Understanding", and its ``create_pretraining_data.py``. Where this differs: ``docs/deviations.md``, rows "nsp ...".
     """
 
     vocab: Vocab  # needs cls_id, sep_id, pad_id (and mask_id when mlm_probability > 0)
@@ -500,36 +475,41 @@ class NextSentencePrediction(_SentencePairObjective):
 class SentenceOrderPrediction(_SentencePairObjective):
     """ALBERT's sentence-order prediction pairs, masked for joint MLM + SOP training.
 
-    Chunks, A and B are cut exactly as in :class:`NextSentencePrediction`
-    (same target length, chunking, ``a_end`` and truncation), but B is always
-    the actual continuation of A: with probability ``swap_prob`` the two are
-    swapped, laid out ``[CLS] B [SEP] A [SEP]`` (label 1), else kept in order
-    (label 0). As in ALBERT's code the swap happens before truncation (it
-    decides which side wins a length tie). Output as for NSP; works with a
-    single document.
+    Chunks, A and B are cut exactly as in :class:`NextSentencePrediction` (target length, chunking, ``a_end``,
+    truncation, layout, masking and output), but B is always the actual continuation of A: with probability
+    ``swap_prob`` the two are swapped, laid out ``[CLS] B [SEP] A [SEP]`` (label 1), else kept in order (label 0). The
+    swap happens before truncation, as in ALBERT's code (it decides which side wins a length tie). A one-sentence chunk
+    gives no pair, so label 1 means exactly "swapped". Works with a single document; if no chunk has two sentences, a
+    ``ValueError`` is raised.
 
-    Deviation from ALBERT's ``create_instances_from_document``: there a
-    one-sentence chunk (a document's last, lone sentence, or a sentence at
-    least as long as the target) still takes B from a random document with label
-    1, which mixes NSP-style negatives into SOP. Here such chunks give no pair
-    (as in HF's SOP dataset), so label 1 means exactly "swapped", as in the
-    ALBERT paper. If no chunk has two sentences, a ``ValueError`` is raised.
+    Worked example (the input of NSP's first example, ``max_seq_length=8``, ``short_seq_prob=0``, ``swap_prob=1``):
 
-    Worked example (vocab and input as in NSP's first example,
-    ``max_seq_length=8``, ``short_seq_prob=0``, ``swap_prob=1``)::
+    >>> v = Vocab(size=40, pad_id=0, cls_id=1, sep_id=2, mask_id=3)
+    >>> x = torch.tensor([[10, 11, 12], [13, 14, 0], [15, 16, 17], [18, 0, 0], [20, 21, 0], [22, 23, 0]])
+    >>> sop = SentenceOrderPrediction(v, max_seq_length=8, short_seq_prob=0, swap_prob=1)
+    >>> b = sop.build_pairs(x, document_ids=torch.tensor([0, 0, 0, 0, 1, 1]))
+    >>> b.input_ids
+    tensor([[ 1, 13, 14,  2, 10, 11, 12,  2],
+            [ 1, 18,  2, 15, 16, 17,  2,  0],
+            [ 1, 22, 23,  2, 20, 21,  2,  0]])
+    >>> b.sentence_labels.tolist()
+    [1, 1, 1]
 
-        build_pairs(...).input_ids
-                      [[1, 13, 14,  2, 10, 11, 12, 2],
-                       [1, 18,  2, 15, 16, 17,  2, 0],
-                       [1, 22, 23,  2, 20, 21,  2, 0]]
-        sentence_labels [1, 1, 1]
+    Seeded (the input and options of NSP's seeded example): doc 0 in order, B = s1 s2 cut 1 at the back; docs 1 and 2
+    swapped:
 
-    Seeded example (input and options as in NSP's seeded example)::
+    >>> x = torch.tensor([[10, 11, 0], [12, 0, 0], [13, 14, 0], [20, 21, 22], [23, 0, 0], [30, 0, 0], [31, 32, 0]])
+    >>> sop = SentenceOrderPrediction(v, max_seq_length=7, mlm_probability=0)
+    >>> b = sop(x, document_ids=torch.tensor([0, 0, 0, 1, 1, 2, 2]), generator=torch.Generator().manual_seed(0))
+    >>> b.input_ids
+    tensor([[ 1, 10, 11,  2, 12, 13,  2],
+            [ 1, 23,  2, 20, 21, 22,  2],
+            [ 1, 31, 32,  2, 30,  2,  0]])
+    >>> b.sentence_labels.tolist()
+    [0, 1, 1]
 
-        input_ids       [[1, 10, 11,  2, 12, 13,  2],    # doc 0: in order, B = s1 s2 cut 1 at the back
-                         [1, 23,  2, 20, 21, 22,  2],    # doc 1: swapped
-                         [1, 31, 32,  2, 30,  2,  0]]    # doc 2: swapped
-        sentence_labels [0, 1, 1]
+    Reference: Lan et al. 2019, "ALBERT: A Lite BERT for Self-supervised Learning of Language Representations", and
+    its ``create_pretraining_data.py``. Where this differs: ``docs/deviations.md``, rows "sop" and "nsp / sop ...".
     """
 
     vocab: Vocab  # needs cls_id, sep_id, pad_id (and mask_id when mlm_probability > 0)

@@ -31,99 +31,36 @@ __all__ = ["PermutationLM"]
 class PermutationLM:
     """XLNet permutation-LM data: span targets and a random factorisation order as ``perm_mask``.
 
-    The algorithm is Hugging Face's ``DataCollatorForPermutationLanguageModeling``
-    (``torch_mask_tokens``), vectorised over the batch. Per row of length ``L``
-    (``L`` must be even):
+    Hugging Face's ``DataCollatorForPermutationLanguageModeling`` (``torch_mask_tokens``), vectorised over the batch:
+    the data of XLNet's two-stream attention, which the package's one-stream transformer does not train on.
 
-    1. **Targets.** Walk through the row in *windows* from ``cur = 0``: span
-       length ``s`` uniform on ``1..max_span_length``, window length
-       ``c = int(s / plm_probability)``, span start ``cur + o`` with ``o``
-       uniform on ``0..c - s``; tokens ``[cur + o, cur + o + s)`` are selected
-       (cut at ``L``), then ``cur += c``, until ``cur >= L``. Selected tokens
-       that are special (``Vocab.special_ids``) or padding are dropped; the
-       rest are the **targets**: ``labels`` holds their ids (``IGNORE_INDEX``
-       elsewhere) and ``input_ids`` has ``mask_id`` there (HF; see the
-       deviations). The target rate is ``E[s] / E[c]`` (1/6 with the
-       defaults) up to the cut last window of a row (exactly 0.157 of the
-       tokens at ``L = 8``, 0.1668 at ``L = 100``).
-    2. **Factorisation order.** A uniform permutation ``sigma`` of
-       ``0..L/2 - 1`` is drawn; token ``t`` gets rank ``sigma[t]`` in the first
-       half and ``L/2 + sigma[t - L/2]`` in the second (HF: ``arange(L)``
-       reshaped to ``(2, L/2)``, its columns shuffled, flattened back), so the
-       first half precedes the second, as XLNet's order never crosses its
-       reused half. Non-target tokens that are neither special nor padding get
-       rank -1: they come first.
-    3. **perm_mask** ``(B, L, L)`` bool: ``perm_mask[b, i, j]`` is True (query
-       ``i`` may NOT see key ``j``) iff ``j`` is a target and ``rank[i] <=
-       rank[j]``. Every non-target key is visible to every query; a target is
-       visible only to queries ranked after it, never to itself; an ordinary
-       non-target query (rank -1) sees no target; special and padding queries
-       keep their rank and see the targets ranked before them (HF). Among the
-       targets, "i sees j" is the strict order of their ranks: for two targets
-       exactly one sees the other, and there is no cycle.
-    4. **target_mapping** ``(B, L, L)`` float32 is the identity in every row,
-       as HF returns it: prediction ``p`` is the token at position ``p`` (labels
-       are position-aligned).
+    Contract: ``__call__(input_ids (B, L), *, attention_mask=None, generator=None)``, ``L`` even; padding is
+    ``~attention_mask`` (default: the trailing ``pad_id`` run). Per row:
 
-    **Attention.** ``perm_mask`` is the mask of XLNet's *query stream* (a
-    target predicts its token without seeing it): allowed = ``attention_mask``
-    keys and ``~perm_mask``. :func:`~lmobjectives.batch.attention_mask_4d`
-    applies ``perm_mask`` and then lets every query see itself: that is XLNet's
-    *content stream* (each token sees its own content, ``perm_mask`` minus the
-    diagonal in XLNet's model), not the query stream.
+    1. **Targets.** Windows from ``cur = 0``: span length ``s`` uniform on ``1..max_span_length``, window
+       ``c = int(s / plm_probability)``, tokens ``[cur + o, cur + o + s)`` (cut at ``L``) with ``o`` uniform on
+       ``0..c - s``, then ``cur += c``, until ``cur >= L``. Special (``Vocab.special_ids``) and padding tokens are
+       dropped; the rest are the targets: ``mask_id`` in ``input_ids``, their ids in ``labels`` (``IGNORE_INDEX``
+       elsewhere). The target rate is ``E[s] / E[c]`` (1/6 with the defaults), up to a row's cut last window.
+    2. **Order.** ``sigma``, a uniform permutation of ``0..L/2 - 1``: token ``t`` has rank ``sigma[t]`` in the first
+       half, ``L/2 + sigma[t - L/2]`` in the second; ordinary non-targets get rank -1 (they come first).
+    3. **perm_mask** ``(B, L, L)`` bool, True (query ``i`` may not see key ``j``) iff ``j`` is a target and
+       ``rank[i] <= rank[j]``: a non-target key is visible to every query, a target only to queries ranked after it;
+       special and padding queries keep their rank. Among targets, "i sees j" is a strict order (no cycle).
+       ``target_mapping`` ``(B, L, L)`` float32 is the identity (labels are position-aligned); ``causal=False``.
+    4. ``perm_mask`` is XLNet's query stream; :func:`~lmobjectives.batch.attention_mask_4d` also lets every query see
+       itself, which is the content stream.
 
-    **Draw protocol** (all randomness from ``generator``, as tensors, in this
-    order; ``K = ceil(L / int(1 / plm_probability))`` windows suffice for any
-    row, since a window is at least ``int(1 / plm_probability)`` long):
-    ``span = torch.randint(1, max_span_length + 1, (B, K))``, ``u =
-    torch.rand(B, K, dtype=float64)`` with ``o = floor(u * (c - s + 1))``,
-    ``sigma = torch.rand(B, L // 2, dtype=float64).argsort(dim=-1, stable=True)``.
-    A row uses its windows ``0, 1, ...`` while ``cur < L`` and ignores the
-    rest. If no row got a target (short rows), the three draws are repeated.
-    A per-example loop over the same draws gives the same batch (the tests
-    check this, and compare with HF's own ``torch_mask_tokens`` fed these
-    draws).
+    Draws, all from ``generator``, in this order (``K = ceil(L / int(1 / plm_probability))`` windows):
+    ``span = torch.randint(1, max_span_length + 1, (B, K))``, ``u = torch.rand(B, K, dtype=float64)`` with
+    ``o = floor(u * (c - s + 1))``, ``sigma = torch.rand(B, L // 2, dtype=float64).argsort(dim=-1, stable=True)``;
+    drawn again while no row has a target. An odd ``L`` or a batch with no ordinary token raises ``ValueError``.
 
-    **Deviations** (from HF, which this follows otherwise):
-
-    * Randomness comes from the pre-drawn tensors above instead of HF's
-      interleaved ``torch.randint`` / ``torch.randperm`` calls per row, and the
-      offset ``o`` from a float64 uniform (each offset's probability is within
-      ``2**-53`` of ``1 / (c - s + 1)``).
-    * A batch whose spans miss every ordinary token is drawn again (HF
-      returns it with no target); a batch with no ordinary token at all
-      raises ``ValueError``.
-    * Padding is ``~attention_mask`` (default: the trailing ``pad_id`` run),
-      not every ``pad_id``; ``pad_id`` is a special id, so a pad token is
-      never a target either way.
-    * ``perm_mask`` is bool (HF: float32 0/1).
-
-    HF in turn differs from XLNet's own data pipeline (``data_utils.py``:
-    ``_sample_mask``, ``_local_perm``), and so does this: XLNet draws span
-    lengths with probability ``∝ 1/n``, snaps spans to word starts, and targets
-    a fixed ``num_predict`` tokens with a compact ``(num_predict, L)``
-    ``target_mapping``; it permutes each half independently, and a query of
-    the first half sees nothing of the second; it also treats special tokens
-    (SEP, CLS) as keys like targets, hidden from the queries ranked up to
-    them (HF hides targets only); and it
-    keeps the original tokens as the content stream's input (the query
-    stream's input is a learned mask embedding) instead of writing [MASK]
-    into ``input_ids`` (huggingface/transformers#22435).
-
-    Worked example (vocab size 10, pad 0, CLS 1, SEP 2, MASK 3; defaults;
-    seed 3). The draws: ``span = [[2, 4]]``, ``u = [[0.2867, 0.7729]]`` so
-    the first window (``c = 12``) selects ``[3, 5)``, the second starts at 12,
-    past the row; ``sigma = [[0, 3, 2, 1]]``::
-
-        input_ids          [[   1,    5,    6,    7,    8,    9,    2,    0]]
-        -> input_ids       [[   1,    5,    6,    3,    3,    9,    2,    0]]
-        -> labels          [[-100, -100, -100,    7,    8, -100, -100, -100]]
-        attention_mask     [[   T,    T,    T,    T,    T,    T,    T,    F]]
-        rank               [[   0,   -1,   -1,    1,    4,   -1,    6,    5]]   # CLS 0, SEP 6, PAD 5
-
-    so target 3 is hidden from the queries ranked <= 1 (CLS, the ordinary
-    tokens and itself) and target 4 from those ranked <= 4 (also target 3);
-    SEP (6) and PAD (5) see both:
+    Worked example (vocab size 10, pad 0, CLS 1, SEP 2, MASK 3; defaults; seed 3). The draws: ``span = [[2, 4]]``,
+    ``u = [[0.2867, 0.7729]]``, so the first window (``c = 12``) selects ``[3, 5)`` and the second starts at 12, past
+    the row; ``sigma = [[0, 3, 2, 1]]``, so ``rank = [[0, -1, -1, 1, 4, -1, 6, 5]]`` (CLS 0, SEP 6, PAD 5). Target 3
+    is hidden from the queries ranked <= 1 (CLS, the ordinary tokens and itself), target 4 from those ranked <= 4
+    (also target 3); SEP (6) and PAD (5) see both:
 
     >>> vocab = Vocab(size=10, pad_id=0, cls_id=1, sep_id=2, mask_id=3)
     >>> b = PermutationLM(vocab)(torch.tensor([[1, 5, 6, 7, 8, 9, 2, 0]]), generator=torch.Generator().manual_seed(3))
@@ -144,6 +81,9 @@ class PermutationLM:
     >>> attention_mask_4d(b)[0, 0, 3:5].int()   # content stream: targets 3 and 4 also see themselves
     tensor([[1, 1, 1, 1, 0, 1, 1, 0],
             [1, 1, 1, 1, 1, 1, 1, 0]], dtype=torch.int32)
+
+    Reference: Yang et al. 2019, "XLNet: Generalized Autoregressive Pretraining for Language Understanding". Where this
+    differs from HF and from XLNet's ``data_utils.py``: ``docs/deviations.md``, rows "plm ...".
     """
 
     vocab: Vocab  # vocabulary: mask_id is required; special ids and padding are never targets

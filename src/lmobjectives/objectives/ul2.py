@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .._checks import check_choice, check_finite_float, check_int, check_positive_int, check_probability
 from ..constants import IGNORE_INDEX, PARADIGM_TOKENS
 from ..vocab import Vocab
 from ..batch import Batch, checked_tokens
@@ -67,90 +68,37 @@ class _Widths:
 
 @dataclass(frozen=True)
 class UL2:
-    """UL2's mixture of denoisers: one denoiser per example, named by a paradigm token.
+    """UL2's mixture of denoisers: one denoiser per example, named by a paradigm token in front of its input.
 
-    Tasks are the span-corruption denoisers ``(mean_noise_span_lengths[k], noise_densities[k])``
-    in order, then, with ``use_prefix_lm_task``, the S-denoiser (prefix LM) last; ``rates`` gives
-    each task's probability (the arguments of ``ul2_objective``, the paper's appendix code in
-    ``t5/data/preprocessors.py``). A span denoiser is **X** (``[NLG]``, ``Vocab.nlg_id``) when its
-    spans are >= 12 tokens or its rate >= 30 %, else **R** (``[NLU]``, ``Vocab.nlu_id``): the
-    paper's description of X-denoising; S gets ``[S2S]`` (``Vocab.s2s_id``), the paper's mapping.
+    Each row draws one task with probability ``rates[k]``: the span-corruption denoisers
+    ``(mean_noise_span_lengths[k], noise_densities[k])`` in order, then, with ``use_prefix_lm_task``, the S-denoiser
+    (prefix LM) last. A span denoiser is **X** (``[NLG]``, ``Vocab.nlg_id``) when its spans are >= 12 tokens or its
+    rate >= 30 %, else **R** (``[NLU]``, ``Vocab.nlu_id``); S gets ``[S2S]`` (``Vocab.s2s_id``). Defaults: the paper's
+    six span denoisers and S; rates S 20 %, R 40 %, X 40 %, split equally within each family.
 
-    Defaults: the paper's seven denoisers, R: (μ=3, r=0.15), (μ=8, r=0.15); X: (μ=3, r=0.5),
-    (μ=8, r=0.5), (μ=64, r=0.15), (μ=64, r=0.5); and S. Rates: S 20 %, R and X 40 % each, split
-    equally inside each family (0.2, 0.2 | 0.1 x 4 | 0.2): the small S share that the paper's
-    mixture ablation favours (its section 4.5, as read by UL2 reproductions that use these rates).
-    The paper prints no per-denoiser rate vector, and ``ul2_objective``'s own default
-    (``rates=None``) samples its tasks uniformly: pass ``rates=(1/7,) * 7`` for that.
+    Contract, per row of ``n >= 2`` real tokens (``attention_mask``, else those before the trailing ``pad_id`` run; a
+    packed block is one example):
 
-    Per row of ``n`` real tokens (``attention_mask``; without one, those before the trailing
-    ``pad_id`` run), after drawing its task:
+    * span denoiser (μ, r): T5 span corruption, ``noise = clip(round(n r), 1, n - 1)`` tokens in
+      ``max(1, round(noise / μ))`` spans; inputs: the kept tokens with one sentinel per span, then EOS; targets: each
+      span's sentinel and tokens, then EOS. S: a split ``P`` uniform on ``[1, n - 1]``; inputs: the first ``P``
+      tokens, then EOS; targets: the rest, then EOS.
+    * ``layout="encoder_decoder"``: ``input_ids`` = paradigm + inputs (``causal=False``), ``labels`` = targets
+      (``IGNORE_INDEX`` on padding), ``decoder_input_ids`` = labels shifted right after ``pad_id``,
+      ``decoder_attention_mask`` at the real targets. ``layout="decoder"``: one causal row paradigm + inputs + targets,
+      paradigm and inputs the bidirectional ``prefix_mask``; the inputs' EOS predicts the first target.
+    * Widths are static: the widest row that a denoiser with a nonzero rate makes from ``T = input_ids.shape[1]``
+      tokens (:meth:`widths`; :meth:`raw_length` inverts them for a model input of ``seq_len``), never the draws'.
+    * Draws from ``generator``, in order: one float64 uniform per row for its task, one per row for the S split (S in
+      use), then :func:`random_spans_noise_mask`'s (a span denoiser in use).
+    * ``ValueError`` / ``TypeError`` naming the argument: a paradigm token of a denoiser in use missing from the vocab;
+      ``rates`` negative, of the wrong count or not summing to 1; densities outside (0, 1); span lengths below 1; a
+      row too short for a denoiser in use; fewer ``Vocab.sentinel_ids`` than its spans; a sentinel in the input.
 
-    * span denoiser (μ, r): T5's span corruption on the row, ``noise = clip(round(n r), 1, n - 1)``
-      tokens in ``max(1, round(noise / μ))`` spans (:func:`random_spans_noise_mask` with ``(B,)``
-      densities and span lengths); inputs: the other tokens with one sentinel per span, then EOS;
-      targets: each span's sentinel and tokens, then EOS.
-    * S: T5's ``prefix_lm`` task, which ``ul2_objective`` runs for S: a split ``P`` uniform on
-      ``[1, n - 1]`` (``random_prefix_noise_mask``); inputs: the first ``P`` tokens then EOS;
-      targets: the rest then EOS. No sentinel.
-
-    The paradigm token goes in front of the inputs. A packed block (documents joined by EOS) is one
-    example, as T5's and ``ul2_objective``'s ``merge_examples_to_reduce_padding`` make it.
-
-    Layouts (``layout=``):
-
-    * ``"encoder_decoder"`` (UL2): ``input_ids`` = paradigm + inputs for the encoder
-      (``causal=False``), ``labels`` = targets (``IGNORE_INDEX`` on padding),
-      ``decoder_input_ids`` = labels shifted right with the decoder start token ``pad_id`` (T5's),
-      ``decoder_attention_mask`` True at real targets, as ``SpanCorruption``.
-    * ``"decoder"``: one causal row, paradigm + inputs + targets; the paradigm token and the inputs
-      are the bidirectional prefix (``prefix_mask``); ``labels[t]`` is the next token wherever it
-      is a target, so the inputs' EOS predicts the first target (:func:`prefix_lm_batch`: the
-      convention of seqio's ``PrefixLMFeatureConverter``, whose start token the paradigm token
-      replaces).
-
-    **Widths** (static: they depend on the raw length ``T = input_ids.shape[1]`` and on the
-    denoisers with a nonzero rate, not on the draws): the widest row any denoiser in use can make
-    from ``T`` tokens (:meth:`widths`). Encoder-decoder: encoder ``1 + max(inputs)`` and decoder
-    ``max(targets)`` over the span denoisers (:func:`span_corruption_lengths` at ``T``) and, with
-    S, ``T`` each (a prefix or a suffix of ``T - 1`` tokens plus EOS); decoder:
-    ``1 + max(inputs + targets)``, S giving ``T + 2``. :meth:`raw_length` inverts this for the
-    trainer: the most raw tokens per row whose widest model input fits ``seq_len`` (with S in an
-    encoder-decoder mixture and ``seq_len >= 16``, ``seq_len - 1``).
-
-    Worked example (``Vocab(size=100, pad_id=0, eos_id=1, sentinel_ids=(99, 98, 97), nlu_id=2,
-    nlg_id=3, s2s_id=4)``, the default mixture, ``generator=torch.Generator().manual_seed(28)``;
-    rows 0 and 1 have 10 real tokens, row 2 has 8). Row 0 draws R (μ=3, r=0.15): 2 noise tokens
-    in 1 span; row 1 draws X (μ=3, r=0.5): 5 noise tokens in 2 spans; row 2 draws S with ``P = 4``.
-    Widths for ``T = 10``: encoder 11, decoder 10 (S: up to 10 each); decoder layout 17 (X (μ=3,
-    r=0.5): 1 + 8 + 8)::
-
-        input_ids        [[10, 11, 12, 13, 14, 15, 16, 17, 18, 19],
-                          [20, 21, 22, 23, 24, 25, 26, 27, 28, 29],
-                          [30, 31, 32, 33, 34, 35, 36, 37,  0,  0]]
-
-        layout="encoder_decoder"
-        -> input_ids         [[2, 10, 11, 12, 13, 14, 15, 16, 17, 99, 1],   # [NLU]; 18 19 -> 99
-                              [3, 20, 21, 99, 24, 25, 26, 98,  1,  0, 0],   # [NLG]; 22 23 -> 99, 27 28 29 -> 98
-                              [4, 30, 31, 32, 33,  1,  0,  0,  0,  0, 0]]   # [S2S]; the prefix 30..33
-        -> attention_mask    True on the first 11, 9 and 6 positions
-        -> labels            [[99, 18, 19,  1, -100, -100, -100, -100, -100, -100],
-                              [99, 22, 23, 98,   27,   28,   29,    1, -100, -100],
-                              [34, 35, 36, 37,    1, -100, -100, -100, -100, -100]]
-        -> decoder_input_ids [[ 0, 99, 18, 19,    1,    0,    0,    0,    0,    0],
-                              [ 0, 99, 22, 23,   98,   27,   28,   29,    1,    0],
-                              [ 0, 34, 35, 36,   37,    1,    0,    0,    0,    0]]
-        -> decoder_attention_mask True where labels are not -100
-
-        layout="decoder" (same draws)
-        -> input_ids    [[2, 10, 11, 12, 13, 14, 15, 16, 17, 99,  1, 99, 18, 19,  1,  0,  0],
-                         [3, 20, 21, 99, 24, 25, 26, 98,  1, 99, 22, 23, 98, 27, 28, 29,  1],
-                         [4, 30, 31, 32, 33,  1, 34, 35, 36, 37,  1,  0,  0,  0,  0,  0,  0]]
-        -> labels       [[-100 x 10,                          99, 18, 19,  1, -100, -100, -100],
-                         [-100 x 8,                   99, 22, 23, 98, 27, 28, 29,  1, -100],
-                         [-100 x 5,       34, 35, 36, 37,  1, -100 x 7                     ]]
-        -> prefix_mask    True on the first 11, 9 and 6 positions (paradigm token and inputs)
-        -> attention_mask True on the first 15, 17 and 11 positions
+    Worked example (default mixture, seed 28; rows 0 and 1 have 10 real tokens, row 2 has 8). Row 0 draws R (3, 0.15):
+    2 noise tokens in 1 span, ``18 19`` -> ``99``; row 1 draws X (3, 0.5): 5 noise tokens in 2 spans, ``22 23`` ->
+    ``99`` and ``27 28 29`` -> ``98``; row 2 draws S with ``P = 4``. Widths for ``T = 10``: encoder 11, decoder 10;
+    decoder layout 17 (X (3, 0.5): 1 + 8 + 8).
 
     >>> v = Vocab(size=100, pad_id=0, eos_id=1, sentinel_ids=(99, 98, 97), nlu_id=2, nlg_id=3, s2s_id=4)
     >>> x = torch.tensor([[10, 11, 12, 13, 14, 15, 16, 17, 18, 19], [20, 21, 22, 23, 24, 25, 26, 27, 28, 29],
@@ -164,33 +112,18 @@ class UL2:
     tensor([[  99,   18,   19,    1, -100, -100, -100, -100, -100, -100],
             [  99,   22,   23,   98,   27,   28,   29,    1, -100, -100],
             [  34,   35,   36,   37,    1, -100, -100, -100, -100, -100]])
+    >>> b.decoder_input_ids[1].tolist(), b.attention_mask.sum(1).tolist()
+    ([0, 99, 22, 23, 98, 27, 28, 29, 1, 0], [11, 9, 6])
     >>> d = UL2(v, layout="decoder")(x, generator=torch.Generator().manual_seed(28))
-    >>> d.input_ids[2].tolist()
-    [4, 30, 31, 32, 33, 1, 34, 35, 36, 37, 1, 0, 0, 0, 0, 0, 0]
-    >>> d.labels[2].tolist()[:11], d.prefix_mask.sum(1).tolist()
-    ([-100, -100, -100, -100, -100, 34, 35, 36, 37, 1, -100], [11, 9, 6])
+    >>> d.input_ids
+    tensor([[ 2, 10, 11, 12, 13, 14, 15, 16, 17, 99,  1, 99, 18, 19,  1,  0,  0],
+            [ 3, 20, 21, 99, 24, 25, 26, 98,  1, 99, 22, 23, 98, 27, 28, 29,  1],
+            [ 4, 30, 31, 32, 33,  1, 34, 35, 36, 37,  1,  0,  0,  0,  0,  0,  0]])
+    >>> d.labels[2].tolist()[:11], d.prefix_mask.sum(1).tolist(), d.attention_mask.sum(1).tolist()
+    ([-100, -100, -100, -100, -100, 34, 35, 36, 37, 1, -100], [11, 9, 6], [15, 17, 11])
 
-    Randomness, in this order from ``generator``: one float64 uniform per row for its task, one per
-    row for the S split (when S is in the mixture), then :func:`random_spans_noise_mask`'s draws
-    (when a span denoiser is). Bad input raises ``ValueError`` / ``TypeError`` naming the argument:
-    a paradigm token of a denoiser in use missing from the vocab, ``rates`` negative, of the wrong
-    count or not summing to 1, densities outside (0, 1), span lengths below 1, a row with fewer
-    than 2 real tokens or rows too short for a denoiser in use, fewer ``Vocab.sentinel_ids`` than
-    the spans a denoiser in use makes from ``T`` tokens, a sentinel among the real input tokens.
-
-    *Deviations* from ``ul2_objective``: (1) it cuts each task's own token stream into segments of
-    that task's length (the most raw tokens whose inputs fill ``inputs_length``: 568 for R (3,
-    0.15) at 512, about 1000 for X (64, 0.5), 511 for S); a block here has one length, so every
-    denoiser corrupts the whole row it is given, and X rows then have shorter inputs (and fewer
-    spans) than R rows, where ``ul2_objective`` fills the encoder with each. Reading each task's
-    own length from a block as long as the longest would drop up to half of an R or S row.
-    (2) The paradigm token counts in the widths; ``ul2_objective`` prepends its prompt after
-    fitting the inputs to ``inputs_length``, so they exceed it by the prompt's length and are
-    trimmed downstream. (3) Each row draws its task independently (``sample_from_datasets`` with the same
-    rates over per-task streams; ``shard_ds`` has no counterpart). (4) The paper's text describes S
-    only as a prefix/target split; some later implementations give S a 25 % target share (NeMo's
-    ``prefix_lm_pivot_mean=0.25``); the paper's code runs T5's ``prefix_lm`` (uniform split,
-    50 % on average), which is what is done here.
+    Reference: Tay et al. 2022, "UL2: Unifying Language Learning Paradigms", and its ``ul2_objective`` (T5's
+    ``preprocessors.py``). Where this differs from them: ``docs/deviations.md``, rows "ul2 ...".
     """
 
     vocab: Vocab  # vocabulary: eos_id, pad_id, sentinel_ids and the paradigm ids nlu_id/nlg_id/s2s_id in use
@@ -215,11 +148,9 @@ class UL2:
                 f"(mean span, density) pair per span denoiser, got {mus!r} and {densities!r}"
             )
         for i, mu in enumerate(mus):
-            if mu < 1:
-                raise ValueError(f"mean_noise_span_lengths[{i}] must be >= 1 (a span holds a token), got {mu!r}")
+            check_finite_float(mu, f"mean_noise_span_lengths[{i}]", low=1)  # a span holds a token
         for i, r in enumerate(densities):
-            if not 0 < r < 1:
-                raise ValueError(f"noise_densities[{i}] must lie in (0, 1), got {r!r}")
+            check_probability(r, f"noise_densities[{i}]", low_open=True, high_open=True)
         if not isinstance(self.use_prefix_lm_task, bool):
             raise TypeError(f"use_prefix_lm_task must be a bool, got {self.use_prefix_lm_task!r}")
         rates = _floats(self.rates, "rates")
@@ -229,13 +160,11 @@ class UL2:
         if len(rates) != tasks:
             what = f"{len(mus)} span denoiser(s)" + (" and the S-denoiser" if self.use_prefix_lm_task else "")
             raise ValueError(f"rates must have {tasks} entries, one per task ({what}), got {len(rates)}: {rates!r}")
-        if any(r < 0 for r in rates):
-            i = next(i for i, r in enumerate(rates) if r < 0)
-            raise ValueError(f"rates[{i}] must be >= 0, got {rates[i]!r} (rates={rates!r})")
+        for i, r in enumerate(rates):
+            check_finite_float(r, f"rates[{i}]", low=0)
         if abs(sum(rates) - 1) > _RATES_TOLERANCE:
             raise ValueError(f"rates must sum to 1, got {rates!r} (sum {sum(rates)!r})")
-        if self.layout not in LAYOUTS:
-            raise ValueError(f"layout must be one of {', '.join(map(repr, LAYOUTS))}, got {self.layout!r}")
+        check_choice(self.layout, "layout", LAYOUTS)
         object.__setattr__(self, "mean_noise_span_lengths", mus)
         object.__setattr__(self, "noise_densities", densities)
         object.__setattr__(self, "rates", rates)
@@ -309,8 +238,8 @@ class UL2:
         >>> UL2(v).widths(511), UL2(v, layout="decoder").widths(381)
         ((512, 511), (510, 510))
         """
-        if isinstance(raw_length, bool) or not isinstance(raw_length, int) or raw_length < 2:
-            raise ValueError(f"raw_length must be an int >= 2, got {raw_length!r}")
+        check_positive_int(raw_length, "raw_length")  # a ValueError for a non-int too
+        check_int(raw_length, "raw_length", low=2)
         w = self._widths(raw_length)
         return (1 + w.inputs, w.targets) if self.layout == "encoder_decoder" else (w.row, w.row)
 
@@ -325,12 +254,10 @@ class UL2:
         >>> UL2(v).raw_length(512), UL2(v, layout="decoder").raw_length(512)
         (511, 381)
         """
+        # paradigm token, a kept token, a sentinel and EOS (layout "decoder": then a span and EOS)
         least = 4 if self.layout == "encoder_decoder" else 7
-        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < least:
-            raise ValueError(
-                f"seq_len must be an int >= {least} for layout={self.layout!r} (paradigm token, a kept token, a "
-                f"sentinel and EOS{'' if least == 4 else ', then a span and EOS'}), got {seq_len!r}"
-            )
+        check_positive_int(seq_len, "seq_len")  # a ValueError for a non-int too
+        check_int(seq_len, "seq_len", low=least)
         limits = []
         for k in self._span_tasks():
             d, mu = self.noise_densities[k], self.mean_noise_span_lengths[k]
