@@ -48,6 +48,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "models": ("batch",),  # modules that read a Batch
     "recipes": ("objectives", "models", "losses"),  # how each objective is trained
     "training": ("recipes",),  # the generic loop, streams, checkpoints, the run folder
+    "hf": ("training",),  # Hugging Face integration: collators and a Trainer
     "evaluation": ("training",),  # score a finished run
     "compare": ("evaluation",),  # train N objectives, evaluate, report
     "cli": ("compare",),  # one file per lmobj command; also __main__.py
