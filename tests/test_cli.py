@@ -1,7 +1,8 @@
-"""``lmobj``: help, a tiny end-to-end run, Ctrl-C, and clear errors for bad arguments."""
+"""``lmobj``: help, a tiny end-to-end run, Ctrl-C, clear errors for bad arguments, and flags made from config fields."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import subprocess
@@ -11,7 +12,11 @@ import time
 import pytest
 
 from lmobjectives import cli as cli_module
-from lmobjectives.cli import EXIT_INTERRUPTED, build_parser, main
+from lmobjectives.cli import EXIT_INTERRUPTED, EXIT_USAGE, build_parser, main
+from lmobjectives.cli import compare as compare_command
+from lmobjectives.cli import train as train_command
+from lmobjectives.compare import CompareConfig
+from lmobjectives.training import TrainConfig
 
 TINY = ["--d-model", "32", "--layers", "1", "--heads", "2", "--d-ff", "64", "--seq-len", "32", "--batch-size", "4",
         "--warmup-steps", "1", "--no-progress"]  # fmt: skip
@@ -119,6 +124,68 @@ def test_ctrl_c_outside_the_training_loop_exits_130_without_a_traceback(tmp_path
     def interrupted_while_loading(config):
         raise KeyboardInterrupt  # Ctrl-C while the corpus loads, or a second Ctrl-C while training
 
-    monkeypatch.setattr(cli_module, "train", interrupted_while_loading)
+    monkeypatch.setattr(train_command, "train", interrupted_while_loading)
     assert main(["train", "--steps", "1", "--out", str(tmp_path / "run"), *TINY]) == EXIT_INTERRUPTED
     assert "lmobj train: interrupted" in capsys.readouterr().err
+
+
+def _subparser(name: str):
+    return build_parser()._subparsers._group_actions[0].choices[name]  # type: ignore[union-attr]
+
+
+def test_every_command_is_a_module_with_its_arguments_and_run():
+    assert list(cli_module.COMMANDS) == list(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
+    for name, module in cli_module.COMMANDS.items():
+        assert module.__name__ == f"lmobjectives.cli.{name}"
+        assert callable(module.add_arguments) and callable(module.run) and module.HELP and module.DESCRIPTION
+
+
+def test_every_train_config_field_is_a_flag_with_its_default_and_help():
+    actions = {a.dest: a for a in _subparser("train")._actions}
+    for field in dataclasses.fields(TrainConfig):
+        if field.name in train_command.NOT_FLAGS:
+            assert field.name not in actions
+            continue
+        action = actions[field.name]
+        assert action.default == field.default and field.metadata["help"] in action.help, field.name
+    args = build_parser().parse_args(["train", "--layers", "3", "--heads", "2", "--no-progress", "--resume", "--dupe-factor", "2"])
+    config = train_command.config_from_args(args)
+    assert (config.n_layers, config.n_heads, config.progress, config.resume, config.dupe_factor) == (3, 2, False, True, 2)
+    assert dataclasses.replace(config, n_layers=2, n_heads=4, progress=True, resume=False, dupe_factor=None) == TrainConfig()
+
+
+def test_compare_flags_are_the_config_fields_with_help_and_reach_the_config(monkeypatch):
+    flags = {n for names in compare_command.GROUPS.values() for n in names if not n.startswith("--")}
+    for field in dataclasses.fields(CompareConfig):
+        with_help = "help" in field.metadata
+        assert (field.name in flags) == (with_help or field.name == "threads"), field.name  # --threads: every command's
+        assert (field.name in compare_command.NOT_FLAGS) == (field.name not in flags), field.name
+    seen = []
+
+    def interrupted(config):
+        seen.append(config)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compare_command, "compare", interrupted)
+    argv = ["compare", "clm", "mlm", "--steps", "7", "--scale", "0.5", "--layers", "1", "--heads", "2", "--d-model", "32",
+            "--tasks", "next_token", "--seeds", "2", "--seed", "5", "--no-progress"]  # fmt: skip
+    assert main(argv) == EXIT_INTERRUPTED
+    (config,) = seen
+    assert (config.objectives, config.steps, config.n_layers, config.n_heads, config.d_model, config.tasks) == (
+        ("clm", "mlm"), 4, 1, 2, 32, ("next_token",))  # fmt: skip
+    assert (config.seeds, config.seed, config.progress, config.batch_size) == (2, 5, False, CompareConfig.batch_size)
+    assert config.command == "lmobj " + " ".join(a for a in argv if a != "--no-progress")
+
+
+@pytest.mark.parametrize("scale", ["0", "-1", "nan", "inf"])
+def test_compare_refuses_a_scale_that_is_not_a_positive_number(capsys, scale):
+    with pytest.raises(SystemExit) as exit_:
+        main(["compare", "clm", "--scale", scale])
+    assert exit_.value.code == EXIT_USAGE and "--scale must be a finite float > 0" in capsys.readouterr().err
+
+
+def test_version_answers_without_importing_torch():
+    code = "import sys; from lmobjectives.__main__ import main; assert main(['--version']) == 0; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [f"lmobj (lmobjectives) {__import__('lmobjectives').__version__}", "False"]

@@ -15,6 +15,7 @@ import torch
 
 from lmobjectives import cli as cli_module
 from lmobjectives.cli import EXIT_FAILURE, EXIT_USAGE, main
+from lmobjectives.cli import train as train_command
 from lmobjectives.training import TrainConfig, train
 
 TINY = ["--d-model", "32", "--layers", "1", "--heads", "2", "--d-ff", "64", "--seq-len", "32", "--batch-size", "4",
@@ -105,7 +106,7 @@ def test_out_of_memory_names_the_flags_that_set_the_memory(tmp_path, capsys, mon
     def oom(config):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(cli_module, "train", oom)
+    monkeypatch.setattr(train_command, "train", oom)
     assert main(["train", "--steps", "1", "--out", str(tmp_path / "run"), *TINY]) == EXIT_FAILURE
     line = one_line_error(capsys)
     assert "out of memory" in line and "--batch-size (4)" in line and "--seq-len (32)" in line and "--d-model (32)" in line

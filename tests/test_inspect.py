@@ -208,7 +208,7 @@ def test_bad_arguments_exit_2_with_a_clear_message(args, message, tmp_path, caps
 
 
 def test_api_errors_name_the_argument():
-    with pytest.raises(ValueError, match="unknown objective 'nope'"):
+    with pytest.raises(ValueError, match="objective must be one of 'clm', .*, got 'nope'"):
         example_batch("nope")
     with pytest.raises(ValueError, match=r"unknown option\(s\) 'bogus' for objective 'mlm'; valid options: probability"):
         example_batch("mlm", options={"bogus": 1})

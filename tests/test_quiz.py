@@ -13,7 +13,7 @@ import pytest
 from lmobjectives import OBJECTIVES
 from lmobjectives.cli import quiz
 from lmobjectives.cli import main
-from lmobjectives.cli.quiz import TOPICS, Question, load_questions, render, run, select
+from lmobjectives.cli.quiz import TOPICS, Question, ask, load_questions, render, select
 
 ROOT = Path(__file__).resolve().parents[1]
 GUIDE = ROOT / "docs" / "guide"
@@ -88,7 +88,7 @@ def test_shuffle_is_a_permutation_fixed_by_the_seed():
 def test_non_interactive_output_is_every_question_and_answer_in_order():
     qs = select(QUESTIONS, ["sft"])
     out = io.StringIO()
-    assert run(qs, stdin=io.StringIO(""), stdout=out, interactive=False) == len(qs)
+    assert ask(qs, stdin=io.StringIO(""), stdout=out, interactive=False) == len(qs)
     text = out.getvalue()
     assert text == render(qs)
     positions = [text.index(f"Q: {q.question}") for q in qs]
@@ -100,13 +100,13 @@ def test_non_interactive_output_is_every_question_and_answer_in_order():
 def test_interactive_reveals_on_enter_and_quits_on_q():
     qs = select(QUESTIONS, ["prefix-lm"])
     out = io.StringIO()
-    shown = run(qs, stdin=io.StringIO("\n\n\nq\n"), stdout=out, interactive=True)  # answer 1, next, answer 2, quit
+    shown = ask(qs, stdin=io.StringIO("\n\n\nq\n"), stdout=out, interactive=True)  # answer 1, next, answer 2, quit
     text = out.getvalue()
     assert shown == 2
     assert f"A: {qs[0].answer}" in text and f"A: {qs[1].answer}" in text
     assert f"Q: {qs[2].question}" not in text
     out = io.StringIO()
-    assert run(qs, stdin=io.StringIO(""), stdout=out, interactive=True) == 1  # end of input: stop, no answer
+    assert ask(qs, stdin=io.StringIO(""), stdout=out, interactive=True) == 1  # end of input: stop, no answer
     assert "A: " not in out.getvalue()
 
 

@@ -47,7 +47,7 @@ def test_bad_input_is_one_line(runs, tmp_path, capsys, args, message):
 
 def test_train_flags_for_the_split_and_threads(tmp_path):
     args = cli.build_parser().parse_args(["train", "--heldout", "0.1", "--eval-every", "20", "--eval-batches", "3", "--threads", "1"])
-    config = cli.config_from_args(args)
+    config = cli.train.config_from_args(args)
     assert (config.heldout, config.eval_every, config.eval_batches) == (0.1, 20, 3) and args.threads == 1
     threads = torch.get_num_threads()
     try:

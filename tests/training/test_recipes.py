@@ -73,10 +73,10 @@ def test_flags_become_options_with_their_types():
     args = cli.build_parser("mlm").parse_args(
         ["train", "--objective", "mlm", "--unit", "word", "--probability", "0.4", "--max-predictions", "none"]
     )
-    options = cli.objective_options(args, OBJECTIVES["mlm"])
+    options = cli._flags.objective_options(args, OBJECTIVES["mlm"])
     assert (options["unit"], options["probability"], options["max_predictions"]) == ("word", 0.4, None)
     args = cli.build_parser("clm").parse_args(["train", "--document-masking"])
-    assert cli.objective_options(args, OBJECTIVES["clm"]) == {"document_masking": True}
+    assert cli._flags.objective_options(args, OBJECTIVES["clm"]) == {"document_masking": True}
 
 
 def test_resume_checks_the_options(tmp_path):

@@ -1,13 +1,14 @@
 """``lmobj quiz``: active recall on language-modelling objectives, one question at a time.
 
-The questions are data: ``quiz.toml`` next to this module (package data), one ``[[question]]`` table
-each with an ``id``, a ``topic`` (a key of :data:`TOPICS`), the ``question``, the ``answer``, and the
+The questions are data: ``quiz.toml`` next to this module (package data), its ``[topics]`` table
+(:data:`TOPICS`: each topic and what it covers) and one ``[[question]]`` table per question, each with
+an ``id``, a ``topic`` (a key of :data:`TOPICS`), the ``question``, the ``answer``, and the
 repository paths that back the answer: ``code`` (``path`` or ``path::name``, where ``name`` is a
 function, class or constant defined in that file) and ``evidence`` (measured results and the guide,
 ``path`` or ``path#heading-anchor``). Paths are relative to the repository root; the tests check that
 every one exists.
 
-On a terminal :func:`run` shows a question, reveals the answer on Enter and goes on to the next one
+On a terminal :func:`ask` shows a question, reveals the answer on Enter and goes on to the next one
 (``q`` stops). When stdin is not a terminal it prints every question with its answer, in order, so
 ``lmobj quiz --topic nsp-sop > notes.txt`` is a study sheet and the output is the same on every run
 (with ``--shuffle``, the same for the same ``--seed``).
@@ -31,33 +32,49 @@ from importlib import resources
 from pathlib import Path
 from typing import TextIO
 
+from ._common import EXIT_INTERRUPTED
+
 __all__ = [
+    "DESCRIPTION",
+    "EPILOG",
+    "HELP",
     "QUESTIONS_FILE",
     "TOPICS",
     "Question",
     "add_arguments",
+    "ask",
     "load_questions",
     "render",
     "render_list",
     "run",
-    "run_from_args",
     "select",
 ]
 
+HELP = "active recall: questions on the objectives, one at a time, the answer on Enter"
+DESCRIPTION = (
+    "Ask questions on language-modelling objectives (MLM vs CLM, NSP/SOP, masking, span corruption, prefix "
+    "LM, denoisers, ELECTRA, MTP, SFT, the losses); each answer names the code and the measured evidence in "
+    "the repository. On a terminal: one question at a time, Enter shows the answer, q quits. Otherwise "
+    "(stdin not a terminal) every question is printed with its answer."
+)
+EPILOG = "examples: lmobj quiz --topic nsp-sop;  lmobj quiz --shuffle --seed 3;  lmobj quiz --list"
+
 QUESTIONS_FILE = "quiz.toml"  # the question set, package data of lmobjectives.cli
 
-TOPICS: dict[str, str] = {
-    "mlm-vs-clm": "masked vs causal LM: bidirectional context, generation, what the objective makes the model",
-    "nsp-sop": "next-sentence and sentence-order prediction: what they teach, why NSP faded",
-    "masking": "masking strategies: rate, 80/10/10, token / whole-word / span / n-gram, static vs dynamic",
-    "span-corruption": "T5 span corruption: sentinels, noise density, span length, input and target lengths",
-    "prefix-lm": "prefix LM: bidirectional prefix, causal suffix, where the loss is",
-    "denoisers": "UL2's mixture of denoisers, fill-in-the-middle, permutation LM",
-    "electra": "ELECTRA: generator, discriminator, replaced-token detection",
-    "mtp": "multi-token prediction: parallel heads and sequential modules",
-    "sft": "supervised fine-tuning with prompt masking: which tokens carry the loss",
-    "losses": "how the losses are computed: position-aligned labels, ignore index, fused linear cross-entropy",
-}
+
+def _package_text() -> str:
+    return resources.files(__package__).joinpath(QUESTIONS_FILE).read_text(encoding="utf-8")
+
+
+def _load_topics() -> dict[str, str]:
+    """The ``[topics]`` table of the package's ``quiz.toml``: each topic and what it covers, in file order."""
+    topics = tomllib.loads(_package_text()).get("topics")
+    if not isinstance(topics, dict) or not topics or not all(isinstance(v, str) and v for v in topics.values()):
+        raise ValueError(f"{QUESTIONS_FILE}: expected a [topics] table of topic = \"what it covers\", got {topics!r}")
+    return topics
+
+
+TOPICS: dict[str, str] = _load_topics()  # the values of --topic (data, as the questions are)
 
 
 @dataclass(frozen=True)
@@ -82,8 +99,7 @@ def _strings(entry: dict, key: str, where: str) -> tuple[str, ...]:
 def load_questions(path: str | Path | None = None) -> list[Question]:
     """The questions of ``path`` (default: the package's ``quiz.toml``), in file order, checked."""
     if path is None:
-        text = resources.files(__package__).joinpath(QUESTIONS_FILE).read_text(encoding="utf-8")
-        source = QUESTIONS_FILE
+        text, source = _package_text(), QUESTIONS_FILE
     else:
         text, source = Path(path).read_text(encoding="utf-8"), str(path)
     try:
@@ -155,7 +171,7 @@ def render_list(questions: Sequence[Question]) -> str:
     return "".join(f"{q.id:<22} {q.topic:<16} {' '.join(q.question.split())}\n" for q in questions)
 
 
-def run(
+def ask(
     questions: Sequence[Question], *, stdin: TextIO | None = None, stdout: TextIO | None = None,
     interactive: bool | None = None,
 ) -> int:  # fmt: skip
@@ -201,12 +217,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--list", action="store_true", help="list the questions (id, topic, question) and exit")
 
 
-def run_from_args(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
+def run(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
     """``lmobj quiz`` with the parsed flags of :func:`add_arguments`; returns the exit status."""
     stdout = sys.stdout if stdout is None else stdout
-    questions = select(load_questions(), args.topic, shuffle=args.shuffle, seed=args.seed)
-    if args.list:
-        stdout.write(render_list(questions))
-        return 0
-    run(questions, stdin=stdin, stdout=stdout)
+    try:
+        questions = select(load_questions(), args.topic, shuffle=args.shuffle, seed=args.seed)
+        if args.list:
+            stdout.write(render_list(questions))
+            return 0
+        ask(questions, stdin=stdin, stdout=stdout)
+    except KeyboardInterrupt:  # Ctrl-C while waiting for Enter
+        print(file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0

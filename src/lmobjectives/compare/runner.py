@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .._option import option
 from ..constants import DEFAULT_SEED
 from ..data.tokenizers import load_tokenizer
 from ..training import TrainConfig, train
@@ -46,31 +47,42 @@ UNCHECKED = ("out", "device", "threads", "progress", "command")
 
 @dataclass
 class CompareConfig:
-    objectives: tuple[str, ...] = ()  # objective specs, e.g. ("clm", "mlm:unit=word,probability=0.4")
-    tasks: tuple[str, ...] | None = None  # evaluation tasks (lmobjectives.evaluation.TASKS); None: every one that applies
+    # the fields with help (option) are flags of lmobj compare (lmobjectives.cli.compare); the help is the flag's
+    objectives: tuple[str, ...] = option(
+        (),
+        "objective specs NAME or NAME:option=value,option=value (e.g. clm mlm:unit=word,probability=0.4); with "
+        "--preset, they replace the preset's objectives",
+    )  # e.g. ("clm", "mlm:unit=word,probability=0.4")
+    tasks: tuple[str, ...] | None = option(
+        None,
+        "evaluations (default: the preset's, else every one; those that do not apply to a run are shown as not "
+        "applicable)",
+    )  # names of lmobjectives.evaluation.TASKS; None: every one that applies
     task_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # keyword arguments per task; candidates="all": every token
     preset: str | None = None  # the preset this comparison came from (its question goes in the report), if any
-    out: str | None = None  # report folder; None: reports/<preset> (reports/compare without a preset)
+    out: str | None = option(
+        None, "report folder, also holding the runs (default: reports/<preset>); a rerun continues it"
+    )  # None: reports/<preset> (reports/compare without a preset)
     # what every run shares: the data and the budget
-    data: str = _TRAIN["data"]  # corpus of every run (see lmobjectives.data.corpus.load_corpus)
-    tokenizer: str = _TRAIN["tokenizer"]  # tokenizer spec of every run ("byte", "bpe:N", ...)
+    data: str = option(_TRAIN["data"], "corpus of every run")  # see lmobjectives.data.corpus.load_corpus
+    tokenizer: str = option(_TRAIN["tokenizer"], "tokenizer of every run")  # "byte", "bpe:N", ...
     heldout: float = _TRAIN["heldout"]  # fraction of documents held out of training; every evaluation reads only them
-    steps: int = _TRAIN["steps"]  # optimizer steps per run: the budget is steps * batch_size * seq_len input tokens
-    batch_size: int = _TRAIN["batch_size"]  # model inputs per step
-    seq_len: int = _TRAIN["seq_len"]  # tokens per model input
-    lr: float = _TRAIN["lr"]  # peak learning rate (AdamW, warm-up then cosine)
+    steps: int = option(_TRAIN["steps"], "optimizer steps per run")  # the budget is steps * batch_size * seq_len input tokens
+    batch_size: int = option(_TRAIN["batch_size"], "inputs per step")
+    seq_len: int = option(_TRAIN["seq_len"], "tokens per input")
+    lr: float = option(_TRAIN["lr"], "peak learning rate")  # AdamW, warm-up then cosine
     warmup_steps: int = _TRAIN["warmup_steps"]  # linear warm-up steps
-    d_model: int = _TRAIN["d_model"]  # model width (the same model size for every objective)
-    n_layers: int = _TRAIN["n_layers"]  # transformer blocks
-    n_heads: int = _TRAIN["n_heads"]  # attention heads
-    d_ff: int = _TRAIN["d_ff"]  # MLP hidden width
-    seeds: int = 1  # runs per objective, with seeds seed, seed + 1, ...: the report shows their spread
-    seed: int = DEFAULT_SEED  # the first seed
+    d_model: int = option(_TRAIN["d_model"], "model width")  # the same model size for every objective
+    n_layers: int = option(_TRAIN["n_layers"], "transformer blocks")
+    n_heads: int = option(_TRAIN["n_heads"], "attention heads")
+    d_ff: int = option(_TRAIN["d_ff"], "MLP hidden width")
+    seeds: int = option(1, "runs per objective, seeds --seed, --seed + 1, ...; the report shows the spread")
+    seed: int = option(DEFAULT_SEED, "the first seed")
     log_every: int = _TRAIN["log_every"]  # training-loss points per run in the plots: one per log_every steps
     # how to run (may change between calls on the same folder)
-    device: str = _TRAIN["device"]  # torch device of every run ("auto", "cpu", "cuda", ...)
-    threads: int | None = None  # torch CPU threads while comparing (None: torch's default)
-    progress: bool = True  # one progress bar (on a terminal) or progress lines (elsewhere) on stderr
+    device: str = option(_TRAIN["device"], "'auto', 'cpu', 'cuda', 'cuda:N'")  # torch device of every run
+    threads: int | None = None  # torch CPU threads while comparing (None: torch's default); the flag is every command's --threads
+    progress: bool = option(True, "no progress bar or lines (the table and report are still written)")  # --no-progress's help
     command: str | None = None  # the command line that made the comparison, for the report
 
     def __post_init__(self) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from .._option import option
 from ..constants import DEFAULT_SEED
 from ..recipes import DEFAULT_OBJECTIVE, OBJECTIVES, Recipe
 
@@ -26,42 +27,75 @@ POSITIONS = ("alibi", "rope")
 
 @dataclass
 class TrainConfig:
+    # every field but options is a flag of lmobj train (--field-name); its help is the flag's --help text
     # what to train
-    objective: str = DEFAULT_OBJECTIVE  # training objective: a name of lmobjectives.OBJECTIVES
+    objective: str = option(DEFAULT_OBJECTIVE, "training objective")  # a name of lmobjectives.OBJECTIVES
     options: dict[str, Any] = field(default_factory=dict)  # the objective's options (its dataclass fields); unset = default
-    data: str = "builtin"  # corpus: "builtin", "synthetic:KIND?key=value&..." (markov, topics, icl; see data.corpus.load_corpus) or a path
-    skip_bad_files: bool = False  # skip (with a warning naming them) data files that are not UTF-8 or cannot be read
-    tokenizer: str = "byte"  # "byte", "bpe:N", "wordpiece:N" (trained on the corpus) or a saved tokenizer's path
-    heldout: float = 0.05  # fraction of documents held out of training for evaluation, chosen by a hash of their text (0 = none)
-    out: str | None = None  # output folder; None: runs/<objective>, or runs/<objective>-2, -3, ... if that holds a run
+    data: str = option(
+        "builtin",
+        "corpus: 'builtin' (English prose shipped with Python, nothing downloaded), a .txt / .jsonl file or folder of "
+        "them, or a seeded synthetic corpus: synthetic:markov (known entropy rate), synthetic:topics (documents with "
+        "distinct topics), synthetic:icl (in-context key-value sequences), e.g. synthetic:markov?docs=500&seed=0; for "
+        "chat objectives (sft's layout) a .jsonl of {'messages': [...]} or {'prompt', 'completion'} records",
+    )  # see data.corpus.load_corpus
+    skip_bad_files: bool = option(
+        False, "skip data files that are not UTF-8 or cannot be read (each named in a warning) instead of stopping"
+    )
+    tokenizer: str = option(
+        "byte",
+        "'byte' (UTF-8 bytes + 7 specials), 'bpe:N' / 'wordpiece:N' (train N tokens on the corpus), or the path of a "
+        "saved tokenizer",
+    )
+    heldout: float = option(
+        0.05,
+        "fraction of the documents held out of training for evaluation (lmobj eval, --eval-every), chosen by a hash "
+        "of each document's words: the same split for every objective and seed; 0 = none",
+    )
+    out: str | None = option(
+        None, "output folder for metrics.jsonl, config.json, tokenizer/ and checkpoint/ (default: runs/<objective>)"
+    )  # None: runs/<objective>, or runs/<objective>-2, -3, ... if that holds a run
     # optimisation
-    steps: int = 1000  # optimizer steps in the whole run (also the length of the cosine schedule); clm: ~1.5 min on 2 CPU cores
-    batch_size: int = 16  # sequences (blocks, sentence pairs, ...) per step
-    seq_len: int = 128  # tokens per model input: block size, pair length, encoder input length (the recipe says)
-    lr: float = 2e-3  # peak learning rate (AdamW)
-    warmup_steps: int = 30  # linear warm-up from lr/warmup_steps to lr, then cosine decay
-    min_lr_ratio: float = 0.1  # the cosine decays to lr * min_lr_ratio at the last step
-    weight_decay: float = 0.1  # AdamW decoupled weight decay, on matrices only (not norms, biases)
-    grad_clip: float = 1.0  # clip the global gradient norm to this; 0 = no clipping
-    seed: int = DEFAULT_SEED  # seeds the init, the data order and every corruption / dropout draw
-    dupe_factor: int | None = None  # None: dynamic corruption, fresh every step (RoBERTa); N: N fixed ones per block, cycled by epoch (BERT)
-    device: str = "auto"  # "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:1", ...
+    steps: int = option(1000, "optimizer steps (also the length of the cosine schedule)")  # clm: ~1.5 min on 2 CPU cores
+    batch_size: int = option(16, "sequences per step (blocks, sentence pairs, ...)")
+    seq_len: int = option(128, "tokens per model input (block size, pair length, encoder input length)")  # the recipe says which
+    lr: float = option(2e-3, "peak learning rate of AdamW")
+    warmup_steps: int = option(30, "steps of linear warm-up before the cosine decay")  # from lr/warmup_steps to lr
+    min_lr_ratio: float = option(0.1, "final learning rate as a fraction of --lr")
+    weight_decay: float = option(0.1, "AdamW weight decay (matrices only)")  # decoupled; not norms, biases
+    grad_clip: float = option(1.0, "clip the gradient norm to this (0 = off)")  # the global norm
+    seed: int = option(DEFAULT_SEED, "seed of the init, the data order and every random draw")
+    dupe_factor: int | None = option(
+        None,
+        "static corruption (BERT): N fixed corruptions per block, one per epoch in turn; default: a fresh one every "
+        "step (RoBERTa's dynamic masking)",
+    )  # None: dynamic
+    device: str = option("auto", "'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:N'")
     # model (see models.TransformerConfig)
-    d_model: int = 128  # width of the residual stream
-    n_layers: int = 2  # transformer blocks
-    n_heads: int = 4  # attention heads
-    d_ff: int = 512  # MLP hidden width
-    dropout: float = 0.0  # dropout in the model (0 = off)
-    positions: str = "alibi"  # relative positions: "alibi" or "rope"
+    d_model: int = option(128, "width of the residual stream")
+    n_layers: int = option(2, "transformer blocks")
+    n_heads: int = option(4, "attention heads (must divide --d-model)")
+    d_ff: int = option(512, "hidden width of each block's MLP")
+    dropout: float = option(0.0, "dropout rate in the model")  # 0 = off
+    positions: str = option("alibi", "relative position scheme")  # one of POSITIONS
     # bookkeeping
-    log_every: int = 10  # write a metrics line (mean over the last log_every steps) every this many steps
-    eval_every: int | None = None  # held-out loss every N steps (a multiple of log_every) in that step's metrics line; None: 10 x log_every; 0: never
-    eval_batches: int = 8  # held-out batches per evaluation (fixed ones; fewer if the held-out data has fewer)
-    save_every: int = 200  # write a checkpoint every this many steps (and always at the end); 0 = only at the end
-    keep_checkpoints: int = 2  # complete checkpoints kept (the newest and older ones to fall back on if it is damaged)
-    resume: bool = False  # continue from out/checkpoint (exactly: same data, same corruption, same losses)
-    stop_after: int | None = None  # stop (with a checkpoint) after this step, as if interrupted; resume later
-    progress: bool = True  # show a live progress bar on stderr
+    log_every: int = option(10, "write a metrics line every N steps (mean over them)")
+    eval_every: int | None = option(
+        None,
+        "add the loss on held-out batches (eval_loss, eval_accuracy, ...) to the metrics line every N steps (a multiple "
+        "of --log-every) and at the end; default: 10 x --log-every when documents are held out; 0 = never",
+    )  # None: the default (eval_interval)
+    eval_batches: int = option(8, "held-out batches per evaluation (the same ones every time)")  # fewer if there are fewer
+    save_every: int = option(200, "checkpoint every N steps, and always at the end and on Ctrl-C (0 = only then)")
+    keep_checkpoints: int = option(2, "complete checkpoints kept; a damaged newest one falls back on the next")
+    resume: bool = option(
+        False,
+        "continue the run in --out from its checkpoint, reproducing the uninterrupted run exactly (starts fresh if "
+        "there is no checkpoint yet)",
+    )
+    stop_after: int | None = option(
+        None, "stop with a checkpoint after this step, as if interrupted (continue later with --resume)"
+    )
+    progress: bool = option(True, "no progress bar (metrics.jsonl and the summary are still written)")  # --no-progress's help
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
