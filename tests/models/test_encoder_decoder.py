@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from lmobjectives import IGNORE_INDEX, Batch
 from lmobjectives.losses import lm_loss
 from lmobjectives.models import MODELS, EncoderDecoder, Transformer, TransformerConfig
+from lmobjectives.models.attention import AttentionImpl
 from lmobjectives.models.transformer import apply_rope, rope_cos_sin
 
 POSITIONS = ["alibi", "rope"]
@@ -186,8 +187,10 @@ def reference_forward(model: EncoderDecoder, batch: Batch) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("positions", POSITIONS)
-def test_matches_a_naive_reference(positions):
+@pytest.mark.parametrize("impl", [AttentionImpl(), AttentionImpl("dense"), AttentionImpl(chunk_rows=2)])
+def test_matches_a_naive_reference(positions, impl):
     model = make_model(positions, n_heads=2)
+    model.attention_impl = impl
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():  # move every parameter off its init (norms at 1 and 0 would hide a swapped norm)
         for p in model.parameters():

@@ -95,9 +95,9 @@ def test_documents_stay_apart_in_every_head(heads, positions):
 def test_errors():
     config = TransformerConfig(**CFG)
     for n in (0, -2, 1.0, True):
-        with pytest.raises(ValueError, match=r"n_future must be an int >= 1"):
+        with pytest.raises(ValueError, match=r"n_future must be a positive int, got"):
             MultiTokenTransformer(config, n_future=n)
-    with pytest.raises(ValueError, match=r"head_design must be 'parallel' or 'sequential', got 'both'"):
+    with pytest.raises(ValueError, match=r"head_design must be one of 'parallel', 'sequential', got 'both'"):
         MultiTokenTransformer(config, head_design="both")
     with pytest.raises(ValueError, match=r"n_sentence_classes must be 0, got 2"):
         MultiTokenTransformer(TransformerConfig(**CFG | {"n_sentence_classes": 2}))

@@ -30,7 +30,7 @@ def test_head_errors():
         head(hidden, one, one, torch.tensor([7]), one)
     with pytest.raises(ValueError, match="max_pair_targets must be a positive int, got 0"):
         SpanBoundaryHead(d_model=8, vocab_size=20, max_pair_targets=0)
-    with pytest.raises(ValueError, match="position_size must be a positive int or None"):
+    with pytest.raises(ValueError, match="position_size must be a positive int, got 0"):
         SpanBoundaryHead(d_model=8, vocab_size=20, position_size=0)
 
 

@@ -21,7 +21,6 @@ so ``state_dict`` holds it once and the generator's MLM loss and the discriminat
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from functools import partial
 
@@ -29,7 +28,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .._checks import check_probability
 from ..batch import Batch
+from .attention import DEFAULT_IMPL
 from .transformer import (
     Block,
     ModelOutput,
@@ -54,12 +55,7 @@ def generator_config(config: TransformerConfig, generator_size: float) -> Transf
     >>> (c.d_model, c.n_layers, c.n_heads, c.d_ff)
     (32, 2, 1, 128)
     """
-    if isinstance(generator_size, bool) or not isinstance(generator_size, (int, float)) or math.isnan(generator_size):
-        raise TypeError(f"generator_size must be a float in (0, 1], got {generator_size!r}")
-    if not 0.0 < generator_size <= 1.0:
-        raise ValueError(
-            f"generator_size must lie in (0, 1] (the generator is at most as wide as the discriminator), got {generator_size!r}"
-        )
+    check_probability(generator_size, "generator_size (generator width / discriminator width)", low_open=True)
     width = round(config.d_model * generator_size)
     if width < 1:
         raise ValueError(f"generator_size={generator_size!r} gives a generator width of round({config.d_model} * "
@@ -91,6 +87,7 @@ class ElectraGenerator(nn.Module):
         self.output_bias = nn.Parameter(torch.zeros(config.vocab_size))  # ELECTRA's output_bias, (V,)
         if config.positions == "alibi":
             self.register_buffer("alibi_slopes", alibi_slopes(config.n_heads), persistent=False)
+        self.attention_impl = DEFAULT_IMPL  # how attention runs, not what it computes (tests pick "dense")
         self.apply(partial(init_weights, n_residual=2 * config.n_layers))
 
     def forward(self, batch: Batch, embeddings: torch.Tensor) -> torch.Tensor:
@@ -101,9 +98,9 @@ class ElectraGenerator(nn.Module):
         x = embeddings if self.embeddings_project is None else self.embeddings_project(embeddings)  # (B, T, d_gen)
         x = self.drop(x)
         slopes = self.alibi_slopes if self.config.positions == "alibi" else None
-        attn_mask, is_causal, rope = self_attention_inputs(batch, self.config, slopes)
+        attention = self_attention_inputs(batch, self.config, slopes, impl=self.attention_impl)
         for block in self.blocks:
-            x = block(x, attn_mask, is_causal, rope)  # (B, T, d_gen)
+            x = block(x, attention)  # (B, T, d_gen)
         return self.ln_f(x)
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,8 @@ from functools import partial
 import torch
 import torch.nn as nn
 
-from ..batch import Batch, attention_mask_4d
+from ..batch import Batch
+from .attention import DEFAULT_IMPL, cross_attention_inputs
 from .transformer import Block, ModelOutput, TransformerConfig, alibi_slopes, init_weights, self_attention_inputs
 
 __all__ = ["EncoderDecoder"]
@@ -73,6 +74,7 @@ class EncoderDecoder(nn.Module):
         self.ln_f = nn.LayerNorm(config.d_model)
         if config.positions == "alibi":
             self.register_buffer("alibi_slopes", alibi_slopes(config.n_heads), persistent=False)
+        self.attention_impl = DEFAULT_IMPL  # how attention runs, not what it computes (tests pick "dense")
         init_weights(self.tok_emb, n_residual=1)
         if self.type_emb is not None:
             init_weights(self.type_emb, n_residual=1)
@@ -103,9 +105,9 @@ class EncoderDecoder(nn.Module):
                 raise ValueError("batch has token_type_ids but the model was built with n_token_types=0")
             x = x + self.type_emb(batch.token_type_ids)  # (B, T, d)
         x = self.drop(x)
-        attn_mask, is_causal, rope = self_attention_inputs(batch, self.config, self._slopes(), part="self")
+        attention = self_attention_inputs(batch, self.config, self._slopes(), "self", self.attention_impl)
         for block in self.encoder:
-            x = block(x, attn_mask, is_causal, rope)  # (B, T, d)
+            x = block(x, attention)  # (B, T, d)
         return self.ln_enc(x)  # (B, T, d)
 
     def decode(self, batch: Batch, memory: torch.Tensor) -> torch.Tensor:
@@ -117,13 +119,10 @@ class EncoderDecoder(nn.Module):
                 f"decoder length {ids.shape[1]} exceeds TransformerConfig.max_seq_len={self.config.max_seq_len}"
             )
         x = self.drop(self.tok_emb(ids))  # (B, Td, d)
-        attn_mask, is_causal, rope = self_attention_inputs(batch, self.config, self._slopes(), part="decoder")
-        # cross-attention: no positions (as T5); every decoder query sees every real encoder key
-        cross_mask = None  # no encoder padding: every key
-        if not bool(batch.attention_mask.all()):
-            cross_mask = attention_mask_4d(batch, part="cross")  # (B, 1, Td, T) bool
+        attention = self_attention_inputs(batch, self.config, self._slopes(), "decoder", self.attention_impl)
+        cross = cross_attention_inputs(batch, self.attention_impl)  # no positions (as T5): every real encoder key
         for block in self.decoder:
-            x = block(x, attn_mask, is_causal, rope, memory=memory, cross_mask=cross_mask)  # (B, Td, d)
+            x = block(x, attention, memory=memory, cross_attention=cross)  # (B, Td, d)
         return self.ln_f(x)  # (B, Td, d)
 
     def forward(self, batch: Batch) -> ModelOutput:

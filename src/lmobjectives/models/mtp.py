@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._checks import check_choice, check_positive_int
 from ..batch import Batch
 from .transformer import (
     AttentionInputs,
@@ -67,7 +68,7 @@ class MTPModule(nn.Module):
         """``previous`` and ``embedded`` ``(B, T, d)``; returns this depth's representation ``(B, T, d)`` (before
         :attr:`norm`), the next module's ``previous``."""
         x = self.proj(torch.cat([self.hnorm(previous), self.enorm(embedded)], dim=-1))  # (B, T, d)
-        return self.block(x, *attention)
+        return self.block(x, attention)
 
 
 class MultiTokenTransformer(Transformer):
@@ -86,10 +87,8 @@ class MultiTokenTransformer(Transformer):
 
     def __init__(self, config: TransformerConfig, n_future: int = 2, head_design: str = "parallel") -> None:
         super().__init__(config)  # first, so that the shared parameters draw what a Transformer's would
-        if isinstance(n_future, bool) or not isinstance(n_future, int) or n_future < 1:
-            raise ValueError(f"MultiTokenTransformer: n_future must be an int >= 1, got {n_future!r}")
-        if head_design not in ("parallel", "sequential"):
-            raise ValueError(f"MultiTokenTransformer: head_design must be 'parallel' or 'sequential', got {head_design!r}")
+        check_positive_int(n_future, "MultiTokenTransformer: n_future")
+        check_choice(head_design, "MultiTokenTransformer: head_design", ("parallel", "sequential"))
         if config.n_sentence_classes:
             raise ValueError(
                 f"MultiTokenTransformer has no sentence head: TransformerConfig.n_sentence_classes must be 0, "
@@ -112,7 +111,7 @@ class MultiTokenTransformer(Transformer):
             raise ValueError("MultiTokenTransformer.trunk: only the parallel heads have a separate trunk")
         x, attention = self._embed(batch)
         for block in self.blocks[:-1]:
-            x = block(x, *attention)  # (B, T, d)
+            x = block(x, attention)  # (B, T, d)
         return x, attention
 
     def head_block(self, k: int) -> Block:
@@ -123,7 +122,7 @@ class MultiTokenTransformer(Transformer):
 
     def head(self, k: int, trunk: torch.Tensor, attention: AttentionInputs) -> torch.Tensor:
         """Parallel heads: head ``k``'s hidden state ``(B, T, d)`` after the shared final norm."""
-        return self.ln_f(self.head_block(k)(trunk, *attention))
+        return self.ln_f(self.head_block(k)(trunk, attention))
 
     # ------------------------------------------------------------------ both
 
@@ -134,7 +133,7 @@ class MultiTokenTransformer(Transformer):
             return MTPOutput(hidden=heads[:, :, 0], sentence_logits=None, heads=heads)
         x, attention = self._embed(batch)
         for block in self.blocks:
-            x = block(x, *attention)  # (B, T, d)
+            x = block(x, attention)  # (B, T, d)
         hidden = self.ln_f(x)  # (B, T, d): h^0
         outputs, previous = [hidden], hidden
         ids = batch.input_ids  # (B, T)

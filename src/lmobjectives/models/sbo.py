@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .._checks import check_positive_int
 from .transformer import Transformer, TransformerConfig, init_weights
 
 __all__ = ["SpanBoundaryHead", "TransformerWithSBO"]
@@ -32,12 +33,10 @@ class SpanBoundaryHead(nn.Module):
     def __init__(self, d_model: int, vocab_size: int, max_pair_targets: int = 15, position_size: int | None = None):
         super().__init__()
         for name, value in (("d_model", d_model), ("vocab_size", vocab_size), ("max_pair_targets", max_pair_targets)):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"SpanBoundaryHead: {name} must be a positive int, got {value!r}")
+            check_positive_int(value, f"SpanBoundaryHead: {name}")
+        check_positive_int(position_size, "SpanBoundaryHead: position_size", allow_none=True)
         if position_size is None:
             position_size = d_model
-        if isinstance(position_size, bool) or not isinstance(position_size, int) or position_size <= 0:
-            raise ValueError(f"SpanBoundaryHead: position_size must be a positive int or None, got {position_size!r}")
         self.max_pair_targets = max_pair_targets
         self.position = nn.Embedding(max_pair_targets, position_size)  # p_1 .. p_max (offset 0 .. max-1)
         self.fc1 = nn.Linear(2 * d_model + position_size, d_model)

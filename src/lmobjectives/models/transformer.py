@@ -25,12 +25,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..batch import Batch, attention_mask_4d
+from .._checks import check_choice, check_int, check_positive_int, check_probability
+from ..batch import Batch
+from .attention import DEFAULT_IMPL, EVERY_KEY, AttentionImpl, AttentionInputs, attend, pattern_attention_inputs
 
 __all__ = ["ModelOutput", "Transformer", "TransformerConfig", "alibi_slopes"]
 
-AttentionInputs = tuple[torch.Tensor | None, bool, tuple[torch.Tensor, torch.Tensor] | None]
-"""What every attention call of one stack needs, built once per forward: ``(attn_mask, is_causal, rope)``."""
 
 
 @dataclass
@@ -48,21 +48,15 @@ class TransformerConfig:
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"TransformerConfig.{name} must be a positive int, got {value!r}")
+            check_positive_int(getattr(self, name), f"TransformerConfig.{name}")
         for name in ("n_token_types", "n_sentence_classes"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"TransformerConfig.{name} must be an int >= 0, got {value!r}")
+            check_int(getattr(self, name), f"TransformerConfig.{name}", low=0)
         if self.d_model % self.n_heads:
             raise ValueError(f"TransformerConfig: d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         if self.positions == "rope" and (self.d_model // self.n_heads) % 2:
             raise ValueError(f"TransformerConfig: RoPE needs an even head size, got {self.d_model // self.n_heads}")
-        if self.positions not in ("alibi", "rope"):
-            raise ValueError(f"TransformerConfig.positions must be 'alibi' or 'rope', got {self.positions!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"TransformerConfig.dropout must lie in [0, 1), got {self.dropout!r}")
+        check_choice(self.positions, "TransformerConfig.positions", ("alibi", "rope"))
+        check_probability(self.dropout, "TransformerConfig.dropout", high_open=True)
 
 
 @dataclass
@@ -98,16 +92,6 @@ def alibi_slopes(n_heads: int) -> torch.Tensor:
     return torch.tensor(slopes)
 
 
-def alibi_bias(position_ids: torch.Tensor, slopes: torch.Tensor) -> torch.Tensor:
-    """Additive attention bias ``-slope * |pos_q - pos_k|``, shape ``(B, nh, T, T)``.
-
-    Symmetric in query and key, so it serves the encoder too; in a decoder the
-    causal mask removes the keys after the query anyway.
-    """
-    distance = (position_ids[:, :, None] - position_ids[:, None, :]).abs()  # (B, T, T)
-    return -slopes[None, :, None, None] * distance[:, None].to(slopes.dtype)  # (B, nh, T, T)
-
-
 def rope_cos_sin(position_ids: torch.Tensor, head_size: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotary embedding angles (Su et al. 2021) for each position, each ``(B, 1, T, hs/2)``."""
     inv_freq = base ** (-torch.arange(0, head_size, 2, device=position_ids.device, dtype=torch.float32) / head_size)
@@ -122,36 +106,26 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 def self_attention_inputs(
-    batch: Batch, config: TransformerConfig, slopes: torch.Tensor | None, part: Literal["self", "decoder"] = "self"
+    batch: Batch,
+    config: TransformerConfig,
+    slopes: torch.Tensor | None,
+    part: Literal["self", "decoder"] = "self",
+    impl: AttentionImpl = DEFAULT_IMPL,
 ) -> AttentionInputs:
-    """The ``(attn_mask, is_causal, rope)`` of the self-attention over ``input_ids`` (``part="self"``: the
-    whole :class:`Transformer`, or an encoder) or over ``decoder_input_ids`` (``part="decoder"``: causal,
-    positions ``0..Td-1``). The pattern comes from :func:`attention_mask_4d`; without padding or other
-    structure, RoPE runs SDPA's own causal mask (or none) and ALiBi its bias alone.
+    """The attention inputs of the self-attention over ``input_ids`` (``part="self"``: the whole
+    :class:`Transformer`, or an encoder) or over ``decoder_input_ids`` (``part="decoder"``: causal, positions
+    ``0..Td-1``). The pattern is :func:`lmobjectives.attention_mask_4d`'s, never built whole (see
+    :mod:`lmobjectives.models.attention`): without padding or other structure, RoPE runs SDPA's own causal mask
+    (or none); everything else runs by chunks of query rows, unless ``impl`` says ``"dense"``.
     """
-    if part == "self":
-        ids, position_ids, causal = batch.input_ids, batch.position_ids, batch.causal
-        plain = (  # no padding, documents, prefix or permutation: causality (if any) is the whole pattern
-            batch.document_ids is None
-            and batch.prefix_mask is None
-            and batch.perm_mask is None
-            and bool(batch.attention_mask.all())
-        )
-    else:
-        ids, position_ids, causal = batch.decoder_input_ids, None, True
-        plain = batch.decoder_attention_mask is None or bool(batch.decoder_attention_mask.all())
+    ids = batch.input_ids if part == "self" else batch.decoder_input_ids
+    position_ids = batch.position_ids if part == "self" else None
     if position_ids is None:
         position_ids = torch.arange(ids.shape[1], device=ids.device)[None]  # (1, T), shared by every row
-    if config.positions == "rope":
-        rope = rope_cos_sin(position_ids, config.d_model // config.n_heads)
-        if plain:  # fast path: SDPA's own causal mask, or none at all
-            return None, causal, rope
-        return attention_mask_4d(batch, part), False, rope  # (B, 1, T, T) bool
-    bias = alibi_bias(position_ids, slopes)  # (B or 1, nh, T, T)
-    if plain and not causal:
-        return bias, False, None
-    allowed = attention_mask_4d(batch, part)  # (B, 1, T, T) bool; the diagonal is always allowed, so no row is empty
-    return bias.masked_fill(~allowed, float("-inf")), False, None  # (B, nh, T, T)
+    rope = rope_cos_sin(position_ids, config.d_model // config.n_heads) if config.positions == "rope" else None
+    return pattern_attention_inputs(
+        batch, part, n_heads=config.n_heads, slopes=slopes, position_ids=position_ids, rope=rope, impl=impl
+    )
 
 
 # -----------------------------------------------------------------------------
@@ -170,14 +144,7 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(config.d_model, config.d_model)
         self.proj.is_residual_projection = True  # scaled init, see init_weights
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        attn_mask: torch.Tensor | None,
-        is_causal: bool,
-        rope: tuple[torch.Tensor, torch.Tensor] | None,
-        memory: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attention: AttentionInputs, memory: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x.shape
         if memory is None:
             q, k, v = self.qkv(x).split(C, dim=2)  # (B, T, C) each
@@ -188,11 +155,9 @@ class SelfAttention(nn.Module):
         q = q.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, S, self.n_heads, C // self.n_heads).transpose(1, 2)  # (B, nh, S, hs)
         v = v.view(B, S, self.n_heads, C // self.n_heads).transpose(1, 2)  # (B, nh, S, hs)
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
-        )  # (B, nh, T, hs)
+        if attention.rope is not None:
+            q, k = apply_rope(q, *attention.rope), apply_rope(k, *attention.rope)
+        y = attend(q, k, v, attention, dropout_p=self.dropout if self.training else 0.0)  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
         return self.proj(y)
 
@@ -231,17 +196,15 @@ class Block(nn.Module):
     def forward(
         self,
         x: torch.Tensor,  # (B, T, d)
-        attn_mask: torch.Tensor | None,
-        is_causal: bool,
-        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        attention: AttentionInputs,  # the self-attention's pattern and positions
         memory: torch.Tensor | None = None,  # (B, S, d): the encoder's output, for cross-attention
-        cross_mask: torch.Tensor | None = None,  # (B, 1, T, S) bool or None: which memory keys each query sees
+        cross_attention: AttentionInputs = EVERY_KEY,  # which memory keys each query sees
     ) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.ln_1(x), attn_mask, is_causal, rope))
+        x = x + self.drop(self.attn(self.ln_1(x), attention))
         if self.cross_attn is not None:
             if memory is None:
                 raise ValueError("a cross-attention Block needs memory (the encoder's output)")
-            x = x + self.drop(self.cross_attn(self.ln_cross(x), cross_mask, False, None, memory=memory))
+            x = x + self.drop(self.cross_attn(self.ln_cross(x), cross_attention, memory=memory))
         x = x + self.drop(self.mlp(self.ln_2(x)))
         return x  # (B, T, d)
 
@@ -286,6 +249,7 @@ class Transformer(nn.Module):
             self.pooler = self.sentence_head = None
         if config.positions == "alibi":
             self.register_buffer("alibi_slopes", alibi_slopes(config.n_heads), persistent=False)
+        self.attention_impl = DEFAULT_IMPL  # how attention runs, not what it computes (tests pick "dense")
         self.apply(partial(init_weights, n_residual=2 * config.n_layers))
 
     @property
@@ -313,12 +277,12 @@ class Transformer(nn.Module):
                 raise ValueError("batch has token_type_ids but the model was built with n_token_types=0")
             x = x + self.type_emb(batch.token_type_ids)  # (B, T, d)
         slopes = self.alibi_slopes if self.config.positions == "alibi" else None
-        return self.drop(x), self_attention_inputs(batch, self.config, slopes)
+        return self.drop(x), self_attention_inputs(batch, self.config, slopes, impl=self.attention_impl)
 
     def forward(self, batch: Batch) -> ModelOutput:
-        x, (attn_mask, is_causal, rope) = self._embed(batch)  # (B, T, d)
+        x, attention = self._embed(batch)  # (B, T, d)
         for block in self.blocks:
-            x = block(x, attn_mask, is_causal, rope)  # (B, T, d)
+            x = block(x, attention)  # (B, T, d)
         hidden = self.ln_f(x)  # (B, T, d)
         sentence_logits = None
         if self.sentence_head is not None:
