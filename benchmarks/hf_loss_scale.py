@@ -2,7 +2,7 @@
 (per-device batch 8 / 4 / 2, the same 8 rows with the same masks), stock Trainer against ObjectiveTrainer.
 
 Heads: ``BertForMaskedLM`` (declares ``**kwargs`` but ignores ``num_items_in_batch``), and ``GPT2LMHeadModel``
-(honours it). Variants: the stock Trainer as it is; the stock Trainer with ``model.accepts_loss_kwargs =
+(honours it); ELECTRA's joint generator + discriminator (``ElectraPair``), which only ObjectiveTrainer trains. Variants: the stock Trainer as it is; the stock Trainer with ``model.accepts_loss_kwargs =
 False`` (Trainer then divides each micro-batch's mean by the accumulation steps: a mean of means);
 ``lmobjectives.hf.ObjectiveTrainer``. "exact" is the loss of the 8 rows as one batch (each term's mean over
 all its targets), which every variant should log. Tiny random models built from local configs, a
@@ -26,7 +26,7 @@ import transformers
 from transformers import PreTrainedTokenizerFast, Trainer, TrainingArguments
 
 from lmobjectives.data import builtin_corpus, train_tokenizer
-from lmobjectives.hf import ObjectiveTrainer, collator, loss_terms
+from lmobjectives.hf import ElectraPair, ObjectiveTrainer, collator, loss_terms
 
 ROWS = 8  # the effective batch
 SPLITS = ((8, 1), (4, 2), (2, 4))  # (per-device batch, accumulation)
@@ -43,6 +43,16 @@ def tokenizer(kind: str) -> PreTrainedTokenizerFast:
 
 def model(kind: str, tok: PreTrainedTokenizerFast) -> torch.nn.Module:
     torch.manual_seed(0)
+    if kind == "ElectraPair":  # the generator 1/4 of the discriminator's width, one embedding module
+        shape = dict(vocab_size=len(tok), embedding_size=64, num_hidden_layers=2, hidden_dropout_prob=0.0,
+                     attention_probs_dropout_prob=0.0, pad_token_id=tok.pad_token_id)  # fmt: skip
+        discriminator = transformers.ElectraForPreTraining(
+            transformers.ElectraConfig(**shape, hidden_size=64, num_attention_heads=2, intermediate_size=128)
+        )
+        generator = transformers.ElectraForMaskedLM(
+            transformers.ElectraConfig(**shape, hidden_size=16, num_attention_heads=1, intermediate_size=32)
+        )
+        return ElectraPair(generator, discriminator)
     if kind == "BertForMaskedLM":
         cfg = transformers.BertConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
                                       intermediate_size=128, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
@@ -63,6 +73,16 @@ def rows(name: str, tok: PreTrainedTokenizerFast) -> list[dict[str, torch.Tensor
 
 def stack(batch: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return {k: torch.stack([r[k] for r in batch]) for k in batch[0]}
+
+
+def exact_terms(m: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[float, int]:
+    """The weighted loss ObjectiveTrainer should log for ``batch`` as one batch, and its first term's target count."""
+    if isinstance(m, ElectraPair):
+        terms, weights = m(**batch), m.term_weights
+    else:
+        terms, weights = loss_terms(m, batch), {}
+    total = sum(weights.get(n, 1.0) * float(t.loss / t.num_tokens) for n, t in terms.items())
+    return total, int(next(iter(terms.values())).num_tokens)
 
 
 def one_step(kind: str, tok, data, variant: str, batch: int, accumulation: int, out: str) -> dict[str, float]:
@@ -91,22 +111,29 @@ def main() -> None:
     load_before = os.getloadavg()
     start = time.perf_counter()
     lines = []
-    for kind, tok_kind, name in (("BertForMaskedLM", "wordpiece", "mlm"), ("GPT2LMHeadModel", "bpe", "clm")):
+    stock = ("stock", "stock, accepts_loss_kwargs=False", "ObjectiveTrainer")
+    heads = (
+        ("BertForMaskedLM", "wordpiece", "mlm", stock),
+        ("GPT2LMHeadModel", "bpe", "clm", stock),
+        ("ElectraPair", "wordpiece", "electra", ("ObjectiveTrainer",)),  # no stock Trainer path trains the pair
+    )
+    for kind, tok_kind, name, variants in heads:
         tok = tokenizer(tok_kind)
         data = rows(name, tok)
         whole = stack(data)
         reference = model(kind, tok)
-        term = loss_terms(reference, whole)["lm"]
-        exact = float(term.loss / term.num_tokens)
-        per_micro = {b: [int(loss_terms(reference, stack(data[i : i + b]))["lm"].num_tokens) for i in range(0, ROWS, b)]
+        exact, _ = exact_terms(reference, whole)
+        per_micro = {b: [exact_terms(reference, stack(data[i : i + b]))[1] for i in range(0, ROWS, b)]
                      for b, _ in SPLITS}  # fmt: skip
-        lines.append(f"\n### {kind} ({name} collator; exact loss of the 8 rows: {exact:.4f})\n")
-        lines.append("Targets per micro-batch: " + "; ".join(f"batch {b}: {per_micro[b]}" for b, _ in SPLITS) + "\n")
+        what = "generator MLM + 50 x discriminator BCE" if kind == "ElectraPair" else "each term's mean"
+        lines.append(f"\n### {kind} ({name} collator; exact loss of the 8 rows, {what}: {exact:.4f})\n")
+        counted = "Generator targets (masked tokens)" if kind == "ElectraPair" else "Targets"
+        lines.append(f"{counted} per micro-batch: " + "; ".join(f"batch {b}: {per_micro[b]}" for b, _ in SPLITS) + "\n")
         lines.append(
             "| variant | loss at accumulation 1 / 2 / 4 | loss / exact | grad norm at 1 / 2 / 4 | grad norm / accumulation 1 |"
         )
         lines.append("|---|---|---|---|---|")
-        for variant in ("stock", "stock, accepts_loss_kwargs=False", "ObjectiveTrainer"):
+        for variant in variants:
             with tempfile.TemporaryDirectory() as tmp:
                 got = [one_step(kind, tok, data, variant, b, g, tmp) for b, g in SPLITS]
             losses = " / ".join(f"{r['loss']:.4f}" for r in got)

@@ -116,12 +116,11 @@ def _build(kind: str, tokenizer, *, seed: int = 0, attn: str = "eager", **extra)
         size = dict(SMALL, hidden_size=16, intermediate_size=32) if kind == "electra_generator" else SMALL
         cfg = t.ElectraConfig(
             vocab_size=V,
-            embedding_size=16,
             max_position_embeddings=128,
             pad_token_id=tokenizer.pad_token_id,
             **size,
             **NO_DROPOUT,
-            **extra,
+            **{"embedding_size": 16, **extra},
         )
         cls = t.ElectraForMaskedLM if kind == "electra_generator" else t.ElectraForPreTraining
     elif kind == "gpt2":
@@ -165,6 +164,17 @@ def _build(kind: str, tokenizer, *, seed: int = 0, attn: str = "eager", **extra)
             **extra,
         )
         cls = t.T5ForConditionalGeneration
+    elif kind == "xlnet":
+        cfg = t.XLNetConfig(
+            vocab_size=V,
+            d_model=32,
+            n_head=2,
+            d_inner=64,
+            dropout=0.0,
+            pad_token_id=tokenizer.pad_token_id,
+            **{"n_layer": 2, **extra},
+        )
+        cls = t.XLNetLMHeadModel
     else:
         raise ValueError(kind)
     cfg._attn_implementation = attn

@@ -98,6 +98,31 @@ def test_xlnet_gets_perm_mask_and_target_mapping(bert_tokenizer, corpus):
     assert features["perm_mask"].dtype == torch.float32 and features["perm_mask"].shape == (2, 32, 32)
 
 
+def test_xlnets_query_stream_sees_what_perm_mask_allows(bert_tokenizer, corpus, build):
+    """perm_mask's convention (1 = query i may not see key j) as XLNetLMHeadModel reads it: in a one-layer XLNet
+    the query stream of a target changes with the token of a key it may see, never with one it may not."""
+    features = collator("plm", bert_tokenizer, max_length=32, seed=4)([{"text": t} for t in corpus.texts(2)])
+    model = build("xlnet", bert_tokenizer, n_layer=1)
+    assert torch.equal(features["target_mapping"][0], torch.eye(32))  # prediction k is position k
+
+    def query(ids):  # the query stream (B, P, d)
+        return model.transformer(**{**features, "input_ids": ids}, use_mems=False)[0]
+
+    base = query(features["input_ids"])
+    real = features["attention_mask"][0].bool()
+    checked = 0
+    for i in (features["labels"][0] != -100).nonzero().flatten().tolist():
+        hidden = (features["perm_mask"][0, i].bool() & real).nonzero().flatten().tolist()
+        seen = (~features["perm_mask"][0, i].bool() & real).nonzero().flatten().tolist()
+        for j, visible in ((hidden[0], False), (seen[-1], True)):
+            ids = features["input_ids"].clone()
+            ids[0, j] = 7 if ids[0, j] != 7 else 8
+            moved = not torch.allclose(query(ids)[0, i], base[0, i], rtol=0, atol=1e-6)
+            assert moved == visible, (i, j, visible)
+        checked += 1
+    assert checked >= 2
+
+
 def test_decoder_layouts_get_room_for_their_last_target(t5_tokenizer, corpus):
     col = collator("span_corruption", t5_tokenizer, layout="decoder", max_length=40)
     rows = [{"text": t} for t in corpus.texts(3)]

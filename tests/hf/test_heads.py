@@ -36,6 +36,7 @@ def _pair_rows(documents):
     pytest.param("span_corruption", "t5", "t5", {}, None, id="t5-span-corruption"),
     pytest.param("ul2", "t5", "t5", {}, None, id="t5-ul2"),
     pytest.param("electra", "electra_generator", "bert", {}, None, id="electra-generator"),
+    pytest.param("plm", "xlnet", "bert", {}, None, id="xlnet-plm"),
 ])  # fmt: skip
 def test_the_heads_own_loss_equals_ours(name, head, tok, options, rows, request, build, corpus):
     tokenizer = request.getfixturevalue(f"{tok}_tokenizer")

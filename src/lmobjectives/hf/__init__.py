@@ -6,7 +6,8 @@ Trainer whose loss is right under gradient accumulation and across processes.
   fused linear cross-entropy, as a sum with its count;
 - :class:`ObjectiveTrainer` (``trainer``): ``transformers.Trainer`` with each term normalised by its own
   global count over the accumulation window;
-- ``electra``: the discriminator's batch and loss for ``ElectraForPreTraining``.
+- :class:`ElectraPair` (``electra``): ELECTRA's generator and discriminator with shared embeddings, trained
+  jointly by ``ObjectiveTrainer``; the discriminator's batch and loss for ``ElectraForPreTraining``.
 
 ``import lmobjectives`` never imports this package; this package needs ``pip install -e ".[hf]"``.
 """
@@ -15,11 +16,12 @@ from importlib import import_module
 from typing import Any
 
 from .collator import ObjectiveCollator, collator
-from .electra import discriminator_features, discriminator_loss, sample_replacements
+from .electra import ElectraPair, discriminator_features, discriminator_loss, sample_replacements
 from .features import hf_features
 from .heads import Head, head_of, loss_terms, target_counts
 
 __all__ = [
+    "ElectraPair",
     "Head",
     "ObjectiveCollator",
     "ObjectiveTrainer",

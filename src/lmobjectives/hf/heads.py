@@ -1,7 +1,7 @@
 """The loss terms of a Hugging Face model's batch, from its body's hidden states and its output embedding.
 
-:func:`loss_terms` runs the model's **body** (``model.bert``, ``model.model``, T5's encoder and decoder, ...),
-applies the head's own transform (BERT's ``cls.predictions.transform``, ALBERT's dense + activation +
+:func:`loss_terms` runs the model's **body** (``model.bert``, ``model.model``, T5's encoder and decoder, XLNet's
+query stream, ...), applies the head's own transform (BERT's ``cls.predictions.transform``, ALBERT's dense + activation +
 LayerNorm, ELECTRA's ``generator_predictions``; nothing for decoder-only heads, T5's ``d_model ** -0.5``
 rescaling where its config says so) to the rows that have a target only, and hands those rows with the
 output embedding's weight and bias to the package's fused linear cross-entropy
@@ -78,6 +78,12 @@ def _t5_body(model: Any, features: dict[str, torch.Tensor]) -> tuple[torch.Tenso
     return decoded, None
 
 
+def _xlnet_body(model: Any, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, None]:
+    """XLNet's query stream at the ``target_mapping`` rows ``(B, P, d)`` (its content stream without one)."""
+    names = ("input_ids", "attention_mask", "perm_mask", "target_mapping", "token_type_ids")
+    return model.transformer(**_inputs(features, *names), use_mems=False)[0], None
+
+
 def _t5_transform(model: Any, h: torch.Tensor) -> torch.Tensor:
     return h * model.model_dim**-0.5 if model.config.scale_decoder_outputs else h
 
@@ -96,7 +102,7 @@ _CAUSAL_TYPES = ("gpt2", "llama", "mistral", "qwen2", "qwen3")  # plain logits =
 
 def head_of(model: Any) -> Head | None:
     """The :class:`Head` of a known model (BERT and ALBERT pre-training and MLM heads, ELECTRA's generator,
-    T5, GPT-2 / Llama / Mistral / Qwen2 / Qwen3 causal heads), else None."""
+    T5, XLNet's LM head, GPT-2 / Llama / Mistral / Qwen2 / Qwen3 causal heads), else None."""
     kind = getattr(getattr(model, "config", None), "model_type", None)
     if kind == "bert" and hasattr(model, "cls") and hasattr(model.cls, "predictions"):
         nsp = getattr(model.cls, "seq_relationship", None)
@@ -116,6 +122,8 @@ def head_of(model: Any) -> Head | None:
                     lambda m: m.generator_lm_head)  # fmt: skip
     if kind == "t5" and hasattr(model, "lm_head") and hasattr(model, "decoder"):
         return Head("t5", False, _t5_body, _t5_transform, lambda m: m.lm_head)
+    if kind == "xlnet" and hasattr(model, "lm_loss") and hasattr(model, "transformer"):  # XLNetLMHeadModel
+        return Head("xlnet", False, _xlnet_body, _identity, lambda m: m.lm_loss)
     if (
         kind in _CAUSAL_TYPES
         and callable(getattr(model, "get_output_embeddings", None))
@@ -175,8 +183,13 @@ def loss_terms(model: Any, features: Features, *, impl: str = "auto") -> dict[st
 
 
 def _logits_shift(model: Any) -> bool:
-    """Whether a model's own loss shifts its labels: a causal-LM head (as ``transformers.Trainer`` decides)."""
+    """Whether a model's own loss shifts its labels: a known head's convention, else a causal-LM head (as
+    ``transformers.Trainer`` decides; ``XLNetLMHeadModel`` is in that mapping but does not shift)."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    head = head_of(model)
+    if head is not None:
+        return head.shifts_labels
 
     config = getattr(model, "config", None)
     causal = type(model).__name__ in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()

@@ -16,6 +16,10 @@ that take ``num_items_in_batch``, divides by a global count of ``labels`` only; 
   per term, ``loss = sum_t weight_t * sum_t / N_t``. ``loss_is_scaled_for_ga = True`` tells Trainer not to
   divide again; the loss is multiplied by the number of processes, which DDP's gradient averaging undoes.
 
+ELECTRA: a :class:`lmobjectives.hf.ElectraPair` (generator + discriminator, one embedding module) is trained
+as one model: its ``forward`` gives the ``generator`` and ``discriminator`` terms (fused, even under DDP),
+weighed by its ``term_weights`` (the discriminator's 50) unless ``term_weights`` here says otherwise.
+
 In evaluation (``model.training`` False) each batch is normalised by its own counts. Each term's mean is
 logged as ``<term>_loss`` beside Trainer's ``loss``.
 
@@ -31,6 +35,8 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback
 
+from ..objectives.electra import ELECTRA
+from .electra import ElectraPair
 from .heads import LOGITS, loss_terms, target_counts
 
 __all__ = ["ObjectiveTrainer"]
@@ -49,7 +55,7 @@ class _EpochCallback(TrainerCallback):
 class ObjectiveTrainer(Trainer):
     """``Trainer`` with the per-term, per-window loss (see the module docstring).
 
-    ``term_weights``: a weight per term name (default 1 each: BERT's ``MLM + NSP``). ``impl``: the fused
+    ``term_weights``: a weight per term name (default 1 each: BERT's ``MLM + NSP``; an ``ElectraPair``'s own). ``impl``: the fused
     cross-entropy's implementation (:func:`lmobjectives.ops.linear_cross_entropy`).
     """
 
@@ -63,8 +69,21 @@ class ObjectiveTrainer(Trainer):
         self._window_counts: dict[str, torch.Tensor] | None = None
         self._logged_terms: dict[str, torch.Tensor] = {}
         self._windows_since_log = 0
+        self._check_electra_weight()
         if callable(getattr(self.data_collator, "set_epoch", None)):
             self.add_callback(_EpochCallback(self.data_collator))
+
+    def _check_electra_weight(self) -> None:
+        """Refuse an ``electra`` collator whose ``discriminator_weight`` was set and differs from the pair's: the
+        pair's weight is the one trained with (the collator's option does not change the batch)."""
+        pair = self.accelerator.unwrap_model(self.model)
+        option = getattr(getattr(self.data_collator, "objective", None), "discriminator_weight", None)
+        if (isinstance(pair, ElectraPair) and option is not None and option != ELECTRA.discriminator_weight
+                and option != pair.discriminator_weight):  # fmt: skip
+            raise ValueError(
+                f"the electra collator has discriminator_weight={option:g} but the ElectraPair "
+                f"{pair.discriminator_weight:g}; the pair's is trained with: ElectraPair(..., discriminator_weight={option:g})"
+            )
 
     def get_batch_samples(self, epoch_iterator: Iterator, num_batches: int, device: torch.device
                           ) -> tuple[list, torch.Tensor | int | None]:  # fmt: skip
@@ -73,7 +92,8 @@ class ObjectiveTrainer(Trainer):
         model = self.accelerator.unwrap_model(self.model)
         totals: dict[str, torch.Tensor] = {}
         for batch in batch_samples:
-            for name, count in target_counts(model, batch).items():
+            counts_of = model.target_counts(batch) if isinstance(model, ElectraPair) else target_counts(model, batch)
+            for name, count in counts_of.items():
                 totals[name] = totals.get(name, 0) + count
         names = sorted(totals)
         if names:
@@ -89,7 +109,11 @@ class ObjectiveTrainer(Trainer):
     def compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: torch.Tensor | int | None = None) -> Any:  # fmt: skip
         unwrapped = self.accelerator.unwrap_model(model)
-        if unwrapped is model:
+        weights = dict(unwrapped.term_weights) if isinstance(unwrapped, ElectraPair) else {}
+        weights.update(self.term_weights)
+        if isinstance(unwrapped, ElectraPair):  # its forward is the fused path, wrapped (DDP) or not
+            terms = model(**inputs)
+        elif unwrapped is model:
             terms = loss_terms(model, inputs, impl=self.impl)
         else:  # DDP & co.: through the wrapper's forward, so that its gradient hooks run
             terms = LOGITS(model, inputs, reference=unwrapped)
@@ -106,7 +130,7 @@ class ObjectiveTrainer(Trainer):
             if window:
                 done = mean.detach() * scale
                 self._logged_terms[name] = self._logged_terms.get(name, 0) + done
-            weighted = self.term_weights.get(name, 1.0) * mean
+            weighted = weights.get(name, 1.0) * mean
             loss = weighted if loss is None else loss + weighted
         loss = loss * scale  # type: ignore[operator]
         return (loss, {"loss": loss.detach()}) if return_outputs else loss
