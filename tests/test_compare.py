@@ -39,7 +39,7 @@ def test_parse_objective_worked_example():
         ("mlm:unitt=word", "unknown option 'unitt' of mlm; its options are: probability"),
         ("mlm:probability=lots", "option probability takes a float, got 'lots'"),
         ("clm:document_masking=maybe", "is a switch: true or false, got 'maybe'"),
-        ("mtp:head_design=diagonal", "must be one of parallel, sequential"),
+        ("mtp:head_design=diagonal", "option head_design must be one of 'parallel', 'sequential', got 'diagonal'"),
         ("mlm:word", "expected key=value"),
         ("mlm:unit=word,unit=span", "given twice"),
     ],

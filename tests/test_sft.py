@@ -197,7 +197,7 @@ def test_hf_tokenizer_of_the_package_uses_chatml_with_its_added_tokens():
 @pytest.mark.parametrize("messages, error, match", [
     ([{"role": "user", "content": "Hi"}], ValueError, r"messages has no assistant turn \(roles \['user'\]\)"),
     ([{"role": "user", "content": "Hi"}, {"role": "bot", "content": "Yo"}], ValueError,
-     r"messages\[1\]\['role'\] is 'bot', an unknown role; known roles: system, user, assistant, tool"),
+     r"messages\[1\]\['role'\] must be one of 'system', 'user', 'assistant', 'tool', got 'bot'"),
     ([{"role": "user", "content": 3}, {"role": "assistant", "content": "Yo"}], TypeError, r"messages\[0\]\['content'\] must be a str"),
     ([], ValueError, "messages is empty"),
     ("Hi", TypeError, "messages must be a list of messages"),

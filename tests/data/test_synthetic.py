@@ -250,7 +250,7 @@ def test_icl_tokens_are_one_byte_each():
         ("synthetic:markov?docs=three", "'docs' .* must be an integer"),
         ("synthetic:markov?docs", "'docs' .* must be an integer"),
         ("synthetic:markov?docs=0", "docs must be an int >= 1"),
-        ("synthetic:icl?keys=27", "keys must be <= 26"),
+        ("synthetic:icl?keys=27", r"keys must be an int in \[1, 26\], got 27"),
         ("synthetic:topics?topic_words=300", "topic_words must be <= words"),
         ("synthetic:markov?branching=65", "branching must be <= topic_words"),
         ("synthetic:markov?min_sentences=5&max_sentences=4", "max_sentences must be an int >= 5"),

@@ -29,7 +29,8 @@ def test_load_run_round_trip(runs):
 def test_load_run_errors(tmp_path):
     with pytest.raises(ValueError, match="is not an lmobj run"):
         load_run(tmp_path)
-    (tmp_path / "config.json").write_text(json.dumps({"train": {"objective": "clm"}, "model": {}}))
+    (tmp_path / "config.json").write_text(json.dumps({"format": "lmobjectives-run", "format_version": 1,
+                                                      "train": {"objective": "clm"}, "model": {}}))  # fmt: skip
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         load_run(tmp_path)
 
@@ -45,7 +46,7 @@ def test_heldout_split_is_disjoint_stable_and_per_document():
     resegmented = [[" ".join(d)] for d in held]  # the same text split into sentences differently
     assert all(is_heldout(d, 0.05) for d in resegmented)
     assert set(map(document_key, heldout_split(corpus, 0.02)[1])) <= keys  # a smaller fraction holds out a subset
-    with pytest.raises(ValueError, match="heldout must be a fraction"):
+    with pytest.raises(ValueError, match=r"heldout must lie in \[0, 1\), got 1.0"):
         heldout_split(corpus, 1.0)
 
 

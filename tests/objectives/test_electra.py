@@ -273,7 +273,7 @@ def test_global_rng_by_default():
 @pytest.mark.parametrize(
     "options, error, match",
     [
-        ({"generator_size": 2.0}, ValueError, r"generator_size must lie in \(0, 1\].*got 2.0"),
+        ({"generator_size": 2.0}, ValueError, r"generator_size \(ELECTRA: 0.25 to 0.33\) must lie in \(0, 1\], got 2.0"),
         ({"generator_size": 1.01}, ValueError, "generator_size"),
         ({"generator_size": 0.0}, ValueError, "generator_size"),
         ({"generator_size": -0.25}, ValueError, "generator_size"),

@@ -24,6 +24,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._checks import check_choice
 from ..recipes import OBJECTIVES, Option, options_of
 
 __all__ = ["PRESETS", "Preset", "RunSpec", "parse_objective"]
@@ -97,10 +98,8 @@ def _parse_value(option: Option, text: str, spec: str) -> Any:
             return False
         raise ValueError(f"{where} is a switch: true or false, got {text!r}")
     if origin is typing.Literal:
-        for choice in args:
-            if str(choice) == text:
-                return choice
-        raise ValueError(f"{where} must be one of {', '.join(map(str, args))}, got {text!r}")
+        by_text = {str(choice): choice for choice in args}
+        return by_text[check_choice(text, where, tuple(by_text))]
     if origin is tuple:
         item = args[0]
         return [_scalar(item, part.strip(), where) for part in text.split(",")]

@@ -105,8 +105,7 @@ def _check_messages(messages: object, name: str) -> list[Mapping[str, Any]]:
         if not isinstance(message, Mapping):
             raise TypeError(f"{name}[{i}] must be a dict with 'role' and 'content', got {type(message).__name__}")
         role = message.get("role")
-        if role not in MESSAGE_ROLES:
-            raise ValueError(f"{name}[{i}]['role'] is {role!r}, an unknown role; known roles: {', '.join(MESSAGE_ROLES)}")
+        check_choice(role, f"{name}[{i}]['role']", MESSAGE_ROLES)
         if not isinstance(message.get("content"), str):
             raise TypeError(f"{name}[{i}]['content'] must be a str, got {type(message.get('content')).__name__}")
     return list(messages)
@@ -315,10 +314,8 @@ def tokenize_conversation(
     >>> sum(label != -100 for label in out.labels), len(out.input_ids), out.boundary_merges
     (3, 25, 0)
     """
-    if train_on not in TRAIN_ON:
-        raise ValueError(f"train_on must be one of {', '.join(map(repr, TRAIN_ON))}, got {train_on!r}")
-    if on_merge not in ON_MERGE:
-        raise ValueError(f"on_merge must be one of {', '.join(map(repr, ON_MERGE))}, got {on_merge!r}")
+    check_choice(train_on, "train_on", TRAIN_ON)
+    check_choice(on_merge, "on_merge", ON_MERGE)
     checked, pair, first_completion = check_record(messages, "messages")
     fmt = _format(tokenizer, need_template=checked is not None)
     if checked is not None:

@@ -11,6 +11,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from .._checks import check_probability
 from .sources import is_document
 
 __all__ = ["HELDOUT_SALT", "document_key", "heldout_split", "is_heldout"]
@@ -52,8 +53,7 @@ def heldout_split(data: Sequence[Any], fraction: float) -> tuple[list[Any], list
     >>> len(train), held
     (3, [])
     """
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
-        raise ValueError(f"heldout must be a fraction in [0, 1), got {fraction!r}")
+    check_probability(fraction, "heldout", high_open=True)
     flags = [fraction > 0 and is_heldout(item, fraction) for item in data]
     training = [item for item, held in zip(data, flags) if not held]
     held_out = [item for item, held in zip(data, flags) if held]

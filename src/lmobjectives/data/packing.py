@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from .._checks import int_rows
+from .._checks import check_int, check_positive_int, int_rows
 from .chat import conversations_from_documents
 from .chat_template import PROMPT, learned_mask, tokenize_conversation
 from .corpus import Document
@@ -53,12 +53,6 @@ class SentenceTable:
     word_ids: torch.Tensor | None = None  # (S, L) long, word index of each token in its sentence, -1 = no word / padding
 
 
-def _check_id(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} must be a non-negative int, got {value!r}")
-    return value
-
-
 def pack_documents(
     documents: Sequence[Sequence[int]],
     block_size: int,
@@ -92,10 +86,9 @@ def pack_documents(
     tensor([[0, 0, 0, 0],
             [1, 1, 2, 2]])
     """
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size <= 0:
-        raise ValueError(f"pack_documents: block_size must be a positive int, got {block_size!r}")
-    _check_id(eos_id, "pack_documents: eos_id")
-    _check_id(pad_id, "pack_documents: pad_id")
+    check_positive_int(block_size, "pack_documents: block_size")
+    check_int(eos_id, "pack_documents: eos_id", low=0)
+    check_int(pad_id, "pack_documents: pad_id", low=0)
     tokens, lengths = int_rows(documents, "pack_documents: documents")  # (n,), (D,)
     D = lengths.numel()
     if D == 0:
@@ -176,9 +169,10 @@ def sentence_table(
             [ 7,  8,  9],
             [11,  0,  0]])
     """
-    _check_id(pad_id, "sentence_table: pad_id")
-    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length <= 0):
-        raise ValueError(f"sentence_table: max_length must be a positive int or None, got {max_length!r}")
+    # inline, not check_int: None (a vocab without a pad id) is a ValueError here, not a TypeError
+    if isinstance(pad_id, bool) or not isinstance(pad_id, int) or pad_id < 0:
+        raise ValueError(f"sentence_table: pad_id must be an int >= 0, got {pad_id!r}")
+    check_positive_int(max_length, "sentence_table: max_length", allow_none=True)
     if isinstance(documents, (str, bytes, torch.Tensor)) or not isinstance(documents, Sequence):
         raise TypeError(f"sentence_table: documents must be a sequence of documents, got {type(documents).__name__}")
     rows: list[Sequence[int]] = []
@@ -334,10 +328,8 @@ def pack_conversations(
     tensor([[20, 21, 22, 23, 24,  2, 30,  2],
             [40, 41, 42,  2, 10, 11,  2,  0]])
     """
-    if isinstance(row_length, bool) or not isinstance(row_length, int) or row_length <= 0:
-        raise ValueError(f"pack_conversations: row_length must be a positive int, got {row_length!r}")
-    if isinstance(pad_id, bool) or not isinstance(pad_id, int) or pad_id < 0:
-        raise ValueError(f"pack_conversations: pad_id must be a non-negative int, got {pad_id!r}")
+    check_positive_int(row_length, "pack_conversations: row_length")
+    check_int(pad_id, "pack_conversations: pad_id", low=0)
     tokens, lengths = int_rows(input_ids, "pack_conversations: input_ids")  # (n,), (C,)
     role_values, role_lengths = int_rows(roles, "pack_conversations: roles")  # (n,), (C,)
     C = lengths.numel()

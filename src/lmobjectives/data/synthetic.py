@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .._checks import check_int
 from .corpus import Document
 
 __all__ = [
@@ -105,12 +106,6 @@ def _dirichlet_ones(rng: random.Random, n: int) -> list[float]:
     return [x / total for x in e]
 
 
-def _check_int(value: object, name: str, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return value
-
-
 # --------------------------------------------------------------------------- spec strings
 
 
@@ -150,7 +145,7 @@ def synthetic_corpus(spec: str) -> list[Document]:
     [['t7 f1 t7 t7 f1']]
     """
     kind, p = parse_spec(spec)
-    _check_int(p["docs"], "docs", 1)
+    check_int(p["docs"], "docs", low=1)
     if kind == "icl":
         return icl_sequences(p["docs"], pairs=p["pairs"], keys=p["keys"], values=p["values"], seed=p["seed"]).documents()
     source = markov_source(topics=p["topics"], words=p["words"], topic_words=p["topic_words"], branching=p["branching"],
@@ -246,8 +241,8 @@ class MarkovSource:
                 raise ValueError(f"MarkovSource: {name} must hold finite non-negative probabilities")
             if not torch.allclose(value.sum(-1), torch.ones((), dtype=torch.float64), atol=1e-9):
                 raise ValueError(f"MarkovSource: every row of {name} must sum to 1, got sums {value.sum(-1).flatten()[:8].tolist()}")
-        _check_int(self.min_sentences, "MarkovSource: min_sentences", 1)
-        _check_int(self.max_sentences, "MarkovSource: max_sentences", self.min_sentences)
+        check_int(self.min_sentences, "MarkovSource: min_sentences", low=1)
+        check_int(self.max_sentences, "MarkovSource: max_sentences", low=self.min_sentences)
         self._visits()  # refuses chains whose sentences may never end
 
     @property
@@ -307,7 +302,7 @@ class MarkovSource:
 
     def sample(self, n: int, *, seed: int = 0) -> SampledCorpus:
         """``n`` documents; document ``i`` is drawn from its own stream seeded by ``(seed, i)``."""
-        _check_int(n, "MarkovSource.sample: n", 0)
+        check_int(n, "MarkovSource.sample: n", low=0)
         starts, rows = self._tables()
         K, W = self.start.shape  # topics, words
         span = self.max_sentences - self.min_sentences + 1
@@ -396,16 +391,16 @@ def markov_source(
     >>> src.entropy().words_per_sentence
     (4.0,)
     """
-    _check_int(topics, "topics", 1)
-    _check_int(words, "words", 1)
+    check_int(topics, "topics", low=1)
+    check_int(words, "words", low=1)
     topic_words = words if topic_words is None else topic_words
-    _check_int(topic_words, "topic_words", 1)
+    check_int(topic_words, "topic_words", low=1)
     if topic_words > words:
         raise ValueError(f"topic_words must be <= words ({words}), got {topic_words}")
-    _check_int(branching, "branching", 1)
+    check_int(branching, "branching", low=1)
     if branching > topic_words:
         raise ValueError(f"branching must be <= topic_words ({topic_words}), got {branching}")
-    _check_int(length, "length", 1)
+    check_int(length, "length", low=1)
     rng = _rng(seed, "markov-source")
     spellings = _spellings(rng, words)
     p_end = 1.0 / length
@@ -467,14 +462,10 @@ def icl_sequences(n: int, *, pairs: int = 32, keys: int = 8, values: int = 10, s
     >>> s.texts(), s.occurrence.tolist()
     (['t7 f1 t7 t7 f1'], [[1, 1, 2, 3, 2]])
     """
-    _check_int(n, "icl_sequences: n", 0)
-    _check_int(pairs, "icl_sequences: pairs", 1)
-    _check_int(keys, "icl_sequences: keys", 1)
-    _check_int(values, "icl_sequences: values", 1)
-    if keys > len(KEY_SYMBOLS):
-        raise ValueError(f"icl_sequences: keys must be <= {len(KEY_SYMBOLS)}, got {keys}")
-    if values > len(VALUE_SYMBOLS):
-        raise ValueError(f"icl_sequences: values must be <= {len(VALUE_SYMBOLS)}, got {values}")
+    check_int(n, "icl_sequences: n", low=0)
+    check_int(pairs, "icl_sequences: pairs", low=1)
+    check_int(keys, "icl_sequences: keys", low=1, high=len(KEY_SYMBOLS))
+    check_int(values, "icl_sequences: values", low=1, high=len(VALUE_SYMBOLS))
     key_rows, value_rows = [], []
     for i in range(n):
         rng = _rng(seed, "icl", i)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import torch
 
+from .._checks import check_choice, check_int
 from ..vocab import Vocab, reserved_ids
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -381,12 +382,10 @@ def train_tokenizer(
     ``vocab_size`` is an upper bound (a small corpus may give fewer merges).
     """
     tk = _require_tokenizers()
-    if kind not in ("bpe", "wordpiece"):
-        raise ValueError(f"train_tokenizer: kind must be 'bpe' or 'wordpiece', got {kind!r}")
+    check_choice(kind, "train_tokenizer: kind", ("bpe", "wordpiece"))
     specials = list(dict.fromkeys((*SPECIAL_TOKENS, *extra_special_tokens)))
     minimum = len(specials) + (256 if kind == "bpe" else 1)
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < minimum:
-        raise ValueError(f"train_tokenizer: vocab_size for {kind!r} must be an int >= {minimum}, got {vocab_size!r}")
+    check_int(vocab_size, f"train_tokenizer: vocab_size for {kind!r}", low=minimum)
     if isinstance(texts, str):
         raise TypeError("train_tokenizer: texts must be an iterable of str, got a single str")
     if kind == "bpe":

@@ -39,6 +39,7 @@ import math
 
 import torch
 
+from .._checks import check_choice, check_int, check_positive_int, check_probability
 from ..constants import IGNORE_INDEX
 from ..losses import lm_logits, lm_token_losses
 from ..objectives.span_corruption import noise_spans_to_inputs_targets
@@ -55,8 +56,7 @@ def fill_in_positions(run: Run, blocks: torch.Tensor, rate: float, word_ids: tor
     """The hidden positions ``(N, T)`` bool, drawn from a fixed seed (the same positions for the same blocks,
     whatever the run): each text token (not a special one) with probability ``rate``; with ``word_ids``
     ``(N, T)`` (:func:`~.run.heldout_word_ids`), each word with probability ``rate``, all its tokens at once."""
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < 1:
-        raise ValueError(f"rate must lie in (0, 1), got {rate!r}")
+    check_probability(rate, "rate", low_open=True, high_open=True)
     text = ~run.vocab.special_mask()[blocks]  # (N, T)
     if word_ids is None:
         draw = torch.rand(blocks.shape, generator=eval_generator("fill_in", rate))  # (N, T)
@@ -82,8 +82,7 @@ def split_runs(hidden_at: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Ten
     >>> rows.tolist(), hidden.int().tolist()
     ([0, 0, 1], [[1, 1, 0, 1, 0, 0], [0, 0, 0, 0, 0, 1], [0, 0, 0, 0, 0, 1]])
     """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"spans_per_input must be a positive int, got {k!r}")
+    check_positive_int(k, "spans_per_input")
     N, T = hidden_at.shape
     starts = hidden_at & ~torch.nn.functional.pad(hidden_at[:, :-1], (1, 0))  # (N, T): first position of a run
     group = torch.where(hidden_at, (starts.cumsum(1) - 1) // k, -1)  # (N, T): the group of each hidden position
@@ -97,8 +96,7 @@ def split_runs(hidden_at: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Ten
 def fill_in(run: Run, *, rate: float = 0.15, max_blocks: int = 32, candidates: int = 16, max_positions: int = 64,
             batch_size: int = 16, spans_per_input: int | None = None, unit: str = "token") -> TaskResult:  # fmt: skip
     """Fill-in loss and accuracy at ``rate`` of the held-out tokens, or words (see the module docstring)."""
-    if unit not in UNITS:
-        raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
+    check_choice(unit, "unit", UNITS)
     if unit == "word" and run.reads == "causal":
         raise NotApplicable("a causal model fills in by scoring candidates for one token; a whole word has too many")
     blocks = heldout_blocks(run, max_blocks=max_blocks)  # (N, T)
@@ -176,8 +174,7 @@ def _sentinel_batch(run: Run, x: torch.Tensor, m: torch.Tensor):
 def _candidates(run: Run, blocks: torch.Tensor, hidden_at: torch.Tensor, k: int, max_positions: int,
                 batch_size: int, rate: float) -> TaskResult:  # fmt: skip
     """Candidate scoring for a causal model (see the module docstring)."""
-    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
-        raise ValueError(f"candidates must be an int >= 2, got {k!r}")
+    check_int(k, "candidates", low=2)
     hidden_at = hidden_at.clone()
     hidden_at[:, 0] = False  # position 0 has no left context to propose candidates from
     rows, cols = hidden_at.nonzero(as_tuple=True)

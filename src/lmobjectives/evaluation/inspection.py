@@ -59,6 +59,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from .._checks import check_choice, check_int, check_positive_int
 from ..constants import DEFAULT_SEED, IGNORE_INDEX
 from ..data import builtin_corpus, load_tokenizer, split_sentences
 from ..batch import Batch, Objective, attention_mask_4d
@@ -183,12 +184,9 @@ def example_batch(
     >>> ex.batch.labels[0, :3].tolist() == ex.tokenizer.encode("i t")
     True
     """
-    if name not in OBJECTIVES:
-        raise ValueError(f"unknown objective {name!r}; choose one of: {', '.join(OBJECTIVES)}")
-    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len <= 0:
-        raise ValueError(f"seq_len must be a positive int, got {seq_len!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {seed!r}")
+    check_choice(name, "objective", tuple(OBJECTIVES))
+    check_positive_int(seq_len, "seq_len")
+    check_int(seed, "seed")
     recipe = OBJECTIVES[name]
     full = recipe.full_options(options)
     documents = _documents(recipe, name, text)
@@ -198,8 +196,9 @@ def example_batch(
     try:
         stream = build_stream(recipe, objective, documents, tok, seq_len=seq_len, batch_size=1, seed=seed)
         batch = stream(0)
-    except ValueError as e:
-        raise ValueError(f"objective {name!r} made no example of this text with seq_len={seq_len}: {e}") from None
+    except ValueError as e:  # build_stream's errors of a too short --seq-len already name the objective and the flag
+        said = str(e).startswith(f"objective {name!r} (--seq-len")
+        raise ValueError(str(e) if said else f"objective {name!r} made no example of this text with --seq-len {seq_len}: {e}") from None
     if batch.input_ids.shape[0] == 0:
         raise ValueError(f"objective {name!r} made no example from this text; give a longer text")
     return Example(name=name, recipe=recipe, objective=objective, options=full, batch=batch, tokenizer=tok,

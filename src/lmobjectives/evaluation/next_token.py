@@ -28,6 +28,7 @@ import math
 
 import torch
 
+from .._checks import check_int
 from ..constants import IGNORE_INDEX
 from ..losses import lm_token_losses
 from .result import TaskResult, encoder_decoder_batch, finite, plain_batch
@@ -40,8 +41,7 @@ def next_token_losses(run: Run, blocks: torch.Tensor, start: int, *, batch_size:
     """Per-target loss (nats) and argmax hits ``(N, T)`` for the blocks ``(N, T)``, at the positions ``t >= start``
     (0 and False elsewhere), each from the left context only, as the module docstring describes."""
     N, T = blocks.shape
-    if not 1 <= start < T:
-        raise ValueError(f"start must lie in [1, {T}) for blocks of {T} tokens, got {start!r}")
+    check_int(start, f"start (for blocks of {T} tokens)", low=1, high=T - 1)
     loss = torch.zeros(N, T)
     correct = torch.zeros(N, T, dtype=torch.bool)
     weight = run.model.output_weight

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 
 import torch
 
+from .._checks import check_choice
 from ..constants import DEFAULT_SEED
 from ..data.packing import sentence_table, tokenize_corpus
 from ..batch import Batch
@@ -43,8 +44,7 @@ def pair_batches(run: Run, kind: str, *, documents: list | None = None, batch_si
     once, in batches of ``batch_size`` (default: the run's) pairs: the documents in order, windows of them as
     the training stream takes them (NSP's random B comes from another document of the window), each window's
     draws from a fixed seed."""
-    if kind not in PAIR_KINDS:
-        raise ValueError(f"kind must be one of {', '.join(PAIR_KINDS)}, got {kind!r}")
+    check_choice(kind, "kind", tuple(PAIR_KINDS))
     if documents is None:
         run.require_heldout()
         documents = run.heldout

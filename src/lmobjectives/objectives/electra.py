@@ -98,15 +98,8 @@ class ELECTRA:
         self.vocab.require("mask_id", who="ELECTRA")
         object.__setattr__(self, "probability", check_probability(self.probability, "probability", low_open=True))
         check_positive_int(self.max_predictions, "max_predictions", allow_none=True)
-        g = self.generator_size
-        if isinstance(g, bool) or not isinstance(g, (int, float)) or math.isnan(g):
-            raise TypeError(f"generator_size must be a float in (0, 1], got {g!r}")
-        if not 0.0 < g <= 1.0:
-            raise ValueError(
-                f"generator_size must lie in (0, 1] (the generator is at most as wide as the discriminator; "
-                f"ELECTRA uses 0.25 to 0.33), got {g!r}"
-            )
-        object.__setattr__(self, "generator_size", float(g))
+        g = check_probability(self.generator_size, "generator_size (ELECTRA: 0.25 to 0.33)", low_open=True)
+        object.__setattr__(self, "generator_size", g)
         w = self.discriminator_weight
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
             raise TypeError(f"discriminator_weight must be a finite float > 0, got {w!r}")

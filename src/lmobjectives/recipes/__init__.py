@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from .._checks import check_choice
 from ..batch import Objective
 from ..constants import FIM_TOKENS, NUM_SENTINELS, PARADIGM_TOKENS, sentinel_token
 from ..data.chat_template import CHAT_TOKENS
@@ -162,8 +163,7 @@ def get_objective(name: str, *, vocab: Vocab, **options: Any) -> Objective:
     >>> get_objective("clm", vocab=Vocab(size=10, eos_id=2)).document_masking
     False
     """
-    if name not in OBJECTIVES:
-        raise ValueError(f"unknown objective name {name!r}; valid names: {', '.join(sorted(OBJECTIVES))}")
+    check_choice(name, "objective", sorted(OBJECTIVES))
     if not isinstance(vocab, Vocab):
         raise TypeError(f"vocab must be a lmobjectives.Vocab, got {type(vocab).__name__}")
     cls = OBJECTIVES[name].objective

@@ -45,6 +45,7 @@ from typing import Any
 
 import torch
 
+from .._checks import check_positive_int
 from ..data.packing import (
     pack_chat,
     pack_documents,
@@ -117,8 +118,7 @@ class BlockStream:
 
     def __init__(self, objective: Objective, input_ids: torch.Tensor, extras: dict[str, torch.Tensor], *, batch_size: int,
                  seed: int, dupe_factor: int | None = None):  # fmt: skip
-        if dupe_factor is not None and (isinstance(dupe_factor, bool) or not isinstance(dupe_factor, int) or dupe_factor < 1):
-            raise ValueError(f"dupe_factor must be an int >= 1 (static masking) or None (dynamic), got {dupe_factor!r}")
+        check_positive_int(dupe_factor, "dupe_factor (static masking; None: dynamic)", allow_none=True)
         self.objective = objective
         self.input_ids = input_ids  # (N, T) long
         self.extras = extras  # name -> (N, T) tensor passed to the objective (attention_mask, document_ids, word_ids)
@@ -373,11 +373,24 @@ def build_stream(
         texts = [" ".join(doc) for doc in documents]
         return DocumentStream(objective, texts, tokenizer, batch_size=batch_size, seed=seed)
     token_docs, word_docs = tokenize_documents(documents, tokenizer, with_words="word_ids" in wanted)
-    length = recipe.block_length(objective, seq_len)
+    # a seq_len too short for the objective is said here, naming --seq-len, not at the first step: its block length
+    # (span corruption's raw length, ...), then its first batch (a block of 1 token has nothing to predict for clm)
+    where = f"objective {recipe.name!r} (--seq-len {seq_len}"
+    try:
+        length = recipe.block_length(objective, seq_len)
+    except ValueError as e:
+        raise ValueError(f"{where} sets its block length): {e}") from None
     packed = pack_documents(token_docs, length, vocab.eos_id, pad_id=vocab.pad_id, word_ids=word_docs)
     extras = {"attention_mask": packed.attention_mask}
     extras.update({name: getattr(packed, name) for name in wanted})
     objective = _bind_corpus_counts(objective, packed.input_ids[packed.attention_mask], vocab.size)
+    first = slice(0, batch_size)
+    try:  # drawn from a generator of its own: the stream's batches are unchanged
+        if packed.input_ids.shape[0]:
+            objective(packed.input_ids[first], generator=torch.Generator().manual_seed(seed),
+                      **{name: value[first] for name, value in extras.items()})  # fmt: skip
+    except ValueError as e:
+        raise ValueError(f"{where}: blocks of {length} token{'s' if length != 1 else ''}): {e}") from None
     return BlockStream(objective, packed.input_ids, extras, batch_size=batch_size, seed=seed, dupe_factor=dupe_factor)
 
 
