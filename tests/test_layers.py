@@ -335,13 +335,10 @@ def _code_lines(path: Path) -> list[str]:
         if token.type == tokenize.COMMENT:
             row, col = token.start
             lines[row - 1] = lines[row - 1][:col]
-    for node in ast.walk(ast.parse(text)):
-        body = getattr(node, "body", None)
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body:
-            first = body[0]
-            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
-                for row in range(first.lineno - 1, first.end_lineno):
-                    lines[row] = ""
+    for node in ast.walk(ast.parse(text)):  # a string statement: a docstring, of a module, class, function or name
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+            for row in range(node.lineno - 1, node.end_lineno):
+                lines[row] = ""
     return lines
 
 

@@ -32,6 +32,7 @@ from .._option import option
 from ..constants import DEFAULT_SEED
 from ..data.tokenizers import load_tokenizer
 from ..training import TrainConfig, train
+from ..training.run_folder import check_metrics_row
 from .specs import PRESETS, RunSpec, parse_objective
 
 __all__ = ["CompareConfig", "CompareResult", "compare", "evaluate_run"]
@@ -90,7 +91,7 @@ class CompareConfig:
             raise TypeError("objectives must be a sequence of objective specs, not one string")
         self.objectives = tuple(self.objectives)
         if len(self.objectives) < 1:
-            raise ValueError("a comparison needs at least one objective spec (e.g. objectives=('clm', 'mlm')) or a preset")
+            raise ValueError("a comparison needs at least one objective spec (objectives=(NAME or NAME:OPTION=VALUE, ...)) or a preset")
         if self.tasks is not None:
             self.tasks = tuple(self.tasks)
             if not self.tasks:
@@ -306,8 +307,12 @@ def _read_cached(run_dir: Path, config: CompareConfig) -> dict[str, Any] | None:
 def _curve(metrics_path: Path) -> list[dict[str, float]]:
     """Each metrics line's step, tokens, training loss and (where evaluated) held-out loss of the run's own objective."""
     rows = []
-    for line in metrics_path.read_text().splitlines():
-        row = json.loads(line)
+    for number, line in enumerate(metrics_path.read_text().splitlines(), 1):
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            raise ValueError(f"{metrics_path} line {number} is not JSON ({e})") from None
+        row = check_metrics_row(row, metrics_path, number, keys=("tokens", "loss"))
         point = {"step": row["step"], "tokens": row["tokens"], "loss": row["loss"]}
         if "eval_loss" in row:
             point["eval_loss"] = row["eval_loss"]

@@ -26,16 +26,27 @@ from .._checks import check_choice
 from ..constants import DEFAULT_SEED
 from ..data.packing import sentence_table, tokenize_corpus
 from ..batch import Batch
-from ..objectives import NextSentencePrediction, SentenceOrderPrediction
+from ..recipes import OBJECTIVES
 from ..training.streams import SentenceStream, derive_seed
 from .result import TaskResult
 from .run import NotApplicable, Run, _texts_as_documents, eval_generator
 
-__all__ = ["PAIR_KINDS", "pair_batches", "pair_metrics", "sentence_pairs"]
+__all__ = ["pair_batches", "pair_kinds", "pair_metrics", "sentence_pairs"]
 
-PAIR_KINDS = {"nsp": NextSentencePrediction, "sop": SentenceOrderPrediction}  # kind -> the objective cutting its pairs
-LABEL_MEANING = {"nsp": "1 = B comes from another document", "sop": "1 = A and B swapped"}
 SKEW_WARNING = 0.8  # warn when one label holds more than this share of the pairs
+
+
+def pair_kinds() -> list[str]:
+    """The registry's sentence-pair objectives (data layout ``"sentences"``): the kinds of pairs to score.
+
+    >>> pair_kinds()
+    ['nsp', 'sop']
+    """
+    return [name for name, recipe in OBJECTIVES.items() if recipe.data == "sentences" and not recipe.untrainable]
+
+
+def _label_meaning(kind: str) -> str:
+    return OBJECTIVES[kind].objective.label_meaning
 
 
 def pair_batches(run: Run, kind: str, *, documents: list | None = None, batch_size: int | None = None,
@@ -44,12 +55,12 @@ def pair_batches(run: Run, kind: str, *, documents: list | None = None, batch_si
     once, in batches of ``batch_size`` (default: the run's) pairs: the documents in order, windows of them as
     the training stream takes them (NSP's random B comes from another document of the window), each window's
     draws from a fixed seed."""
-    check_choice(kind, "kind", tuple(PAIR_KINDS))
+    check_choice(kind, "kind", pair_kinds())
     if documents is None:
         run.require_heldout()
         documents = run.heldout
     vocab = run.vocab
-    objective = PAIR_KINDS[kind](vocab=vocab, max_seq_length=run.config.seq_len, mlm_probability=mlm_probability)
+    objective = OBJECTIVES[kind].build(vocab, {"mlm_probability": mlm_probability}, seq_len=run.config.seq_len)
     table = sentence_table(tokenize_corpus(_texts_as_documents(documents), run.tokenizer), pad_id=vocab.pad_id,
                            max_length=run.config.seq_len)  # fmt: skip
     stream = SentenceStream(objective, table.input_ids, table.document_ids, batch_size=batch_size or run.config.batch_size,
@@ -95,8 +106,9 @@ def sentence_pairs(run: Run, *, balanced: bool = False, mlm_probability: float =
     if classes != 2:
         raise NotApplicable(f"the model has no sentence-pair head ({run.config.objective!r} trains none); NSP/SOP "
                             "accuracy needs a model trained with a sentence-pair objective")  # fmt: skip
-    trained = next((k for k, cls in PAIR_KINDS.items() if isinstance(run.objective, cls)), None)
-    kinds = sorted(PAIR_KINDS, key=lambda k: k != trained)  # the kind it was trained on first
+    kinds = pair_kinds()
+    trained = next((k for k in kinds if isinstance(run.objective, OBJECTIVES[k].objective)), None)
+    kinds.sort(key=lambda k: k != trained)  # the kind it was trained on first
     metrics: dict[str, float] = {}
     info: dict = {"trained_on": trained, "balanced": balanced, "mlm_probability": mlm_probability, "warnings": []}
     for kind in kinds:
@@ -111,12 +123,12 @@ def sentence_pairs(run: Run, *, balanced: bool = False, mlm_probability: float =
                          generator=eval_generator("balanced", kind))  # fmt: skip
         metrics[f"{kind}_balanced_accuracy"] = m["balanced_accuracy"]
         metrics[f"{kind}_accuracy"] = m["accuracy"]
-        info[kind] = {**m, "labels": LABEL_MEANING[kind]}
+        info[kind] = {**m, "labels": _label_meaning(kind)}
         if m["majority_share"] > SKEW_WARNING:
             label = int(m["label_share"] > 0.5)
             info["warnings"].append(
                 f"{kind}: {m['majority_share']:.0%} of the {m['pairs']} held-out pairs have label {label} "
-                f"({LABEL_MEANING[kind]}): an accuracy near {m['majority_share']:.2f} is what always answering {label} "
+                f"({_label_meaning(kind)}): an accuracy near {m['majority_share']:.2f} is what always answering {label} "
                 "scores; read the balanced accuracy (or pass balanced=True / --balanced)"
             )
     counts = ", ".join(f"{info[k]['pairs']} {k.upper()} pairs (standard error of an accuracy up to "

@@ -447,6 +447,7 @@ class NextSentencePrediction(_SentencePairObjective):
     _mlm: MaskedLM | None = field(default=None, init=False, repr=False, compare=False)  # built from the mlm_* options
 
     name = "nsp"
+    label_meaning = "1 = B comes from another document"  # sentence_labels, in words
     _needs_two_documents = True
 
     def __post_init__(self) -> None:
@@ -523,6 +524,7 @@ class SentenceOrderPrediction(_SentencePairObjective):
     _mlm: MaskedLM | None = field(default=None, init=False, repr=False, compare=False)  # built from the mlm_* options
 
     name = "sop"
+    label_meaning = "1 = A and B swapped"  # sentence_labels, in words
 
     def __post_init__(self) -> None:
         self._check_options()
