@@ -83,3 +83,41 @@ def test_public_names_are_importable():
 def test_generator_device_must_match():
     with pytest.raises(TypeError, match="generator"):
         get_objective("clm", vocab=Vocab(size=5))(torch.tensor([[1, 2]]), generator=3)
+
+
+@pytest.mark.parametrize("bad", [2, -1])
+def test_attention_mask_values_other_than_0_and_1_are_refused_by_every_objective(bad):
+    # 2 and -1 used to be read as 1 (a real token); every objective checks its masks through check_like
+    from lmobjectives.recipes import OBJECTIVES
+
+    vocab = Vocab(size=50, pad_id=0, eos_id=1, cls_id=2, sep_id=3, mask_id=4, sentinel_ids=(49, 48, 47, 46),
+                  nlu_id=45, nlg_id=44, s2s_id=43, fim_prefix_id=42, fim_middle_id=41, fim_suffix_id=40)  # fmt: skip
+    x = torch.randint(5, 40, (2, 12), generator=torch.Generator().manual_seed(0))
+    extras = {  # what each objective needs besides input_ids
+        "spanbert": {"word_ids": torch.arange(12).expand(2, 12)},
+        "nsp": {"document_ids": torch.tensor([0, 1])},
+        "sop": {"document_ids": torch.tensor([0, 0])},
+        "sft": {"roles": torch.tensor([[0] * 6 + [2] * 6] * 2)},
+    }
+    no_mask = {"fim"}  # takes documents, not a padded batch
+    assert no_mask | set(extras) <= set(OBJECTIVES)
+    for name in sorted(set(OBJECTIVES) - no_mask):
+        objective = get_objective(name, vocab=vocab)
+        ok = torch.ones(2, 12, dtype=torch.long)
+        objective(x, attention_mask=ok, generator=torch.Generator().manual_seed(0), **extras.get(name, {}))
+        mask = ok.clone()
+        mask[1, 5] = bad
+        with pytest.raises(ValueError, match=rf"^attention_mask must hold only 0 and 1 \(or be a bool tensor\), got {bad} at \[1, 5\]$"):
+            objective(x, attention_mask=mask, generator=torch.Generator().manual_seed(0), **extras.get(name, {}))
+
+
+def test_bool_masks_check_their_values():
+    from lmobjectives._checks import check_like
+
+    ref = torch.zeros(2, 3, dtype=torch.long)
+    assert check_like(torch.tensor([[0, 1, 1], [1, 0, 0]]), ref, "m", dtype="bool").tolist() == [[False, True, True], [True, False, False]]
+    assert check_like(torch.tensor([[0, 1, 1], [1, 0, 0]], dtype=torch.uint8), ref, "m", dtype="bool").dtype == torch.bool
+    with pytest.raises(ValueError, match=r"^m must hold only 0 and 1 \(or be a bool tensor\), got 3 at \[0, 2\]$"):
+        check_like(torch.tensor([[0, 1, 3], [1, 0, 0]]), ref, "m", dtype="bool")
+    with pytest.raises(TypeError, match="m must be a bool"):
+        check_like(torch.ones(2, 3), ref, "m", dtype="bool")

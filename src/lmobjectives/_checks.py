@@ -41,6 +41,13 @@ def check_like(x: object, ref: torch.Tensor, name: str, *, dtype: str = "int") -
     if dtype == "bool":
         if x.dtype != torch.bool and (x.dtype.is_floating_point or x.dtype.is_complex):
             raise TypeError(f"{name} must be a bool (or 0/1 integer) tensor, got dtype {x.dtype}")
+        if x.dtype != torch.bool:  # an integer mask: 0 and 1 only (2 or -1 would silently read as True)
+            other = (x != 0) & (x != 1)
+            if bool(other.any()):  # host sync, on integer masks only
+                where = [int(i) for i in other.nonzero()[0]]
+                raise ValueError(
+                    f"{name} must hold only 0 and 1 (or be a bool tensor), got {int(x[tuple(where)])} at {where}"
+                )
         return x.to(device=ref.device, dtype=torch.bool, copy=True)
     if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
         raise TypeError(f"{name} must be an integer tensor, got dtype {x.dtype}")

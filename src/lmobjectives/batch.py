@@ -7,7 +7,7 @@ from typing import Literal, Protocol
 
 import torch
 
-from ._checks import check_generator, check_like, check_token_ids
+from ._checks import check_choice, check_generator, check_like, check_token_ids
 from .constants import IGNORE_INDEX
 
 __all__ = ["Batch", "Objective", "attention_mask_4d", "checked_tokens", "padding_mask"]
@@ -136,6 +136,7 @@ def attention_mask_4d(batch: Batch, part: AttentionPart = "self") -> torch.Tenso
             [1, 1, 1, 0],
             [1, 1, 1, 1]], dtype=torch.int32)
     """
+    check_choice(part, "attention_mask_4d: part", ("self", "decoder", "cross"))
     if part == "self":
         B, T = batch.input_ids.shape
         device = batch.input_ids.device
@@ -161,9 +162,7 @@ def attention_mask_4d(batch: Batch, part: AttentionPart = "self") -> torch.Tenso
     if part == "decoder":
         allowed = decoder_real[:, None, :] & torch.ones(Td, Td, dtype=torch.bool, device=device).tril()  # (B, Td, Td)
         return (allowed | torch.eye(Td, dtype=torch.bool, device=device))[:, None]  # (B, 1, Td, Td)
-    if part == "cross":
-        T = batch.input_ids.shape[1]
-        allowed = batch.attention_mask[:, None, :].expand(B, Td, T)  # (B, Td, T)
-        empty = ~allowed.any(-1, keepdim=True)  # (B, Td, 1): an encoder row without a real token
-        return (allowed | empty)[:, None]  # (B, 1, Td, T), never an empty row
-    raise ValueError(f"attention_mask_4d: part must be 'self', 'decoder' or 'cross', got {part!r}")
+    T = batch.input_ids.shape[1]  # part == "cross"
+    allowed = batch.attention_mask[:, None, :].expand(B, Td, T)  # (B, Td, T)
+    empty = ~allowed.any(-1, keepdim=True)  # (B, Td, 1): an encoder row without a real token
+    return (allowed | empty)[:, None]  # (B, 1, Td, T), never an empty row

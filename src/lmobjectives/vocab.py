@@ -28,6 +28,7 @@ _SINGLE_IDS = (
     "pad_id", "mask_id", "cls_id", "sep_id", "bos_id", "eos_id", "unk_id", *PARADIGM_TOKENS, *FIM_TOKENS
 )  # fmt: skip
 _RESERVED_SPELLINGS = {**{v: k for k, v in PARADIGM_TOKENS.items()}, **{v: k for k, v in FIM_TOKENS.items()}}
+_INSERTED_IDS = ("mask_id", *PARADIGM_TOKENS, *FIM_TOKENS)  # tokens an objective writes into its input: one id each
 
 
 def reserved_ids(lookup: Any) -> dict[str, Any]:
@@ -55,7 +56,12 @@ class Vocab:
 
     ``pad_id`` may equal ``eos_id`` (GPT-2, Llama): objectives decide what is
     padding from an ``attention_mask``, never from the pad id alone, so EOS
-    stays a learned label.
+    stays a learned label. The other structural ids (``pad_id``, ``cls_id``,
+    ``sep_id``, ``bos_id``, ``eos_id``, ``unk_id``) may share an id too (GPT-2's
+    ``<|endoftext|>`` is BOS, EOS and UNK; RoBERTa's ``<s>`` is BOS and CLS). The
+    tokens an objective inserts (``mask_id``, ``sentinel_ids``, the UL2 paradigm
+    ids, the fill-in-the-middle ids) must each have an id of their own: a
+    ``ValueError`` names the two fields that share one.
     """
 
     size: int  # number of rows of the embedding / output matrix
@@ -93,6 +99,20 @@ class Vocab:
             object.__setattr__(self, name, tuple(ids))
         if len(set(self.sentinel_ids)) != len(self.sentinel_ids):
             raise ValueError(f"Vocab: sentinel_ids must be distinct, got {self.sentinel_ids!r}")
+        owner = {}  # id -> the first field holding it: structural ids first, then the inserted ones
+        for name in _SINGLE_IDS:
+            if name not in _INSERTED_IDS and getattr(self, name) is not None:
+                owner.setdefault(getattr(self, name), name)
+        inserted = [(name, getattr(self, name)) for name in _INSERTED_IDS if getattr(self, name) is not None]
+        for name, i in inserted + [(f"sentinel_ids[{k}]", i) for k, i in enumerate(self.sentinel_ids)]:
+            if i in owner:
+                raise ValueError(
+                    f"Vocab: {name}={i} is also {owner[i]}; the tokens an objective inserts (mask_id, sentinel_ids, "
+                    "the UL2 paradigm ids, the FIM ids) must be distinct from every other special id, or the model "
+                    "could not tell them apart (pad_id, cls_id, sep_id, bos_id, eos_id and unk_id may share one, "
+                    "e.g. pad_id == eos_id)"
+                )
+            owner[i] = name
 
     @property
     def special_ids(self) -> tuple[int, ...]:

@@ -46,12 +46,12 @@ def test_docstring_example_with_document_masking():
     assert not m[4, 3] and m[5, 4] and not m[1, 2]  # doc 1 cannot see doc 0; causal
 
 
-def test_three_heads_and_more_heads_than_tokens():
+def test_three_heads_on_the_shortest_rows():
     vocab = Vocab(size=10)  # no pad, no EOS: the row is one document of real tokens
-    b = MultiTokenPrediction(vocab, n_future=3)(torch.tensor([[5, 6, 7, 8]]))
+    b = MultiTokenPrediction(vocab, n_future=3)(torch.tensor([[5, 6, 7, 8]]))  # T = n_future + 1: one target for head 3
     assert b.labels[0].tolist() == [[6, 7, 8], [7, 8, X], [8, X, X], [X, X, X]]
-    b = MultiTokenPrediction(vocab, n_future=6)(torch.tensor([[5, 6, 7]]))
-    assert b.labels[0].tolist() == [[6, 7, X, X, X, X], [7, X, X, X, X, X], [X] * 6]
+    with pytest.raises(ValueError, match=r"n_future=6 needs rows of at least 7 tokens"):  # more heads than tokens
+        MultiTokenPrediction(vocab, n_future=6)(torch.tensor([[5, 6, 7]]))
 
 
 def test_explicit_document_ids_and_attention_mask_win():
@@ -108,7 +108,7 @@ def test_labels_match_brute_force_and_never_cross_a_document(B, L, n, seed, docu
     try:
         b = MultiTokenPrediction(vocab, n_future=n, document_masking=document_masking)(x, attention_mask=real)
     except ValueError as e:
-        assert "nothing to predict" in str(e)
+        assert "nothing to predict" in str(e) or (n >= L and f"n_future={n} needs rows of at least" in str(e))
         return
     docs = (x == 1).long().cumsum(-1) - (x == 1).long()
     assert b.labels.tolist() == brute_force_labels(x.tolist(), real.tolist(), docs.tolist(), n)
@@ -147,11 +147,13 @@ def test_mtp_weight_must_be_positive(w):
 
 
 def test_other_bad_options_and_batches():
-    with pytest.raises(ValueError, match=r"head_design must be 'parallel' or 'sequential', got 'tree'"):
+    with pytest.raises(ValueError, match=r"head_design must be one of 'parallel', 'sequential', got 'tree'"):
         MultiTokenPrediction(V, head_design="tree")
     with pytest.raises(TypeError, match=r"memory_efficient must be a bool, got 1"):
         MultiTokenPrediction(V, memory_efficient=1)
-    with pytest.raises(ValueError, match=r"nothing to predict"):
+    with pytest.raises(ValueError, match=r"nothing to predict"):  # one real token per row
+        MultiTokenPrediction(V)(torch.tensor([[7, 8, 9], [8, 9, 9]]), attention_mask=torch.tensor([[1, 0, 0], [1, 0, 0]]))
+    with pytest.raises(ValueError, match=r"n_future=2 needs rows of at least 3 tokens"):
         MultiTokenPrediction(V)(torch.tensor([[7], [8]]))
     with pytest.raises(ValueError, match=r"nothing to predict"):  # every pair crosses a document
         MultiTokenPrediction(V)(torch.tensor([[2, 2, 2]]), attention_mask=torch.ones(1, 3, dtype=torch.bool))
@@ -301,3 +303,13 @@ def test_trains_on_cpu_through_train(tmp_path, monkeypatch, options):
         assert math.isfinite(rows[-1][f"{name}_loss"]) and rows[-1][f"{name}_loss"] < rows[0][f"{name}_loss"] - 0.3
     config_json = json.loads((tmp_path / "config.json").read_text())
     assert config_json["architecture"] == "multi_token" and config_json["model_kwargs"]["n_future"] == n
+
+
+@pytest.mark.parametrize("n_future, T", [(3, 3), (6, 3), (200, 16), (2, 1)])
+def test_n_future_must_be_below_the_row_length(n_future, T):
+    # the far heads would have no position with a target: refused at call time, with the numbers
+    obj = MultiTokenPrediction(Vocab(size=10), n_future=n_future)
+    with pytest.raises(ValueError, match=rf"^MultiTokenPrediction: n_future={n_future} needs rows of at least "
+                                         rf"{n_future + 1} tokens .*, got input_ids of shape \(1, {T}\)"):  # fmt: skip
+        obj(torch.arange(T)[None] % 10)
+    assert obj(torch.arange(n_future + 1)[None] % 10).labels[0, 0, -1] == n_future % 10  # the farthest head's target

@@ -19,13 +19,23 @@ SMALL = Vocab(size=100, pad_id=0, eos_id=1, sentinel_ids=(99, 98, 97))
 
 
 # --------------------------------------------------------------------------- a straightforward T5 port
+def t5_noise_counts(length, noise_density, mean_noise_span_length):
+    """(noise tokens, noise spans) of T5's random_spans_noise_mask, its TensorFlow arithmetic ported to numpy:
+    ``tf.round(tf.cast(length, tf.float32) * noise_density)`` (the Python float becomes a float32 tensor; the
+    product is float32; ``tf.round`` rounds half to even, as ``np.round``), clipped to [1, length - 1], then
+    ``tf.round(tf.cast(num_noise_tokens, tf.float32) / mean_noise_span_length)`` (float32), at least 1."""
+    length = max(length, 2)
+    noise = int(np.round(np.float32(length) * np.float32(noise_density)))
+    noise = min(max(noise, 1), length - 1)
+    spans = int(np.round(np.float32(noise) / np.float32(mean_noise_span_length)))
+    return noise, max(spans, 1)
+
+
 def t5_random_spans_noise_mask(length, noise_density, mean_noise_span_length, rng):
     """Per-example numpy port of T5's random_spans_noise_mask (t5/data/preprocessors.py), random_roll=False."""
     orig_length = length
     length = max(length, 2)
-    num_noise_tokens = int(round(length * noise_density))
-    num_noise_tokens = min(max(num_noise_tokens, 1), length - 1)
-    num_noise_spans = max(int(round(num_noise_tokens / mean_noise_span_length)), 1)
+    num_noise_tokens, num_noise_spans = t5_noise_counts(length, noise_density, mean_noise_span_length)
     num_nonnoise_tokens = length - num_noise_tokens
 
     def random_segmentation(num_items, num_segments):
@@ -212,8 +222,7 @@ def test_noise_mask_counts_and_structure(n, d, mu):
     assert mask.shape == (B, n) and mask.dtype == torch.bool
     span_lengths = []
     for row, length in zip(mask.tolist(), lengths.tolist()):
-        noise = min(max(round(length * d), 1), length - 1)
-        spans = max(round(noise / mu), 1)
+        noise, spans = t5_noise_counts(length, d, mu)
         assert not any(row[length:])
         r = runs(row[:length])
         assert sum(k for v, k in r if v) == noise  # exactly round(L * density), clipped
@@ -338,7 +347,7 @@ def test_reconstruction_properties(lengths, d, mu, layout, seed):
     x = torch.where(real, torch.randint(2, 100, (len(lengths), W), generator=g), PAD)
     obj = SpanCorruption(V, noise_density=d, mean_noise_span_length=mu, layout=layout)
     feasible = all(
-        (noise := min(max(round(n * d), 1), n - 1)) and max(round(noise / mu), 1) <= n - noise for n in lengths
+        (counts := t5_noise_counts(n, d, mu)) and counts[1] <= n - counts[0] for n in lengths
     )
     if not feasible:
         with pytest.raises(ValueError, match="too short|cannot make"):
@@ -359,8 +368,7 @@ def test_reconstruction_properties(lengths, d, mu, layout, seed):
             assert b.labels[row][has].tolist() == targets
             assert torch.equal(b.labels[row, :-1][has[:-1]], b.input_ids[row, 1:][has[:-1]])  # next position holds it
         assert inputs[-1] == EOS and targets[-1] == EOS
-        noise = min(max(round(n * d), 1), n - 1)
-        spans = max(round(noise / mu), 1)
+        noise, spans = t5_noise_counts(n, d, mu)
         assert len(inputs) == n - noise + spans + 1 and len(targets) == noise + spans + 1
         assert [t for t in inputs if t in SENTINELS] == list(SENTINELS[:spans])  # in order, one per span
         assert reconstruct(inputs[:-1], targets[:-1], SENTINELS) == x[row, :n].tolist()
@@ -504,7 +512,7 @@ def test_rows_too_short_are_refused():
         SpanCorruption(V)(torch.full((2, 1), 7), generator=torch.Generator())
     with pytest.raises(ValueError, match="raw_length=5 has 5 real tokens"):
         span_corruption_lengths(5, 0.6, 1.0)
-    with pytest.raises(ValueError, match="inputs_length must be >= 3"):
+    with pytest.raises(ValueError, match="inputs_length must be an int >= 3, got 2"):
         raw_length_for_inputs(2)
 
 
@@ -642,3 +650,115 @@ def test_fixed_cuts_is_a_uniform_subset(gaps, cuts):
     assert len(counts) == cells and all(list(c) == sorted(set(c)) and (not c or max(c) < gaps) for c in counts)
     if cells > 1:
         assert chi2_pvalue(list(counts.values()), [B / cells] * cells) > 1e-3
+
+
+# --------------------------------------------------------------------------- T5's float32 counts, every length
+@pytest.mark.parametrize("mu", [3.0, 8.0, 1.5])
+@pytest.mark.parametrize("d", [0.15, 0.3, 0.5, 0.35, 0.25, 0.1, 0.05, 0.45, 0.8])
+def test_counts_are_t5s_float32_arithmetic_on_every_length(d, mu):
+    # T5 rounds length * density in float32 (TensorFlow), not float64: they differ on exact ties in float64
+    # (18 lengths <= 2048 at density 0.15, 39 at 0.3); every length 1..2048 against the numpy port
+    lengths = [n for n in range(2, 2049) if t5_noise_counts(n, d, mu)[1] <= n - t5_noise_counts(n, d, mu)[0]]
+    for n in lengths:
+        noise, spans = t5_noise_counts(n, d, mu)
+        assert span_corruption_lengths(n, d, mu) == (n - noise + spans + 1, noise + spans + 1), n
+    with pytest.raises(ValueError, match="raw_length must be an int >= 2, got 1"):
+        span_corruption_lengths(1, d, mu)
+    # the batched mask (UL2's path) counts the same
+    mask = random_spans_noise_mask(torch.tensor(lengths), d, mu, width=2048, generator=torch.Generator().manual_seed(0))
+    starts = mask & ~torch.cat([torch.zeros_like(mask[:, :1]), mask[:, :-1]], 1)
+    got = list(zip(mask.sum(1).tolist(), starts.sum(1).tolist()))
+    assert got == [t5_noise_counts(n, d, mu) for n in lengths]
+
+
+def test_t5s_float32_tie_literal():
+    # 190 * 0.15 is 28.499999999999996 in float64 (28) but 28.500002 in float32 (29): T5 gives 29 noise tokens
+    assert t5_noise_counts(190, 0.15, 3.0) == (29, 10)
+    assert span_corruption_lengths(190) == (190 - 29 + 10 + 1, 29 + 10 + 1)
+    b = SpanCorruption(V)(torch.randint(2, 99, (2, 190), generator=torch.Generator().manual_seed(0)))
+    assert (b.labels != IGNORE_INDEX).sum(1).tolist() == [40, 40]
+
+
+# --------------------------------------------------------------------------- interior padding
+def rows_with_holes(seed, B, T, hole_rate):
+    """Rows of distinct ordinary tokens whose real tokens have holes anywhere (interior, left, right)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randperm(98, generator=g)[:T].add(2).expand(B, T).clone()  # ids 2..99, distinct within a row
+    real = torch.rand(B, T, generator=g) >= hole_rate  # (B, T) holes anywhere
+    real[0, : T // 4] = False  # a left-padded row with holes
+    real[-1, -T // 4 :] = False  # a right-padded row with holes
+    real[:, T // 2] = real[:, T // 2 + 1] = True  # at least 2 real tokens
+    return x.masked_fill(~real, PAD), real
+
+
+def read_pieces(b, layout):
+    """Per row: (inputs, targets), EOS included, read back from a span-corruption batch."""
+    out = []
+    for row in range(b.input_ids.shape[0]):
+        if layout == "encoder_decoder":
+            out.append((b.input_ids[row][b.attention_mask[row]].tolist(), b.labels[row][b.labels[row] != IGNORE_INDEX].tolist()))
+        else:
+            seq = b.input_ids[row, 1:][b.attention_mask[row, 1:]].tolist() + [EOS]
+            i_len = int(b.prefix_mask[row].sum()) - 1
+            out.append((seq[:i_len], seq[i_len:]))
+    return out
+
+
+@pytest.mark.parametrize("layout", ["encoder_decoder", "decoder"])
+@pytest.mark.parametrize("hole_rate", [0.1, 0.3])
+def test_interior_padding_spans_are_counted_and_cut_over_the_real_tokens(layout, hole_rate):
+    # holes in attention_mask inside a row: the spans are T5's over the row's real tokens, in order, as if the
+    # holes were not there (a span crossing a hole is one span)
+    for seed in range(20):
+        for d, mu in ((0.15, 3.0), (0.5, 3.0), (0.3, 1.5)):
+            x, real = rows_with_holes(seed, 6, 60, hole_rate)
+            b = SpanCorruption(V, noise_density=d, mean_noise_span_length=mu, layout=layout)(
+                x, attention_mask=real, generator=torch.Generator().manual_seed(seed)
+            )
+            for row, (inputs, targets) in enumerate(read_pieces(b, layout)):
+                n = int(real[row].sum())
+                noise, spans = t5_noise_counts(n, d, mu)
+                assert (len(inputs), len(targets)) == (n - noise + spans + 1, noise + spans + 1), (seed, row)
+                assert [t for t in inputs if t in SENTINELS] == list(SENTINELS[:spans])
+                assert reconstruct(inputs[:-1], targets[:-1], SENTINELS) == x[row][real[row]].tolist()
+
+
+def test_interior_padding_equals_the_compacted_rows():
+    # the same real tokens, compacted to the left: the same inputs and targets from the same draws
+    x, real = rows_with_holes(5, 6, 40, 0.2)
+    order = (~real).long().argsort(dim=1, stable=True)
+    compact_x, compact_real = x.gather(1, order), real.gather(1, order)
+    assert not bool(real.equal(compact_real))
+    for layout in ("encoder_decoder", "decoder"):
+        obj = SpanCorruption(V, layout=layout)
+        a = obj(x, attention_mask=real, generator=torch.Generator().manual_seed(1))
+        c = obj(compact_x, attention_mask=compact_real, generator=torch.Generator().manual_seed(1))
+        assert torch.equal(a.input_ids, c.input_ids) and torch.equal(a.labels, c.labels)
+
+
+def test_noise_spans_to_inputs_targets_spans_cross_holes():
+    # positions 2 and 4 are noise with a hole (position 3) between them: one span
+    x = torch.tensor([[5, 6, 7, 0, 8, 9]])
+    out = noise_spans_to_inputs_targets(
+        x, torch.tensor([[0, 0, 1, 0, 1, 0]]).bool(), torch.tensor([[1, 1, 1, 0, 1, 1]]).bool(), (99, 98), eos_id=1, pad_id=0
+    )
+    assert out.inputs.tolist() == [[5, 6, 99, 9, 1]] and out.targets.tolist() == [[99, 7, 8, 1]]
+
+
+def test_length_helper_clips_the_span_count_where_t5s_overflows():
+    # T5's random_spans_helper lets round(noise / mean) be 0; its mask makes at least one span, so T5's raw length
+    # overflows inputs_length by one token there; ours clips to 1 span, as the mask does, and fits
+    for L in range(4, 10):
+        t5_raw, _ = t5_random_spans_helper(L, 0.15, 3.0)
+        noise, spans = t5_noise_counts(t5_raw, 0.15, 3.0)
+        assert t5_raw - noise + spans + 1 == L + 1  # T5's own mask overflows
+        raw, _ = raw_length_for_inputs(L, 0.15, 3.0)
+        assert raw == t5_raw - 1 and span_corruption_lengths(raw, 0.15, 3.0)[0] == L
+
+
+def test_length_helper_uses_the_masks_float32_counts():
+    # at inputs_length 166 (density 0.15, span 8) T5's float64 helper stops at 189 raw tokens; with the mask's
+    # float32 counts 190 tokens (29 noise, not 28) still fit
+    assert t5_random_spans_helper(166, 0.15, 8.0)[0] == 189
+    assert raw_length_for_inputs(166, 0.15, 8.0)[0] == 190 and span_corruption_lengths(190, 0.15, 8.0)[0] == 166
+    assert span_corruption_lengths(191, 0.15, 8.0)[0] > 166

@@ -139,3 +139,50 @@ def test_unigram_counts_pass_through():
     assert not bound.needs_unigram_counts and bound == obj
     b = bound(X, word_ids=W, generator=gen())
     assert set(b.input_ids[b.labels != IGNORE_INDEX].tolist()) == {7}
+
+
+def bert_rows(seed, B, T):
+    """[CLS] words [SEP] words [SEP] [PAD]...: two segments, right padding; word ids as in the recipe."""
+    g = gen(seed)
+    ids = torch.randint(4, 10, (B, T), generator=g)
+    wid = torch.arange(T).expand(B, T).clone()
+    lengths = torch.randint(T // 2, T + 1, (B,), generator=g)
+    t = torch.arange(T)
+    real = t < lengths[:, None]
+    middle = torch.randint(2, T // 2, (B, 1), generator=g)
+    ids = torch.where(t == 0, 1, ids)  # [CLS]
+    ids = torch.where((t == middle) | (t == lengths[:, None] - 1), 2, ids)  # [SEP]s
+    ids = ids.masked_fill(~real, 0)
+    wid = torch.where(real & (ids > 3), wid, -1)
+    return ids, wid, real
+
+
+@pytest.mark.parametrize("T", [16, 64])
+def test_sbo_boundaries_are_never_special_tokens_or_padding(T):
+    # SpanBERT masks inside the sentence (before [CLS]/[SEP] are added) and gives pair targets only to spans
+    # whose two outer tokens lie in the sentence: a boundary is never [CLS], [SEP] or padding
+    obj = SpanBERT(vocab=V, probability=0.3)
+    special = V.special_mask()
+    seen = 0
+    for seed in range(40):
+        ids, wid, real = bert_rows(seed, 8, T)
+        b = obj(ids, attention_mask=real, word_ids=wid, generator=gen(seed))
+        t = obj.targets(b)
+        seen += t.labels.numel()
+        for side in (t.left, t.right):
+            assert not special[b.input_ids[t.rows, side]].any() and bool(real[t.rows, side].all())
+        # ... and every span whose boundaries are ordinary real tokens still gets its targets
+        scan = brute_targets(b.labels, real & ~special[ids], obj.max_pair_targets)
+        assert list(zip(*(x.tolist() for x in t))) == scan
+    assert seen > 0
+
+
+def test_special_boundaries_argument():
+    # span_boundary_targets(..., special=): positions that may not be boundaries even though they are real
+    y = torch.tensor([[-100, 11, 12, -100, 14, -100, 16, -100]])
+    real = torch.ones(1, 8, dtype=torch.bool)
+    special = torch.tensor([[True, False, False, False, False, False, False, True]])  # [CLS] ... [SEP]
+    t = span_boundary_targets(y, real, special=special)
+    assert t.positions.tolist() == [4] and (t.left.tolist(), t.right.tolist()) == ([3], [5])
+    with pytest.raises(ValueError, match="special must have the shape"):
+        span_boundary_targets(y, real, special=special[:, :3])

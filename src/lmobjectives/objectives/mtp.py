@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import torch
 
-from .._checks import check_like, check_positive_int
+from .._checks import check_choice, check_like, check_positive_int
 from ..constants import IGNORE_INDEX
 from ..vocab import Vocab
 from ..batch import Batch, checked_tokens
@@ -85,7 +85,8 @@ class MultiTokenPrediction:
     ``n_future=2`` is DeepSeek-V3's depth 1 and Gloeckle et al.'s best natural-language setting (they
     use 4 on code); ``mtp_weight=0.3`` is DeepSeek-V3's λ for its first 10T tokens (then 0.1).
 
-    A batch with no target at all raises ``ValueError``; rows without one are reported in
+    A batch with no target at all raises ``ValueError``, and so does ``n_future >= T`` (rows of ``T``
+    tokens leave the farthest head no position with a target); rows without one are reported in
     ``has_targets`` (a row with a target for some head has one for the next-token head). No randomness:
     ``generator`` is accepted for a uniform interface.
     """
@@ -101,8 +102,7 @@ class MultiTokenPrediction:
 
     def __post_init__(self) -> None:
         check_positive_int(self.n_future, "n_future")
-        if self.head_design not in ("parallel", "sequential"):
-            raise ValueError(f"head_design must be 'parallel' or 'sequential', got {self.head_design!r}")
+        check_choice(self.head_design, "head_design", ("parallel", "sequential"))
         for flag in ("document_masking", "memory_efficient"):
             if not isinstance(getattr(self, flag), bool):
                 raise TypeError(f"{flag} must be a bool, got {getattr(self, flag)!r}")
@@ -126,6 +126,12 @@ class MultiTokenPrediction:
             document_ids = documents_from_eos(input_ids, self.vocab.eos_id)  # (B, T)
         elif self.document_masking:
             self.vocab.require("eos_id", who="MultiTokenPrediction(document_masking=True) without document_ids")
+        if self.n_future >= T:  # the head predicting t + n_future would have no position with a target
+            raise ValueError(
+                f"MultiTokenPrediction: n_future={self.n_future} needs rows of at least {self.n_future + 1} tokens "
+                f"(the farthest head predicts the token {self.n_future} ahead), got input_ids of shape "
+                f"{tuple(input_ids.shape)}; use " + (f"n_future <= {T - 1} or " if T > 1 else "") + "longer rows"
+            )
         # link[b, t]: t -> t+1 stays inside real tokens of one document
         link = real[:, :-1] & real[:, 1:]  # (B, T-1)
         if document_ids is not None:

@@ -12,11 +12,12 @@ The length helpers say how many raw tokens to draw so that the model input has a
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass, field
 
 import torch
 
-from .._checks import check_generator, check_like, check_probability
+from .._checks import check_choice, check_generator, check_int, check_like, check_probability
 from ..constants import IGNORE_INDEX
 from ..vocab import Vocab
 from ..batch import Batch, checked_tokens
@@ -48,19 +49,19 @@ def _check_mean_span(value: object, name: str = "mean_noise_span_length") -> flo
     return float(value)
 
 
-def _check_length(value: object, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    return value
+def _f32(x: float) -> float:
+    """``x`` rounded to the nearest float32 (as a Python float)."""
+    return struct.unpack("f", struct.pack("f", x))[0]
 
 
 def _counts(n: int, density: float, mean_span: float) -> tuple[int, int]:
-    """(noise tokens, noise spans) of a row of ``n >= 2`` tokens, as T5 computes them (Python float64 rounding,
-    half to even)."""
-    noise = min(max(int(round(n * density)), 1), n - 1)
-    return noise, max(int(round(noise / mean_span)), 1)
+    """(noise tokens, noise spans) of a row of ``n >= 2`` tokens, as T5's ``random_spans_noise_mask`` computes
+    them: in TensorFlow float32 (``tf.cast(length, tf.float32) * noise_density``, then ``/ mean_noise_span_length``)
+    and ``tf.round`` (half to even, as Python's ``round``). A float32 product or quotient computed in float64 and
+    rounded to float32 is exact (float64 holds twice float32's precision plus 2 bits), so this equals TensorFlow's
+    on every input; :func:`random_spans_noise_mask` computes the same in float32 tensors."""
+    noise = min(max(int(round(_f32(_f32(n) * _f32(density)))), 1), n - 1)
+    return noise, max(int(round(_f32(_f32(noise) / _f32(mean_span)))), 1)
 
 
 def _too_short(n: int, density: float, mean_span: float, what: str) -> ValueError:
@@ -90,7 +91,7 @@ def span_corruption_lengths(
     >>> span_corruption_lengths(568)
     (512, 114)
     """
-    n = _check_length(raw_length, "raw_length", 2)
+    n = check_int(raw_length, "raw_length", low=2)
     d, mu = _check_density(noise_density), _check_mean_span(mean_noise_span_length)
     noise, spans = _counts(n, d, mu)
     if spans > n - noise:
@@ -117,7 +118,7 @@ def raw_length_for_inputs(
     >>> raw_length_for_inputs(512, 0.15, 3.0)
     (568, 114)
     """
-    target = _check_length(inputs_length, "inputs_length", 3)
+    target = check_int(inputs_length, "inputs_length", low=3)
     d, mu = _check_density(noise_density), _check_mean_span(mean_noise_span_length)
     n = max(target - 1, 2)  # inputs(n) <= n + 1: a start that fits
     while _inputs_length(n + 1, d, mu) <= target:  # inputs(n) never decreases with n
@@ -137,7 +138,7 @@ def raw_length_for_total(
     >>> raw_length_for_total(626), span_corruption_lengths(568)
     (568, (512, 114))
     """
-    total = _check_length(total_length, "total_length", 6)
+    total = check_int(total_length, "total_length", low=6)
     d, mu = _check_density(noise_density), _check_mean_span(mean_noise_span_length)
     n = total - 4  # spans >= 1
     while n > 2 and n + 2 * _counts(n, d, mu)[1] + 2 > total:  # the total never decreases with n
@@ -296,8 +297,8 @@ def random_spans_noise_mask(
 
     ``noise_density`` and ``mean_noise_span_length`` are floats or ``(B,)`` tensors (one denoiser
     per row, UL2); ``lengths`` is a ``(B,)`` integer tensor, ``width`` defaults to its maximum.
-    Rounding is float64 half-to-even, as Python's ``round`` in ``random_spans_helper``; T5's
-    TensorFlow mask rounds in float32, which can differ on an exact tie. No Python loop over rows:
+    The counts are T5's arithmetic exactly: float32 products and quotients, rounded half to even
+    (``tf.round``). No Python loop over rows:
     each segmentation is one ``topk`` over random keys for the whole batch (``_random_cuts``).
     Raises ``ValueError`` for a row shorter than 2 tokens or one whose non-noise tokens are fewer
     than its spans (too short for the density and span length).
@@ -326,11 +327,12 @@ def random_spans_noise_mask(
         bad = int((~((mu >= 1) & mu.isfinite())).nonzero()[0, 0])
         raise ValueError(f"mean_noise_span_length must be a finite float >= 1, got {float(mu[bad])!r} (row {bad})")
     longest = int(n.max())
-    width = longest if width is None else _check_length(width, "width", 1)
+    width = longest if width is None else check_int(width, "width", low=1)
     if longest > width:
         raise ValueError(f"lengths holds {longest}, more than width={width}")
-    noise = torch.minimum((n * d).round().long().clamp(min=1), n - 1)  # (B,)
-    spans = (noise / mu).round().long().clamp(min=1)  # (B,)
+    f32 = torch.float32  # T5's arithmetic: float32 products and quotients, round half to even (as _counts)
+    noise = torch.minimum((n.to(f32) * d.to(f32)).round().long().clamp(min=1), n - 1)  # (B,)
+    spans = (noise.to(f32) / mu.to(f32)).round().long().clamp(min=1)  # (B,)
     bad = (n < 2) | (spans > n - noise)  # (B,)
     if bool(bad.any()):
         b = int(bad.nonzero()[0, 0])
@@ -454,8 +456,9 @@ def noise_spans_to_inputs_targets(
     ``sentinel_ids[k]``.
 
     Works for any noise mask (``noise_mask & real`` is used; ``real`` ``(B, T)`` marks the tokens that
-    exist, anywhere in the row). For a mask that starts with a non-noise token and ends with noise, as
-    every :func:`random_spans_noise_mask` row does, the targets are exactly T5's
+    exist, anywhere in the row: spans are runs of noise among the real tokens in order, so padding inside
+    a row neither splits a span nor ends one, second example). For a mask that starts with a non-noise
+    token and ends with noise, as every :func:`random_spans_noise_mask` row does, the targets are exactly T5's
     ``nonnoise_span_to_unique_sentinel``; for other masks T5 gives the targets' sentinels to the
     non-noise runs, which then no longer match the inputs' (a mask starting with noise), while here
     a sentinel always names the same span in both. A row without noise gets its tokens and EOS as
@@ -467,6 +470,10 @@ def noise_spans_to_inputs_targets(
     ...                                     torch.ones(1, 5, dtype=torch.bool), (99, 98), eos_id=1, pad_id=0)
     >>> out.inputs, out.targets
     (tensor([[ 5, 99,  8, 98,  1]]), tensor([[99,  6,  7, 98,  9,  1]]))
+    >>> out = noise_spans_to_inputs_targets(torch.tensor([[5, 6, 0, 7, 8]]), torch.tensor([[0, 1, 0, 1, 0]]).bool(),
+    ...                                     torch.tensor([[1, 1, 0, 1, 1]]).bool(), (99, 98), eos_id=1, pad_id=0)
+    >>> out.inputs, out.targets
+    (tensor([[ 5, 99,  8,  1]]), tensor([[99,  6,  7,  1]]))
     """
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
         raise TypeError(f"input_ids must be a (B, T) integer tensor, got {type(input_ids).__name__}")
@@ -480,7 +487,11 @@ def noise_spans_to_inputs_targets(
     sentinels = torch.as_tensor(sentinel_ids, dtype=torch.long, device=device).flatten()  # (K,)
     if sentinels.numel():
         _check_no_sentinels(ids, real, sentinels)
-    prev = torch.cat([torch.zeros_like(noise[:, :1]), noise[:, :-1]], 1)  # (B, T) previous token is noise
+    # a span is a run of noise among the real tokens: padding inside a row does not split it
+    t = torch.arange(T, device=device)
+    last_real = torch.where(real, t, -1).cummax(1).values  # (B, T) the last real position <= t
+    before = torch.cat([torch.full_like(last_real[:, :1], -1), last_real[:, :-1]], 1)  # (B, T) ... < t
+    prev = noise.gather(1, before.clamp(min=0)) & (before >= 0)  # (B, T) the previous real token is noise
     first = noise & ~prev  # (B, T) first token of a span
     keep = real & ~(noise & prev)  # (B, T) tokens the inputs keep (a span's first token becomes its sentinel)
     n_spans = first.sum(1)  # (B,)
@@ -496,7 +507,7 @@ def noise_spans_to_inputs_targets(
     ):
         if width is None:
             width = longest
-        elif _check_length(width, name, 1) < longest:
+        elif check_int(width, name, low=1) < longest:
             raise ValueError(f"row {int(lengths.argmax())} needs {longest} tokens, more than {name}={width}")
         widths.append(width)
     Wi, Wt = widths
@@ -534,8 +545,9 @@ class SpanCorruption:
     (:func:`noise_spans_to_inputs_targets`). Span ``k`` gets ``Vocab.sentinel_ids[k]`` (T5 counts
     down from the end of its vocabulary; here the order is the vocab's). A packed block (documents
     joined by EOS) is one row: spans are drawn over the whole row and may cross documents, as in T5,
-    which concatenates documents before splitting them into 568-token rows. Rows may be right-padded
-    (each uses its own length); outputs are padded to the widths of a full row of length ``T``
+    which concatenates documents before splitting them into 568-token rows. Rows may be padded
+    anywhere, left, right or inside (each uses its own length; spans are counted and cut over the
+    row's real tokens in order, as if the padding were not there); outputs are padded to the widths of a full row of length ``T``
     (:func:`span_corruption_lengths`), so shapes are static: a full 568-token row gives 512 input and
     114 target tokens. When every row has the same number of real tokens, first (no padding, the usual
     packed block), every row has the same noise and span counts and the batch is built at fixed shapes
@@ -619,8 +631,7 @@ class SpanCorruption:
             )
         object.__setattr__(self, "noise_density", _check_density(self.noise_density))
         object.__setattr__(self, "mean_noise_span_length", _check_mean_span(self.mean_noise_span_length))
-        if self.layout not in LAYOUTS:
-            raise ValueError(f"layout must be one of {', '.join(map(repr, LAYOUTS))}, got {self.layout!r}")
+        check_choice(self.layout, "layout", LAYOUTS)
 
     def lengths(self, raw_length: int) -> tuple[int, int]:
         """``(inputs width, targets width)`` for rows of ``raw_length`` tokens (:func:`span_corruption_lengths`)."""

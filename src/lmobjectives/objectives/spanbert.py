@@ -37,14 +37,21 @@ class SpanBoundaryTargets(NamedTuple):
 
 
 def span_boundary_targets(
-    labels: torch.Tensor, attention_mask: torch.Tensor, max_pair_targets: int = 15
+    labels: torch.Tensor,
+    attention_mask: torch.Tensor,
+    max_pair_targets: int = 15,
+    *,
+    special: torch.Tensor | None = None,
 ) -> SpanBoundaryTargets:
     """SpanBERT's pair targets from a masked batch: spans are the maximal runs of labelled positions.
 
     A span ``s..e`` (a run of ``labels != IGNORE_INDEX``; touching spans form one run, as
     SpanBERT's ``merge_intervals`` makes them) gives SBO targets when both boundary tokens
-    ``s - 1`` and ``e + 1`` exist in the row and are real (``attention_mask``); a span at the
-    edge of the row or next to padding gives none (SpanBERT's ``endpoints="external"`` rule).
+    ``s - 1`` and ``e + 1`` exist in the row, are real (``attention_mask``) and are not special
+    (``special`` ``(B, T)`` bool, True at [CLS], [SEP], EOS, ...; :meth:`SpanBERT.targets` passes
+    the vocab's special ids); a span at the edge of the row or next to padding or a special token
+    gives none. This is SpanBERT's ``endpoints="external"`` rule: it masks the sentence before
+    [CLS] and [SEP] are added and keeps a span only if both outer tokens lie in the sentence.
     Only the first ``max_pair_targets`` tokens of a span are targets (SpanBERT truncates its
     pair targets to ``--max-pair-targets``, 15 in its released runs).
 
@@ -68,6 +75,8 @@ def span_boundary_targets(
     if not isinstance(labels, torch.Tensor) or labels.dim() != 2:
         raise ValueError(f"labels must be a (B, T) tensor, got {type(labels).__name__} {getattr(labels, 'shape', '')}")
     real = check_like(attention_mask, labels, "attention_mask", dtype="bool")  # (B, T)
+    if special is not None:
+        real = real & ~check_like(special, labels, "special", dtype="bool")  # (B, T) the possible boundaries
     B, T = labels.shape
     sel = labels != IGNORE_INDEX  # (B, T)
     t = torch.arange(T, device=labels.device).expand(B, T)  # (B, T)
@@ -98,9 +107,9 @@ class SpanBERT:
     The batch is :class:`MaskedLM` with ``unit="span"`` and these options (SpanBERT's defaults:
     15 % of tokens, Geometric(0.2) span lengths on 1..10 words, one 80/10/10 decision per span,
     a fixed budget per row). The SBO targets are read off the masked batch by
-    :func:`span_boundary_targets` (every masked token of a span whose two boundary tokens lie in
-    the row, the first ``max_pair_targets`` of each span). SpanBERT trains on single contiguous
-    segments without NSP, which is the blocks layout here.
+    :func:`span_boundary_targets` (every masked token of a span whose two boundary tokens are
+    real, non-special tokens of the row, the first ``max_pair_targets`` of each span). SpanBERT
+    trains on single contiguous segments without NSP, which is the blocks layout here.
 
     Deviations from SpanBERT's code (see docs/deviations.md): the budget is BERT's
     ``round(0.15 n)`` over maskable tokens (SpanBERT: ``ceil`` over all tokens); spans are whole
@@ -178,5 +187,8 @@ class SpanBERT:
         return self._mlm(input_ids, attention_mask=attention_mask, word_ids=word_ids, generator=generator)  # type: ignore[misc]
 
     def targets(self, batch: Batch) -> SpanBoundaryTargets:
-        """The SBO targets of a batch this objective made (:func:`span_boundary_targets`)."""
-        return span_boundary_targets(batch.labels, batch.attention_mask, self.max_pair_targets)
+        """The SBO targets of a batch this objective made (:func:`span_boundary_targets`): a span next to a
+        special token ([CLS], [SEP], EOS, ...) or padding gives none. A boundary is never a target, so its
+        ``input_ids`` is the original token."""
+        special = self.vocab.special_mask(batch.input_ids.device)[batch.input_ids]  # (B, T)
+        return span_boundary_targets(batch.labels, batch.attention_mask, self.max_pair_targets, special=special)

@@ -77,7 +77,8 @@ class UL2:
     six span denoisers and S; rates S 20 %, R 40 %, X 40 %, split equally within each family.
 
     Contract, per row of ``n >= 2`` real tokens (``attention_mask``, else those before the trailing ``pad_id`` run; a
-    packed block is one example):
+    packed block is one example; padding may be anywhere in the row, and every denoiser works on the real tokens in
+    order, so a hole in the mask never splits a span):
 
     * span denoiser (μ, r): T5 span corruption, ``noise = clip(round(n r), 1, n - 1)`` tokens in
       ``max(1, round(noise / μ))`` spans; inputs: the kept tokens with one sentinel per span, then EOS; targets: each
