@@ -53,6 +53,12 @@ def test_labels_are_unshifted_and_eos_is_learned_when_pad_is_eos(gpt_tokenizer, 
     assert shift_for_hf(torch.tensor([[8, 2, 9, 2, -100, -100]])).tolist() == [[-100, 8, 2, 9, 2, -100]]
 
 
+def test_an_attention_mask_column_holds_only_0_and_1(gpt_tokenizer, corpus):
+    a, _ = _docs(gpt_tokenizer, corpus)
+    with pytest.raises(ValueError, match=r"attention_mask must hold only 0 and 1 .*got 2"):
+        collator("clm", gpt_tokenizer)([{"input_ids": a, "attention_mask": [1] * (len(a) - 1) + [2]}])
+
+
 def test_text_rows_end_in_eos(gpt_tokenizer, corpus):
     features = collator("clm", gpt_tokenizer)([{"text": t} for t in corpus.texts(3, 1)])
     real = features["attention_mask"].bool()

@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from .._checks import check_choice, check_int
+from .._checks import check_choice, check_int, check_like
 from ..batch import Batch
 from ..data.chat_template import tokenize_conversation
 from ..data.corpus import split_sentences
@@ -197,7 +197,7 @@ class ObjectiveCollator:
         input_ids, real = self._pad(ids, self._fill)
         if real_lists is not None:
             given, _ = self._pad(real_lists, 0)
-            real = real & given.bool()
+            real = real & check_like(given, real, "attention_mask", dtype="bool")  # 0/1 only
         extras: dict[str, torch.Tensor] = {}
         if words is not None:
             extras["word_ids"] = self._pad(words, -1)[0]
