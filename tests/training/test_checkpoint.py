@@ -57,7 +57,7 @@ def test_files_are_safetensors_with_named_optimizer_state(tmp_path):
     with safe_open(str(tmp_path / "model-0000001.safetensors"), framework="pt") as f:
         assert set(f.keys()) == set(model.state_dict())
         assert "output_weight" not in f.keys()  # the tied head is the embedding, stored once
-        assert f.metadata()["step"] == "1"
+        assert f.metadata() == {"format": "pt"}  # one entry: safetensors writes several in a varying order
     with safe_open(str(tmp_path / "optimizer-0000001.safetensors"), framework="pt") as f:
         keys = set(f.keys())
     assert {"tok_emb.weight.exp_avg", "tok_emb.weight.exp_avg_sq", "tok_emb.weight.step"} <= keys
@@ -142,8 +142,8 @@ def test_a_damaged_newest_checkpoint_is_reported_and_the_previous_one_loaded(tmp
     other, other_opt = _model_and_optimizer(1)
     assert load_checkpoint(tmp_path, other, other_opt, report=lines.append) == {"step": 1}
     assert all(torch.equal(other.state_dict()[k], v) for k, v in saved.items())
-    assert len(lines) == 2 and expected in lines[0] and "checkpoint of step 2" in lines[0]
-    assert lines[1].startswith("resuming from the checkpoint of step 1")
+    assert len(lines) == 1 and lines[0].startswith(f"using the checkpoint of step 1, the newest intact one in {tmp_path}")
+    assert "skipped the damaged step 2: " in lines[0] and expected in lines[0]
     _truncate(tmp_path / "model-0000001.safetensors")  # now nothing is intact
     with pytest.raises(CheckpointError, match="no intact checkpoint .*step 2: .*; step 1: model-0000001"):
         load_checkpoint(tmp_path, other, other_opt)
@@ -164,7 +164,7 @@ def test_a_full_disk_keeps_every_earlier_checkpoint_and_says_what_was_needed(tmp
 
     monkeypatch.setattr(checkpoint_module, "save_file", disk_full_on_the_optimizer)
     _step(model, opt, 1)
-    with pytest.raises(CheckpointError, match=r"step 2 .*the disk is full; it needs about [\d.]+ MiB .* steps 1 are intact"):
+    with pytest.raises(CheckpointError, match=r"step 2 .*the disk is full; it needs about [\d.]+ MiB .* The checkpoint of step 1 is intact"):
         save_checkpoint(tmp_path, model, opt, {"step": 2})
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing of step 2 is left behind
 

@@ -5,15 +5,20 @@ Layout of ``out/checkpoint/`` (``S`` = the step, zero-padded to 7 digits)::
     model-S.safetensors      # model.state_dict() (the tied LM head is the embedding, stored once)
     optimizer-S.safetensors  # "<param name>.exp_avg", "<param name>.exp_avg_sq", "<param name>.step"
     state-S.json             # step, tokens seen, losses, elapsed time, data position, the metrics window,
-                             # and the size and SHA-256 of the two weight files
+                             # the size and SHA-256 of the two weight files, and "content_sha256": the
+                             # SHA-256 of the canonical JSON of every other entry (sorted keys, no spaces)
 
 Saving is atomic: the step's two weight files are written (each to a temporary name, flushed to
 disk, renamed), then ``state-S.json`` the same way, which commits the checkpoint; only then are
 checkpoints older than the ``keep`` newest deleted. A crash, a full disk or a second Ctrl-C at any
-moment leaves every earlier checkpoint whole. Loading takes the newest checkpoint whose files have
-the sizes and checksums its state file recorded, and reports each newer one it had to skip. The
-learning rate is a function of the step and every random draw is seeded from ``(seed, step)`` (see
-:mod:`.streams`), so no scheduler or generator state is stored.
+moment leaves every earlier checkpoint whole. Loading takes the newest checkpoint whose state file
+matches its own checksum and whose files have the sizes and checksums it recorded, and says in one
+line which one it used and why each newer one was skipped (a weight file without its state file
+counts as a skipped checkpoint). Equal states give byte-identical files: the weight files' header
+holds one metadata entry (safetensors keeps metadata in a hash map whose order changes from process
+to process) and its tensors sorted by safetensors; nothing holds a timestamp but the wall-clock
+entries of the state file. The learning rate is a function of the step and every random draw is
+seeded from ``(seed, step)`` (see :mod:`.streams`), so no scheduler or generator state is stored.
 """
 
 from __future__ import annotations
@@ -29,13 +34,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from .._checks import check_positive_int
 
 
 __all__ = ["CheckpointError", "checkpoint_steps", "load_checkpoint", "save_checkpoint"]
 
 KEEP_CHECKPOINTS = 2  # complete checkpoints kept by default: the newest and one to fall back on
 _STATE = re.compile(r"^state-(\d{7})\.json$")
+_WEIGHTS = re.compile(r"^(?:model|optimizer)-(\d{7})\.safetensors$")
+CONTENT_KEY = "content_sha256"  # the state file's checksum of its own entries (see _content_sha256)
 
 
 class CheckpointError(RuntimeError):
@@ -71,6 +81,13 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _content_sha256(entries: dict[str, Any]) -> str:
+    """SHA-256 of ``entries`` as canonical JSON (sorted keys, no spaces, ASCII): the same for the dict written
+    and the dict read back, whatever the file's layout (floats are written as ``repr``, which reads back exactly)."""
+    text = json.dumps(entries, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
 def _commit(tmp: Path, path: Path) -> None:
     """Flush ``tmp`` to disk and rename it to ``path`` (atomic on POSIX and Windows)."""
     with open(tmp, "rb+") as f:
@@ -92,10 +109,12 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def _write_safetensors(tensors: dict[str, torch.Tensor], path: Path, step: int) -> dict[str, Any]:
+def _write_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> dict[str, Any]:
     """Write ``tensors`` atomically; returns the file's record (size and checksum) for the state file."""
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": "pt", "step": str(step)})
+    # one metadata entry: safetensors writes its metadata in a hash map's order, which varies between processes,
+    # so a second entry would make equal saves differ byte for byte (the step is in the file name and the state)
+    save_file(tensors, str(tmp), metadata={"format": "pt"})
     _commit(tmp, path)
     return {"bytes": path.stat().st_size, "sha256": _sha256(path)}
 
@@ -124,6 +143,27 @@ def load_optimizer_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimi
         optimizer.state[params[name]] = entries
 
 
+def _write_failure(error: BaseException) -> str | None:
+    """What went wrong when ``error`` is a failed write ("the disk is full", "writing failed (...)"), else None.
+
+    Python's writes raise ``OSError``; safetensors' own writer raises ``SafetensorError`` ("Error while
+    serializing: I/O error: No space left on device (os error 28)"), which is not an ``OSError``."""
+    if isinstance(error, OSError):
+        return "the disk is full" if error.errno == errno.ENOSPC else f"writing failed ({error.strerror or error})"
+    text = str(error)
+    if isinstance(error, SafetensorError) and "I/O error" in text:
+        full = f"os error {errno.ENOSPC})" in text or os.strerror(errno.ENOSPC) in text
+        return "the disk is full" if full else f"writing failed ({text.split('I/O error: ', 1)[-1]})"
+    return None
+
+
+def _intact(steps: list[int]) -> str:
+    """The sentence naming the intact checkpoints: ``The checkpoints of steps 6, 4 are intact.``"""
+    if len(steps) == 1:
+        return f"The checkpoint of step {steps[0]} is intact."
+    return f"The checkpoints of steps {', '.join(map(str, steps))} are intact."
+
+
 def _on_cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
 
@@ -138,11 +178,11 @@ def save_checkpoint(
 ) -> Path:
     """Write the checkpoint of ``state["step"]`` atomically and keep the ``keep`` newest (see the module docstring).
 
-    A full disk (or any other write error) removes this step's partial files and raises
-    :class:`CheckpointError` saying how many bytes the checkpoint needed and which checkpoints are intact.
+    A full disk (or any other write error, Python's or safetensors') removes this step's partial files and raises
+    :class:`CheckpointError` saying how many bytes the checkpoint needed and which checkpoints are intact; any
+    other exception (a Ctrl-C) removes them too and propagates.
     """
-    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
-        raise ValueError(f"keep must be a positive int, got {keep!r}")
+    check_positive_int(keep, "keep")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     step = int(state["step"])
@@ -150,23 +190,26 @@ def save_checkpoint(
     written = [model_file(step), optimizer_file(step), state_file(step)]
     existed = {name for name in written if (directory / name).exists()}  # a re-save of a committed step
     try:
-        files = {name: _write_safetensors(tensors, directory / name, step) for name, tensors in weights.items()}
+        files = {name: _write_safetensors(tensors, directory / name) for name, tensors in weights.items()}
+        content = json.loads(json.dumps({**state, "files": files}))  # as it will read back (tuples as lists, ...)
         tmp = directory / (state_file(step) + ".tmp")
-        tmp.write_text(json.dumps({**state, "files": files}, indent=2) + "\n")
+        tmp.write_text(json.dumps({**content, CONTENT_KEY: _content_sha256(content)}, indent=2) + "\n")
         _commit(tmp, directory / state_file(step))  # the commit point
-    except OSError as e:
-        for name in written:  # this step's new files, whole or partial: never a half-written checkpoint
+    except BaseException as e:  # a write error, a Ctrl-C, ...: never a half-written checkpoint
+        for name in written:  # this step's new files, whole or partial
             if name not in existed:
                 (directory / name).unlink(missing_ok=True)
             (directory / (name + ".tmp")).unlink(missing_ok=True)
+        what = _write_failure(e)
+        if what is None:
+            raise
         needed = sum(t.numel() * t.element_size() for tensors in weights.values() for t in tensors.values())
         free = shutil.disk_usage(directory).free
         intact = checkpoint_steps(directory)
-        what = "the disk is full" if e.errno == errno.ENOSPC else f"writing failed ({e.strerror or e})"
         raise CheckpointError(
             f"could not save the checkpoint of step {step} in {directory}: {what}; it needs about "
             f"{needed / 2**20:,.1f} MiB and {free / 2**20:,.1f} MiB are free. "
-            + (f"The checkpoints of steps {', '.join(map(str, intact))} are intact." if intact else "No earlier checkpoint exists.")
+            + (_intact(intact) if intact else "No earlier checkpoint exists.")
         ) from None
     _fsync_directory(directory)
     kept = set(checkpoint_steps(directory)[:keep])
@@ -177,6 +220,27 @@ def save_checkpoint(
     return directory
 
 
+def _read_state(directory: Path, step: int) -> tuple[dict[str, Any] | None, str | None]:
+    """``(state, None)`` for a state file that reads and matches its own checksum, else ``(None, why not)``.
+
+    A state file without a checksum of its own (written before it had one) is returned as it is, with
+    ``state[CONTENT_KEY]`` None."""
+    name = state_file(step)
+    try:
+        state = json.loads((directory / name).read_text())
+    except FileNotFoundError:
+        return None, f"{name} is missing (deleted, or its save was cut short)"
+    except (OSError, ValueError) as e:
+        return None, f"{name} cannot be read ({e})"
+    if not isinstance(state, dict) or state.get("step") != step:
+        return None, f"{name} cannot be read (it does not describe step {step})"
+    recorded = state.pop(CONTENT_KEY, None)
+    if recorded is not None and recorded != _content_sha256(state):
+        return None, f"{name} was changed after it was written (its entries do not match its checksum)"
+    state[CONTENT_KEY] = recorded
+    return state, None
+
+
 def _damage(directory: Path, step: int, state: dict[str, Any], names: list[str]) -> str | None:
     """Why the checkpoint of ``step`` cannot be loaded, or None if its files are intact."""
     files = state.get("files")
@@ -184,13 +248,13 @@ def _damage(directory: Path, step: int, state: dict[str, Any], names: list[str])
         return f"{state_file(step)} records no file checksums"
     for name in names:
         path, record = directory / name, files.get(name)
-        if record is None:
-            return f"{state_file(step)} records no {name}"
+        if not isinstance(record, dict) or type(record.get("bytes")) is not int or not isinstance(record.get("sha256"), str):
+            return f"{state_file(step)} records no size and checksum of {name}"
         if not path.is_file():
             return f"{name} is missing"
-        if (size := path.stat().st_size) != record.get("bytes"):
-            return f"{name} has {size:,} bytes, {record.get('bytes'):,} were written"
-        if _sha256(path) != record.get("sha256"):
+        if (size := path.stat().st_size) != record["bytes"]:
+            return f"{name} has {size:,} bytes, {record['bytes']:,} were written"
+        if _sha256(path) != record["sha256"]:
             return f"{name} does not match its checksum"
     return None
 
@@ -204,36 +268,34 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Load the newest intact checkpoint in place (weights, and the optimizer state if given); returns its state.
 
-    Each newer checkpoint that is damaged (a file missing, truncated or changed, a state file that is not
-    JSON) is skipped with one line to ``report``. Raises :class:`CheckpointError` when none is intact, and
-    ``FileNotFoundError`` when there is none.
+    A newer checkpoint that is damaged (a weight file missing, truncated or changed; a state file missing, not
+    JSON, or changed after it was written) is skipped, and one line to ``report`` says which checkpoint was used
+    and why each newer one was skipped (nothing is reported when the newest is intact). Raises
+    :class:`CheckpointError` when none is intact, and ``FileNotFoundError`` when there is none.
     """
     directory = Path(directory)
     steps = checkpoint_steps(directory)
-    if not steps:
+    weight_steps = {int(m.group(1)) for p in directory.iterdir() if (m := _WEIGHTS.match(p.name))} if directory.is_dir() else set()
+    if not steps and not weight_steps:
         raise FileNotFoundError(f"no checkpoint in {directory} (no state-NNNNNNN.json)")
     problems = []
-    for step in steps:
+    for step in sorted(weight_steps | set(steps), reverse=True):  # a weight file without its state file: skipped too
         names = [model_file(step)] + ([optimizer_file(step)] if optimizer is not None else [])
-        try:
-            state = json.loads((directory / state_file(step)).read_text())
-            if not isinstance(state, dict) or state.get("step") != step:
-                raise ValueError(f"it does not describe step {step}")
-        except (OSError, ValueError) as e:
-            problem = f"{state_file(step)} cannot be read ({e})"
-        else:
+        state, problem = _read_state(directory, step)
+        if state is not None:
             problem = _damage(directory, step, state, names)
         if problem is not None:
             problems.append(f"step {step}: {problem}")
-            if report is not None:
-                report(f"checkpoint of step {step} in {directory} is damaged ({problem}); trying an earlier one")
             continue
         device = next(model.parameters()).device
         model.load_state_dict(load_file(str(directory / names[0]), device=str(device)))
         if optimizer is not None:
             load_optimizer_tensors(model, optimizer, load_file(str(directory / names[1])))
-        if problems and report is not None:
-            report(f"resuming from the checkpoint of step {step}, the newest intact one")
         state.pop("files")
+        notes = [f"skipped the damaged {'; '.join(problems)}"] if problems else []
+        if state.pop(CONTENT_KEY) is None:
+            notes.append(f"{state_file(step)} has no checksum of its own (an older version wrote it): its entries are not verified")
+        if notes and report is not None:
+            report(f"using the checkpoint of step {step}, the newest intact one in {directory}; " + "; ".join(notes))
         return state
     raise CheckpointError(f"no intact checkpoint in {directory}: " + "; ".join(problems))
