@@ -30,15 +30,23 @@ Paths are timed round-robin (every round times every path once, ours
 over the rounds. Tokens/s counts all B*T positions (padding included) for
 everyone.
 
+``--baseline REV`` also times the exact word/span/n-gram paths with the
+selection strategies of ``src/lmobjectives/objectives/_masking.py`` at git
+revision REV (``old_*``), in the same rounds, so that old / new / HF ratios
+come from the same machine load.
+
 Run: ``python benchmarks/mlm_throughput.py`` (writes benchmarks/results/mlm_throughput.{json,md}).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib.util
 import json
 import os
 import platform
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -51,6 +59,8 @@ from lmobjectives import Vocab, get_objective
 from lmobjectives.data.tokenizers import word_ids_from_starts
 
 RESULTS = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parent.parent
+BASELINE_PATHS = ("ours_word_exact", "ours_span", "ours_span_exact", "ours_ngram_exact")  # timed again as old_*
 VOCAB_SIZE, PAD, UNK, CLS, SEP, MASK = 30522, 0, 100, 101, 102, 103
 
 
@@ -94,6 +104,34 @@ def offsets_from_word_ids(word_ids: torch.Tensor) -> torch.Tensor:
     return torch.where(in_word[..., None], offs, 0)
 
 
+def baseline_masking(rev: str):
+    """The module ``objectives/_masking.py`` as it was at git revision ``rev`` (its relative imports resolve)."""
+    source = subprocess.run(
+        ["git", "show", f"{rev}:src/lmobjectives/objectives/_masking.py"], cwd=REPO, check=True, capture_output=True, text=True
+    ).stdout
+    name = "lmobjectives.objectives._masking_baseline"
+    spec = importlib.util.spec_from_loader(name, loader=None)
+    module = importlib.util.module_from_spec(spec)
+    module.__package__ = "lmobjectives.objectives"
+    sys.modules[name] = module
+    exec(compile(source, f"{rev}:_masking.py", "exec"), module.__dict__)
+    return module
+
+
+def with_baseline(objective, module):
+    """A copy of ``objective`` (a MaskedLM) whose selection strategy is ``module``'s class of the same name."""
+
+    def rebuilt(x):
+        if not dataclasses.is_dataclass(x):
+            return x
+        fields = {f.name: rebuilt(getattr(x, f.name)) for f in dataclasses.fields(x) if f.init}
+        return getattr(module, type(x).__name__)(**fields)
+
+    copy = dataclasses.replace(objective)
+    object.__setattr__(copy, "_select", rebuilt(objective._strategy()))
+    return copy
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=256)
@@ -102,6 +140,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--rounds", type=int, default=20, help="timed rounds; each times every path")
     ap.add_argument("--ours-calls", type=int, default=3, help="calls of each of our paths per round (HF: 1)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's default)")
+    ap.add_argument("--baseline", default=None, help="git revision whose _masking.py is timed as old_* (e.g. 8698f40)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
@@ -142,6 +181,9 @@ def main(argv=None) -> dict:
             {},
         ),
     }
+    if args.baseline:
+        module = baseline_masking(args.baseline)
+        ours.update({"old" + name[4:]: (with_baseline(ours[name][0], module), ours[name][1]) for name in BASELINE_PATHS})
     hf = {
         "hf_collator": lambda: col(examples),
         "hf_mask_tokens": lambda: col.torch_mask_tokens(ids.clone()),
@@ -189,11 +231,18 @@ def main(argv=None) -> dict:
         "word_exact_vs_hf_wwm": ratio("ours_word_exact", "hf_wwm_mask_tokens"),
         "span_vs_hf_wwm": ratio("ours_span", "hf_wwm_mask_tokens"),
         "ngram_exact_vs_hf_wwm": ratio("ours_ngram_exact", "hf_wwm_mask_tokens"),
+        "span_exact_vs_hf_wwm": ratio("ours_span_exact", "hf_wwm_mask_tokens"),
     }
+    if args.baseline:
+        for name in BASELINE_PATHS:
+            old = "old" + name[4:]
+            ratios[f"{name[5:]}_new_vs_old"] = ratio(name, old)
+            ratios[f"{name[5:]}_old_vs_hf_wwm"] = ratio(old, "hf_wwm_mask_tokens")
     import tokenizers
     import transformers
 
     report = {
+        "baseline": args.baseline,
         "command": "python " + " ".join([os.path.relpath(__file__, Path.cwd())] + sys.argv[1:] if argv is None else [__file__] + argv),
         "machine": {
             "cpus": os.cpu_count(),
@@ -218,6 +267,9 @@ def main(argv=None) -> dict:
         "token >= 30x hf_mask_tokens": ratios["token_vs_hf_mask_tokens"] >= 30,
         "token >= 30x hf_mask_tokens_stm": ratios["token_vs_hf_mask_tokens_stm"] >= 30,
         "word >= 10x hf_wwm_mask_tokens": ratios["word_vs_hf_wwm"] >= 10,
+        "exact word/span/ngram >= 3x hf_wwm_mask_tokens": min(
+            ratios[k] for k in ("word_exact_vs_hf_wwm", "span_vs_hf_wwm", "span_exact_vs_hf_wwm", "ngram_exact_vs_hf_wwm")
+        ) >= 3,
     }
     print(json.dumps(report, indent=2))
     if not args.no_write:
@@ -237,6 +289,10 @@ NOTES = {
     "ours_word_exact": "unit='word', selection='exact' (BERT wwm: skip a word that overflows, go on)",
     "ours_ngram_exact": "unit='ngram', selection='exact' (ALBERT n-grams, n <= 3, P(n) ~ 1/n)",
     "ours_token_unigram": "token defaults, random ids from unigram counts (SpanBERT)",
+    "old_word_exact": "ours_word_exact with the --baseline revision's selection strategies",
+    "old_span": "ours_span with the --baseline revision's selection strategies",
+    "old_span_exact": "ours_span_exact with the --baseline revision's selection strategies",
+    "old_ngram_exact": "ours_ngram_exact with the --baseline revision's selection strategies",
     "hf_collator": "collator(list of 256 dicts of unpadded id lists): pad + mask, HF's usual call",
     "hf_mask_tokens": "collator.torch_mask_tokens(ids.clone()): fastest HF path given only the ids",
     "hf_mask_tokens_stm": "... plus a precomputed special_tokens_mask (not timed): HF masking arithmetic only",
@@ -254,6 +310,14 @@ def markdown(r: dict) -> str:
         f"Machine: {m['cpus']} CPU cores ({m['processor']}, {m['platform']}), torch threads {m['torch_threads']}, "
         f"load average before/after {m['load_average_before'][0]:.2f}/{m['load_average_after'][0]:.2f} "
         "(the machine is shared; a load above the core count inflates every number).",
+        (
+            "**Measured under load** (1-minute load average above the core count): absolute times here are not "
+            "what a quiet machine gives and are no headline; compare ratios, which come from the same rounds."
+            if max(m["load_average_before"][0], m["load_average_after"][0]) > (m["cpus"] or 1)
+            else "The machine was quiet (load average below the core count)."
+        ),
+        (f"Baseline (`old_*`): the selection strategies of `_masking.py` at git revision `{r['baseline']}`, timed in "
+         "the same rounds." if r.get("baseline") else "No baseline revision timed."),
         (
             f"Torch ran on {m['torch_threads']} of {m['cpus']} cores (`--threads`): on a shared, oversubscribed "
             "machine OpenMP threads that wait for a busy core inflate every torch op many times over. "

@@ -278,15 +278,16 @@ def word_slots(maskable: torch.Tensor, word_ids: torch.Tensor) -> tuple[torch.Te
     A word is a maximal run of maskable tokens with one id; slots count words from 0 in each row;
     ``W`` is the most words in a row. Tokens off words get slot 0 (callers mask them out).
     """
-    w = torch.where(maskable, word_ids, -1)  # (B, T)
+    on = maskable.long()  # (B, T)
+    w = (word_ids + 1) * on - 1  # (B, T) word id at maskable tokens, -1 elsewhere (a where, without its cost)
     start = maskable.clone()
     start[:, 1:] &= w[:, 1:] != w[:, :-1]  # (B, T) first token of a word
-    index = start.cumsum(-1)  # (B, T) 1-based slot at word tokens
-    n_words = index[:, -1]  # (B,)
+    index = start.long().cumsum(-1)  # (B, T) 1-based slot at word tokens (a long cumsum: a bool one is slow on CPU)
+    n_words = index[:, -1].clone()  # (B,)
     W = max(int(n_words.max()), 1)
     index = (index - 1).clamp_(min=0)  # (B, T) slot of each token
     length = torch.zeros(index.shape[0], W, dtype=torch.long, device=index.device)
-    length.scatter_add_(1, index, maskable.long())  # (B, W) tokens per word
+    length.scatter_add_(1, index, on)  # (B, W) tokens per word
     return index, length, n_words
 
 
@@ -328,10 +329,8 @@ class ExactWords:
         exists = torch.arange(W, device=maskable.device) < n_words[:, None]  # (B, W) slots in use
         u = torch.rand(B, W, generator=generator, device=maskable.device)  # (B, W) one uniform per word
         budget = self.budget(maskable, generator)  # (B,)
-        order = torch.where(exists, u, 2.0).argsort(-1)  # (B, W) words in random order, missing slots last
-        ranked = exists.gather(1, order)  # (B, W)
-        words = torch.where(ranked, order, W)[..., None]  # (B, K=W, L=1) candidates: one word each
-        word_sel, _ = greedy_fill(words, length, budget, mode="new")
+        key = _order_keys(u, exists)  # (B, W) the words' order, as u's argsort: no sort
+        word_sel = _ordered_scan(key, exists.long(), length, budget, m=1)  # (B, W)
         return _per_token(maskable, word_sel, index, generator)
 
 
@@ -364,9 +363,23 @@ class Spans:
         start = (cand_u[..., 0] * n_words[:, None]).long()  # (B, K) word slot
         span_len = truncated_geometric(cand_u[..., 1], self.geometric_p, L)  # (B, K) words
         end = torch.minimum(start + span_len, n_words[:, None])  # (B, K) exclusive, cut at the last word
-        slots = start[..., None] + torch.arange(L, device=device)  # (B, K, L)
-        words = torch.where(slots < end[..., None], slots, length.shape[1])  # (B, K, L); W = no word
-        word_sel, owner = greedy_fill(words, length, budget, mode="new")  # (B, W) each
+        W = length.shape[1]
+
+        def spans(rows: slice | torch.Tensor, C: int) -> torch.Tensor:  # (R, C, L) word slots of the first C spans
+            slots = start[rows, :C, None] + torch.arange(L, device=device)
+            return torch.where(slots < end[rows, :C, None], slots, W)  # W = no word
+
+        # a span that is taken adds >= 1 token, so K = budget + spares always suffices, but a span adds
+        # about its mean length: scan the first C, and all K only in the rows that get that far
+        C = min(K, SPARE_CANDIDATES + math.ceil(2.0 * (K - SPARE_CANDIDATES) / _mean_words(self.geometric_p, L)))
+        covered, owner, remaining, pointer = _fill(spans(slice(None), C), length, budget, mode="new")
+        owner = torch.where(owner == C, K, owner)  # K: no span
+        if C < K:
+            redo = ((remaining > 0) & (pointer >= C)).nonzero().flatten()  # (R,) rows that ran out of spans
+            if redo.numel() > 0:
+                c, o, _, _ = _fill(spans(redo, K), length[redo], budget[redo], mode="new")
+                covered[redo], owner[redo] = c, o
+        word_sel, owner = _first_word_rule(covered, owner, budget, torch.where(end[:, 0] > start[:, 0], start[:, 0], W))
         span_u = torch.rand(B, K + 1, generator=generator, device=device)  # (B, K+1) one draw per span
         word_split = torch.where(word_sel, span_u.gather(1, owner), 2.0)  # (B, W); 2 = not selected
         split = word_split.gather(1, index)  # (B, T)
@@ -397,19 +410,13 @@ class NGrams:
         slot = torch.arange(W, device=device)
         exists = slot < n_words[:, None]  # (B, W)
         u = torch.rand(B, W, 2, generator=generator, device=device)  # (B, W, order|n) per start word
-        order = torch.where(exists, u[..., 0], 2.0).argsort(-1)  # (B, W) start words in random order
-        rank = torch.empty_like(order).scatter_(1, order, slot.expand(B, W))  # (B, W) position in that order
+        key = _order_keys(u[..., 0], exists)  # (B, W) start words in random order (u's argsort, no sort)
         n = ngram_lengths(u[..., 1], self._law(device))  # (B, W) P(n) ~ 1/n
         n = torch.minimum(n, (n_words[:, None] - slot).clamp(min=0))  # cut at the row's last word (ALBERT)
-        taken = _first_come_intervals(n, rank, exists, m)  # (B, W) taken if no earlier overlapping n-gram is
-        starts = _cat_zero(length.cumsum(-1))  # (B, W+1) tokens before each slot
-        cost = starts.gather(1, slot + n) - starts[:, :W]  # (B, W) tokens of each full n-gram
-        ranked = exists.gather(1, order)  # (B, W)
-        words = order[..., None] + torch.arange(m, device=device)  # (B, W, m) candidate j = n-gram at order[j]
-        words = torch.where(torch.arange(m, device=device) < n.gather(1, order)[..., None], words, W)
-        words = torch.where(ranked[..., None], words, W)
-        bulk = (taken.gather(1, order), cost.gather(1, order))
-        word_sel, _ = greedy_fill(words, length, budget, mode="all", bulk=bulk)
+        # overlaps are resolved only among the first candidates in key order; the scan's rounds go on past them
+        share = (2.0 * budget.double() / maskable.sum(-1).clamp(min=1) + 16.0 / n_words.clamp(min=1)).clamp(max=1.0)
+        prefix = (share * 16777216.0).long() << max(W - 1, 1).bit_length()  # (B,) a key: about that share of starts
+        word_sel = _ordered_scan(key, n, length, budget, m=m, prefix=prefix)  # (B, W)
         return _per_token(maskable, word_sel, index, generator)
 
     def _law(self, device: torch.device) -> torch.Tensor:
@@ -422,51 +429,192 @@ class NGrams:
 # ----------------------------------------------------------------------------- budget filling
 
 
-def _cat_zero(x: torch.Tensor) -> torch.Tensor:
-    """``x`` (B, N) with a column of zeros in front: (B, N+1)."""
-    return torch.cat([torch.zeros_like(x[:, :1]), x], dim=1)
+def _mean_words(p: float, n: int) -> float:
+    """Mean of :func:`truncated_geometric`'s law, Geometric(p) on ``1..n``."""
+    q = 1.0 - p
+    return sum(k * p * q ** (k - 1) for k in range(1, n + 1)) / (1.0 - q**n) if p < 1.0 else 1.0
 
 
-def _first_come_intervals(n: torch.Tensor, rank: torch.Tensor, exists: torch.Tensor, m: int) -> torch.Tensor:
-    """Which n-grams a first-come scan in ``rank`` order takes when overlaps are skipped (budget aside): (B, W) bool.
+def _first_come_intervals(n: torch.Tensor, key: torch.Tensor, live: torch.Tensor, m: int) -> torch.Tensor:
+    """Which n-grams a first-come scan in ``key`` order takes when overlaps are skipped (budget aside): (B, W) bool.
 
-    N-gram ``a`` covers word slots ``a .. a + n[a] - 1`` (``n`` (B, W) <= m). Scanning candidates by
-    increasing ``rank`` (B, W), a candidate is taken unless it overlaps one taken before it (ALBERT skips
-    a candidate with a covered index). Resolved without a scan: each round decides every candidate whose
-    earlier overlapping neighbours (within ``m - 1`` slots) are all decided; the earliest undecided
-    candidate is always decided, and rounds are few (a chain of increasing ranks among overlapping
-    neighbours).
+    N-gram ``a`` covers word slots ``a .. a + n[a] - 1`` (``n`` (B, W) <= m). Scanning the ``live``
+    candidates by increasing ``key`` (B, W), a candidate is taken unless it overlaps one taken before it
+    (ALBERT skips a candidate with a covered index). Resolved without a scan: each round decides every
+    candidate whose earlier overlapping neighbours (within ``m - 1`` slots) are all decided; the earliest
+    undecided candidate is always decided, and rounds are few (a chain of increasing keys among
+    overlapping neighbours).
     """
     B, W = n.shape
-    live = exists & (n > 0)  # (B, W)
+    pad = m - 1
 
-    def shift(x: torch.Tensor, d: int, fill) -> torch.Tensor:  # x[:, a + d], ``fill`` outside the row
-        out = torch.full_like(x, fill)
-        if d > 0:
-            out[:, : W - d] = x[:, d:]
-        else:
-            out[:, -d:] = x[:, : W + d]
-        return out
+    def padded(x: torch.Tensor, fill) -> torch.Tensor:  # (B, W + 2 pad): slot a at a + pad
+        edge = x.new_full((B, pad), fill)
+        return torch.cat([edge, x, edge], 1)
 
+    live_p, n_p, key_p = padded(live, False), padded(n, 0), padded(key, _NO_KEY)
     earlier = []  # (d, mask (B, W)): slot a + d holds an overlapping candidate scanned before a
-    for d in range(1, m):
-        if d >= W:
-            break
-        left = live & shift(live, -d, False) & (shift(n, -d, 0) > d) & (shift(rank, -d, W) < rank)
-        right = live & shift(live, d, False) & (n > d) & (shift(rank, d, W) < rank)
+    for d in range(1, min(m, W)):
+        at = slice(pad - d, pad - d + W)  # slot a - d
+        left = live & live_p[:, at] & (n_p[:, at] > d) & (key_p[:, at] < key)
+        at = slice(pad + d, pad + d + W)  # slot a + d
+        right = live & live_p[:, at] & (n > d) & (key_p[:, at] < key)
         earlier += [(-d, left), (d, right)]
-    status = torch.where(live, 0, 2).to(torch.int8)  # (B, W) 0 undecided, 1 taken, 2 skipped
+    status_p = padded(torch.where(live, 0, 2).to(torch.int8), 2)  # (B, W+2pad) 0 undecided, 1 taken, 2 skipped
+    status = status_p[:, pad : pad + W]  # a view
     while True:
         blocked = torch.zeros_like(live)
         pending = torch.zeros_like(live)
         for d, mask in earlier:
-            s = shift(status, d, 2)
+            s = status_p[:, pad + d : pad + d + W]
             blocked |= mask & (s == 1)
             pending |= mask & (s == 0)
         undecided = status == 0
-        status = torch.where(undecided & blocked, 2, torch.where(undecided & ~pending, 1, status)).to(torch.int8)
+        status.masked_fill_(undecided & blocked, 2)
+        status.masked_fill_(undecided & ~blocked & ~pending, 1)
         if not _any(status == 0):
             return status == 1
+
+
+_NO_KEY = torch.iinfo(torch.long).max  # the key of a missing slot: after every real one
+_ROUND_BUCKETS = 16  # key buckets in one window of the scan's rounds
+
+
+def _order_keys(u: torch.Tensor, exists: torch.Tensor) -> torch.Tensor:
+    """(B, W) int64 keys that order each row's existing slots as ``u.argsort(-1)`` does, without sorting.
+
+    ``key = (u * 2**24) * 2**s + slot`` (``2**s >= W``): torch's float32 uniforms are multiples of
+    2**-24, so the key keeps their order exactly and breaks ties by slot; missing slots get ``_NO_KEY``.
+    """
+    B, W = u.shape
+    shift = max(W - 1, 1).bit_length()
+    slot = torch.arange(W, device=u.device)
+    key = ((u * 16777216.0).long() << shift) + slot  # (B, W)
+    return key.masked_fill_(~exists, _NO_KEY)
+
+
+def _ordered_scan(
+    key: torch.Tensor, n: torch.Tensor, length: torch.Tensor, budget: torch.Tensor, *, m: int, prefix: torch.Tensor | None = None
+) -> torch.Tensor:
+    """ALBERT's (and, with ``m = 1``, BERT wwm's) budget scan over n-grams in key order, without a sort: (B, W) bool.
+
+    Candidate ``a`` of a row is the n-gram of word slots ``a .. a + n[a] - 1`` (``n`` (B, W) in
+    ``0..m``, 0 = no candidate), scanned by increasing ``key`` (:func:`_order_keys`) with the remaining
+    budget ``r`` (``budget`` (B,) tokens, ``length`` (B, W) tokens per word): while ``r > 0``, the
+    candidate is shortened to its longest prefix that fits in ``r``, and taken unless that prefix is
+    empty or holds a covered word (ALBERT's ``create_masked_lm_predictions``; with one-word candidates,
+    BERT's whole-word scan: a word that overflows is skipped, the scan goes on). A row with a budget
+    and candidates that took nothing takes its first candidate's first word (``docs/deviations.md``).
+
+    Vectorised in three steps, each exact:
+
+    * **overlaps** (``m > 1``): which candidates the scan takes if the budget never binds
+      (:func:`_first_come_intervals`), among the candidates whose key is below ``prefix`` (B,) (default:
+      all). A candidate's fate depends only on earlier ones, so a key prefix is resolved exactly.
+    * **bulk**: keys are cut into buckets (one to two per slot); a bucket is *safe* when every candidate
+      in it still fits whole, whatever its place in the bucket: the tokens taken up to the end of the
+      bucket plus the largest candidate skipped in it stay within budget. Up to the first unsafe
+      bucket the budgeted scan is the unbudgeted one, so its candidates are taken from one cumulative
+      sum over buckets (a counting sort; no per-row sort).
+    * **rounds**: from there on, each round takes, in every row still filling, the first candidate (the
+      smallest key after the last one scanned) that the scan would take. A candidate that cannot be
+      taken now never can (``r`` only falls, the covered words only grow), so this is the scan itself;
+      rounds are few because the bulk leaves at most a bucket and a candidate's worth of budget.
+    """
+    B, W = n.shape
+    device = n.device
+    pad = m - 1
+    lx = torch.cat([length, length.new_zeros(B, pad)], 1) if pad else length  # (B, W+m-1)
+    part = [lx[:, :W]]  # part[d-1]: tokens of the first d words of each candidate (ignoring n)
+    for d in range(1, m):
+        part.append(part[-1] + lx[:, d : d + W])
+    cost = part[0] * (n >= 1).long()  # (B, W) tokens of each full candidate (same-dtype products: fast on CPU)
+    for d in range(2, m + 1):
+        cost += (part[d - 1] - part[d - 2]) * (n >= d).long()
+    live = n > 0  # (B, W)
+    if prefix is not None:
+        live &= key < prefix[:, None]
+    taken_c = _first_come_intervals(n, key, live, m) if m > 1 else live  # (B, W)
+
+    # bulk: buckets of the key (about two per slot), safe while everything in them fits whole
+    key_bits = 24 + max(W - 1, 1).bit_length()
+    nb = min(max(W - 1, 1).bit_length(), 24)
+    NB = 1 << nb
+    bucket = (key >> (key_bits - nb)).clamp_(max=NB)  # (B, W); NB: missing
+    paid = (cost * taken_c.long()).int()  # (B, W) int32: half the memory traffic
+    hist = torch.zeros(B, NB + 1, dtype=torch.int32, device=device).scatter_add_(1, bucket, paid)  # (B, NB+1)
+    cum = hist.cumsum(-1, dtype=torch.int32)  # (B, NB+1) tokens taken up to the end of each bucket
+    if m > 1:  # a skipped candidate may be shortened to fit when the budget binds: its bucket is unsafe
+        skipped = (cost * ((n > 0) & ~taken_c).long()).int()  # (B, W)
+        cum_or_skip = torch.zeros_like(hist).scatter_reduce_(1, bucket, skipped, reduce="amax") + cum
+        unsafe = cum_or_skip > budget[:, None]
+    else:
+        unsafe = cum > budget[:, None]  # (B, NB+1)
+    unsafe[:, NB] = True
+    if prefix is not None:  # from the bucket that holds the prefix's end, the overlap step knows nothing
+        unsafe |= torch.arange(NB + 1, device=device) >= (prefix >> (key_bits - nb)).clamp(max=NB)[:, None]
+    stop = unsafe.to(torch.uint8).argmax(-1)  # (B,) first unsafe bucket
+    taken = taken_c & (bucket < stop[:, None])  # (B, W)
+    remaining = budget - cum.gather(1, (stop - 1).clamp(min=0)[:, None])[:, 0] * (stop > 0).long()  # (B,)
+    after = stop << (key_bits - nb)  # (B,) the scan goes on with the keys from here
+    covered = torch.zeros(B, W + pad, dtype=torch.bool, device=device)  # (B, W+m-1) words taken
+    for e in range(m):
+        covered[:, e : e + W] |= taken & (n > e)
+
+    # rounds: every row still filling takes the next candidate the scan takes, from a window of the next keys
+    last = torch.where(n > 0, key, -1).amax(-1)  # (B,) the row's last candidate key
+    width = _ROUND_BUCKETS << (key_bits - nb)  # keys in a window: about _ROUND_BUCKETS candidates
+    rows = ((remaining > 0) & (budget > 0) & (after <= last)).nonzero().flatten()  # (A,)
+    while rows.numel() > 0:
+        A = rows.numel()
+        lo, hi = after[rows], after[rows] + width  # (A,) this window's keys: [lo, hi)
+        k = key[rows]  # (A, W)
+        inside = (k >= lo[:, None]) & (k < hi[:, None])  # (A, W); missing slots have _NO_KEY
+        place = inside.long().cumsum(-1)  # (A, W) 1-based place in the window
+        J = int(place[:, -1].max())
+        if J > 0:  # the window's candidates (A, J): slots (W = none), keys, sizes and prefix costs
+            at = torch.where(inside, place - 1, J)  # (A, W)
+            slot_w = torch.full((A, J + 1), W, dtype=torch.long, device=device)
+            slot_w = slot_w.scatter_(1, at, torch.arange(W, device=device).expand(A, W))[:, :J]  # (A, J)
+            real_w = slot_w < W
+            s_w = slot_w.clamp(max=W - 1)
+            key_w = torch.where(real_w, k.gather(1, s_w), _NO_KEY)  # (A, J)
+            n_w = n[rows].gather(1, s_w) * real_w.long()  # (A, J)
+            part_w = [x[rows].gather(1, s_w) for x in part]  # (A, J) each
+            live_r = torch.arange(A, device=device)  # rows of the window still taking
+            while live_r.numel() > 0:
+                g_rows = rows[live_r]
+                r = remaining[g_rows, None]  # (L, 1)
+                fits = [(part_w[d - 1][live_r] <= r) & (n_w[live_r] >= d) for d in range(1, m + 1)]  # (L, J) each
+                kw = key_w[live_r]
+                ok = fits[0] & (kw >= after[g_rows, None])
+                sw = s_w[live_r]
+                if m > 1:
+                    for e in range(m):
+                        ok &= ~(covered[g_rows[:, None], sw + e] & fits[e])
+                best, j = (kw | ((~ok).long() << 62)).min(-1)  # (L,) the smallest key the scan takes now
+                has = best < (1 << 62)
+                short = sum(f.long() for f in fits) if m > 1 else fits[0].long()  # (L, J)
+                a_l = torch.arange(live_r.numel(), device=device)
+                take = short[a_l, j] * has.long()  # (L,) words taken
+                start = sw[a_l, j]  # (L,)
+                for e in range(m):
+                    hit = take > e
+                    covered[g_rows[hit], start[hit] + e] = True
+                remaining[g_rows] -= sum(part_w[d - 1][live_r, j] * (take == d).long() for d in range(1, m + 1))
+                after[g_rows] = torch.where(has, best + 1, after[g_rows])
+                live_r = live_r[has & (remaining[g_rows] > 0)]
+        after[rows] = torch.maximum(after[rows], hi)  # the window is scanned: what it could take, it took
+        rows = rows[(remaining[rows] > 0) & (after[rows] <= last[rows])]
+
+    word_sel = covered[:, :W]
+    # a row with a budget and candidates that took nothing: its first candidate's first word (see docs/deviations.md)
+    first_key, first = torch.where(n > 0, key, _NO_KEY).min(-1)  # (B,)
+    empty = (budget > 0) & ~_any_per_row(word_sel) & (first_key < _NO_KEY)
+    if _any(empty):
+        word_sel = word_sel.clone()
+        word_sel[empty.nonzero().flatten(), first[empty]] = True
+    return word_sel
 
 
 def greedy_fill(
@@ -504,6 +652,13 @@ def greedy_fill(
     Returns ``(word_sel (B, W) bool, owner (B, W) long)``: the candidate that took each word (``K``
     if none).
     """
+    covered, owner, _, _ = _fill(words, length, budget, mode=mode, bulk=bulk)
+    return _first_word_rule(covered, owner, budget, words[:, 0, 0])
+
+
+def _fill(words, length, budget, *, mode, bulk=None):
+    """:func:`greedy_fill`'s scan before its first-word rule: ``(covered, owner)`` (B, W+1) (slot W: none),
+    ``remaining`` (B,) budget left, ``pointer`` (B,) the next candidate it would scan (K: none left)."""
     B, K, L = words.shape
     W = length.shape[1]
     device = words.device
@@ -565,11 +720,20 @@ def greedy_fill(
         owner[rows, hit] = (pointer[idx] + j)[:, None].expand_as(hit)
         remaining[idx] -= torch.where(chosen, cost[a, j], 0).sum(-1)
         pointer[idx] = torch.where(has, pointer[idx] + j + 1, pointer[idx] + _TAIL_WINDOW)
+    return covered, owner, remaining, pointer
+
+
+def _first_word_rule(covered, owner, budget, first_word):
+    """A row with a budget and words that took nothing gets its first candidate's first word (docs/deviations.md).
+
+    ``covered``, ``owner`` (B, W+1) as :func:`_fill` leaves them; ``first_word`` (B,) (W = none).
+    Returns ``(word_sel (B, W) bool, owner (B, W) long)``.
+    """
+    W = covered.shape[1] - 1
     word_sel = covered[:, :W].clone()
-    # a row with a budget and words that took nothing: its first candidate's first word (see docs/deviations.md)
-    empty = (budget > 0) & ~word_sel.any(-1) & (words[:, 0, 0] < W)  # (B,)
+    empty = (budget > 0) & ~_any_per_row(word_sel) & (first_word < W)  # (B,)
     if _any(empty):
-        w0 = torch.where(empty, words[:, 0, 0], W)[:, None]  # (B, 1)
+        w0 = torch.where(empty, first_word, W)[:, None]  # (B, 1)
         covered.scatter_(1, w0, True)
         owner.scatter_(1, w0, torch.zeros_like(w0))
         word_sel = covered[:, :W].clone()
