@@ -71,8 +71,8 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one_and_loses_no
     capsys.readouterr()
     resumed = train(TrainConfig(**base, out=str(tmp_path / "run"), resume=True))
     out = capsys.readouterr().out
-    assert "checkpoint of step 6" in out and "model-0000006.safetensors has 0 bytes" in out
-    assert "resuming from the checkpoint of step 4" in out
+    assert "using the checkpoint of step 4, the newest intact one" in out  # one line: what was used, and why
+    assert "skipped the damaged step 6: model-0000006.safetensors has 0 bytes" in out
     assert rows(resumed.metrics_path) == rows(straight.metrics_path)
 
 

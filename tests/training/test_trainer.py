@@ -127,7 +127,7 @@ def test_metrics_of_a_run_stopped_inside_a_window_equal_the_uninterrupted_runs(t
 
 def test_outputs(tmp_path):
     result = train(TrainConfig(**dict(TINY, objective="nsp", seq_len=48, steps=3, warmup_steps=1), out=str(tmp_path)))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint", "config.json", "metrics.jsonl", "tokenizer"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint", "config.json", "lmobj.lock", "metrics.jsonl", "tokenizer"]
     config = json.loads(result.config_path.read_text())
     assert config["train"]["objective"] == "nsp" and config["model"]["n_sentence_classes"] == 2
     rows = [json.loads(line) for line in result.metrics_path.read_text().splitlines()]

@@ -118,8 +118,10 @@ def _option_argument(option: Option) -> dict[str, Any]:
 
 def add_objective_options(parser: argparse.ArgumentParser, name: str) -> None:
     """One flag per option of objective ``name`` (``--unit`` for the field ``unit``), in a group of its own."""
-    group = parser.add_argument_group(f"options of --objective {name} ({OBJECTIVES[name].summary})")
-    for option in options_of(OBJECTIVES[name]):
+    recipe = OBJECTIVES[name]
+    note = f"data only, lmobj train cannot train it: {recipe.untrainable}" if recipe.untrainable else None
+    group = parser.add_argument_group(f"options of --objective {name} ({recipe.summary})", description=note)
+    for option in options_of(recipe):
         group.add_argument(flag_name(option.name), dest=f"option_{option.name}", default=option.default,
                            help=option.help or option.name, **_option_argument(option))  # fmt: skip
 

@@ -50,7 +50,7 @@ FLAGS: dict[str, dict[str, Any]] = {  # where a field's flag differs from what _
     "objectives": {"names": ["objectives"], "nargs": "*", "metavar": "OBJECTIVE"},
     "tasks": {"metavar": "TASK", "more_help": ": " + ", ".join(TASKS)},
     "seeds": {"metavar": "K"},
-    "out": {"metavar": "DIR"},
+    "out": {"metavar": "DIR", "more_help": "; missing parent folders are created, as by every --out of lmobj"},
     "data": {"metavar": "PATH|builtin|synthetic:..."},
     "tokenizer": {"metavar": "SPEC"},
     "threads": THREADS,  # the flag of every command that computes, with its help

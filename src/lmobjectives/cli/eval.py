@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="evaluations to run (default: all; those that do not apply to the run are listed as not "
                         "applicable, while a task named here that does not apply is an error): "
                         + "; ".join(f"{t.name} ({t.summary})" for t in TASKS.values()))
-    p.add_argument("--out", default=None, metavar="PATH.json", help="where to write the results as JSON (default: RUN_DIR/eval.json)")
+    p.add_argument("--out", default=None, metavar="PATH.json", help="where to write the results as JSON (default: RUN_DIR/eval.json); missing parent folders are created, as by "
+                        "every --out of lmobj")
     p.add_argument("--reference", default=None, metavar="RUN_DIR",
                    help="a causal run (e.g. a longer CLM run) scoring the generation task's continuations (bits per byte)")
     p.add_argument("--balanced", action="store_true",
@@ -68,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out if args.out is not None else os.path.join(args.run_dir, "eval.json")
     print(report.table())
     try:
+        os.makedirs(os.path.dirname(out) or ".", exist_ok=True)  # as every --out of lmobj: missing parents are made
         with open(out, "w") as f:
             json.dump(report.to_json(), f, indent=2)
             f.write("\n")

@@ -42,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(e.g. RUN/tokenizer of a training run)")
     g = parser.add_argument_group("output")
     g.add_argument("--out", default=None, metavar="PATH.png",
-                   help="where to write the picture of the attention pattern and loss positions (default: inspect-<objective>.png)")
+                   help="where to write the picture of the attention pattern and loss positions (default: inspect-<objective>.png); "
+                        "missing parent folders are created, as by every --out of lmobj")
     g.add_argument("--no-color", action="store_true",
                    help="plain text even on a terminal (colours are used only when stdout is a terminal and NO_COLOR is unset)")  # fmt: skip
 

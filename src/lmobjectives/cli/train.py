@@ -13,13 +13,16 @@ import argparse
 import sys
 import typing
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
-from ..recipes import OBJECTIVES
-from ..training import TrainConfig, train
+from ..recipes import OBJECTIVES, options_of
+from ..training import TrainConfig, is_run, train
 from ..training.config import POSITIONS
+from ..training.run_folder import resume_config
+from ..training.trainer import NonFiniteLossError
 from ._common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, add_threads_argument
-from ._flags import add_field_flag, objective_options
+from ._flags import add_field_flag, flag_name, objective_options
 
 __all__ = ["DESCRIPTION", "EPILOG", "HELP", "add_arguments", "config_from_args", "run"]
 
@@ -38,14 +41,16 @@ SECTIONS = {  # the field that starts each section of --help
 TRAINABLE = [name for name, recipe in OBJECTIVES.items() if not recipe.untrainable]
 
 FLAGS: dict[str, dict[str, Any]] = {  # where a field's flag differs from what _flags.add_field_flag gives
-    "objective": {
-        "choices": TRAINABLE,
+    "objective": {  # the data-only objectives parse too (so that --objective plm --help works); run() refuses them
+        "choices": list(OBJECTIVES),
+        "metavar": "{" + ",".join(TRAINABLE) + "}",
         "more_help": "; one of: " + "; ".join(f"{n} ({OBJECTIVES[n].summary})" for n in TRAINABLE)
-        + ". Its own options follow below: see lmobj train --objective NAME --help",
+        + ". Its own options follow below: see lmobj train --objective NAME --help. Data only, not trained: "
+        + ", ".join(n for n in OBJECTIVES if n not in TRAINABLE) + " (lmobj inspect shows their data)",
     },
     "data": {"metavar": "PATH|builtin|synthetic:KIND[?k=v&...]"},
     "tokenizer": {"metavar": "SPEC"},
-    "out": {"metavar": "DIR"},
+    "out": {"metavar": "DIR", "more_help": "; missing parent folders are created, as by every --out of lmobj"},
     "heldout": {"metavar": "FRACTION"},
     "dupe_factor": {"metavar": "N"},
     "positions": {"choices": POSITIONS},
@@ -69,13 +74,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The :class:`TrainConfig` of the parsed flags (each flag's destination is its field's name)."""
+    """The :class:`TrainConfig` of the parsed flags (each flag's destination is its field's name).
+
+    With ``--resume`` on a folder that holds a run, the run's own settings (its ``config.json``), with only the
+    flags typed on the command line applied (:func:`~lmobjectives.training.run_folder.resume_config`): a typed
+    flag that differs from the run's setting is refused naming the flag and both values, unless a resumed run
+    may change it (``--steps``, ``--log-every``, ...).
+    """
+    recipe = OBJECTIVES[args.objective]
     values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name not in NOT_FLAGS}
-    return TrainConfig(**values, options=objective_options(args, OBJECTIVES[args.objective]))
+    out = Path(args.out) if args.out is not None else Path("runs") / args.objective  # as resolve_out looks with resume
+    if args.resume and is_run(out):
+        typed = _typed_flags(args)
+        changes = {name: value for name, value in values.items() if name in typed and name not in ("out", "resume")}
+        options = {o.name: getattr(args, f"option_{o.name}") for o in options_of(recipe) if f"option_{o.name}" in typed}
+        flags = {a.dest: a.option_strings[0] for a in args.parser._actions if a.option_strings}
+        return resume_config(out, flag=lambda name: flags.get(name) or flags.get(f"option_{name}") or flag_name(name),
+                             options=options, **changes)  # fmt: skip
+    return TrainConfig(**values, options=objective_options(args, recipe))
+
+
+def _typed_flags(args: argparse.Namespace) -> set[str]:
+    """The destinations of the flags typed on ``lmobj train``'s command line, a flag typed with its default value
+    included: the command's arguments parsed again into a namespace where every destination is already set, to a
+    marker (argparse fills in a default only where the namespace has no value). Without ``args.argv`` (flags
+    parsed by a caller), the flags whose value is not their default."""
+    actions = [a for a in args.parser._actions if a.dest != argparse.SUPPRESS]
+    argv = getattr(args, "argv", None)
+    if argv is None:
+        return {a.dest for a in actions if getattr(args, a.dest, a.default) != a.default}
+    unset = object()
+    namespace = argparse.Namespace(**{a.dest: unset for a in actions})
+    args.parser.parse_known_args(argv[argv.index(args.command) + 1 :], namespace=namespace)
+    return {a.dest for a in actions if getattr(namespace, a.dest) is not unset}
 
 
 def run(args: argparse.Namespace) -> int:
     """``lmobj train``: train, print the summary; 0, or EXIT_INTERRUPTED when it stopped before its last step."""
+    if why := OBJECTIVES[args.objective].untrainable:
+        args.parser.error(f"argument --objective: {args.objective} cannot be trained (data only): {why} "
+                          f"(lmobj inspect --objective {args.objective} shows its data)")  # fmt: skip
     try:
         config = config_from_args(args)
     except ValueError as e:
@@ -93,10 +131,19 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_INTERRUPTED if result.steps < planned else 0
 
 
+# how torch says it is out of memory: CUDA and MPS "... out of memory ...", the CPU's allocator (a RuntimeError)
+# "DefaultCPUAllocator: can't allocate memory: you tried to allocate N bytes"; Python's own: MemoryError
+OUT_OF_MEMORY = ("out of memory", "can't allocate memory")
+
+
 def _report_failure(error: Exception, config: TrainConfig) -> int:
-    """One line on stderr for an error that ended ``lmobj train``; returns the exit status."""
+    """One line on stderr for an error that ended ``lmobj train``; returns the exit status: EXIT_USAGE for input
+    the run refuses, EXIT_FAILURE for the rest (out of memory, a full disk, a loss that is not finite, ...)."""
     text = str(error) or type(error).__name__
-    if isinstance(error, MemoryError) or "out of memory" in text.lower():
+    if isinstance(error, NonFiniteLossError):
+        print(f"lmobj train: error: {text}: lower --lr ({config.lr:g}) in a new run (--debug shows the traceback)", file=sys.stderr)
+        return EXIT_FAILURE
+    if isinstance(error, MemoryError) or any(sign in text.lower() for sign in OUT_OF_MEMORY):
         print(
             f"lmobj train: error: out of memory ({type(error).__name__}); the memory grows with --batch-size "
             f"({config.batch_size}), --seq-len ({config.seq_len}) and --d-model ({config.d_model}) / --layers "

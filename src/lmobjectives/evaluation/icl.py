@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 
+from .._checks import check_choice, check_positive_int
 from ..data.synthetic import (
     KEY_SYMBOLS,
     VALUE_SYMBOLS,
@@ -198,16 +199,13 @@ def probe_icl(
     the largest value seen + 1). Forward passes are batched over ``batch_size`` sequences: one per batch
     for ``causal``, one per pair position and batch otherwise.
     """
-    if kind not in KINDS:
-        raise ValueError(f"probe_icl: kind must be one of {KINDS}, got {kind!r}")
-    if context not in ("left", "full"):
-        raise ValueError(f"probe_icl: context must be 'left' or 'full', got {context!r}")
+    check_choice(kind, "probe_icl: kind", KINDS)
+    check_choice(context, "probe_icl: context", ("left", "full"))
     if context == "full" and kind != "masked":
         raise ValueError(f"probe_icl: context='full' applies to kind='masked' only (a {kind} model reads the left)")
     if not isinstance(sequences, ICLSequences):
         raise TypeError(f"probe_icl: sequences must be ICLSequences (data.synthetic.icl_sequences), got {type(sequences).__name__}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"probe_icl: batch_size must be a positive int, got {batch_size!r}")
+    check_positive_int(batch_size, "probe_icl: batch_size")
     n, P = sequences.keys.shape
     values = int(sequences.values.max()) + 1 if values is None else values
     if kind == "masked" and tokenizer.vocab.mask_id is None:
@@ -407,38 +405,74 @@ def plot(summaries: dict[str, dict[str, Any]], path: str | Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def _positive_int(text: str) -> int:
+    """An argparse ``type=`` for an integer >= 1, with the words of ``lmobj``'s (``--steps 0`` is refused, not "the preset's")."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m lmobjectives.evaluation.icl``: train each objective with a preset (unless trained), probe, print the table."""
-    parser = argparse.ArgumentParser(prog="python -m lmobjectives.evaluation.icl", description=main.__doc__)
+    # bad flags are one line naming the flag and its value, exit 2 (argparse's); flags are typed in full, as lmobj's
+    parser = argparse.ArgumentParser(prog="python -m lmobjectives.evaluation.icl", description=main.__doc__,
+                                     allow_abbrev=False)  # fmt: skip
     parser.add_argument("--preset", choices=sorted(ICL_PRESETS), default="cpu")
     parser.add_argument("--objectives", default="clm,prefix_lm,mlm", help="comma-separated objectives to compare")
     parser.add_argument("--out", default="runs/icl", help="folder for the runs (OUT/OBJECTIVE) and icl.json")
     parser.add_argument("--probe-only", action="store_true", help="probe existing runs, train nothing")
-    parser.add_argument("--steps", type=int, default=None, help="override the preset's steps")
+    parser.add_argument("--steps", type=_positive_int, default=None, help="override the preset's steps")
     parser.add_argument("--results", default=None, help="folder for icl.json, icl.txt (the table) and icl.png "
                         "(default: OUT)")  # fmt: skip
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--threads", type=_positive_int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0, help="training seed (initialisation, data order); the corpus "
                         "and the probe's sequences stay the same")  # fmt: skip
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error instead of one line")
     args = parser.parse_args(argv)
+    from ..recipes import OBJECTIVES
+    from ..training import TrainConfig, train
+    from ..training.checkpoint import checkpoint_steps
+    from ..training.run_folder import CHECKPOINT_DIR
+
+    objectives = args.objectives.split(",")
+    for objective in objectives:
+        if objective not in OBJECTIVES:
+            parser.error(f"argument --objectives: unknown objective {objective!r} in {args.objectives!r}; "
+                         f"choose from: {', '.join(n for n, r in OBJECTIVES.items() if not r.untrainable)} (comma-separated)")  # fmt: skip
+        if why := OBJECTIVES[objective].untrainable:
+            parser.error(f"argument --objectives: {objective} cannot be trained (data only), nor probed: {why}")
+    out = Path(args.out)
+    trained = {objective: bool(checkpoint_steps(out / objective / CHECKPOINT_DIR)) for objective in objectives}
+    if args.probe_only and not all(trained.values()):
+        missing = ", ".join(str(out / o) for o, done in trained.items() if not done)
+        parser.error(f"argument --probe-only: no trained run (no checkpoint) in {missing}; run without --probe-only "
+                     f"to train it, or give the --out ({args.out!r}) or --objectives that hold the runs")  # fmt: skip
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    from ..training import TrainConfig, train
-
     preset = ICL_PRESETS[args.preset]
-    out = Path(args.out)
     results: dict[str, ICLResult] = {}
-    for objective in args.objectives.split(","):
-        run = out / objective
-        if not args.probe_only and not (run / "checkpoint").exists():
-            train(TrainConfig(objective=objective, data=preset.data, seq_len=preset.seq_len,
-                              steps=args.steps or preset.steps, batch_size=preset.batch_size, d_model=preset.d_model,
-                              n_layers=preset.n_layers, n_heads=preset.n_heads, d_ff=preset.d_ff, lr=preset.lr,
-                              options=preset.options.get(objective, {}), seed=args.seed, out=str(run),
-                              progress=False))  # fmt: skip
-        results[objective] = probe_run(run, n=preset.probe_sequences)
-        if results[objective].kind == "masked":  # also asked with both sides of the value visible
-            results[objective + ":full"] = probe_run(run, n=preset.probe_sequences, context="full")
+    try:
+        for objective in objectives:
+            run = out / objective
+            if not trained[objective]:
+                train(TrainConfig(objective=objective, data=preset.data, seq_len=preset.seq_len,
+                                  steps=args.steps if args.steps is not None else preset.steps,
+                                  batch_size=preset.batch_size, d_model=preset.d_model, n_layers=preset.n_layers,
+                                  n_heads=preset.n_heads, d_ff=preset.d_ff, lr=preset.lr,
+                                  options=preset.options.get(objective, {}), seed=args.seed, out=str(run),
+                                  progress=False))  # fmt: skip
+            results[objective] = probe_run(run, n=preset.probe_sequences)
+            if results[objective].kind == "masked":  # also asked with both sides of the value visible
+                results[objective + ":full"] = probe_run(run, n=preset.probe_sequences, context="full")
+    except (ValueError, FileExistsError, FileNotFoundError) as e:  # input the run or the probe refuses
+        if args.debug:
+            raise
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
     table = format_table(results)
     print(table)
     where = Path(args.results) if args.results else out

@@ -12,6 +12,7 @@ seed and tokenizer.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -23,11 +24,11 @@ from ..batch import Batch, Objective
 from ..data.heldout import heldout_split
 from ..data.packing import pack_documents, tokenize_documents
 from ..data.sources import data_texts, is_document, load_data
-from ..data.tokenizers import ByteTokenizer, load_tokenizer
+from ..data.tokenizers import ByteTokenizer
 from ..recipes import Recipe
 from ..training.checkpoint import checkpoint_steps, load_checkpoint
 from ..training.config import TrainConfig, resolve_device
-from ..training.run_folder import CHECKPOINT_DIR, TOKENIZER_DIR, build_model, read_run_config
+from ..training.run_folder import CHECKPOINT_DIR, build_model, load_run_tokenizer, read_run_config
 from ..training.streams import build_stream, derive_seed
 from ..training.trainer import heldout_eval_batches
 
@@ -88,7 +89,8 @@ class Run:
 
 def load_run(out_dir: str | Path, device: str = "cpu") -> Run:
     """Load the run in ``out_dir`` (written by ``lmobj train``): its config, tokenizer, objective, newest intact
-    checkpoint (model in eval mode) and its corpus, split as the training split it.
+    checkpoint (model in eval mode; when the newest is damaged, a ``UserWarning`` says which step is evaluated
+    and why) and its corpus, split as the training split it.
 
     Errors are one line: a folder that is not a run (``ValueError``), a run without a checkpoint
     (``FileNotFoundError``), a corpus that cannot be read again (the run's ``data`` path is read as given,
@@ -97,7 +99,7 @@ def load_run(out_dir: str | Path, device: str = "cpu") -> Run:
     >>> load_run("/nonexistent")
     Traceback (most recent call last):
     ...
-    ValueError: /nonexistent is not an lmobj run (no config.json with a "train" entry)
+    ValueError: /nonexistent is not an lmobj run (no config.json)
     """
     out = Path(out_dir)
     saved = read_run_config(out)
@@ -105,12 +107,13 @@ def load_run(out_dir: str | Path, device: str = "cpu") -> Run:
     checkpoints = out / CHECKPOINT_DIR
     if not checkpoint_steps(checkpoints):
         raise FileNotFoundError(f"{out} has no checkpoint yet (no {checkpoints}/state-*.json): nothing to evaluate")
-    tokenizer = load_tokenizer(str(out / TOKENIZER_DIR))
+    tokenizer = load_run_tokenizer(out)  # a missing or damaged tokenizer/ is said as such
     recipe = config.recipe
     objective = recipe.build(tokenizer.vocab, config.options, seq_len=config.seq_len)
     where = resolve_device(device)
     model = build_model(saved).to(where)
-    state = load_checkpoint(checkpoints, model)
+    # the newest checkpoint when it is intact; else one warning line saying which older step is evaluated and why
+    state = load_checkpoint(checkpoints, model, report=lambda line: warnings.warn(f"evaluating {out}: {line}", stacklevel=3))
     model.eval()
     corpus = load_data(config.data, recipe.data, skip_bad_files=config.skip_bad_files)
     documents, heldout = heldout_split(corpus, config.heldout)

@@ -14,7 +14,9 @@ configs, and the held-out split), ``tokenizer/``, ``metrics.jsonl`` (one JSON li
 from a checkpoint reproduces the uninterrupted run's losses exactly: the data
 and every random draw are functions of ``(seed, step)`` (:mod:`.streams`).
 The first Ctrl-C lets the current step finish, saves a checkpoint and stops;
-a second one aborts at once without saving.
+a second one aborts at once without saving. A NaN or infinite loss stops the run
+(:class:`NonFiniteLossError`, naming the step and the term) at the next metrics line
+or save, whichever comes first, and no checkpoint is saved after it.
 
 Held-out data: the documents of :func:`lmobjectives.data.heldout_split` (``config.heldout``) are never laid out
 for training (nor seen by a tokenizer trained here). Every ``config.eval_interval`` steps (and at the
@@ -30,6 +32,8 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
+import shutil
 import signal
 import sys
 import threading
@@ -53,21 +57,32 @@ from .run_folder import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
     METRICS_FILE,
+    RESUMABLE_CHANGES,
     SAVED_BEFORE,
     TOKENIZER_DIR,
     RunConfig,
+    RunLock,
+    check_metrics_row,
+    load_run_tokenizer,
     read_run_config,
     resolve_out,
     write_run_config,
 )
 from .streams import build_stream, derive_seed
 
-__all__ = ["TrainResult", "heldout_eval_batches", "heldout_metrics", "train"]
+__all__ = ["RESUMABLE_CHANGES", "NonFiniteLossError", "TrainResult", "heldout_eval_batches", "heldout_metrics", "train"]
 
-# TrainConfig fields that may differ between a run and its resumption. None changes the losses except
-# steps, which stretches the cosine schedule (allowed, with a note); log_every only regroups the metrics lines.
-RESUMABLE_CHANGES = ("device", "log_every", "save_every", "keep_checkpoints", "resume", "stop_after", "progress", "out", "steps",
-                     "eval_every", "eval_batches")  # fmt: skip
+
+class NonFiniteLossError(FloatingPointError):
+    """Training stopped at a NaN or infinite loss (or weights); nothing after the last finite checkpoint was saved.
+
+    ``step``: the first update whose loss was not finite (or after whose update the weights were not);
+    ``term``: the loss term (``"lm"``, ``"sentence"``, ...) or the first weight tensor that was not finite;
+    ``kept``: the newest checkpoint in the run folder (None if none was saved)."""
+
+    def __init__(self, message: str, *, step: int | None, term: str, kept: int | None) -> None:
+        super().__init__(message)
+        self.step, self.term, self.kept = step, term, kept
 
 
 @dataclass
@@ -171,7 +186,8 @@ class Meter:
         self.sums: dict[str, list[float]] = {}  # term -> [loss * count, count, correct]
         self.metric_sums: dict[str, float] = {}  # other metric -> sum over steps
         self.weights: dict[str, float] = {}  # term -> its weight in "loss" (StepLoss.weights; 1 by default)
-        self.pending: list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = []  # steps not yet summed
+        self.pending: list[tuple[int | None, dict[str, torch.Tensor], dict[str, torch.Tensor]]] = []  # steps not yet summed
+        self.non_finite: tuple[int | None, str, float] | None = None  # the first (step, term, loss) not finite, once summed
         self.tokens = 0
         self.seconds = 0.0  # time spent in this window by earlier processes (resumed runs)
         self.started = time.perf_counter()
@@ -183,22 +199,32 @@ class Meter:
         return {"steps": self.steps, "tokens": self.tokens, "seconds": seconds, "sums": self.sums,
                 "metric_sums": self.metric_sums, "weights": self.weights}  # fmt: skip
 
-    def add(self, step_loss: StepLoss, tokens: int) -> None:
+    def add(self, step_loss: StepLoss, tokens: int, step: int | None = None) -> None:
         """Record a step without a host sync: its values stay on the device until the window is read."""
         self.steps += 1
         self.weights.update(step_loss.weights)
         terms = {name: torch.stack([t.loss.detach().double() * t.num_tokens, t.num_tokens.double(), t.num_correct.double()])
                  for name, t in step_loss.terms.items()}  # fmt: skip  # name -> (3,) float64 on the device
         metrics = {name: torch.as_tensor(v).detach().double() for name, v in step_loss.metrics.items()}
-        self.pending.append((terms, metrics))
+        self.pending.append((step, terms, metrics))
         self.tokens += tokens
+
+    def first_non_finite(self) -> tuple[int | None, str, float] | None:
+        """``(step, term, loss)`` of the first step of this window whose loss term is NaN or infinite, else None.
+
+        Read from the values the window brings to the host anyway (no extra sync per step)."""
+        self._flush()
+        return self.non_finite
 
     def _flush(self) -> None:
         """Add the pending steps to the sums, in step order (the same float64 arithmetic as reading each step)."""
-        for terms, metrics in self.pending:
+        for step, terms, metrics in self.pending:
             for name, values in terms.items():
                 acc = self.sums.setdefault(name, [0.0, 0.0, 0.0])
-                for i, v in enumerate(values.tolist()):
+                values = values.tolist()
+                if self.non_finite is None and not math.isfinite(values[0]):  # loss * count: NaN for a NaN loss
+                    self.non_finite = (step, name, values[0] / values[1] if values[1] else values[0])
+                for i, v in enumerate(values):
                     acc[i] += v
             for name, value in metrics.items():
                 self.metric_sums[name] = self.metric_sums.get(name, 0.0) + value.item()
@@ -284,7 +310,10 @@ def _check_resumable(saved: dict[str, Any], config: TrainConfig, out: Path) -> N
     changed = {k: (saved.get(k), v) for k, v in current.items() if k not in RESUMABLE_CHANGES and saved.get(k) != v}
     if changed:
         diff = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
-        raise ValueError(f"cannot resume {out}: the run was made with different settings ({diff})")
+        raise ValueError(
+            f"cannot resume {out}: the run was made with different settings ({diff}); run_folder.resume_config(out, ...) "
+            "builds the config of a resumption from the run's own settings"
+        )
     if saved.get("steps") != config.steps:
         tqdm.write(f"note: steps changed {saved.get('steps')} -> {config.steps}; the cosine schedule stretches accordingly")
 
@@ -298,12 +327,12 @@ def _keep_metrics_up_to(path: Path, step: int) -> None:
     if not path.exists():
         return
     kept = []
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(path.read_text().splitlines(), 1):
         try:
             row = json.loads(line)
         except json.JSONDecodeError:  # a line cut short by a crash, necessarily after the checkpoint
             continue
-        if row["step"] <= step:
+        if check_metrics_row(row, path, number)["step"] <= step:  # a line of another shape: refused, nothing dropped
             kept.append(line)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
@@ -320,14 +349,33 @@ def train(config: TrainConfig) -> TrainResult:
     The model's initialisation and dropout draw from torch's global RNG, seeded from
     ``config.seed`` (dropout again at every step, so that a resumed run draws what the
     uninterrupted one did); the caller's global RNG state is restored on return.
+
+    One process trains: under ``torchrun`` (``WORLD_SIZE`` > 1) nothing is done (a ``ValueError``). The run
+    folder is locked for the run's life (:class:`~.run_folder.RunLock`); ``config.json`` is its first file, so
+    a start-up stopped at any moment leaves a folder that the same call reuses.
     """
+    _check_single_process()
     device = resolve_device(config.device)
     cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
-        return _train(config, device)
+    with torch.random.fork_rng(devices=cuda), RunLock() as lock:
+        return _train(config, device, lock)
 
 
-def _train(config: TrainConfig, device: torch.device) -> TrainResult:
+def _check_single_process() -> None:
+    """A ``ValueError`` in one line when this process is one of several (``WORLD_SIZE`` > 1, as ``torchrun`` sets):
+    each would train its own copy into the same folder."""
+    world = os.environ.get("WORLD_SIZE")
+    if world is None or world.strip() in ("", "1"):
+        return
+    rank = os.environ.get("RANK", "?")
+    raise ValueError(
+        f"WORLD_SIZE={world} (rank {rank}): lmobj train trains in one process; multi-process training (torchrun "
+        "--nproc-per-node N > 1) is not supported yet, and each process would train its own copy into the same "
+        "--out: run it without torchrun (or with --nproc-per-node 1)"
+    )
+
+
+def _train(config: TrainConfig, device: torch.device, lock: RunLock) -> TrainResult:
     out = resolve_out(config)
     checkpoint_dir, metrics_path, config_path, tokenizer_dir = out / CHECKPOINT_DIR, out / METRICS_FILE, out / CONFIG_FILE, out / TOKENIZER_DIR
     resuming = config.resume and bool(checkpoint_steps(checkpoint_dir))
@@ -337,19 +385,17 @@ def _train(config: TrainConfig, device: torch.device) -> TrainResult:
         _check_resumable(read_run_config(out).train, config, out)
     tqdm.write(f"train config: {json.dumps({**config.to_dict(), 'out': str(out)})}")
 
-    # data: the corpus, the tokenizer (trained on it unless loaded), the objective and the step -> batch stream
+    # everything that can be refused is checked before anything is written: the corpus, the tokenizer (trained on
+    # it unless loaded), the objective, the step -> batch stream, the held-out batches, the model's config
     recipe = config.recipe
     corpus = load_data(config.data, recipe.data, skip_bad_files=config.skip_bad_files)
     documents, heldout_documents = heldout_split(corpus, config.heldout)  # training never sees the held-out side
     if resuming:
-        tokenizer = load_tokenizer(str(tokenizer_dir))
+        tokenizer = load_run_tokenizer(out)
     else:  # with the special tokens the objective needs (sentinels, ...), trained on the training side only
         texts = data_texts(documents)
         tokenizer = load_tokenizer(config.tokenizer, texts=texts, extra_special_tokens=recipe.special_tokens)
-    objective = recipe.build(tokenizer.vocab, config.options, seq_len=config.seq_len)  # checked before anything is written
-    if not resuming:
-        out.mkdir(parents=True, exist_ok=True)
-        tokenizer.save(str(tokenizer_dir))
+    objective = recipe.build(tokenizer.vocab, config.options, seq_len=config.seq_len)
     stream = build_stream(recipe, objective, documents, tokenizer, seq_len=config.seq_len, batch_size=config.batch_size,
                           seed=config.seed, dupe_factor=config.dupe_factor)  # fmt: skip
     eval_interval = config.eval_interval
@@ -363,14 +409,9 @@ def _train(config: TrainConfig, device: torch.device) -> TrainResult:
             if not eval_batches:
                 tqdm.write(f"note: no held-out evaluation: heldout={config.heldout} holds out none of the {len(corpus)} documents")
 
-    # model and optimizer
     spec = recipe.model(objective)
-    torch.manual_seed(config.seed)
     model_config = model_config_for(config, recipe, objective, tokenizer.vocab.size)
-    model = MODELS[spec.architecture](model_config, **spec.kwargs).to(device)
-    optimizer = make_optimizer(model, config)
     tqdm.write(f"model config: {json.dumps(vars(model_config))}")
-    tqdm.write(f"model: {model.num_parameters():,} parameters on {device}; data: {stream.position(0)}")
     split = {"documents": len(corpus), "heldout_documents": len(heldout_documents), "salt": HELDOUT_SALT,
              "rule": "held out iff sha256(salt, words of the document) / 2**256 < heldout (data.heldout.heldout_split)"}  # fmt: skip
     if config.heldout:
@@ -380,7 +421,20 @@ def _train(config: TrainConfig, device: torch.device) -> TrainResult:
         tqdm.write(note)
     run_config = RunConfig(train={**config.to_dict(), "out": str(out)}, model=vars(model_config),
                            architecture=spec.architecture, model_kwargs=spec.kwargs, split=split)  # fmt: skip
+
+    # the folder: locked for the run's life, checked again under the lock, config.json (the marker) written first
+    if bool(lock.claim(out, resume=config.resume)) != resuming:
+        raise FileExistsError(f"{out} changed while this run was starting (another lmobj train wrote a checkpoint); run the command again")
     write_run_config(out, run_config)
+    if not resuming:  # a start-up stopped earlier may have left a tokenizer of other settings
+        shutil.rmtree(tokenizer_dir, ignore_errors=True)
+        tokenizer.save(str(tokenizer_dir))
+
+    # model and optimizer
+    torch.manual_seed(config.seed)
+    model = MODELS[spec.architecture](model_config, **spec.kwargs).to(device)
+    optimizer = make_optimizer(model, config)
+    tqdm.write(f"model: {model.num_parameters():,} parameters on {device}; data: {stream.position(0)}")
 
     state: dict[str, Any] = {"step": 0, "tokens": 0, "elapsed_s": 0.0, "first_loss": None, "final_loss": None, "best_loss": None}
     if resuming:
@@ -404,9 +458,11 @@ def _train(config: TrainConfig, device: torch.device) -> TrainResult:
         nonlocal saved_step
         if state["step"] == saved_step:  # nothing new since the checkpoint we resumed from
             return
+        window = meter.state()
+        _stop_if_not_finite(meter, config, checkpoint_dir, state["step"], model, optimizer)  # never a non-finite checkpoint
         state["data"] = stream.position(state["step"])
         state["seeds"] = {"seed": config.seed, "rule": "data order, corruption and dropout at step s are seeded from (seed, s)"}
-        save_checkpoint(checkpoint_dir, model, optimizer, {**state, "window": meter.state()}, keep=config.keep_checkpoints)
+        save_checkpoint(checkpoint_dir, model, optimizer, {**state, "window": window}, keep=config.keep_checkpoints)
         saved_step = state["step"]
 
     start_step = state["step"]
@@ -427,9 +483,10 @@ def _train(config: TrainConfig, device: torch.device) -> TrainResult:
 
             step_loss = train_step(model, optimizer, batch, config.grad_clip, recipe, objective)
             stopping = ctrl_c.requested  # read once: Ctrl-C may arrive at any moment
-            meter.add(step_loss, tokens)
+            meter.add(step_loss, tokens, step)
             state["step"], state["tokens"] = step, state["tokens"] + tokens
             if step % config.log_every == 0 or step == config.steps:  # windows by step number, not by process
+                _stop_if_not_finite(meter, config, checkpoint_dir, step)  # the window's values reach the host here
                 evaluated = {}
                 if eval_batches and (step % eval_interval == 0 or step == config.steps):
                     eval_started = time.perf_counter()
@@ -474,6 +531,47 @@ def _train(config: TrainConfig, device: torch.device) -> TrainResult:
     )
     print_summary(result, config)
     return result
+
+
+def _stop_if_not_finite(meter: Meter, config: TrainConfig, checkpoint_dir: Path, step: int, model: torch.nn.Module | None = None,
+                        optimizer: torch.optim.Optimizer | None = None) -> None:  # fmt: skip
+    """Raise :class:`NonFiniteLossError` at the first NaN or infinite loss of the open window; given ``model``
+    (before each save), also when a weight or an optimizer moment is not finite after update ``step``.
+
+    The losses are checked when the window brings them to the host (each metrics line and each save), so
+    the check costs no extra sync per step; a run stops at most ``log_every`` steps after the first
+    non-finite loss, and no checkpoint holds a state after one."""
+    found = meter.first_non_finite()
+    if found is not None:
+        at, term, value = found
+        what = f"the loss is not finite at step {at} (the {term} loss is {value}, at learning rate {learning_rate(at or step, config):.3g})"
+    elif model is not None and (term := _first_non_finite_tensor(model, optimizer)) is not None:
+        at = step
+        what = f"{term} is not finite after the update of step {step}, whose loss was finite (learning rate {learning_rate(step, config):.3g})"
+    else:
+        return
+    kept = checkpoint_steps(checkpoint_dir)
+    where = f"the checkpoint of step {kept[0]} is kept and nothing after it was saved" if kept else "no checkpoint was saved"
+    raise NonFiniteLossError(f"training stopped: {what}; {where}", step=at, term=term, kept=kept[0] if kept else None)
+
+
+def _first_non_finite_tensor(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> str | None:
+    """The name of the first weight (``"tok_emb.weight"``) or optimizer moment (``"the optimizer's tok_emb.weight.exp_avg"``)
+    holding a NaN or an infinity, else None; one host sync per device when all are finite.
+
+    A tensor whose sum is finite holds no NaN nor infinity, so the sums (one read of each tensor, no
+    temporary of its size) decide; only a sum that is not finite (or that overflows) is looked at closely."""
+    names = {p: name for name, p in model.named_parameters()}
+    tensors = {f"the weight {name}": p.detach() for name, p in model.named_parameters()}
+    for param, entries in (optimizer.state.items() if optimizer is not None else []):
+        tensors.update({f"the optimizer's {names[param]}.{key}": v for key, v in entries.items()
+                        if isinstance(v, torch.Tensor) and v.is_floating_point()})  # fmt: skip
+    sums: dict[torch.device, list[torch.Tensor]] = {}
+    for t in tensors.values():
+        sums.setdefault(t.device, []).append(t.sum(dtype=torch.float32))
+    if all(bool(torch.stack(s).isfinite().all()) for s in sums.values()):
+        return None
+    return next((name for name, t in tensors.items() if not bool(torch.isfinite(t).all())), None)
 
 
 def _last_metrics(path: Path) -> dict[str, Any] | None:
