@@ -252,3 +252,20 @@ def test_a_multi_process_launch_is_refused_before_the_folder_is_touched(tmp_path
     assert not out.exists()
     assert lmobj("train", "--steps", "1", *TINY, "--out", str(out), env={"WORLD_SIZE": "1"}).returncode == 0
     assert (out / LOCK_FILE).exists()
+
+
+def test_weights_without_any_state_file_are_never_deleted_by_a_new_start(tmp_path):
+    """A run whose only checkpoint lost its state file (killed mid-save, or the file deleted): neither ``--resume``
+    nor a fresh start may wipe its weights and metrics; both are refused in one line, nothing changed."""
+    out = tmp_path / "run"
+    assert lmobj("train", "--objective", "clm", "--steps", "2", "--save-every", "2", *TINY, "--out", str(out)).returncode == 0
+    (state,) = (out / "checkpoint").glob("state-*.json")
+    state.unlink()
+    before = {p.name: p.read_bytes() for p in sorted((out / "checkpoint").iterdir())}
+    metrics = (out / "metrics.jsonl").read_text()
+    for extra in (["--resume"], []):
+        proc = lmobj("train", "--objective", "clm", "--steps", "2", *TINY, "--out", str(out), *extra)
+        assert proc.returncode == EXIT_USAGE, proc.stderr
+        assert "holds the weights of step 2 but no state file" in last_line(proc)
+    assert {p.name: p.read_bytes() for p in sorted((out / "checkpoint").iterdir())} == before
+    assert (out / "metrics.jsonl").read_text() == metrics

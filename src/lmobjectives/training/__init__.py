@@ -2,7 +2,7 @@
 writes (:mod:`.run_folder`) and the model it leaves there (:func:`load_model`)."""
 
 from .config import TrainConfig, resolve_device
-from .run_folder import RunConfig, build_model, is_run, load_model, read_run_config
+from .run_folder import RunConfig, build_model, is_run, load_model, read_run_config, resume_config
 from .trainer import TrainResult, train
 
 __all__ = [
@@ -14,5 +14,6 @@ __all__ = [
     "load_model",
     "read_run_config",
     "resolve_device",
+    "resume_config",
     "train",
 ]

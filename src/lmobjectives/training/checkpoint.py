@@ -40,7 +40,7 @@ from safetensors.torch import load_file, save_file
 from .._checks import check_positive_int
 
 
-__all__ = ["CheckpointError", "checkpoint_steps", "load_checkpoint", "save_checkpoint"]
+__all__ = ["CheckpointError", "checkpoint_steps", "load_checkpoint", "save_checkpoint", "weight_steps"]
 
 KEEP_CHECKPOINTS = 2  # complete checkpoints kept by default: the newest and one to fall back on
 _STATE = re.compile(r"^state-(\d{7})\.json$")
@@ -71,6 +71,14 @@ def checkpoint_steps(directory: str | Path) -> list[int]:
         return []
     steps = [int(m.group(1)) for p in directory.iterdir() if (m := _STATE.match(p.name))]
     return sorted(steps, reverse=True)
+
+
+def weight_steps(directory: str | Path) -> list[int]:
+    """Steps with a weights or optimizer file in ``directory``, newest first, whether or not their state file exists."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted({int(m.group(1)) for p in directory.iterdir() if (m := _WEIGHTS.match(p.name))}, reverse=True)
 
 
 def _sha256(path: Path) -> str:

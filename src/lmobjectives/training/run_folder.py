@@ -28,7 +28,7 @@ import torch
 from ..data.tokenizers import load_tokenizer
 from ..models import MODELS, TransformerConfig
 from ..recipes import LEGACY_ARCHITECTURES
-from .checkpoint import checkpoint_steps, load_checkpoint
+from .checkpoint import checkpoint_steps, load_checkpoint, weight_steps
 from .config import TrainConfig
 
 try:
@@ -270,7 +270,14 @@ def _checked_folder(out: Path) -> list[int]:
                 f"--out {out} holds files that are not an lmobj run ({problem}); refusing to write there: choose a "
                 "new or empty folder"
             )
-    return checkpoint_steps(out / CHECKPOINT_DIR)
+    steps = checkpoint_steps(out / CHECKPOINT_DIR)
+    if not steps and (orphans := weight_steps(out / CHECKPOINT_DIR)):
+        raise FileExistsError(
+            f"--out {out} holds the weights of step {orphans[0]} but no state file for any step (deleted, or every "
+            f"save was cut short): nothing can resume from it, and starting over would delete them; move "
+            f"{out / CHECKPOINT_DIR} away to start over, or choose another --out"
+        )
+    return steps
 
 
 def _already_a_run(out: Path, steps: list[int]) -> FileExistsError:
