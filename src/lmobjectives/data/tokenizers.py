@@ -62,7 +62,7 @@ def word_ids_from_starts(is_word_start: torch.Tensor, valid: torch.Tensor | None
 def _require_tokenizers() -> Any:
     try:
         import tokenizers
-    except ImportError as e:  # exercised by tests/test_faults.py with the package hidden
+    except ImportError as e:  # exercised by tests/cli/test_faults.py with the package hidden
         raise ImportError(
             "this needs the optional HF `tokenizers` package: pip install tokenizers (from a clone of lmobjectives: "
             "pip install -e \".[hf]\"), or use the dependency-free tokenizer spec 'byte'"

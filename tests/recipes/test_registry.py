@@ -1,5 +1,6 @@
-"""The objective registry drives training: no objective name in training/ or the CLI, options as flags,
-and the four original objectives train exactly as they did before recipes existed."""
+"""The objective registry drives training: options as flags, a toy objective registered in one entry trains,
+and the four original objectives train exactly as they did before recipes existed (no objective name outside
+objectives/ and recipes/: tests/test_layers.py)."""
 
 from __future__ import annotations
 

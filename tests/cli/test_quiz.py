@@ -15,7 +15,7 @@ from lmobjectives.cli import quiz
 from lmobjectives.cli import main
 from lmobjectives.cli.quiz import TOPICS, Question, ask, load_questions, render, select
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GUIDE = ROOT / "docs" / "guide"
 QUESTIONS = load_questions()
 
