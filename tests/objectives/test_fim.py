@@ -456,8 +456,11 @@ def test_bad_options():
             FillInTheMiddle(V, spm_rate=bad)
     with pytest.raises(TypeError, match="fim_rate"):
         FillInTheMiddle(V, fim_rate=float("nan"))
-    for bad in (0, 1, 2.5, True):
-        with pytest.raises(ValueError, match="seq_len"):
+    for bad in (0, 1):
+        with pytest.raises(ValueError, match="seq_len must be an int >= 2"):
+            FillInTheMiddle(V, seq_len=bad)
+    for bad in (2.5, True):  # a float or a bool is the wrong type, not a wrong value
+        with pytest.raises(TypeError, match="seq_len must be an int"):
             FillInTheMiddle(V, seq_len=bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="level .*'doc'"):
         FillInTheMiddle(V, level="doc")

@@ -437,7 +437,7 @@ def test_sop_without_two_sentence_chunk():
 def test_bad_options():
     with pytest.raises(ValueError, match="max_seq_length must be an int >= 5.*got 4"):
         NextSentencePrediction(V, max_seq_length=4)
-    with pytest.raises(ValueError, match="max_seq_length"):
+    with pytest.raises(TypeError, match="max_seq_length must be an int"):
         SentenceOrderPrediction(V, max_seq_length=128.0)
     with pytest.raises(ValueError, match="short_seq_prob"):
         NextSentencePrediction(V, short_seq_prob=1.5)

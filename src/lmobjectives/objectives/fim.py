@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from .._checks import check_choice, check_generator, check_int, check_positive_int, check_probability, int_rows
+from .._checks import check_choice, check_generator, check_int, check_probability, int_rows
 from ..vocab import Vocab
 from ..batch import Batch
 from .._option import option
@@ -172,7 +172,6 @@ class FillInTheMiddle:
             raise ValueError(f"FillInTheMiddle: the EOS and FIM ids of the vocab must be distinct, got {ids}")
         object.__setattr__(self, "fim_rate", check_probability(self.fim_rate, "fim_rate"))
         object.__setattr__(self, "spm_rate", check_probability(self.spm_rate, "spm_rate"))
-        check_positive_int(self.seq_len, "seq_len")  # a ValueError for a non-int too
         check_int(self.seq_len, "seq_len", low=2)  # a row needs a token and its next token
         check_choice(self.level, "level", LEVELS)
 

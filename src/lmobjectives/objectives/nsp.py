@@ -79,7 +79,6 @@ class _SentencePairObjective:
             raise TypeError(f"{who}: vocab must be a lmobjectives.Vocab, got {type(self.vocab).__name__}")
         self.vocab.require("cls_id", "sep_id", "pad_id", who=who)
         # [CLS] A [SEP] B [SEP] with A and B non-empty: 3 special tokens, then BERT's randint(2, max_seq_length - 3)
-        check_positive_int(self.max_seq_length, "max_seq_length")  # a ValueError for a non-int too
         check_int(self.max_seq_length, "max_seq_length", low=5)
         check_probability(self.short_seq_prob, "short_seq_prob")
         check_probability(self.mlm_probability, "mlm_probability")

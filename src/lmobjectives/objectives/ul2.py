@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .._checks import check_choice, check_finite_float, check_int, check_positive_int, check_probability
+from .._checks import check_choice, check_finite_float, check_int, check_probability
 from ..constants import IGNORE_INDEX, PARADIGM_TOKENS
 from ..vocab import Vocab
 from ..batch import Batch, checked_tokens
@@ -239,7 +239,6 @@ class UL2:
         >>> UL2(v).widths(511), UL2(v, layout="decoder").widths(381)
         ((512, 511), (510, 510))
         """
-        check_positive_int(raw_length, "raw_length")  # a ValueError for a non-int too
         check_int(raw_length, "raw_length", low=2)
         w = self._widths(raw_length)
         return (1 + w.inputs, w.targets) if self.layout == "encoder_decoder" else (w.row, w.row)
@@ -257,7 +256,6 @@ class UL2:
         """
         # paradigm token, a kept token, a sentinel and EOS (layout "decoder": then a span and EOS)
         least = 4 if self.layout == "encoder_decoder" else 7
-        check_positive_int(seq_len, "seq_len")  # a ValueError for a non-int too
         check_int(seq_len, "seq_len", low=least)
         limits = []
         for k in self._span_tasks():
