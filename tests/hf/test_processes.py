@@ -1,5 +1,5 @@
 """ObjectiveTrainer in 2 real processes (torch.multiprocessing spawn, gloo on CPU, Trainer's own DDP through
-accelerate): one optimizer step over a global batch of 8 rows logs the loss and each term's mean, and applies
+accelerate), for mlm, mlm + nsp, T5 span corruption and ELECTRA: one optimizer step over a global batch of 8 rows logs the loss and each term's mean, and applies
 the update, of the same step in 1 process, at per-device batch / accumulation 4/1 and 2/2. Each loss term is
 divided by its count all-reduced over the processes, and the loss multiplied by the number of processes, which
 DDP's gradient averaging undoes."""
@@ -79,13 +79,17 @@ def _rows(features):
 
 
 @pytest.mark.slow
-def test_two_processes_step_as_one(tmp_path, build, corpus, bert_tokenizer):
+def test_two_processes_step_as_one(tmp_path, build, corpus, bert_tokenizer, t5_tokenizer):
     texts = [{"text": t[: 30 + 12 * i]} for i, t in enumerate(corpus.texts(8))]  # different numbers of targets
     pairs = [{"sentences": doc[:6]} for doc in corpus.documents()[:6]]
     nsp = collator("nsp", bert_tokenizer, max_length=40, seed=5, mlm_selection="bernoulli", max_predictions=None)
     cases = {
         "mlm": (build("bert_mlm", bert_tokenizer), _rows(collator("mlm", bert_tokenizer, max_length=40, seed=5)(texts))),
         "mlm+nsp": (build("bert_pretraining", bert_tokenizer), _rows(nsp(pairs))),
+        "span_corruption": (
+            build("t5", t5_tokenizer),
+            _rows(collator("span_corruption", t5_tokenizer, max_length=64, seed=5)(texts)),
+        ),
         "electra": (
             ElectraPair(build("electra_generator", bert_tokenizer), build("electra_discriminator", bert_tokenizer, seed=1)),
             _rows(collator("electra", bert_tokenizer, max_length=40, seed=5)(texts)),
