@@ -38,7 +38,9 @@ def time_interleaved(paths: dict[str, Callable[[], object]], calls: dict[str, in
     }
 
 
-def child_rounds(names: list[str], run_child: Callable[[str], dict], rounds: int) -> tuple[dict[str, list[dict]], float, float]:
+def child_rounds(
+    names: list[str], run_child: Callable[[str], dict], rounds: int
+) -> tuple[dict[str, list[dict]], float, float]:
     """``rounds`` rounds, each running ``run_child(name)`` (a fresh process) for every name in turn; returns every
     result by name, and the 1-minute load average before and after."""
     load_start = os.getloadavg()[0]

@@ -120,16 +120,31 @@ def call_child(args: argparse.Namespace, impl: str, T: int) -> None:
             flex_warning = " ".join(str(caught[0].message).split())[:120] if caught else ""
         else:
             ids = torch.zeros(B, T, dtype=torch.long)
-            batch = Batch(ids, torch.full_like(ids, IGNORE_INDEX), torch.ones_like(ids, dtype=torch.bool), True,
-                          document_ids=doc, position_ids=pos)  # fmt: skip
+            batch = Batch(
+                ids,
+                torch.full_like(ids, IGNORE_INDEX),
+                torch.ones_like(ids, dtype=torch.bool),
+                True,
+                document_ids=doc,
+                position_ids=pos,
+            )
             config = TransformerConfig(vocab_size=2, d_model=args.d_model, n_heads=nh, max_seq_len=T)
             y = attend(q, k, v, self_attention_inputs(batch, config, slopes, impl=AttentionImpl(impl)))
     elapsed = time.perf_counter() - started
     peak_kib = _peak_rss()
-    print(json.dumps({"peak_extra_rss_mib": (peak_kib - base_kib) / 1024, "time_s": elapsed,
-                      "checksum": float(y.double().abs().sum()), "warning": flex_warning,
-                      "chunk_rows": AttentionImpl().rows_per_chunk(B, nh, T) if impl == "chunked" else T,
-                      "threads": torch.get_num_threads(), "torch": torch.__version__}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "peak_extra_rss_mib": (peak_kib - base_kib) / 1024,
+                "time_s": elapsed,
+                "checksum": float(y.double().abs().sum()),
+                "warning": flex_warning,
+                "chunk_rows": AttentionImpl().rows_per_chunk(B, nh, T) if impl == "chunked" else T,
+                "threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+            }
+        )
+    )
 
 
 def child(args: argparse.Namespace) -> None:
@@ -146,14 +161,28 @@ def child(args: argparse.Namespace) -> None:
         return
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    config = TransformerConfig(vocab_size=args.vocab, d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads,
-                               d_ff=4 * args.d_model, max_seq_len=T, positions=positions, n_token_types=0)  # fmt: skip
+    config = TransformerConfig(
+        vocab_size=args.vocab,
+        d_model=args.d_model,
+        n_layers=args.n_layers,
+        n_heads=args.n_heads,
+        d_ff=4 * args.d_model,
+        max_seq_len=T,
+        positions=positions,
+        n_token_types=0,
+    )
     model = Transformer(config).eval()
     set_attention_impl(model, AttentionImpl(impl))
     ids = torch.randint(0, args.vocab, (args.batch, T), generator=torch.Generator().manual_seed(1))
     doc, pos = documents(T, args.batch, seed=2)
-    batch = Batch(ids, torch.full_like(ids, IGNORE_INDEX), torch.ones_like(ids, dtype=torch.bool), True,
-                  document_ids=doc, position_ids=pos)  # fmt: skip
+    batch = Batch(
+        ids,
+        torch.full_like(ids, IGNORE_INDEX),
+        torch.ones_like(ids, dtype=torch.bool),
+        True,
+        document_ids=doc,
+        position_ids=pos,
+    )
     base_kib = _reset_peak_rss()
     started = time.perf_counter()
     with torch.no_grad():
@@ -161,9 +190,18 @@ def child(args: argparse.Namespace) -> None:
     elapsed = time.perf_counter() - started
     peak_kib = _peak_rss()
     rows = AttentionImpl().rows_per_chunk(args.batch, args.n_heads, T)
-    print(json.dumps({"peak_extra_rss_mib": (peak_kib - base_kib) / 1024, "time_s": elapsed,
-                      "checksum": float(hidden.double().abs().sum()), "chunk_rows": rows if impl == "chunked" else T,
-                      "threads": torch.get_num_threads(), "torch": torch.__version__}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "peak_extra_rss_mib": (peak_kib - base_kib) / 1024,
+                "time_s": elapsed,
+                "checksum": float(hidden.double().abs().sum()),
+                "chunk_rows": rows if impl == "chunked" else T,
+                "threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+            }
+        )
+    )
 
 
 def run_child(name: str, args: argparse.Namespace) -> dict:
@@ -195,8 +233,12 @@ def main() -> None:
         child(args)
         return
 
-    names = [f"{impl}:{positions}:{T}" for T in map(int, args.seq_lens.split(",")) for positions in POSITIONS
-             for impl in IMPLS]  # fmt: skip
+    names = [
+        f"{impl}:{positions}:{T}"
+        for T in map(int, args.seq_lens.split(","))
+        for positions in POSITIONS
+        for impl in IMPLS
+    ]
     names += [f"{impl}:call:{args.call_seq_len}" for impl in ("dense", "chunked", "flex")]
     started = time.perf_counter()
     runs, load_start, load_end = child_rounds(names, lambda n: run_child(n, args), args.rounds)
@@ -226,7 +268,7 @@ def main() -> None:
             "batch": args.batch,
             "dtype": "float32",
             "pattern": "causal, document masking (documents of 32..1023 tokens), restarted positions",
-        },  # fmt: skip
+        },
         "machine": {
             "platform": platform.platform(),
             "cpu_count": os.cpu_count(),
@@ -237,7 +279,7 @@ def main() -> None:
         },
         "method": "fresh subprocess per (configuration, round) with glibc mmap/trim thresholds at 64 KiB; peak extra "
         "RSS = VmHWM after one forward (torch.no_grad) minus RSS before it (high-water mark reset by "
-        "clear_refs); time = that forward's wall time",  # fmt: skip
+        "clear_refs); time = that forward's wall time",
         "results": results,
     }
     print(json.dumps(results, indent=1))
@@ -307,8 +349,10 @@ def markdown(report: dict) -> str:
             continue
         p, t = res["peak_extra_rss_mib"], res["forward_s"]
         same = reference is not None and abs(res["checksum"] - reference) <= 1e-5 * abs(reference)
-        lines.append(f"| {impl} | {T} | {p['median']:.0f} ({p['min']:.0f}-{p['max']:.0f}) | "
-                     f"{t['median']:.2f} ({t['min']:.2f}-{t['max']:.2f}) | {'yes' if same else 'no'} |")  # fmt: skip
+        lines.append(
+            f"| {impl} | {T} | {p['median']:.0f} ({p['min']:.0f}-{p['max']:.0f}) | "
+            f"{t['median']:.2f} ({t['min']:.2f}-{t['max']:.2f}) | {'yes' if same else 'no'} |"
+        )
     warning = calls.get("flex", {}).get("warning")
     if warning:
         lines += ["", f'torch\'s warning on the flex call: "{warning}..."']

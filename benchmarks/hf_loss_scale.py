@@ -36,16 +36,29 @@ def tokenizer(kind: str) -> PreTrainedTokenizerFast:
     corpus = [" ".join(doc) for doc in builtin_corpus()[:60]]
     raw = train_tokenizer(corpus, kind, vocab_size=1000).tokenizer
     if kind == "wordpiece":
-        return PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
-                                       sep_token="[SEP]", mask_token="[MASK]", eos_token="[EOS]")  # fmt: skip
+        return PreTrainedTokenizerFast(
+            tokenizer_object=raw,
+            pad_token="[PAD]",
+            unk_token="[UNK]",
+            cls_token="[CLS]",
+            sep_token="[SEP]",
+            mask_token="[MASK]",
+            eos_token="[EOS]",
+        )
     return PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="[EOS]", eos_token="[EOS]", unk_token="[UNK]")
 
 
 def model(kind: str, tok: PreTrainedTokenizerFast) -> torch.nn.Module:
     torch.manual_seed(0)
     if kind == "ElectraPair":  # the generator 1/4 of the discriminator's width, one embedding module
-        shape = dict(vocab_size=len(tok), embedding_size=64, num_hidden_layers=2, hidden_dropout_prob=0.0,
-                     attention_probs_dropout_prob=0.0, pad_token_id=tok.pad_token_id)  # fmt: skip
+        shape = dict(
+            vocab_size=len(tok),
+            embedding_size=64,
+            num_hidden_layers=2,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+            pad_token_id=tok.pad_token_id,
+        )
         discriminator = transformers.ElectraForPreTraining(
             transformers.ElectraConfig(**shape, hidden_size=64, num_attention_heads=2, intermediate_size=128)
         )
@@ -54,12 +67,28 @@ def model(kind: str, tok: PreTrainedTokenizerFast) -> torch.nn.Module:
         )
         return ElectraPair(generator, discriminator)
     if kind == "BertForMaskedLM":
-        cfg = transformers.BertConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                                      intermediate_size=128, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-                                      pad_token_id=tok.pad_token_id)  # fmt: skip
+        cfg = transformers.BertConfig(
+            vocab_size=len(tok),
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=128,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+            pad_token_id=tok.pad_token_id,
+        )
         return transformers.BertForMaskedLM(cfg)
-    cfg = transformers.GPT2Config(vocab_size=len(tok), n_embd=64, n_layer=2, n_head=2, resid_pdrop=0.0, embd_pdrop=0.0,
-                                  attn_pdrop=0.0, eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)  # fmt: skip
+    cfg = transformers.GPT2Config(
+        vocab_size=len(tok),
+        n_embd=64,
+        n_layer=2,
+        n_head=2,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.eos_token_id,
+    )
     return transformers.GPT2LMHeadModel(cfg)
 
 
@@ -90,10 +119,21 @@ def one_step(kind: str, tok, data, variant: str, batch: int, accumulation: int, 
     if variant == "stock, accepts_loss_kwargs=False":
         m.accepts_loss_kwargs = False
     args = TrainingArguments(
-        output_dir=out, per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation, max_steps=1,
-        learning_rate=1e-3, optim="sgd", lr_scheduler_type="constant", logging_steps=1, report_to=[],
-        use_cpu=True, seed=0, save_strategy="no", disable_tqdm=True, remove_unused_columns=False,
-    )  # fmt: skip
+        output_dir=out,
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulation,
+        max_steps=1,
+        learning_rate=1e-3,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        logging_steps=1,
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        save_strategy="no",
+        disable_tqdm=True,
+        remove_unused_columns=False,
+    )
     cls = ObjectiveTrainer if variant == "ObjectiveTrainer" else Trainer
     trainer = cls(model=m, args=args, train_dataset=data, data_collator=stack)
     trainer.train()
@@ -123,8 +163,9 @@ def main() -> None:
         whole = stack(data)
         reference = model(kind, tok)
         exact, _ = exact_terms(reference, whole)
-        per_micro = {b: [exact_terms(reference, stack(data[i : i + b]))[1] for i in range(0, ROWS, b)]
-                     for b, _ in SPLITS}  # fmt: skip
+        per_micro = {
+            b: [exact_terms(reference, stack(data[i : i + b]))[1] for i in range(0, ROWS, b)] for b, _ in SPLITS
+        }
         what = "generator MLM + 50 x discriminator BCE" if kind == "ElectraPair" else "each term's mean"
         lines.append(f"\n### {kind} ({name} collator; exact loss of the 8 rows, {what}: {exact:.4f})\n")
         counted = "Generator targets (masked tokens)" if kind == "ElectraPair" else "Targets"

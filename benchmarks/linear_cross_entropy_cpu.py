@@ -64,6 +64,7 @@ def child(args: argparse.Namespace) -> None:
     base_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
     if args.child == "naive":
+
         def loss_fn():
             return F.cross_entropy(x @ w.T, t)
     elif args.child == "native":
@@ -75,6 +76,7 @@ def child(args: argparse.Namespace) -> None:
         def loss_fn():
             return F.linear_cross_entropy(x, w, t, options=options)
     elif args.child == "chunked":
+
         def loss_fn():
             return linear_cross_entropy(x, w, t, impl="chunked", chunk_size=args.chunk_size)
     else:
@@ -92,13 +94,17 @@ def child(args: argparse.Namespace) -> None:
             times.append(elapsed)
         losses.append(loss.item())
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({
-        "times_s": times,
-        "loss": losses[-1],
-        "peak_extra_rss_mib": (peak_kib - base_kib) / 1024,
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-    }))
+    print(
+        json.dumps(
+            {
+                "times_s": times,
+                "loss": losses[-1],
+                "peak_extra_rss_mib": (peak_kib - base_kib) / 1024,
+                "threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+            }
+        )
+    )
 
 
 def _three_gemms(x, w, chunk_size):
@@ -129,8 +135,20 @@ def _three_gemms(x, w, chunk_size):
 
 def run_child(method: str, args: argparse.Namespace) -> dict:
     cmd = [
-        sys.executable, __file__, "--child", method, "--n", str(args.n), "--d", str(args.d),
-        "--v", str(args.v), "--warmup", str(args.warmup), "--steps", str(args.steps),
+        sys.executable,
+        __file__,
+        "--child",
+        method,
+        "--n",
+        str(args.n),
+        "--d",
+        str(args.d),
+        "--v",
+        str(args.v),
+        "--warmup",
+        str(args.warmup),
+        "--steps",
+        str(args.steps),
     ]
     if args.chunk_size is not None:
         cmd += ["--chunk-size", str(args.chunk_size)]
@@ -189,13 +207,12 @@ def main() -> None:
             "platform": platform.platform(),
             "processor": platform.processor(),
             "cpu_count": os.cpu_count(),
-            "threads": next((r["threads"] for rs in runs.values() for r in rs if "threads" in r),
-                            None),
+            "threads": next((r["threads"] for rs in runs.values() for r in rs if "threads" in r), None),
             "torch": next((r["torch"] for rs in runs.values() for r in rs if "torch" in r), None),
             "load_average_1min_start_end": [load_start, load_end],
         },
         "method": "fresh subprocess per (method, round); time = median of timed fwd+bwd steps; "
-                  "memory = ru_maxrss after steps minus ru_maxrss after building inputs",
+        "memory = ru_maxrss after steps minus ru_maxrss after building inputs",
         "results": results,
     }
     print(json.dumps(results, indent=1))

@@ -61,8 +61,17 @@ from lmobjectives.ops import linear_cross_entropy
 from lmobjectives.ops._vocab_chunked import dinput_accumulation
 
 DEFAULT_SHAPES = "8192x4096x128256,8192x2304x256000,32768x4096x128256"
-METHODS = ("naive", "ours", "vocab_chunked", "liger", "cce", "floor", "vocab_chunked_noborrow",
-           "torch_chunked", "compiled_naive")
+METHODS = (
+    "naive",
+    "ours",
+    "vocab_chunked",
+    "liger",
+    "cce",
+    "floor",
+    "vocab_chunked_noborrow",
+    "torch_chunked",
+    "compiled_naive",
+)
 """Run in this order at every shape: ours early, the slowest to start (``torch.compile``) last,
 so a run cut short by its time limit still has the rows that matter."""
 DESIGNS = ("ours", "vocab_chunked")
@@ -75,7 +84,7 @@ DESIGNS = ("ours", "vocab_chunked")
 def make_inputs(n, d, v, *, device, dtype, ignore_frac, seed):
     g = torch.Generator(device=device).manual_seed(seed)
     x = torch.randn(n, d, generator=g, device=device, dtype=torch.float32).to(dtype)
-    w = (torch.randn(v, d, generator=g, device=device, dtype=torch.float32) * 2 / math.sqrt(d))
+    w = torch.randn(v, d, generator=g, device=device, dtype=torch.float32) * 2 / math.sqrt(d)
     w = w.to(dtype)
     t = torch.randint(0, v, (n,), generator=g, device=device)
     ignore = torch.rand(n, generator=g, device=device) < ignore_frac
@@ -125,8 +134,10 @@ def build_method(name, x, w, t, *, device):
     if name == "naive":
         return lambda: F.cross_entropy((x @ w.T).float(), t, ignore_index=IGNORE_INDEX)
     if name == "compiled_naive":
+
         def naive(x, w, t):
             return F.cross_entropy((x @ w.T).float(), t, ignore_index=IGNORE_INDEX)
+
         # dynamic=False: one static compile per shape (~20-60 s each on a cold cache, inside the
         # untimed warm-up). The default would recompile the second shape with symbolic sizes:
         # as slow to compile, and its kernels would not be the static ones timed at shape 1.
@@ -157,7 +168,13 @@ def build_method(name, x, w, t, *, device):
 
         def noborrow():
             loss, _, _ = vocab_chunked_linear_cross_entropy(
-                x, w, t, None, LossOptions(), chunk_size=None, want_argmax=False,
+                x,
+                w,
+                t,
+                None,
+                LossOptions(),
+                chunk_size=None,
+                want_argmax=False,
                 borrow_dweight=False,
             )
             return loss
@@ -205,8 +222,11 @@ def measure(name, x, w, t, ref, args, device):
         for _ in range(args.warmup):
             floor_step()
         times = [timer(floor_step) for _ in range(args.iters)]
-        return {"median_s": statistics.median(times), "times_s": times,
-                "note": "three bf16 GEMMs, N x V buffer preallocated; time only"}
+        return {
+            "median_s": statistics.median(times),
+            "times_s": times,
+            "note": "three bf16 GEMMs, N x V buffer preallocated; time only",
+        }
 
     xg = x.detach().clone().requires_grad_()
     wg = w.detach().clone().requires_grad_()
@@ -223,8 +243,13 @@ def measure(name, x, w, t, ref, args, device):
     loss_value = step_loss().item()
     errs = {"rel_err_dinput": rel_err(xg.grad, ref[1]), "rel_err_dweight": rel_err(wg.grad, ref[2])}
     times = [timer(step) for _ in range(args.iters)]
-    out = {"median_s": statistics.median(times), "times_s": times,
-           "loss": loss_value, "loss_ref": ref[0].item(), **errs}
+    out = {
+        "median_s": statistics.median(times),
+        "times_s": times,
+        "loss": loss_value,
+        "loss_ref": ref[0].item(),
+        **errs,
+    }
     if device.type == "cuda":
         xg.grad = None
         wg.grad = None
@@ -234,7 +259,7 @@ def measure(name, x, w, t, ref, args, device):
         step()
         torch.cuda.synchronize()
         out["peak_extra_mib"] = (torch.cuda.max_memory_allocated() - base) / 2**20
-    del xg, wg, step_loss
+    xg = wg = step_loss = None  # free the method's tensors before the next one (step() holds them)
     return out
 
 
@@ -258,7 +283,8 @@ def correctness(x, w, t, ref, device):
         free(device)
     naive = res["naive"]
     res["pass"] = {
-        name: "error" not in res[name] and "error" not in naive
+        name: "error" not in res[name]
+        and "error" not in naive
         and all(res[name][k] <= 2 * naive[k] + 1e-3 for k in res[name])
         for name in DESIGNS
     }
@@ -276,8 +302,9 @@ def main():
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--ignore-frac", type=float, default=0.05)
     parser.add_argument("--out", required=True, help="write OUT.json and OUT.md")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="CPU, float32, tiny shapes: checks the script, not the GPU")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="CPU, float32, tiny shapes: checks the script, not the GPU"
+    )
     args = parser.parse_args()
 
     if args.dry_run:
@@ -308,8 +335,7 @@ def main():
         key = f"{n}x{d}x{v}"
         print(f"== shape {key}", flush=True)
         try:
-            x, w, t = make_inputs(n, d, v, device=device, dtype=dtype,
-                                  ignore_frac=args.ignore_frac, seed=i)
+            x, w, t = make_inputs(n, d, v, device=device, dtype=dtype, ignore_frac=args.ignore_frac, seed=i)
             ref = fp32_reference(x, w, t)
         except Exception as exc:  # noqa: BLE001 - e.g. OOM: record it, try the next shape
             report["results"][key] = {"setup": {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}}
@@ -373,17 +399,25 @@ def write(report, out):
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     _write_atomic(out.with_suffix(".json"), json.dumps(report, indent=2) + "\n")
-    lines = [f"# Linear cross-entropy on {report['device']} ({report['dtype']})", "",
-             f"Command: `{report['command']}`", "",
-             f"Versions: torch {report['torch']}, {report['versions']}", "",
-             f"Correctness (our designs vs float32 reference): "
-             f"`{json.dumps(report['correctness'])}`", "",
-             "vocab_chunked dinput accumulation: "
-             f"{report.get('vocab_chunked_dinput_accumulation')}", ""]
+    lines = [
+        f"# Linear cross-entropy on {report['device']} ({report['dtype']})",
+        "",
+        f"Command: `{report['command']}`",
+        "",
+        f"Versions: torch {report['torch']}, {report['versions']}",
+        "",
+        f"Correctness (our designs vs float32 reference): `{json.dumps(report['correctness'])}`",
+        "",
+        f"vocab_chunked dinput accumulation: {report.get('vocab_chunked_dinput_accumulation')}",
+        "",
+    ]
     for shape, rows in report["results"].items():
-        lines += [f"## N x d x V = {shape}", "",
-                  "| method | fwd+bwd median (ms) | peak extra memory (MiB) | rel err dinput "
-                  "| rel err dweight |", "|---|---|---|---|---|"]
+        lines += [
+            f"## N x d x V = {shape}",
+            "",
+            "| method | fwd+bwd median (ms) | peak extra memory (MiB) | rel err dinput | rel err dweight |",
+            "|---|---|---|---|---|",
+        ]
         for name, r in rows.items():
             if "error" in r:
                 lines.append(f"| {name} | {r['error'][:80]} | | | |")

@@ -51,9 +51,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from _harness import time_interleaved  # benchmarks/_harness.py (the script's folder is on sys.path)
-
 import torch
+from _harness import time_interleaved  # benchmarks/_harness.py (the script's folder is on sys.path)
 
 from lmobjectives import Vocab, get_objective
 from lmobjectives.data.tokenizers import word_ids_from_starts
@@ -88,7 +87,12 @@ def hf_tokenizer():
     names += [f"w{i}" for i in range(VOCAB_SIZE - len(names))]
     raw = Tokenizer(WordLevel({w: i for i, w in enumerate(names)}, unk_token="[UNK]"))
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=raw, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]"
+        tokenizer_object=raw,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
     )
     assert len(tok) == VOCAB_SIZE and (tok.pad_token_id, tok.mask_token_id) == (PAD, MASK)
     return tok
@@ -107,7 +111,11 @@ def offsets_from_word_ids(word_ids: torch.Tensor) -> torch.Tensor:
 def baseline_masking(rev: str):
     """The module ``objectives/_masking.py`` as it was at git revision ``rev`` (its relative imports resolve)."""
     source = subprocess.run(
-        ["git", "show", f"{rev}:src/lmobjectives/objectives/_masking.py"], cwd=REPO, check=True, capture_output=True, text=True
+        ["git", "show", f"{rev}:src/lmobjectives/objectives/_masking.py"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     name = "lmobjectives.objectives._masking_baseline"
     spec = importlib.util.spec_from_loader(name, loader=None)
@@ -173,7 +181,10 @@ def main(argv=None) -> dict:
         "ours_span": (get_objective("mlm", vocab=vocab, unit="span"), {"word_ids": word_ids}),
         "ours_span_exact": (get_objective("mlm", vocab=vocab, unit="span", selection="exact"), {"word_ids": word_ids}),
         "ours_word_exact": (get_objective("mlm", vocab=vocab, unit="word", selection="exact"), {"word_ids": word_ids}),
-        "ours_ngram_exact": (get_objective("mlm", vocab=vocab, unit="ngram", selection="exact"), {"word_ids": word_ids}),
+        "ours_ngram_exact": (
+            get_objective("mlm", vocab=vocab, unit="ngram", selection="exact"),
+            {"word_ids": word_ids},
+        ),
         "ours_token_unigram": (
             get_objective("mlm", vocab=vocab, random_ids="unigram").with_unigram_counts(
                 torch.bincount(ids[real], minlength=VOCAB_SIZE)
@@ -183,12 +194,16 @@ def main(argv=None) -> dict:
     }
     if args.baseline:
         module = baseline_masking(args.baseline)
-        ours.update({"old" + name[4:]: (with_baseline(ours[name][0], module), ours[name][1]) for name in BASELINE_PATHS})
+        ours.update(
+            {"old" + name[4:]: (with_baseline(ours[name][0], module), ours[name][1]) for name in BASELINE_PATHS}
+        )
     hf = {
         "hf_collator": lambda: col(examples),
         "hf_mask_tokens": lambda: col.torch_mask_tokens(ids.clone()),
         "hf_mask_tokens_stm": lambda: col.torch_mask_tokens(ids.clone(), special_tokens_mask=stm),
-        "hf_wwm_mask_tokens": lambda: col_wwm.torch_mask_tokens(ids.clone(), special_tokens_mask=stm, offset_mapping=offsets),
+        "hf_wwm_mask_tokens": lambda: col_wwm.torch_mask_tokens(
+            ids.clone(), special_tokens_mask=stm, offset_mapping=offsets
+        ),
     }
 
     # sanity: everyone masks about 15 % of the maskable tokens
@@ -200,9 +215,10 @@ def main(argv=None) -> dict:
         rates[name] = int(got.sum()) / n_maskable
         at_budget[name] = float((got == budget).double().mean())
     rates["hf_mask_tokens"] = int((col.torch_mask_tokens(ids.clone())[1] != -100).sum()) / n_maskable
-    rates["hf_wwm_mask_tokens"] = int(
-        (col_wwm.torch_mask_tokens(ids.clone(), special_tokens_mask=stm, offset_mapping=offsets)[1] != -100).sum()
-    ) / n_maskable
+    rates["hf_wwm_mask_tokens"] = (
+        int((col_wwm.torch_mask_tokens(ids.clone(), special_tokens_mask=stm, offset_mapping=offsets)[1] != -100).sum())
+        / n_maskable
+    )
 
     load_before = os.getloadavg()
     paths = {
@@ -243,7 +259,8 @@ def main(argv=None) -> dict:
 
     report = {
         "baseline": args.baseline,
-        "command": "python " + " ".join([os.path.relpath(__file__, Path.cwd())] + sys.argv[1:] if argv is None else [__file__] + argv),
+        "command": "python "
+        + " ".join([os.path.relpath(__file__, Path.cwd())] + sys.argv[1:] if argv is None else [__file__] + argv),
         "machine": {
             "cpus": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
@@ -258,7 +275,13 @@ def main(argv=None) -> dict:
             "transformers": transformers.__version__,
             "tokenizers": tokenizers.__version__,
         },
-        "batch": {"B": B, "T": T, "vocab_size": VOCAB_SIZE, "real_tokens": int(real.sum()), "maskable_tokens": n_maskable},
+        "batch": {
+            "B": B,
+            "T": T,
+            "vocab_size": VOCAB_SIZE,
+            "real_tokens": int(real.sum()),
+            "maskable_tokens": n_maskable,
+        },
         "results": results,
         "ratios": ratios,
     }
@@ -268,8 +291,10 @@ def main(argv=None) -> dict:
         "token >= 30x hf_mask_tokens_stm": ratios["token_vs_hf_mask_tokens_stm"] >= 30,
         "word >= 10x hf_wwm_mask_tokens": ratios["word_vs_hf_wwm"] >= 10,
         "exact word/span/ngram >= 3x hf_wwm_mask_tokens": min(
-            ratios[k] for k in ("word_exact_vs_hf_wwm", "span_vs_hf_wwm", "span_exact_vs_hf_wwm", "ngram_exact_vs_hf_wwm")
-        ) >= 3,
+            ratios[k]
+            for k in ("word_exact_vs_hf_wwm", "span_vs_hf_wwm", "span_exact_vs_hf_wwm", "ngram_exact_vs_hf_wwm")
+        )
+        >= 3,
     }
     print(json.dumps(report, indent=2))
     if not args.no_write:
@@ -316,8 +341,12 @@ def markdown(r: dict) -> str:
             if max(m["load_average_before"][0], m["load_average_after"][0]) > (m["cpus"] or 1)
             else "The machine was quiet (load average below the core count)."
         ),
-        (f"Baseline (`old_*`): the selection strategies of `_masking.py` at git revision `{r['baseline']}`, timed in "
-         "the same rounds." if r.get("baseline") else "No baseline revision timed."),
+        (
+            f"Baseline (`old_*`): the selection strategies of `_masking.py` at git revision `{r['baseline']}`, timed in "
+            "the same rounds."
+            if r.get("baseline")
+            else "No baseline revision timed."
+        ),
         (
             f"Torch ran on {m['torch_threads']} of {m['cpus']} cores (`--threads`): on a shared, oversubscribed "
             "machine OpenMP threads that wait for a busy core inflate every torch op many times over. "

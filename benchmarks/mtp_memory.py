@@ -63,9 +63,15 @@ def _setup(args: argparse.Namespace, n_future: int):
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    config = TransformerConfig(vocab_size=args.vocab, d_model=args.d_model, n_layers=args.n_layers,
-                               n_heads=args.n_heads, d_ff=4 * args.d_model, max_seq_len=args.seq_len,
-                               n_token_types=0)  # fmt: skip
+    config = TransformerConfig(
+        vocab_size=args.vocab,
+        d_model=args.d_model,
+        n_layers=args.n_layers,
+        n_heads=args.n_heads,
+        d_ff=4 * args.d_model,
+        max_seq_len=args.seq_len,
+        n_token_types=0,
+    )
     model = MultiTokenTransformer(config, n_future=n_future)
     ids = torch.randint(0, args.vocab, (args.batch, args.seq_len), generator=torch.Generator().manual_seed(1))
     batch = MultiTokenPrediction(Vocab(size=args.vocab), n_future=n_future)(ids)  # one document per row
@@ -115,8 +121,17 @@ def child(args: argparse.Namespace) -> None:
         started = time.perf_counter()
         step()
         times.append(time.perf_counter() - started)
-    print(json.dumps({"peak_extra_rss_mib": (peak_kib - base_kib) / 1024, "times_s": times, "loss": value,
-                      "threads": torch.get_num_threads(), "torch": torch.__version__}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "peak_extra_rss_mib": (peak_kib - base_kib) / 1024,
+                "times_s": times,
+                "loss": value,
+                "threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+            }
+        )
+    )
 
 
 def saved_activations(args: argparse.Namespace) -> dict:
@@ -215,13 +230,24 @@ def main() -> None:
             "rss_efficient_over_goal": eff / one,
             "rss_efficient_over_naive": eff / naive,
         }
-    summary |= {"saved_efficient_over_naive": saved["efficient_mib"] / saved["naive_mib"],
-                "saved_efficient_over_one_head": saved["efficient_mib"] / saved["one_head_mib"]}  # fmt: skip
+    summary |= {
+        "saved_efficient_over_naive": saved["efficient_mib"] / saved["naive_mib"],
+        "saved_efficient_over_one_head": saved["efficient_mib"] / saved["one_head_mib"],
+    }
     report = {
         "command": "python benchmarks/mtp_memory.py " + " ".join(sys.argv[1:]),
-        "model": {"n_future": args.n_future, "vocab": args.vocab, "d_model": args.d_model, "n_layers": args.n_layers,
-                  "n_heads": args.n_heads, "d_ff": 4 * args.d_model, "batch": args.batch, "seq_len": args.seq_len,
-                  "dtype": "float32", "positions": "alibi"},  # fmt: skip
+        "model": {
+            "n_future": args.n_future,
+            "vocab": args.vocab,
+            "d_model": args.d_model,
+            "n_layers": args.n_layers,
+            "n_heads": args.n_heads,
+            "d_ff": 4 * args.d_model,
+            "batch": args.batch,
+            "seq_len": args.seq_len,
+            "dtype": "float32",
+            "positions": "alibi",
+        },
         "machine": {
             "platform": platform.platform(),
             "cpu_count": os.cpu_count(),
@@ -230,8 +256,8 @@ def main() -> None:
             "load_average_1min_start_end": [load_start, load_end],
         },
         "method": "fresh subprocess per (variant, round) with glibc mmap/trim thresholds at 64 KiB; peak extra RSS = "
-                  "VmHWM after one step minus RSS before it (high-water mark reset by clear_refs); time = timed steps after one untimed step; saved "
-                  "activations = distinct non-parameter storages saved for backward, per phase",
+        "VmHWM after one step minus RSS before it (high-water mark reset by clear_refs); time = timed steps after one untimed step; saved "
+        "activations = distinct non-parameter storages saved for backward, per phase",
         "saved_activations": saved,
         "results": results,
         "summary": summary,
@@ -264,15 +290,20 @@ def markdown(report: dict) -> str:
         "| variant | peak extra RSS, median (min-max) MiB | step time, median (min-max) s | loss |",
         "|---|---|---|---|",
     ]
-    names = {"naive": f"naive, {m['n_future']} heads", "efficient": f"memory-efficient, {m['n_future']} heads",
-             "one_head": "one head (n_future=1)"}  # fmt: skip
+    names = {
+        "naive": f"naive, {m['n_future']} heads",
+        "efficient": f"memory-efficient, {m['n_future']} heads",
+        "one_head": "one head (n_future=1)",
+    }
     for v, res in r.items():
         if "peak_extra_rss_mib" not in res:
             lines.append(f"| {names[v]} | {res.get('status')} | | |")
             continue
         p, t = res["peak_extra_rss_mib"], res["step_s"]
-        lines.append(f"| {names[v]} | {p['median']:.1f} ({p['min']:.1f}-{p['max']:.1f}) | "
-                     f"{t['median']:.3f} ({t['min']:.3f}-{t['max']:.3f}) | {res['loss']:.4f} |")  # fmt: skip
+        lines.append(
+            f"| {names[v]} | {p['median']:.1f} ({p['min']:.1f}-{p['max']:.1f}) | "
+            f"{t['median']:.3f} ({t['min']:.3f}-{t['max']:.3f}) | {res['loss']:.4f} |"
+        )
     lines += [
         "",
         "Activation bytes saved for backward (exact, one instrumented forward; MiB): "

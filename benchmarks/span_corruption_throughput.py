@@ -35,10 +35,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from _harness import time_interleaved  # benchmarks/_harness.py (the script's folder is on sys.path)
-
 import numpy as np
 import torch
+from _harness import time_interleaved  # benchmarks/_harness.py (the script's folder is on sys.path)
 
 from lmobjectives import Vocab
 from lmobjectives.objectives.span_corruption import SpanCorruption, random_spans_noise_mask, span_corruption_lengths
@@ -136,7 +135,9 @@ def main(argv=None) -> dict:
 
     # sanity: both give the same shapes, the same number of targets, and reconstructable rows
     mine, theirs = ours(ids, attention_mask=real, generator=g), numpy_per_example(ids_np, lengths_np, d, mu, rng)
-    assert tuple(mine.input_ids.shape) == theirs["input_ids"].shape and tuple(mine.labels.shape) == theirs["labels"].shape
+    assert (
+        tuple(mine.input_ids.shape) == theirs["input_ids"].shape and tuple(mine.labels.shape) == theirs["labels"].shape
+    )
     assert int((mine.labels != IGNORE).sum()) == int((theirs["labels"] != IGNORE).sum())
     assert bool(mine.attention_mask.all()) and bool(theirs["attention_mask"].all())
 
@@ -165,7 +166,8 @@ def main(argv=None) -> dict:
     }
     Wi, Wt = span_corruption_lengths(T, d, mu)
     report = {
-        "command": "python " + " ".join([os.path.relpath(__file__, Path.cwd())] + (sys.argv[1:] if argv is None else list(argv))),
+        "command": "python "
+        + " ".join([os.path.relpath(__file__, Path.cwd())] + (sys.argv[1:] if argv is None else list(argv))),
         "machine": {
             "cpus": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
@@ -176,14 +178,34 @@ def main(argv=None) -> dict:
             "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
         },
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
-        "batch": {"B": B, "T": T, "inputs_width": Wi, "targets_width": Wt, "noise_density": d, "mean_noise_span_length": mu},
+        "batch": {
+            "B": B,
+            "T": T,
+            "inputs_width": Wi,
+            "targets_width": Wt,
+            "noise_density": d,
+            "mean_noise_span_length": mu,
+        },
         "results": results,
         "ratios": ratios,
     }
     report["goals"] = {"ours >= 10x numpy_per_example": ratios["ours_vs_numpy_per_example"] >= 10}
     if args.malloc_rerun:
-        cmd = [sys.executable, __file__, "--no-write", "--batch", str(B), "--length", str(T), "--warmup", str(args.warmup),
-               "--rounds", str(args.rounds), "--ours-calls", str(args.ours_calls)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            __file__,
+            "--no-write",
+            "--batch",
+            str(B),
+            "--length",
+            str(T),
+            "--warmup",
+            str(args.warmup),
+            "--rounds",
+            str(args.rounds),
+            "--ours-calls",
+            str(args.ours_calls),
+        ]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
         out = subprocess.run(cmd, env={**os.environ, **MALLOC_ENV}, capture_output=True, text=True, check=True).stdout

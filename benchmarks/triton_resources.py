@@ -27,8 +27,10 @@ def main() -> None:
     for variant in variants():
         r = compile_resources(variant)
         rows.append(dataclasses.asdict(r))
-        print(f"{r.variant:75s} regs {r.registers:3d}  spills {r.spill_bytes:5d} B  "
-              f"shared {r.shared_bytes // 1024:3d} KiB")
+        print(
+            f"{r.variant:75s} regs {r.registers:3d}  spills {r.spill_bytes:5d} B  "
+            f"shared {r.shared_bytes // 1024:3d} KiB"
+        )
     meta = dict(
         target=f"{HOPPER.backend} sm_{HOPPER.arch}",
         shared_limit_bytes=HOPPER_SHARED_BYTES,
@@ -49,8 +51,9 @@ def main() -> None:
     ]
     for r in rows:
         cfg = ", ".join(f"{k}={v}" for k, v in r["config"].items())
-        lines.append(f"| `{r['variant']}` | {cfg} | {r['registers']} | {r['spill_bytes']} "
-                     f"| {r['shared_bytes'] / 1024:.0f} |")
+        lines.append(
+            f"| `{r['variant']}` | {cfg} | {r['registers']} | {r['spill_bytes']} | {r['shared_bytes'] / 1024:.0f} |"
+        )
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 

@@ -52,7 +52,12 @@ def test_vocab_from_hf_tokenizers():
     v = Vocab.from_tokenizer(raw)
     assert (v.size, v.pad_id, v.unk_id, v.cls_id, v.sep_id, v.mask_id) == (7, 0, 1, 2, 3, 4)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=raw, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]"
+        tokenizer_object=raw,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
     )
     assert Vocab.from_tokenizer(fast) == v
     raw.add_tokens(["hello"])  # an ordinary added token is not special: it may be masked and drawn
@@ -68,8 +73,14 @@ def test_public_names_are_importable():
     import lmobjectives.recipes
     import lmobjectives.training
 
-    modules = (lmobjectives, lmobjectives.objectives, lmobjectives.recipes, lmobjectives.data, lmobjectives.losses,
-               lmobjectives.training)
+    modules = (
+        lmobjectives,
+        lmobjectives.objectives,
+        lmobjectives.recipes,
+        lmobjectives.data,
+        lmobjectives.losses,
+        lmobjectives.training,
+    )
     for module in modules:
         for name in module.__all__:
             assert getattr(module, name) is not None, (module.__name__, name)
@@ -90,8 +101,21 @@ def test_attention_mask_values_other_than_0_and_1_are_refused_by_every_objective
     # 2 and -1 used to be read as 1 (a real token); every objective checks its masks through check_like
     from lmobjectives.recipes import OBJECTIVES
 
-    vocab = Vocab(size=50, pad_id=0, eos_id=1, cls_id=2, sep_id=3, mask_id=4, sentinel_ids=(49, 48, 47, 46),
-                  nlu_id=45, nlg_id=44, s2s_id=43, fim_prefix_id=42, fim_middle_id=41, fim_suffix_id=40)  # fmt: skip
+    vocab = Vocab(
+        size=50,
+        pad_id=0,
+        eos_id=1,
+        cls_id=2,
+        sep_id=3,
+        mask_id=4,
+        sentinel_ids=(49, 48, 47, 46),
+        nlu_id=45,
+        nlg_id=44,
+        s2s_id=43,
+        fim_prefix_id=42,
+        fim_middle_id=41,
+        fim_suffix_id=40,
+    )
     x = torch.randint(5, 40, (2, 12), generator=torch.Generator().manual_seed(0))
     extras = {  # what each objective needs besides input_ids
         "spanbert": {"word_ids": torch.arange(12).expand(2, 12)},
@@ -107,7 +131,9 @@ def test_attention_mask_values_other_than_0_and_1_are_refused_by_every_objective
         objective(x, attention_mask=ok, generator=torch.Generator().manual_seed(0), **extras.get(name, {}))
         mask = ok.clone()
         mask[1, 5] = bad
-        with pytest.raises(ValueError, match=rf"^attention_mask must hold only 0 and 1 \(or be a bool tensor\), got {bad} at \[1, 5\]$"):
+        with pytest.raises(
+            ValueError, match=rf"^attention_mask must hold only 0 and 1 \(or be a bool tensor\), got {bad} at \[1, 5\]$"
+        ):
             objective(x, attention_mask=mask, generator=torch.Generator().manual_seed(0), **extras.get(name, {}))
 
 
@@ -115,8 +141,13 @@ def test_bool_masks_check_their_values():
     from lmobjectives._checks import check_like
 
     ref = torch.zeros(2, 3, dtype=torch.long)
-    assert check_like(torch.tensor([[0, 1, 1], [1, 0, 0]]), ref, "m", dtype="bool").tolist() == [[False, True, True], [True, False, False]]
-    assert check_like(torch.tensor([[0, 1, 1], [1, 0, 0]], dtype=torch.uint8), ref, "m", dtype="bool").dtype == torch.bool
+    assert check_like(torch.tensor([[0, 1, 1], [1, 0, 0]]), ref, "m", dtype="bool").tolist() == [
+        [False, True, True],
+        [True, False, False],
+    ]
+    assert (
+        check_like(torch.tensor([[0, 1, 1], [1, 0, 0]], dtype=torch.uint8), ref, "m", dtype="bool").dtype == torch.bool
+    )
     with pytest.raises(ValueError, match=r"^m must hold only 0 and 1 \(or be a bool tensor\), got 3 at \[0, 2\]$"):
         check_like(torch.tensor([[0, 1, 3], [1, 0, 0]]), ref, "m", dtype="bool")
     with pytest.raises(TypeError, match="m must be a bool"):

@@ -132,8 +132,9 @@ def lazy_names(root: Path) -> dict[str, str]:
     return {}
 
 
-def resolve(node: ast.Import | ast.ImportFrom, importer: str, modules: dict[str, str], lazy: dict[str, str]
-            ) -> list[str]:  # fmt: skip
+def resolve(
+    node: ast.Import | ast.ImportFrom, importer: str, modules: dict[str, str], lazy: dict[str, str]
+) -> list[str]:
     """Dotted names of the package's modules that one import statement in module ``importer`` loads.
 
     ``from P import name`` is the submodule ``P.name`` when there is one, else ``P`` itself; for the
@@ -257,14 +258,17 @@ def _write_package(root: Path, files: dict[str, str]) -> Path:
 
 def test_the_scan_sees_every_kind_of_import(tmp_path):
     """The checker itself, on a made-up package: relative, absolute, lazy, in functions, TYPE_CHECKING."""
-    root = _write_package(tmp_path, {
-        "__init__.py": "from .constants import X\n_LAZY = {'Batch': '.batch'}\n",
-        "constants.py": "X = 1\n",
-        "batch.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .data import chat\n",
-        "data/__init__.py": "from . import chat, helper\nfrom .. import Batch\n",
-        "data/chat.py": "import lmobjectives.constants\n\ndef f():\n    from lmobjectives.models.gone import y\n",
-        "data/help.py": "from .chat import *\nfrom ...outside import z\n",
-    })  # fmt: skip
+    root = _write_package(
+        tmp_path,
+        {
+            "__init__.py": "from .constants import X\n_LAZY = {'Batch': '.batch'}\n",
+            "constants.py": "X = 1\n",
+            "batch.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .data import chat\n",
+            "data/__init__.py": "from . import chat, helper\nfrom .. import Batch\n",
+            "data/chat.py": "import lmobjectives.constants\n\ndef f():\n    from lmobjectives.models.gone import y\n",
+            "data/help.py": "from .chat import *\nfrom ...outside import z\n",
+        },
+    )
     assert set(edges(root)) == {
         Edge("__init__.py", "constants.py", True, True),
         Edge("batch.py", "data/chat.py", True, False),
@@ -281,12 +285,15 @@ def test_the_scan_sees_every_kind_of_import(tmp_path):
 
 def test_the_cycle_finder_sees_a_cycle_through_a_package(tmp_path):
     """Importing a submodule runs its package's __init__ first: the cycle that once broke `import lmobjectives.sft`."""
-    root = _write_package(tmp_path, {
-        "__init__.py": "",
-        "sft.py": "from .objectives.sft import ASSISTANT\n",
-        "objectives/__init__.py": "from ..sft import CHAT_TOKENS\n",
-        "objectives/sft.py": "ASSISTANT = 'assistant'\n",
-    })  # fmt: skip
+    root = _write_package(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "sft.py": "from .objectives.sft import ASSISTANT\n",
+            "objectives/__init__.py": "from ..sft import CHAT_TOKENS\n",
+            "objectives/sft.py": "ASSISTANT = 'assistant'\n",
+        },
+    )
     assert find_cycle(import_graph(root)) == ["objectives/__init__.py", "sft.py", "objectives/__init__.py"]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"b"}}) == ["b", "c", "b"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
@@ -313,8 +320,15 @@ def test_every_module_imports_first(module, path, tmp_path):
     missing = [name for name in _needs(path) if importlib.util.find_spec(name) is None]
     if missing:
         pytest.skip(f"{module} needs {', '.join(missing)}, not installed")
-    result = subprocess.run([sys.executable, "-c", f"import {module}"], check=False, cwd=tmp_path, env=dict(os.environ),
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", f"import {module}"],
+        check=False,
+        cwd=tmp_path,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     tail = "\n".join(result.stderr.strip().splitlines()[-12:])
     if result.returncode != 0:
         pytest.fail(f"python -c 'import {module}' failed (rc {result.returncode}):\n{tail}", pytrace=False)

@@ -114,4 +114,3 @@ def test_num_targets_gathers_without_counting(impl):
         lm_loss(h, w, y, impl=impl, num_targets=count - 1)
     with pytest.raises(ValueError, match="num_targets"):
         lm_loss(h, w, y, num_targets=y.numel() + 1)
-

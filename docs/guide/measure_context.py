@@ -41,8 +41,24 @@ from lmobjectives.training import load_model
 
 __all__ = ["MODULES", "main"]
 
-MODULES = ("argparse", "json", "textwrap", "heapq", "bisect", "fractions", "statistics", "shlex", "difflib",
-           "contextlib", "string", "secrets", "calendar", "fnmatch", "glob", "tempfile")  # fmt: skip
+MODULES = (
+    "argparse",
+    "json",
+    "textwrap",
+    "heapq",
+    "bisect",
+    "fractions",
+    "statistics",
+    "shlex",
+    "difflib",
+    "contextlib",
+    "string",
+    "secrets",
+    "calendar",
+    "fnmatch",
+    "glob",
+    "tempfile",
+)
 PROMPT = "The return value of a function is"  # greedy continuation prompt
 
 

@@ -62,23 +62,42 @@ def main() -> None:
     ours = span_token_scores(lambda b: run.forward_hidden(b) @ run.model.output_weight.T, heldout, special)
 
     torch.manual_seed(c.seed)
-    t5 = T5ForConditionalGeneration(T5Config(
-        vocab_size=vocab.size, d_model=m.d_model, d_kv=m.d_model // m.n_heads, d_ff=m.d_ff, num_layers=m.n_layers,
-        num_heads=m.n_heads, dropout_rate=0.0, pad_token_id=vocab.pad_id, eos_token_id=vocab.eos_id,
-        decoder_start_token_id=vocab.pad_id))  # fmt: skip
+    t5 = T5ForConditionalGeneration(
+        T5Config(
+            vocab_size=vocab.size,
+            d_model=m.d_model,
+            d_kv=m.d_model // m.n_heads,
+            d_ff=m.d_ff,
+            num_layers=m.n_layers,
+            num_heads=m.n_heads,
+            dropout_rate=0.0,
+            pad_token_id=vocab.pad_id,
+            eos_token_id=vocab.eos_id,
+            decoder_start_token_id=vocab.pad_id,
+        )
+    )
     config = replace(c, steps=steps)
     opt = make_optimizer(t5, config)  # the trainer's AdamW and learning-rate schedule
     stream = run_batches(run)
 
     def t5_logits(b):
-        return t5(input_ids=b.input_ids, attention_mask=b.attention_mask, decoder_input_ids=b.decoder_input_ids,
-                  decoder_attention_mask=b.decoder_attention_mask).logits  # fmt: skip
+        return t5(
+            input_ids=b.input_ids,
+            attention_mask=b.attention_mask,
+            decoder_input_ids=b.decoder_input_ids,
+            decoder_attention_mask=b.decoder_attention_mask,
+        ).logits
 
     curve, started = [], time.perf_counter()
     for step in range(steps):
         b = stream(step)
-        out = t5(input_ids=b.input_ids, attention_mask=b.attention_mask, decoder_input_ids=b.decoder_input_ids,
-                 decoder_attention_mask=b.decoder_attention_mask, labels=b.labels)  # fmt: skip
+        out = t5(
+            input_ids=b.input_ids,
+            attention_mask=b.attention_mask,
+            decoder_input_ids=b.decoder_input_ids,
+            decoder_attention_mask=b.decoder_attention_mask,
+            labels=b.labels,
+        )
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(t5.parameters(), config.grad_clip)
         for group in opt.param_groups:
@@ -90,13 +109,24 @@ def main() -> None:
             accuracy, loss = span_token_scores(t5_logits, heldout, special)
             t5.train()
             curve.append({"step": step + 1, "accuracy": accuracy, "loss": loss})
-            print(f"HF T5 step {step + 1}: held-out span-token accuracy {accuracy:.3f}, loss {loss:.3f} nats "
-                  f"({time.perf_counter() - started:.0f} s)", flush=True)  # fmt: skip
-    result = {"run": args.run, "run_step": run.step, "ours": {"accuracy": ours[0], "loss": ours[1]},
-              "hf_t5": curve, "hf_t5_parameters": sum(p.numel() for p in t5.parameters()),
-              "our_parameters": sum(p.numel() for p in run.model.parameters()), "held_out_batches": len(heldout)}  # fmt: skip
-    print(f"ours (step {run.step}): accuracy {ours[0]:.3f}, loss {ours[1]:.3f}; HF T5 (step {steps}): "
-          f"accuracy {curve[-1]['accuracy']:.3f}, loss {curve[-1]['loss']:.3f}")  # fmt: skip
+            print(
+                f"HF T5 step {step + 1}: held-out span-token accuracy {accuracy:.3f}, loss {loss:.3f} nats "
+                f"({time.perf_counter() - started:.0f} s)",
+                flush=True,
+            )
+    result = {
+        "run": args.run,
+        "run_step": run.step,
+        "ours": {"accuracy": ours[0], "loss": ours[1]},
+        "hf_t5": curve,
+        "hf_t5_parameters": sum(p.numel() for p in t5.parameters()),
+        "our_parameters": sum(p.numel() for p in run.model.parameters()),
+        "held_out_batches": len(heldout),
+    }
+    print(
+        f"ours (step {run.step}): accuracy {ours[0]:.3f}, loss {ours[1]:.3f}; HF T5 (step {steps}): "
+        f"accuracy {curve[-1]['accuracy']:.3f}, loss {curve[-1]['loss']:.3f}"
+    )
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
 

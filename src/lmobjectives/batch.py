@@ -46,7 +46,7 @@ class Batch:
     perm_mask: torch.Tensor | None = None  # (B, T, T) bool; XLNet: True where query i may NOT see key j
     target_mapping: torch.Tensor | None = None  # (B, P, T) float; XLNet: one-hot position of the p-th target
 
-    def to(self, device: torch.device | str) -> "Batch":
+    def to(self, device: torch.device | str) -> Batch:
         """A copy with every tensor moved to ``device``."""
         moved = {
             f.name: (v.to(device) if isinstance(v := getattr(self, f.name), torch.Tensor) else v) for f in fields(self)
@@ -64,7 +64,9 @@ class Objective(Protocol):
 
     name: str
 
-    def __call__(self, input_ids: torch.Tensor, *, generator: torch.Generator | None = None, **extras: torch.Tensor) -> Batch: ...
+    def __call__(
+        self, input_ids: torch.Tensor, *, generator: torch.Generator | None = None, **extras: torch.Tensor
+    ) -> Batch: ...
 
 
 def padding_mask(input_ids: torch.Tensor, pad_id: int | None, eos_id: int | None = None) -> torch.Tensor:

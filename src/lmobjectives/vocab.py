@@ -24,9 +24,7 @@ def _as_id(value: object, size: int) -> int | None:
     return i if 0 <= i < size else None
 
 
-_SINGLE_IDS = (
-    "pad_id", "mask_id", "cls_id", "sep_id", "bos_id", "eos_id", "unk_id", *PARADIGM_TOKENS, *FIM_TOKENS
-)  # fmt: skip
+_SINGLE_IDS = ("pad_id", "mask_id", "cls_id", "sep_id", "bos_id", "eos_id", "unk_id", *PARADIGM_TOKENS, *FIM_TOKENS)
 _RESERVED_SPELLINGS = {**{v: k for k, v in PARADIGM_TOKENS.items()}, **{v: k for k, v in FIM_TOKENS.items()}}
 _INSERTED_IDS = ("mask_id", *PARADIGM_TOKENS, *FIM_TOKENS)  # tokens an objective writes into its input: one id each
 
@@ -137,7 +135,7 @@ class Vocab:
             raise ValueError(f"{who} needs Vocab.{', Vocab.'.join(missing)}; this vocab has None")
 
     @classmethod
-    def from_tokenizer(cls, tok: Any) -> "Vocab":
+    def from_tokenizer(cls, tok: Any) -> Vocab:
         """Read the ids from a HF ``transformers`` tokenizer or a ``tokenizers.Tokenizer``.
 
         For a raw ``tokenizers.Tokenizer`` the usual spellings (``[PAD]``,

@@ -21,8 +21,23 @@ from lmobjectives.cli import EXIT_USAGE
 from lmobjectives.cli._flags import flag_name
 from lmobjectives.recipes import OBJECTIVES, options_of
 
-TINY = ["--d-model", "32", "--layers", "1", "--heads", "2", "--d-ff", "64", "--seq-len", "32", "--batch-size", "4",
-        "--warmup-steps", "1", "--no-progress"]  # fmt: skip
+TINY = [
+    "--d-model",
+    "32",
+    "--layers",
+    "1",
+    "--heads",
+    "2",
+    "--d-ff",
+    "64",
+    "--seq-len",
+    "32",
+    "--batch-size",
+    "4",
+    "--warmup-steps",
+    "1",
+    "--no-progress",
+]
 TRAINABLE = [name for name, recipe in OBJECTIVES.items() if not recipe.untrainable]
 DATA_ONLY = [name for name, recipe in OBJECTIVES.items() if recipe.untrainable]
 
@@ -75,11 +90,20 @@ def damaged(run_dir, tmp_path) -> Path:
         (["--threads", "0"], "argument --threads: must be a positive integer, got '0'"),
         (["--objectives", "bogus"], "argument --objectives: unknown objective 'bogus'"),
         (["--objectives", "clm,,mlm"], "argument --objectives: unknown objective ''"),
-        *[(["--objectives", f"clm,{name}"], f"argument --objectives: {name} cannot be trained (data only), nor probed: "
-           + OBJECTIVES[name].untrainable) for name in DATA_ONLY],
-        (["--probe-only"], "argument --probe-only: no trained run (no checkpoint) in {out}/clm, {out}/prefix_lm, {out}/mlm"),
+        *[
+            (
+                ["--objectives", f"clm,{name}"],
+                f"argument --objectives: {name} cannot be trained (data only), nor probed: "
+                + OBJECTIVES[name].untrainable,
+            )
+            for name in DATA_ONLY
+        ],
+        (
+            ["--probe-only"],
+            "argument --probe-only: no trained run (no checkpoint) in {out}/clm, {out}/prefix_lm, {out}/mlm",
+        ),
     ],
-)  # fmt: skip
+)
 def test_icl_flags_are_one_line_errors(tmp_path, args, message):
     out = str(tmp_path / "icl")
     line = one_line_error(run_module("lmobjectives.evaluation.icl", *args, "--out", out))
@@ -207,9 +231,20 @@ def test_a_data_only_objective_says_why_it_cannot_be_trained_and_has_help(name):
 def test_a_seq_len_too_short_for_the_objective_names_seq_len(tmp_path, capsys, name, seq_len):
     tiny = ["--d-model", "32", "--layers", "1", "--heads", "2", "--d-ff", "64", "--batch-size", "2", "--no-progress"]
     commands = {
-        "train": ["train", "--objective", name, "--seq-len", seq_len, "--steps", "1", "--out", str(tmp_path / "run"), *tiny],
+        "train": [
+            "train",
+            "--objective",
+            name,
+            "--seq-len",
+            seq_len,
+            "--steps",
+            "1",
+            "--out",
+            str(tmp_path / "run"),
+            *tiny,
+        ],
         "inspect": ["inspect", "--objective", name, "--seq-len", seq_len, "--out", str(tmp_path / "x.png")],
-    }  # fmt: skip
+    }
     for command, argv in commands.items():
         try:
             status = cli.main(argv)
@@ -255,7 +290,7 @@ def test_every_out_creates_missing_parent_folders_and_says_so(run_dir, tmp_path)
         (["train", "--threads", "0"], "argument --threads: must be a positive integer, got '0'"),
         (["inspect", "--seq-len", "0"], "argument --seq-len: must be a positive integer, got '0'"),
     ],
-)  # fmt: skip
+)
 def test_the_same_flags_of_other_commands_are_refused_alike(run_dir, capsys, args, message):
     with pytest.raises(SystemExit) as exit_:
         cli.main([a.format(run=run_dir) for a in args])

@@ -18,12 +18,29 @@ from lmobjectives.cli import train as train_command
 from lmobjectives.compare import CompareConfig
 from lmobjectives.training import TrainConfig
 
-TINY = ["--d-model", "32", "--layers", "1", "--heads", "2", "--d-ff", "64", "--seq-len", "32", "--batch-size", "4",
-        "--warmup-steps", "1", "--no-progress"]  # fmt: skip
+TINY = [
+    "--d-model",
+    "32",
+    "--layers",
+    "1",
+    "--heads",
+    "2",
+    "--d-ff",
+    "64",
+    "--seq-len",
+    "32",
+    "--batch-size",
+    "4",
+    "--warmup-steps",
+    "1",
+    "--no-progress",
+]
 
 
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lmobjectives", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "lmobjectives", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_help_describes_every_flag_with_its_default(capsys):
@@ -44,14 +61,33 @@ def test_help_describes_every_flag_with_its_default(capsys):
 
 def test_train_end_to_end(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", "--objective", "mlm", "--unit", "word", "--steps", "3", "--log-every", "1",
-                 "--out", str(out), *TINY]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--objective",
+                "mlm",
+                "--unit",
+                "word",
+                "--steps",
+                "3",
+                "--log-every",
+                "1",
+                "--out",
+                str(out),
+                *TINY,
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     for path in (out / "metrics.jsonl", out / "config.json", out / "tokenizer", out / "checkpoint"):
         assert path.exists() and str(path) in printed  # the summary says where everything is
     assert "done: 3 steps" in printed
     assert sorted(p.name for p in (out / "checkpoint").iterdir()) == [
-        "model-0000003.safetensors", "optimizer-0000003.safetensors", "state-0000003.json"
+        "model-0000003.safetensors",
+        "optimizer-0000003.safetensors",
+        "state-0000003.json",
     ]
     config = json.loads((out / "config.json").read_text())["train"]
     assert config["objective"] == "mlm" and config["options"]["unit"] == "word" and config["n_layers"] == 1
@@ -73,7 +109,19 @@ def test_stop_after_then_resume_via_the_console_entry_point(tmp_path):
 @pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "lmobjectives", "train", "--steps", "100000", "--log-every", "1", "--out", str(out), *TINY]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lmobjectives",
+        "train",
+        "--steps",
+        "100000",
+        "--log-every",
+        "1",
+        "--out",
+        str(out),
+        *TINY,
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = out / "metrics.jsonl"
     deadline = time.monotonic() + 120
@@ -98,7 +146,10 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
         (["--objective", "clm", "--unit", "word"], "unrecognized arguments: --unit word"),  # an mlm option
         (["--objective", "mlm", "--document-masking"], "unrecognized arguments: --document-masking"),
         (["--objective", "mlm", "--probability", "high"], "argument --probability: invalid float value: 'high'"),
-        (["--objective", "mlm", "--unit", "word", "--max-predictions", "x"], "argument --max-predictions: invalid int value"),
+        (
+            ["--objective", "mlm", "--unit", "word", "--max-predictions", "x"],
+            "argument --max-predictions: invalid int value",
+        ),
         (["--d-model", "30"], "d_model=30 must be divisible by n_heads=4"),
         (["--lr", "0"], "lr must be a positive number"),
     ],
@@ -116,7 +167,9 @@ def test_errors_found_while_training_are_reported_without_a_traceback(tmp_path, 
     assert main(["train", "--steps", "1", "--out", out, *TINY]) == 0
     assert main(["train", "--steps", "1", "--out", out, *TINY]) == 2  # would overwrite the run
     assert "already holds a run with a checkpoint (step 1); pass --resume" in capsys.readouterr().err
-    assert main(["train", "--steps", "1", "--data", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "b"), *TINY]) == 2
+    assert (
+        main(["train", "--steps", "1", "--data", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "b"), *TINY]) == 2
+    )
     assert "lmobj train: error:" in capsys.readouterr().err
 
 
@@ -148,10 +201,21 @@ def test_every_train_config_field_is_a_flag_with_its_default_and_help():
             continue
         action = actions[field.name]
         assert action.default == field.default and field.metadata["help"] in action.help, field.name
-    args = build_parser().parse_args(["train", "--layers", "3", "--heads", "2", "--no-progress", "--resume", "--dupe-factor", "2"])
+    args = build_parser().parse_args(
+        ["train", "--layers", "3", "--heads", "2", "--no-progress", "--resume", "--dupe-factor", "2"]
+    )
     config = train_command.config_from_args(args)
-    assert (config.n_layers, config.n_heads, config.progress, config.resume, config.dupe_factor) == (3, 2, False, True, 2)
-    assert dataclasses.replace(config, n_layers=2, n_heads=4, progress=True, resume=False, dupe_factor=None) == TrainConfig()
+    assert (config.n_layers, config.n_heads, config.progress, config.resume, config.dupe_factor) == (
+        3,
+        2,
+        False,
+        True,
+        2,
+    )
+    assert (
+        dataclasses.replace(config, n_layers=2, n_heads=4, progress=True, resume=False, dupe_factor=None)
+        == TrainConfig()
+    )
 
 
 def test_compare_flags_are_the_config_fields_with_help_and_reach_the_config(monkeypatch):
@@ -167,12 +231,38 @@ def test_compare_flags_are_the_config_fields_with_help_and_reach_the_config(monk
         raise KeyboardInterrupt
 
     monkeypatch.setattr(compare_command, "compare", interrupted)
-    argv = ["compare", "clm", "mlm", "--steps", "7", "--scale", "0.5", "--layers", "1", "--heads", "2", "--d-model", "32",
-            "--tasks", "next_token", "--seeds", "2", "--seed", "5", "--no-progress"]  # fmt: skip
+    argv = [
+        "compare",
+        "clm",
+        "mlm",
+        "--steps",
+        "7",
+        "--scale",
+        "0.5",
+        "--layers",
+        "1",
+        "--heads",
+        "2",
+        "--d-model",
+        "32",
+        "--tasks",
+        "next_token",
+        "--seeds",
+        "2",
+        "--seed",
+        "5",
+        "--no-progress",
+    ]
     assert main(argv) == EXIT_INTERRUPTED
     (config,) = seen
     assert (config.objectives, config.steps, config.n_layers, config.n_heads, config.d_model, config.tasks) == (
-        ("clm", "mlm"), 4, 1, 2, 32, ("next_token",))  # fmt: skip
+        ("clm", "mlm"),
+        4,
+        1,
+        2,
+        32,
+        ("next_token",),
+    )
     assert (config.seeds, config.seed, config.progress, config.batch_size) == (2, 5, False, CompareConfig.batch_size)
     assert config.command == "lmobj " + " ".join(a for a in argv if a != "--no-progress")
 

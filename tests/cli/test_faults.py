@@ -18,14 +18,31 @@ from lmobjectives.cli import EXIT_FAILURE, EXIT_USAGE, main
 from lmobjectives.cli import train as train_command
 from lmobjectives.training import TrainConfig, train
 
-TINY = ["--d-model", "32", "--layers", "1", "--heads", "2", "--d-ff", "64", "--seq-len", "32", "--batch-size", "4",
-        "--warmup-steps", "1", "--no-progress"]  # fmt: skip
+TINY = [
+    "--d-model",
+    "32",
+    "--layers",
+    "1",
+    "--heads",
+    "2",
+    "--d-ff",
+    "64",
+    "--seq-len",
+    "32",
+    "--batch-size",
+    "4",
+    "--warmup-steps",
+    "1",
+    "--no-progress",
+]
 TINY_CONFIG = dict(d_model=32, n_layers=1, n_heads=2, d_ff=64, seq_len=32, batch_size=4, warmup_steps=1, progress=False)
 
 
 def rows(path: Path) -> list[dict]:
     """metrics.jsonl without the wall-clock rate (the one field a resumed run cannot reproduce)."""
-    return [{k: v for k, v in json.loads(line).items() if k != "tokens_per_s"} for line in path.read_text().splitlines()]
+    return [
+        {k: v for k, v in json.loads(line).items() if k != "tokens_per_s"} for line in path.read_text().splitlines()
+    ]
 
 
 def one_line_error(capsys) -> str:
@@ -41,7 +58,9 @@ def test_a_folder_that_is_not_a_run_is_never_written_to(tmp_path, capsys):
     (mine / "metrics.jsonl").write_text("my numbers\n")
     assert main(["train", "--steps", "1", "--out", str(mine), *TINY]) == EXIT_USAGE
     assert "holds files that are not an lmobj run" in one_line_error(capsys)
-    assert (mine / "config.json").read_text() == '{"my": "settings"}' and (mine / "metrics.jsonl").read_text() == "my numbers\n"
+    assert (mine / "config.json").read_text() == '{"my": "settings"}' and (
+        mine / "metrics.jsonl"
+    ).read_text() == "my numbers\n"
     a_file = tmp_path / "file"
     a_file.write_text("x")
     assert main(["train", "--steps", "1", "--out", str(a_file), *TINY]) == EXIT_USAGE
@@ -109,7 +128,9 @@ def test_out_of_memory_names_the_flags_that_set_the_memory(tmp_path, capsys, mon
     monkeypatch.setattr(train_command, "train", oom)
     assert main(["train", "--steps", "1", "--out", str(tmp_path / "run"), *TINY]) == EXIT_FAILURE
     line = one_line_error(capsys)
-    assert "out of memory" in line and "--batch-size (4)" in line and "--seq-len (32)" in line and "--d-model (32)" in line
+    assert (
+        "out of memory" in line and "--batch-size (4)" in line and "--seq-len (32)" in line and "--d-model (32)" in line
+    )
 
 
 def test_data_files_are_named_in_read_errors_and_can_be_skipped(tmp_path, capsys):
@@ -126,13 +147,16 @@ def test_data_files_are_named_in_read_errors_and_can_be_skipped(tmp_path, capsys
     with pytest.warns(UserWarning, match=f"skipping {data / 'bad.txt'}: .*not UTF-8"):
         assert main(argv) == 0
     (data / "broken.jsonl").write_text('{"text": "ok"}\n{"text": 3}\n')
-    assert main([*argv[:-len(TINY) - 2], "--out", str(tmp_path / "c"), *TINY]) == EXIT_USAGE
-    assert f"{data / 'broken.jsonl'}, line 2: expected an object with a string \"text\" field" in one_line_error(capsys)
+    assert main([*argv[: -len(TINY) - 2], "--out", str(tmp_path / "c"), *TINY]) == EXIT_USAGE
+    assert f'{data / "broken.jsonl"}, line 2: expected an object with a string "text" field' in one_line_error(capsys)
 
 
 def test_tokenizer_sizes_that_cannot_be_honoured_are_refused_and_shortfalls_said(tmp_path, capsys):
     pytest.importorskip("tokenizers")
-    assert main(["train", "--steps", "1", "--tokenizer", "wordpiece:10", "--out", str(tmp_path / "a"), *TINY]) == EXIT_USAGE
+    assert (
+        main(["train", "--steps", "1", "--tokenizer", "wordpiece:10", "--out", str(tmp_path / "a"), *TINY])
+        == EXIT_USAGE
+    )
     assert "wordpiece:10 cannot be honoured" in one_line_error(capsys)
     with pytest.warns(UserWarning, match="train_tokenizer: asked for bpe:99999, the corpus gives"):
         assert main(["train", "--steps", "1", "--tokenizer", "bpe:99999", "--out", str(tmp_path / "b"), *TINY]) == 0
@@ -141,7 +165,9 @@ def test_tokenizer_sizes_that_cannot_be_honoured_are_refused_and_shortfalls_said
 
 def test_a_missing_tokenizers_package_is_one_line_with_advice_that_works(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "tokenizers", None)  # as if it were not installed
-    assert main(["train", "--steps", "1", "--tokenizer", "bpe:300", "--out", str(tmp_path / "a"), *TINY]) == EXIT_FAILURE
+    assert (
+        main(["train", "--steps", "1", "--tokenizer", "bpe:300", "--out", str(tmp_path / "a"), *TINY]) == EXIT_FAILURE
+    )
     line = one_line_error(capsys)
     assert "pip install tokenizers" in line and 'pip install -e ".[hf]"' in line and "lmobjectives[hf]" not in line
 
@@ -150,8 +176,28 @@ def test_version_and_summary(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])
     assert exit_.value.code == 0 and capsys.readouterr().out.startswith("lmobj (lmobjectives) ")
-    assert main(["train", "--objective", "sop", "--steps", "2", "--seq-len", "48", "--out", str(tmp_path / "r"),
-                 *TINY[:6], "--batch-size", "4", "--warmup-steps", "1", "--no-progress"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--objective",
+                "sop",
+                "--steps",
+                "2",
+                "--seq-len",
+                "48",
+                "--out",
+                str(tmp_path / "r"),
+                *TINY[:6],
+                "--batch-size",
+                "4",
+                "--warmup-steps",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "a uniform guess over the 263-token vocabulary scores 5.5722 nats per target" in out
     assert "sentence_loss" in out and "sentence_accuracy" in out and "accuracy" in out
@@ -167,17 +213,29 @@ def _wait_for_lines(path: Path, count: int, proc: subprocess.Popen, deadline: fl
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_a_signal_at_any_step_then_resume_reproduces_the_uninterrupted_run(tmp_path, sig):
     args = ["train", "--steps", "24", "--log-every", "3", "--save-every", "4", *TINY]
-    straight = subprocess.run([sys.executable, "-m", "lmobjectives", *args, "--out", str(tmp_path / "straight")],
-                              capture_output=True, text=True, timeout=300)  # fmt: skip
+    straight = subprocess.run(
+        [sys.executable, "-m", "lmobjectives", *args, "--out", str(tmp_path / "straight")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert straight.returncode == 0, straight.stderr
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "lmobjectives", *args, "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lmobjectives", *args, "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _wait_for_lines(out / "metrics.jsonl", 3, proc, time.monotonic() + 120)  # somewhere after step 9
     proc.send_signal(sig)
     proc.communicate(timeout=60)
     assert proc.returncode in (130, -signal.SIGKILL)
-    resumed = subprocess.run([sys.executable, "-m", "lmobjectives", *args, "--out", str(out), "--resume"],
-                             capture_output=True, text=True, timeout=300)  # fmt: skip
+    resumed = subprocess.run(
+        [sys.executable, "-m", "lmobjectives", *args, "--out", str(out), "--resume"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert rows(out / "metrics.jsonl") == rows(tmp_path / "straight" / "metrics.jsonl")

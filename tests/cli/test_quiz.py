@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from lmobjectives import OBJECTIVES
-from lmobjectives.cli import quiz
-from lmobjectives.cli import main
+from lmobjectives.cli import main, quiz
 from lmobjectives.cli.quiz import TOPICS, Question, ask, load_questions, render, select
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -135,8 +134,14 @@ def test_cli_list_and_bad_topic(capsys):
         ("", r"expected one or more \[\[question\]\]"),
         ('[[question]]\nid = "a"\ntopic = "nope"\nquestion = "q"\nanswer = "a"\n', r"topic 'nope' is not one of"),
         ('[[question]]\nid = "a"\ntopic = "mtp"\nquestion = ""\nanswer = "a"\n', r"'question' must be a non-empty"),
-        ('[[question]]\nid = "a"\ntopic = "mtp"\nquestion = "q"\nanswer = "a"\ncode = "x.py"\n', r"'code' must be a list"),
-        ('[[question]]\nid = "a"\ntopic = "mtp"\nquestion = "q"\nanswer = "a"\nhint = "h"\n', r"unknown key\(s\) 'hint'"),
+        (
+            '[[question]]\nid = "a"\ntopic = "mtp"\nquestion = "q"\nanswer = "a"\ncode = "x.py"\n',
+            r"'code' must be a list",
+        ),
+        (
+            '[[question]]\nid = "a"\ntopic = "mtp"\nquestion = "q"\nanswer = "a"\nhint = "h"\n',
+            r"unknown key\(s\) 'hint'",
+        ),
         ('[[question]]\nid = "a"\ntopic = "mtp"\nquestion = "q"\nanswer = "a"\n' * 2, r"duplicate id 'a'"),
         ("[[question]\n", r"not valid TOML"),
     ],
@@ -164,8 +169,11 @@ def test_guide_has_a_section_and_a_small_picture_per_objective():
 @pytest.mark.slow
 def test_quiz_runs_as_a_command_with_stdin_not_a_terminal():
     done = subprocess.run(
-        [sys.executable, "-m", "lmobjectives", "quiz", "--topic", "mtp"], input="", capture_output=True, text=True,
+        [sys.executable, "-m", "lmobjectives", "quiz", "--topic", "mtp"],
+        input="",
+        capture_output=True,
+        text=True,
         timeout=120,
-    )  # fmt: skip
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout == render(select(QUESTIONS, ["mtp"]))

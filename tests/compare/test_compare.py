@@ -13,7 +13,15 @@ from lmobjectives.compare.report import _entry, _scored, better, format_table, v
 from lmobjectives.recipes import OBJECTIVES
 
 TINY = ["--batch-size", "4", "--seq-len", "32", "--d-model", "32", "--layers", "1", "--heads", "2", "--d-ff", "64"]
-TINY_CONFIG = {"batch_size": 4, "seq_len": 32, "d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64, "progress": False}
+TINY_CONFIG = {
+    "batch_size": 4,
+    "seq_len": 32,
+    "d_model": 32,
+    "n_layers": 1,
+    "n_heads": 2,
+    "d_ff": 64,
+    "progress": False,
+}
 
 
 # --- objective specs -------------------------------------------------------------------------------------------
@@ -21,14 +29,23 @@ TINY_CONFIG = {"batch_size": 4, "seq_len": 32, "d_model": 32, "n_layers": 1, "n_
 
 def test_parse_objective_worked_example():
     spec = parse_objective("mlm:unit=word,probability=0.4")
-    assert (spec.label, spec.objective, spec.options) == ("mlm:unit=word,probability=0.4", "mlm", {"unit": "word", "probability": 0.4})
+    assert (spec.label, spec.objective, spec.options) == (
+        "mlm:unit=word,probability=0.4",
+        "mlm",
+        {"unit": "word", "probability": 0.4},
+    )
     assert spec.slug == "mlm-unit=word-probability=0.4"
     assert parse_objective("clm").options == {}
     assert parse_objective("nsp:max-predictions=none,unit=word").options == {"max_predictions": None, "unit": "word"}
     assert parse_objective("mtp:head_design=sequential,memory_efficient=false").options == {
-        "head_design": "sequential", "memory_efficient": False}  # fmt: skip
+        "head_design": "sequential",
+        "memory_efficient": False,
+    }
     # a tuple's commas stay inside it; a comma followed by key= starts the next option
-    assert parse_objective("ul2:rates=0.5,0.5,layout=decoder_only").options == {"rates": [0.5, 0.5], "layout": "decoder_only"}
+    assert parse_objective("ul2:rates=0.5,0.5,layout=decoder_only").options == {
+        "rates": [0.5, 0.5],
+        "layout": "decoder_only",
+    }
 
 
 @pytest.mark.parametrize(
@@ -50,7 +67,9 @@ def test_parse_objective_errors(text, message):
 
 
 def test_config_errors_name_what_is_wrong():
-    with pytest.raises(ValueError, match=re.escape("objective spec 'mlm:unit=wrd': objective 'mlm': unit must be one of")):
+    with pytest.raises(
+        ValueError, match=re.escape("objective spec 'mlm:unit=wrd': objective 'mlm': unit must be one of")
+    ):
         CompareConfig(objectives=("mlm:unit=wrd",))  # the value is checked before anything trains
     with pytest.raises(ValueError, match="unknown preset 'bert'; choose one of: demo"):
         CompareConfig.from_preset("bert")
@@ -80,35 +99,65 @@ def test_presets_are_valid_and_scale():
 def _results(values: dict[str, list[float]], metric="accuracy", methods=None, scored=None):
     cells = {}
     for label, vs in values.items():
-        cells[label] = {f"t.{metric}": {"values": vs, "mean": sum(vs) / len(vs), "min": min(vs), "max": max(vs), "n": len(vs),
-                                        "scored": scored}}  # fmt: skip
-    runs = [{"label": label, "evaluation": {"t": {"applies": True, "metrics": {metric: 0.0},
-                                                  "info": {"method": methods[label]} if methods else {}}}}
-            for label in values]  # fmt: skip
-    return {"labels": list(values), "metrics": [{"key": f"t.{metric}", "task": "t", "metric": metric, "better": better(metric),
-            "headline": True}], "summary": cells, "not_applicable": {}, "runs": runs}  # fmt: skip
+        cells[label] = {
+            f"t.{metric}": {
+                "values": vs,
+                "mean": sum(vs) / len(vs),
+                "min": min(vs),
+                "max": max(vs),
+                "n": len(vs),
+                "scored": scored,
+            }
+        }
+    runs = [
+        {
+            "label": label,
+            "evaluation": {
+                "t": {"applies": True, "metrics": {metric: 0.0}, "info": {"method": methods[label]} if methods else {}}
+            },
+        }
+        for label in values
+    ]
+    return {
+        "labels": list(values),
+        "metrics": [{"key": f"t.{metric}", "task": "t", "metric": metric, "better": better(metric), "headline": True}],
+        "summary": cells,
+        "not_applicable": {},
+        "runs": runs,
+    }
 
 
 def test_verdicts_compare_against_the_spread():
     apart = verdicts(_results({"a": [0.50, 0.52], "b": [0.40, 0.45]}))
-    assert apart == [("t accuracy (higher is better): a 0.510, then b 0.425: a difference of 0.085, larger than the spread "
-                     "over seeds (the ranges do not overlap).")]  # fmt: skip
+    assert apart == [
+        (
+            "t accuracy (higher is better): a 0.510, then b 0.425: a difference of 0.085, larger than the spread "
+            "over seeds (the ranges do not overlap)."
+        )
+    ]
     overlap = verdicts(_results({"a": [0.40, 0.52], "b": [0.45, 0.46]}))
     assert overlap[0].endswith("no difference beyond the spread over seeds (the ranges overlap).")
     one_seed = verdicts(_results({"a": [3.0], "b": [2.0]}, metric="loss"))
     assert one_seed[0].startswith("t loss (lower is better): b 2.000, then a 3.000; one seed each")
     methods = {"a": "masked", "b": "candidates"}
     assert "not compared" in verdicts(_results({"a": [3.0, 3.1], "b": [2.0, 2.1]}, "loss", methods))[0]
-    assert "measured by different methods: a: masked, b: candidates" in verdicts(_results({"a": [0.5, 0.5], "b": [0.4, 0.4]}, methods=methods))[0]
+    assert (
+        "measured by different methods: a: masked, b: candidates"
+        in verdicts(_results({"a": [0.5, 0.5], "b": [0.4, 0.4]}, methods=methods))[0]
+    )
     assert _entry({"mean": 0.5, "min": 0.4, "max": 0.6, "n": 2}) == "0.500 (0.400–0.600)"
 
 
 def test_verdicts_weigh_an_accuracy_against_its_sampling_error():
     # 0.510 vs 0.425 over 84 items each: standard error of the difference sqrt(.51*.49/84 + .425*.575/84) = 0.0768
     few = verdicts(_results({"a": [0.50, 0.52], "b": [0.40, 0.45]}, scored=84))
-    assert few == [("t accuracy (higher is better): a 0.510, then b 0.425: a difference of 0.085, larger than the spread "
-                    "over seeds but less than twice the evaluation's sampling error (±0.077, binomial over 84 and 84 "
-                    "items): more held-out data would be needed to call it a difference.")]  # fmt: skip
+    assert few == [
+        (
+            "t accuracy (higher is better): a 0.510, then b 0.425: a difference of 0.085, larger than the spread "
+            "over seeds but less than twice the evaluation's sampling error (±0.077, binomial over 84 and 84 "
+            "items): more held-out data would be needed to call it a difference."
+        )
+    ]
     many = verdicts(_results({"a": [0.50, 0.52], "b": [0.40, 0.45]}, scored=2000))  # ±0.016: the gap stands
     assert many[0].endswith("larger than the spread over seeds (the ranges do not overlap).")
     assert _scored({"targets": 10, "hidden_tokens": 3}, "accuracy") == 10 and _scored({"targets": 10}, "loss") is None
@@ -132,7 +181,9 @@ def test_demo_preset_end_to_end_report_holds_the_runs_numbers(demo, capsys):
     printed = capsys.readouterr().out
     results = json.loads((out / "results.json").read_text())
     assert results["labels"] == ["clm", "mlm"] and results["seeds"] == [0, 1]
-    assert results["budget"]["input_tokens"] == 10 * 4 * 32 and results["command"] == "lmobj " + " ".join(a for a in argv if a != "--no-progress")
+    assert results["budget"]["input_tokens"] == 10 * 4 * 32 and results["command"] == "lmobj " + " ".join(
+        a for a in argv if a != "--no-progress"
+    )
     runs = {(r["label"], r["seed"]): r for r in results["runs"]}
     assert set(runs) == {("clm", 0), ("clm", 1), ("mlm", 0), ("mlm", 1)}
     for (label, seed), run in runs.items():
@@ -145,7 +196,10 @@ def test_demo_preset_end_to_end_report_holds_the_runs_numbers(demo, capsys):
     for label in ("clm", "mlm"):
         values = [runs[(label, s)]["evaluation"]["next_token"]["metrics"]["bits_per_byte"] for s in (0, 1)]
         cell = results["summary"][label]["next_token.bits_per_byte"]
-        assert cell["mean"] == pytest.approx(sum(values) / 2) and (cell["min"], cell["max"]) == (min(values), max(values))
+        assert cell["mean"] == pytest.approx(sum(values) / 2) and (cell["min"], cell["max"]) == (
+            min(values),
+            max(values),
+        )
         md, page = (out / "report.md").read_text(), (out / "report.html").read_text()
         assert _entry(cell) in md and _entry(cell) in page and _entry(cell) in printed
     assert format_table(results) in printed and "report: " in printed
@@ -170,7 +224,10 @@ def test_report_without_matplotlib(demo, tmp_path, monkeypatch):
     files = write_report(results, tmp_path)
     assert sorted(files) == ["html", "json", "md"] and not list(tmp_path.glob("*.png"))
     md = (tmp_path / "report.md").read_text()
-    assert "(no plots: pip install matplotlib)" in md and _entry(results["summary"]["mlm"]["next_token.bits_per_byte"]) in md
+    assert (
+        "(no plots: pip install matplotlib)" in md
+        and _entry(results["summary"]["mlm"]["next_token.bits_per_byte"]) in md
+    )
 
 
 @pytest.mark.slow
@@ -198,7 +255,9 @@ def test_rerun_reuses_cached_runs_and_refuses_changed_settings(demo, capsys, mon
 
 
 def test_interrupted_compare_continues(tmp_path, monkeypatch):
-    config = CompareConfig(objectives=("clm",), tasks=("next_token",), steps=6, log_every=2, out=str(tmp_path / "c"), **TINY_CONFIG)
+    config = CompareConfig(
+        objectives=("clm",), tasks=("next_token",), steps=6, log_every=2, out=str(tmp_path / "c"), **TINY_CONFIG
+    )
     real_train = runner.train
 
     def interrupted(train_config):  # as if Ctrl-C came after step 4: a checkpoint, then stop
@@ -245,7 +304,9 @@ def test_a_cached_evaluation_of_every_task_is_redone_when_a_task_is_added(tmp_pa
     config = CompareConfig(objectives=("clm",), tasks=None, steps=6, out=str(tmp_path / "c"), **TINY_CONFIG)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / runner.RUN_FILE).write_text(json.dumps({"format": runner.FORMAT, "tasks": runner._task_list(config), "steps": 6}))
+    (run_dir / runner.RUN_FILE).write_text(
+        json.dumps({"format": runner.FORMAT, "tasks": runner._task_list(config), "steps": 6})
+    )
     assert runner._task_list(config)["tasks"] == list(evaluation.TASKS)
     assert runner._read_cached(run_dir, config) == {"steps": 6}
     monkeypatch.setitem(evaluation.TASKS, "new_task", evaluation.TASKS["next_token"])
@@ -256,13 +317,25 @@ def test_a_tasks_metrics_stay_together_whichever_run_has_them():
     from lmobjectives.compare.report import summarise
 
     def run(label, fill_in):
-        return {"label": label, "seed": 0, "train_s": 1.0, "eval_s": 1.0, "evaluation": {
-            "next_token": {"applies": True, "metrics": {"loss": 1.0}},
-            "fill_in": {"applies": True, "metrics": fill_in},
-            "probe": {"applies": True, "metrics": {"accuracy": 0.5}}}}  # fmt: skip
+        return {
+            "label": label,
+            "seed": 0,
+            "train_s": 1.0,
+            "eval_s": 1.0,
+            "evaluation": {
+                "next_token": {"applies": True, "metrics": {"loss": 1.0}},
+                "fill_in": {"applies": True, "metrics": fill_in},
+                "probe": {"applies": True, "metrics": {"accuracy": 0.5}},
+            },
+        }
 
     config = CompareConfig(objectives=("clm", "mlm"), tasks=("next_token",), steps=1)
-    results = summarise(config, [run("clm", {"accuracy": 0.9}), run("mlm", {"accuracy": 0.4, "bits_per_byte": 3.0})],
-                        elapsed_s=1.0)  # fmt: skip
-    assert [m["key"] for m in results["metrics"]] == ["next_token.loss", "fill_in.accuracy", "fill_in.bits_per_byte",
-                                                      "probe.accuracy"]  # fmt: skip
+    results = summarise(
+        config, [run("clm", {"accuracy": 0.9}), run("mlm", {"accuracy": 0.4, "bits_per_byte": 3.0})], elapsed_s=1.0
+    )
+    assert [m["key"] for m in results["metrics"]] == [
+        "next_token.loss",
+        "fill_in.accuracy",
+        "fill_in.bits_per_byte",
+        "probe.accuracy",
+    ]

@@ -9,25 +9,39 @@ import pytest
 import torch
 
 from lmobjectives.constants import IGNORE_INDEX
-from lmobjectives.data.chat import builtin_chat, chat_texts, conversations_from_documents, example_chat, load_chat, read_chat, write_chat
-from lmobjectives.data.corpus import builtin_corpus
-from lmobjectives.data.tokenizers import ByteTokenizer
-from lmobjectives.recipes import Recipe
-from lmobjectives.objectives.sft import SupervisedFineTuning
-from lmobjectives.recipes.step_losses import sft_step_loss
+from lmobjectives.data.chat import (
+    builtin_chat,
+    chat_texts,
+    conversations_from_documents,
+    example_chat,
+    load_chat,
+    read_chat,
+    write_chat,
+)
 from lmobjectives.data.chat_template import CHAT_TOKENS, tokenize_conversation
-from lmobjectives.training.streams import ConversationStream, build_stream
+from lmobjectives.data.corpus import builtin_corpus
 from lmobjectives.data.sources import data_texts, load_data
+from lmobjectives.data.tokenizers import ByteTokenizer
+from lmobjectives.objectives.sft import SupervisedFineTuning
+from lmobjectives.recipes import Recipe
+from lmobjectives.recipes.step_losses import sft_step_loss
+from lmobjectives.training.streams import ConversationStream, build_stream
 
 RECIPE = Recipe(SupervisedFineTuning, "sft", data="conversations", special_tokens=CHAT_TOKENS, loss=sft_step_loss)
 TOK = ByteTokenizer(extra_special_tokens=CHAT_TOKENS)
 CHAT = [
     {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]},
     {"prompt": "2+2=", "completion": "4"},
-    {"messages": [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Héllo"},
-                  {"role": "assistant", "content": "Hi!"}, {"role": "user", "content": "Bye"},
-                  {"role": "assistant", "content": "Bye."}]},
-]  # fmt: skip
+    {
+        "messages": [
+            {"role": "system", "content": "Be kind."},
+            {"role": "user", "content": "Héllo"},
+            {"role": "assistant", "content": "Hi!"},
+            {"role": "user", "content": "Bye"},
+            {"role": "assistant", "content": "Bye."},
+        ]
+    },
+]
 
 
 def test_write_then_read_round_trips(tmp_path):
@@ -38,13 +52,19 @@ def test_write_then_read_round_trips(tmp_path):
     assert load_chat(str(path)) == CHAT
 
 
-@pytest.mark.parametrize("line, match", [
-    ("{not json", r"line 2: not valid JSON"),
-    ("[1, 2]", r"line 2: expected a JSON object, got list"),
-    ('{"text": "hi"}', r"line 2: record must have a 'messages' list or 'prompt' and 'completion' fields"),
-    ('{"messages": [{"role": "bot", "content": "x"}]}', r"line 2: record\['messages'\]\[0\]\['role'\] must be one of .*, got 'bot'"),
-    ('{"messages": [{"role": "user", "content": "x"}]}', r"line 2: record\['messages'\] has no assistant turn"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "line, match",
+    [
+        ("{not json", r"line 2: not valid JSON"),
+        ("[1, 2]", r"line 2: expected a JSON object, got list"),
+        ('{"text": "hi"}', r"line 2: record must have a 'messages' list or 'prompt' and 'completion' fields"),
+        (
+            '{"messages": [{"role": "bot", "content": "x"}]}',
+            r"line 2: record\['messages'\]\[0\]\['role'\] must be one of .*, got 'bot'",
+        ),
+        ('{"messages": [{"role": "user", "content": "x"}]}', r"line 2: record\['messages'\] has no assistant turn"),
+    ],
+)
 def test_bad_lines_are_named_with_file_and_line(tmp_path, line, match):
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps(CHAT[0]) + "\n" + line + "\n\n", encoding="utf-8")
@@ -77,7 +97,9 @@ def test_builtin_chat_asks_about_each_section_of_the_manual():
         assert " ".join(sentences).startswith(answers)  # the section's own sentences, in order
         for m in messages[1::2]:  # whole sentences up to 300 characters, or one longer sentence
             assert len(m["content"]) <= 300 or m["content"] in sentences
-    assert sum(len(r["messages"]) == 4 for r in chat) > 0.8 * len(chat)  # most sections go on (CPython 3.11: 178 of 205)
+    assert sum(len(r["messages"]) == 4 for r in chat) > 0.8 * len(
+        chat
+    )  # most sections go on (CPython 3.11: 178 of 205)
     assert chat[0]["messages"][0] == {"role": "user", "content": "Explain assert."}
     assert builtin_chat() == chat and builtin_chat() is not chat  # deterministic, fresh lists
     assert load_chat("builtin") == chat
@@ -85,7 +107,9 @@ def test_builtin_chat_asks_about_each_section_of_the_manual():
 
 def test_conversations_from_documents_and_texts():
     records = conversations_from_documents([["A b c.", "D e f.", "G h."], ["Alone."]])
-    assert records == [{"messages": [{"role": "user", "content": "A b c."}, {"role": "assistant", "content": "D e f. G h."}]}]
+    assert records == [
+        {"messages": [{"role": "user", "content": "A b c."}, {"role": "assistant", "content": "D e f. G h."}]}
+    ]
     with pytest.raises(ValueError, match="none of the 1 documents has two sentences"):
         conversations_from_documents([["Alone."]])
     assert chat_texts(CHAT) == ["Hi", "Yo", "2+2=", "4", "Be kind.", "Héllo", "Hi!", "Bye", "Bye."]
@@ -112,8 +136,14 @@ def test_stream_packs_whole_conversations_and_reports():
     assert isinstance(stream, ConversationStream)
     lengths = [len(tokenize_conversation(r, TOK).input_ids) for r in CHAT]  # the third is cut to 64
     assert lengths == [25, 6, 76]
-    assert stream.report == {"conversations": 3, "kept": 3, "truncated": 1, "no_target": 0, "with_merges": 0,
-                             "boundary_merges": 0}  # fmt: skip
+    assert stream.report == {
+        "conversations": 3,
+        "kept": 3,
+        "truncated": 1,
+        "no_target": 0,
+        "with_merges": 0,
+        "boundary_merges": 0,
+    }
     assert stream.num_examples == 2  # 64 | 25 + 6
     assert sorted(stream.extras["attention_mask"].sum(-1).tolist()) == [31, 64]
     position = stream.position(0)
@@ -127,8 +157,11 @@ def test_stream_packs_whole_conversations_and_reports():
 def test_conversations_with_nothing_to_learn_are_dropped_and_counted():
     objective = SupervisedFineTuning(TOK.vocab, train_on="completion")
     long_prompt = {"messages": [{"role": "user", "content": "x" * 40}, {"role": "assistant", "content": "Sure."}]}
-    with pytest.warns(UserWarning, match=r"1 of 3 conversations have no learned token within seq_len=32 "
-                                         r"\(train_on='completion'; conversations truncated to seq_len: 1\) and are dropped"):  # fmt: skip
+    with pytest.warns(
+        UserWarning,
+        match=r"1 of 3 conversations have no learned token within seq_len=32 "
+        r"\(train_on='completion'; conversations truncated to seq_len: 1\) and are dropped",
+    ):
         stream = build_stream(RECIPE, objective, [long_prompt, *example_chat()], TOK, seq_len=32, batch_size=1, seed=0)
     assert stream.report["no_target"] == 1 and stream.report["kept"] == 2
     with pytest.raises(ValueError, match=r"no conversation has a learned token within seq_len=16"):
@@ -137,8 +170,15 @@ def test_conversations_with_nothing_to_learn_are_dropped_and_counted():
 
 def test_bad_conversations_are_named_by_index():
     with pytest.raises(ValueError, match=r"conversation 1: messages\[0\]\['role'\] must be one of .*, got 'bot'"):
-        build_stream(RECIPE, SupervisedFineTuning(TOK.vocab), [CHAT[0], [{"role": "bot", "content": "x"}]], TOK,
-                     seq_len=64, batch_size=1, seed=0)  # fmt: skip
+        build_stream(
+            RECIPE,
+            SupervisedFineTuning(TOK.vocab),
+            [CHAT[0], [{"role": "bot", "content": "x"}]],
+            TOK,
+            seq_len=64,
+            batch_size=1,
+            seed=0,
+        )
 
 
 def test_documents_become_conversations_in_the_stream():
@@ -160,8 +200,11 @@ def test_merges_across_a_boundary_are_reported_by_the_stream():
     inner.add_special_tokens(["[PAD]", *CHAT_TOKENS])
     tok = HFTokenizer(inner)
     chats = [[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": a}] for a in ("Sure", "Hi")]
-    with pytest.warns(UserWarning, match=r"1 of 2 conversations tokenise differently as a whole than part by part "
-                                         r"\(1 part boundaries merged"):  # fmt: skip
+    with pytest.warns(
+        UserWarning,
+        match=r"1 of 2 conversations tokenise differently as a whole than part by part "
+        r"\(1 part boundaries merged",
+    ):
         stream = build_stream(RECIPE, SupervisedFineTuning(tok.vocab), chats, tok, seq_len=64, batch_size=1, seed=0)
     assert stream.report["with_merges"] == 1 and stream.report["boundary_merges"] == 1
     batch = stream(0)

@@ -11,9 +11,15 @@ from itertools import groupby
 import pytest
 
 from lmobjectives.constants import IGNORE_INDEX
+from lmobjectives.data.chat_template import (
+    ASSISTANT,
+    CHAT_TOKENS,
+    COMPLETION,
+    PROMPT,
+    render_chatml,
+    tokenize_conversation,
+)
 from lmobjectives.data.tokenizers import ByteTokenizer, load_tokenizer, train_tokenizer
-from lmobjectives.data.chat_template import ASSISTANT, COMPLETION, PROMPT
-from lmobjectives.data.chat_template import CHAT_TOKENS, render_chatml, tokenize_conversation
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
@@ -49,7 +55,9 @@ def _wrap(specials: tuple[str, ...], template: str, **tokens: str):
 def llama3():
     """Byte-level BPE with Llama 3's chat tokens; pad == eos == <|eot_id|> (a common fine-tuning setup)."""
     specials = ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
-    return _wrap(specials, LLAMA3_TEMPLATE, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>", pad_token="<|eot_id|>")
+    return _wrap(
+        specials, LLAMA3_TEMPLATE, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>", pad_token="<|eot_id|>"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +85,10 @@ def test_llama3_template_masks_exactly_the_answers_and_their_eot(llama3):
     out = tokenize_conversation(CONVERSATION, llama3)
     assert runs(llama3, out) == ["I am fine.<|eot_id|>", "On the mat.<|eot_id|>"]
     assert runs(llama3, out, learned=False) == [
-        ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
-         "<|start_header_id|>user<|end_header_id|>\n\nHello there<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"),
+        (
+            "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+            "<|start_header_id|>user<|end_header_id|>\n\nHello there<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+        ),
         "<|start_header_id|>user<|end_header_id|>\n\nThe cat?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
     ]
     whole = llama3.encode(llama3.apply_chat_template(CONVERSATION, tokenize=False), add_special_tokens=False)
@@ -142,8 +152,10 @@ def merging():
     inner.add_special_tokens(["<|end|>"])
     inner.decoder = tokenizers.decoders.Fuse()  # decode by concatenation
     tok = transformers.PreTrainedTokenizerFast(tokenizer_object=inner, eos_token="<|end|>")
-    tok.chat_template = ("{% for m in messages %}{{ m['role'] + ':' + m['content'] + '<|end|>' }}{% endfor %}"
-                         "{% if add_generation_prompt %}assistant:{% endif %}")  # fmt: skip
+    tok.chat_template = (
+        "{% for m in messages %}{{ m['role'] + ':' + m['content'] + '<|end|>' }}{% endfor %}"
+        "{% if add_generation_prompt %}assistant:{% endif %}"
+    )
     return tok
 
 
@@ -164,10 +176,13 @@ def test_a_merge_across_the_boundary_is_counted_and_labels_stay_exact(merging):
 
 
 def test_on_merge_error_refuses_a_merged_conversation(merging):
-    with pytest.raises(ValueError, match=r"merges across a part boundary.*1 of 2 boundaries, first between '.*assistant:' and 'Sure"):
+    with pytest.raises(
+        ValueError, match=r"merges across a part boundary.*1 of 2 boundaries, first between '.*assistant:' and 'Sure"
+    ):
         tokenize_conversation(MERGED, merging, on_merge="error")
-    tokenize_conversation([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "ush"}], merging,
-                          on_merge="error")  # no merge, no error  # fmt: skip
+    tokenize_conversation(
+        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "ush"}], merging, on_merge="error"
+    )  # no merge, no error
 
 
 # ----------------------------------------------------------------------------- the built-in ChatML format
@@ -180,7 +195,9 @@ def test_byte_tokenizer_uses_the_built_in_chatml_format():
     assert out.input_ids == [start, *b"user\nHi", end, 10, start, *b"assistant\nYo", end, 10]
     assert out.roles == [PROMPT] * 10 + [PROMPT] * 11 + [COMPLETION] * 3 + [PROMPT]
     assert out.labels == [IGNORE_INDEX] * 21 + [ord("Y"), ord("o"), end, IGNORE_INDEX]
-    assert tok.decode(out.input_ids) == render_chatml([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}])
+    assert tok.decode(out.input_ids) == render_chatml(
+        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]
+    )
 
 
 def test_hf_tokenizer_of_the_package_uses_chatml_with_its_added_tokens():
@@ -194,19 +211,40 @@ def test_hf_tokenizer_of_the_package_uses_chatml_with_its_added_tokens():
 # ----------------------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize("messages, error, match", [
-    ([{"role": "user", "content": "Hi"}], ValueError, r"messages has no assistant turn \(roles \['user'\]\)"),
-    ([{"role": "user", "content": "Hi"}, {"role": "bot", "content": "Yo"}], ValueError,
-     r"messages\[1\]\['role'\] must be one of 'system', 'user', 'assistant', 'tool', got 'bot'"),
-    ([{"role": "user", "content": 3}, {"role": "assistant", "content": "Yo"}], TypeError, r"messages\[0\]\['content'\] must be a str"),
-    ([], ValueError, "messages is empty"),
-    ("Hi", TypeError, "messages must be a list of messages"),
-    ([("user", "Hi")], TypeError, r"messages\[0\] must be a dict"),
-    ({"text": "Hi"}, ValueError, r"messages must have a 'messages' list or 'prompt' and 'completion' fields, got keys \['text'\]"),
-    ({"messages": [{"role": "user", "content": "Hi"}]}, ValueError, r"messages\['messages'\] has no assistant turn"),
-    ({"prompt": [{"role": "user", "content": "Hi"}], "completion": [{"role": "user", "content": "Yo"}]}, ValueError,
-     r"messages\['completion'\] has no assistant turn"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "messages, error, match",
+    [
+        ([{"role": "user", "content": "Hi"}], ValueError, r"messages has no assistant turn \(roles \['user'\]\)"),
+        (
+            [{"role": "user", "content": "Hi"}, {"role": "bot", "content": "Yo"}],
+            ValueError,
+            r"messages\[1\]\['role'\] must be one of 'system', 'user', 'assistant', 'tool', got 'bot'",
+        ),
+        (
+            [{"role": "user", "content": 3}, {"role": "assistant", "content": "Yo"}],
+            TypeError,
+            r"messages\[0\]\['content'\] must be a str",
+        ),
+        ([], ValueError, "messages is empty"),
+        ("Hi", TypeError, "messages must be a list of messages"),
+        ([("user", "Hi")], TypeError, r"messages\[0\] must be a dict"),
+        (
+            {"text": "Hi"},
+            ValueError,
+            r"messages must have a 'messages' list or 'prompt' and 'completion' fields, got keys \['text'\]",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "Hi"}]},
+            ValueError,
+            r"messages\['messages'\] has no assistant turn",
+        ),
+        (
+            {"prompt": [{"role": "user", "content": "Hi"}], "completion": [{"role": "user", "content": "Yo"}]},
+            ValueError,
+            r"messages\['completion'\] has no assistant turn",
+        ),
+    ],
+)
 def test_bad_messages_name_the_argument(chatml, messages, error, match):
     with pytest.raises(error, match=match):
         tokenize_conversation(messages, chatml)
@@ -218,11 +256,15 @@ def test_a_tokenizer_without_a_chat_template_is_refused_when_messages_are_given(
     with pytest.raises(ValueError, match=rf"tokenizer \({type(bare).__name__}\) has no chat_template"):
         tokenize_conversation(CONVERSATION, bare)
     out = tokenize_conversation({"prompt": "Hi", "completion": " there"}, bare)  # plain text needs no template
-    assert bare.decode([t for t, label in zip(out.input_ids, out.labels) if label != IGNORE_INDEX]) == " there<|im_end|>"
+    assert (
+        bare.decode([t for t, label in zip(out.input_ids, out.labels) if label != IGNORE_INDEX]) == " there<|im_end|>"
+    )
 
 
 def test_own_tokenizers_without_the_chat_tokens_are_refused():
-    with pytest.raises(ValueError, match=r"lacks the special tokens \['<\|im_start\|>', '<\|im_end\|>'\].*extra_special_tokens"):
+    with pytest.raises(
+        ValueError, match=r"lacks the special tokens \['<\|im_start\|>', '<\|im_end\|>'\].*extra_special_tokens"
+    ):
         tokenize_conversation(CONVERSATION, ByteTokenizer())
     with pytest.raises(TypeError, match="tokenizer must be a transformers tokenizer"):
         tokenize_conversation(CONVERSATION, "byte")
@@ -237,7 +279,9 @@ def test_bad_options_name_the_argument(chatml):
 
 def test_a_template_that_rewrites_earlier_turns_is_refused(chatml):
     tok = transformers.PreTrainedTokenizerFast(tokenizer_object=chatml.backend_tokenizer, eos_token="<|im_end|>")
-    tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}{{ messages | length }}"  # count at the end
+    tok.chat_template = (
+        "{% for m in messages %}{{ m['content'] }}{% endfor %}{{ messages | length }}"  # count at the end
+    )
     with pytest.raises(ValueError, match=r"not prefix-stable: rendering messages\[:2\]"):
         tokenize_conversation(CONVERSATION[1:3], tok)
 
@@ -249,8 +293,8 @@ def test_a_template_that_rewrites_earlier_turns_is_refused(chatml):
 def test_trains_on_a_chat_jsonl_with_a_saved_tokenizer(tmp_path, monkeypatch):
     """``lmobj train --objective sft --data chat.jsonl --tokenizer PATH`` as a TrainConfig: the loss falls."""
     from lmobjectives.data.chat import builtin_chat, write_chat
-    from lmobjectives.recipes import OBJECTIVES, Recipe
     from lmobjectives.objectives.sft import SupervisedFineTuning
+    from lmobjectives.recipes import OBJECTIVES, Recipe
     from lmobjectives.recipes.step_losses import sft_step_loss
     from lmobjectives.training import TrainConfig, train
 
@@ -260,9 +304,24 @@ def test_trains_on_a_chat_jsonl_with_a_saved_tokenizer(tmp_path, monkeypatch):
     write_chat(builtin_chat()[:60], data)
     tok_path = tmp_path / "tok"
     load_tokenizer("bpe:300", texts=TEXTS).save(tok_path)  # a saved tokenizer without the chat tokens: they are added
-    config = TrainConfig(objective="sft", data=str(data), tokenizer=str(tok_path), out=str(tmp_path / "run"), d_model=48,
-                         n_layers=1, n_heads=2, d_ff=96, seq_len=96, batch_size=8, steps=40, warmup_steps=5, lr=3e-3,
-                         log_every=10, save_every=0, progress=False)  # fmt: skip
+    config = TrainConfig(
+        objective="sft",
+        data=str(data),
+        tokenizer=str(tok_path),
+        out=str(tmp_path / "run"),
+        d_model=48,
+        n_layers=1,
+        n_heads=2,
+        d_ff=96,
+        seq_len=96,
+        batch_size=8,
+        steps=40,
+        warmup_steps=5,
+        lr=3e-3,
+        log_every=10,
+        save_every=0,
+        progress=False,
+    )
     result = train(config)
     rows = [json.loads(line) for line in result.metrics_path.read_text().splitlines()]
     first, last = rows[0]["loss"], rows[-1]["loss"]

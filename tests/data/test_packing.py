@@ -9,7 +9,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmobjectives.data import ByteTokenizer, PackedBlocks, SentenceTable, builtin_corpus, pack_documents, sentence_table, tokenize_corpus, tokenize_documents
+from lmobjectives.data import (
+    ByteTokenizer,
+    PackedBlocks,
+    SentenceTable,
+    builtin_corpus,
+    pack_documents,
+    sentence_table,
+    tokenize_corpus,
+    tokenize_documents,
+)
 
 EOS, PAD = 2, 0
 

@@ -12,7 +12,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmobjectives.data import ByteTokenizer, load_corpus, pack_documents, split_sentences, tokenize_documents
-from lmobjectives.data.synthetic import KEY_SYMBOLS, SPEC_DEFAULTS, VALUE_SYMBOLS, MarkovSource, icl_sequences, markov_source, parse_spec, synthetic_corpus
+from lmobjectives.data.synthetic import (
+    KEY_SYMBOLS,
+    SPEC_DEFAULTS,
+    VALUE_SYMBOLS,
+    MarkovSource,
+    icl_sequences,
+    markov_source,
+    parse_spec,
+    synthetic_corpus,
+)
 
 F64 = torch.float64
 
@@ -73,7 +82,9 @@ def test_entropy_equals_enumeration_cyclic_and_acyclic():
     source = two_topic_source()
     h = source.entropy()
     for k in range(2):
-        sentences = enumerate_sentences(source, k, max_words=25)  # topic 0 loops: the mass beyond 25 words is 0.5 * 0.2^24 < 1e-16
+        sentences = enumerate_sentences(
+            source, k, max_words=25
+        )  # topic 0 loops: the mass beyond 25 words is 0.5 * 0.2^24 < 1e-16
         mass = sum(p for _, p in sentences)
         assert mass == pytest.approx(1.0, abs=1e-10)
         assert h.nats_per_sentence[k] == pytest.approx(-sum(p * math.log(p) for _, p in sentences), abs=1e-9)
@@ -142,9 +153,12 @@ def test_monte_carlo_with_topics_near_upper_bound():
 
 @settings(max_examples=25, deadline=None)
 @given(
-    words=st.integers(2, 20), branching=st.integers(1, 4), length=st.integers(1, 12), topics=st.integers(1, 3),
+    words=st.integers(2, 20),
+    branching=st.integers(1, 4),
+    length=st.integers(1, 12),
+    topics=st.integers(1, 3),
     seed=st.integers(0, 2**31),
-)  # fmt: skip
+)
 def test_entropy_invariants(words, branching, length, topics, seed):
     branching = min(branching, words)
     source = markov_source(topics=topics, words=words, branching=branching, length=length, seed=seed)

@@ -197,7 +197,9 @@ def test_extra_special_tokens_are_reserved_saved_and_added_where_missing(tmp_pat
     byte.save(tmp_path / "byte")
     again = load_tokenizer(str(tmp_path / "byte"))
     assert again.vocab == byte.vocab
-    grown = load_tokenizer(str(tmp_path / "byte"), extra_special_tokens=("<|fim_prefix|>",))  # appended after the saved ones
+    grown = load_tokenizer(
+        str(tmp_path / "byte"), extra_special_tokens=("<|fim_prefix|>",)
+    )  # appended after the saved ones
     assert (grown.vocab.size, grown.vocab.fim_prefix_id, grown.vocab.sentinel_ids) == (267, 266, (263, 264))
     with pytest.raises(ValueError, match="repeats built-in special tokens"):
         ByteTokenizer(("[MASK]",))

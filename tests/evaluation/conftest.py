@@ -11,8 +11,19 @@ import pytest
 from lmobjectives.evaluation import load_run
 from lmobjectives.training import TrainConfig, train
 
-TINY = dict(d_model=32, n_layers=1, n_heads=2, d_ff=64, seq_len=32, batch_size=4, progress=False, log_every=2,
-            save_every=0, steps=4, warmup_steps=1)  # fmt: skip
+TINY = dict(
+    d_model=32,
+    n_layers=1,
+    n_heads=2,
+    d_ff=64,
+    seq_len=32,
+    batch_size=4,
+    progress=False,
+    log_every=2,
+    save_every=0,
+    steps=4,
+    warmup_steps=1,
+)
 
 
 def make_run(directory, objective: str, **overrides):
@@ -25,8 +36,13 @@ def make_run(directory, objective: str, **overrides):
 def runs(tmp_path_factory):
     """name -> Run, trained on first use."""
     made: dict = {}
-    specs = {"clm": ("clm", {}), "mlm": ("mlm", {}), "nsp": ("nsp", {}), "t5": ("span_corruption", {}),
-             "ul2": ("ul2", {})}  # fmt: skip
+    specs = {
+        "clm": ("clm", {}),
+        "mlm": ("mlm", {}),
+        "nsp": ("nsp", {}),
+        "t5": ("span_corruption", {}),
+        "ul2": ("ul2", {}),
+    }
 
     def get(name: str):
         if name not in made:

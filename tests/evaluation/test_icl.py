@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from lmobjectives.batch import Batch
 from lmobjectives.data import ByteTokenizer
 from lmobjectives.data.synthetic import KEY_SYMBOLS, VALUE_SYMBOLS, icl_sequences, parse_spec
 from lmobjectives.evaluation.icl import (
@@ -23,7 +24,6 @@ from lmobjectives.evaluation.icl import (
 )
 from lmobjectives.evaluation.inspection import example_batch
 from lmobjectives.models import Transformer, TransformerConfig
-from lmobjectives.batch import Batch
 
 TOK = ByteTokenizer()
 
@@ -49,8 +49,13 @@ def brute_force(model, sequences, kind: str, context: str = "left"):
                 row, at = ids[: key_at + 1], key_at  # the left context up to the key, nothing after
             x = torch.tensor([row])
             real = torch.ones_like(x, dtype=torch.bool)
-            batch = Batch(input_ids=x, labels=torch.zeros_like(x), attention_mask=real, causal=kind != "masked",
-                          prefix_mask=real if kind == "prefix" else None)  # fmt: skip
+            batch = Batch(
+                input_ids=x,
+                labels=torch.zeros_like(x),
+                attention_mask=real,
+                causal=kind != "masked",
+                prefix_mask=real if kind == "prefix" else None,
+            )
             with torch.no_grad():
                 logits = model(batch).hidden[0, at] @ model.output_weight.T
             lp = torch.log_softmax(logits.double(), -1)
@@ -61,7 +66,9 @@ def brute_force(model, sequences, kind: str, context: str = "left"):
     return torch.tensor(log_probs, dtype=torch.float64), torch.tensor(corrects)
 
 
-@pytest.mark.parametrize("kind, context", [("causal", "left"), ("prefix", "left"), ("masked", "left"), ("masked", "full")])
+@pytest.mark.parametrize(
+    "kind, context", [("causal", "left"), ("prefix", "left"), ("masked", "left"), ("masked", "full")]
+)
 def test_probe_equals_brute_force_on_random_model(kind, context):
     model = random_model()
     sequences = icl_sequences(5, pairs=6, keys=3, values=10, seed=2)
@@ -158,8 +165,22 @@ def test_probe_run_on_a_trained_run(tmp_path):
     from lmobjectives.training import TrainConfig, train
 
     out = tmp_path / "run"
-    train(TrainConfig(objective="clm", data="synthetic:icl?docs=64&pairs=4&keys=2", seq_len=12, steps=2, batch_size=4,
-                      d_model=16, n_layers=1, n_heads=2, d_ff=32, out=str(out), progress=False, log_every=1))  # fmt: skip
+    train(
+        TrainConfig(
+            objective="clm",
+            data="synthetic:icl?docs=64&pairs=4&keys=2",
+            seq_len=12,
+            steps=2,
+            batch_size=4,
+            d_model=16,
+            n_layers=1,
+            n_heads=2,
+            d_ff=32,
+            out=str(out),
+            progress=False,
+            log_every=1,
+        )
+    )
     result = probe_run(out, n=10)
     assert result.kind == "causal" and result.correct.shape == (10, 4)
     with pytest.raises(ValueError, match="training data's seed"):
@@ -168,9 +189,15 @@ def test_probe_run_on_a_trained_run(tmp_path):
 
 @pytest.mark.parametrize(
     ("name", "options", "kind"),
-    [("clm", {}, "causal"), ("fim", {}, "causal"), ("prefix_lm", {}, "prefix"), ("mlm", {}, "masked"),
-     ("sop", {}, "masked"), ("span_corruption", {"layout": "decoder"}, "prefix")],
-)  # fmt: skip
+    [
+        ("clm", {}, "causal"),
+        ("fim", {}, "causal"),
+        ("prefix_lm", {}, "prefix"),
+        ("mlm", {}, "masked"),
+        ("sop", {}, "masked"),
+        ("span_corruption", {"layout": "decoder"}, "prefix"),
+    ],
+)
 def test_the_kind_comes_from_the_batch_the_run_trained_on(name, options, kind):
     batch = example_batch(name, options=options, seq_len=48).batch
     assert kind_of_batch(batch) == kind
@@ -208,7 +235,12 @@ def test_main_trains_probes_and_writes_the_results(tmp_path, capsys):
     from lmobjectives.evaluation.icl import main
 
     out, results = tmp_path / "runs", tmp_path / "results"
-    assert main(["--objectives", "clm,mlm", "--out", str(out), "--results", str(results), "--steps", "2", "--threads", "1"]) == 0
+    assert (
+        main(
+            ["--objectives", "clm,mlm", "--out", str(out), "--results", str(results), "--steps", "2", "--threads", "1"]
+        )
+        == 0
+    )
     table = (results / "icl.txt").read_text()
     assert table in capsys.readouterr().out  # printed too (after the training's own lines)
     summaries = json.loads((results / "icl.json").read_text())

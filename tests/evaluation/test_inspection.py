@@ -13,8 +13,8 @@ from lmobjectives.cli import main
 from lmobjectives.constants import IGNORE_INDEX, sentinel_token
 from lmobjectives.data import ByteTokenizer
 from lmobjectives.evaluation.inspection import Example, attention_panels, example_batch, figure, render_text
-from lmobjectives.recipes import Recipe
 from lmobjectives.objectives.span_corruption import SpanCorruption
+from lmobjectives.recipes import Recipe
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -104,7 +104,17 @@ def test_mlm_rendering_literal():
     assert tok.decode(b.labels[0][b.labels[0] != IGNORE_INDEX].tolist()) == "h ct otht"
     selected = (b.labels[0] != IGNORE_INDEX).nonzero().flatten().tolist()
     assert selected == [1, 3, 4, 6, 7, 12, 15, 16, 21]
-    assert (b.input_ids[0, selected] == tok.vocab.mask_id).tolist() == [False, True, True, False, False, True, True, True, True]
+    assert (b.input_ids[0, selected] == tok.vocab.mask_id).tolist() == [
+        False,
+        True,
+        True,
+        False,
+        False,
+        True,
+        True,
+        True,
+        True,
+    ]
 
 
 def test_long_rows_wrap_at_the_width():
@@ -133,9 +143,15 @@ def test_plain_text_is_the_coloured_text_without_colours():
 # ----------------------------------------------------------------------------- colours only on a terminal
 
 
-@pytest.mark.parametrize("tty, flags, env, coloured", [
-    (False, [], {}, False), (True, [], {}, True), (True, ["--no-color"], {}, False), (True, [], {"NO_COLOR": "1"}, False),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "tty, flags, env, coloured",
+    [
+        (False, [], {}, False),
+        (True, [], {}, True),
+        (True, ["--no-color"], {}, False),
+        (True, [], {"NO_COLOR": "1"}, False),
+    ],
+)
 def test_colours_only_on_a_terminal(tty, flags, env, coloured, tmp_path, capsys, monkeypatch):
     pytest.importorskip("matplotlib")
     monkeypatch.delenv("NO_COLOR", raising=False)
@@ -154,8 +170,16 @@ def test_encoder_decoder_example_shows_both_sides_and_three_panels():
     objective = SpanCorruption(tok.vocab, noise_density=0.3, mean_noise_span_length=2.0)
     ids = torch.tensor([tok.encode("The cat sat on the mat")])
     batch = objective(ids, generator=torch.Generator().manual_seed(0))
-    example = Example(name="t5", recipe=Recipe(SpanCorruption, "span corruption"), objective=objective,
-                      options={}, batch=batch, tokenizer=tok, seq_len=ids.shape[1], seed=0)  # fmt: skip
+    example = Example(
+        name="t5",
+        recipe=Recipe(SpanCorruption, "span corruption"),
+        objective=objective,
+        options={},
+        batch=batch,
+        tokenizer=tok,
+        seq_len=ids.shape[1],
+        seed=0,
+    )
     text = render_text(example, width=200)
     lines = text.split("\n")
     encoder = next(line for line in lines if line.startswith("encoder "))
@@ -192,13 +216,16 @@ def test_options_reach_the_objective_and_the_length_option_follows_seq_len():
 # ----------------------------------------------------------------------------- errors
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--objective", "nope"], "invalid choice: 'nope'"),
-    (["--objective", "mlm", "--probability", "3"], "probability must lie in (0, 1], got 3.0"),
-    (["--objective", "clm", "--unit", "word"], "the options of --objective clm are: --document-masking"),
-    (["--objective", "nsp", "--text", "One sentence only."], "two sentences or more"),
-    (["--objective", "clm", "--seq-len", "0"], "must be a positive integer"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--objective", "nope"], "invalid choice: 'nope'"),
+        (["--objective", "mlm", "--probability", "3"], "probability must lie in (0, 1], got 3.0"),
+        (["--objective", "clm", "--unit", "word"], "the options of --objective clm are: --document-masking"),
+        (["--objective", "nsp", "--text", "One sentence only."], "two sentences or more"),
+        (["--objective", "clm", "--seq-len", "0"], "must be a positive integer"),
+    ],
+)
 def test_bad_arguments_exit_2_with_a_clear_message(args, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["inspect", *args, "--out", str(tmp_path / "x.png")])
@@ -210,7 +237,9 @@ def test_bad_arguments_exit_2_with_a_clear_message(args, message, tmp_path, caps
 def test_api_errors_name_the_argument():
     with pytest.raises(ValueError, match="objective must be one of 'clm', .*, got 'nope'"):
         example_batch("nope")
-    with pytest.raises(ValueError, match=r"unknown option\(s\) 'bogus' for objective 'mlm'; valid options: probability"):
+    with pytest.raises(
+        ValueError, match=r"unknown option\(s\) 'bogus' for objective 'mlm'; valid options: probability"
+    ):
         example_batch("mlm", options={"bogus": 1})
     with pytest.raises(ValueError, match="seq_len must be a positive int, got 0"):
         example_batch("clm", seq_len=0)

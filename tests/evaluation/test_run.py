@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from lmobjectives.data.corpus import builtin_corpus
+from lmobjectives.data.heldout import document_key, heldout_split, is_heldout
 from lmobjectives.evaluation import heldout_batches, heldout_blocks, load_run, run_batches
 from lmobjectives.training.run_folder import load_model
-from lmobjectives.data.heldout import document_key, heldout_split, is_heldout
 
 
 def test_load_run_round_trip(runs):
@@ -29,8 +29,9 @@ def test_load_run_round_trip(runs):
 def test_load_run_errors(tmp_path):
     with pytest.raises(ValueError, match="is not an lmobj run"):
         load_run(tmp_path)
-    (tmp_path / "config.json").write_text(json.dumps({"format": "lmobjectives-run", "format_version": 1,
-                                                      "train": {"objective": "clm"}, "model": {}}))  # fmt: skip
+    (tmp_path / "config.json").write_text(
+        json.dumps({"format": "lmobjectives-run", "format_version": 1, "train": {"objective": "clm"}, "model": {}})
+    )
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         load_run(tmp_path)
 

@@ -15,7 +15,9 @@ def test_pair_metrics_worked_example():
 
 def test_balanced_subset_has_even_labels():
     labels = torch.tensor([1] * 9 + [0] * 3)
-    m = pair_metrics(torch.ones(12, dtype=torch.long), labels, balanced=True, generator=torch.Generator().manual_seed(0))
+    m = pair_metrics(
+        torch.ones(12, dtype=torch.long), labels, balanced=True, generator=torch.Generator().manual_seed(0)
+    )
     assert m["pairs"] == 6 and m["label_share"] == 0.5 and m["accuracy"] == 0.5 == m["balanced_accuracy"]
 
 
@@ -40,7 +42,10 @@ def test_both_kinds_with_shares_and_a_warning_when_one_label_dominates(runs):
         assert info["pairs"] > 0 and info["majority_share"] == max(info["label_share"], 1 - info["label_share"])
         assert result.metrics[f"{kind}_accuracy"] == info["accuracy"]
         se = 0.5 / info["pairs"] ** 0.5
-        assert f"{info['pairs']} {kind.upper()} pairs (standard error of an accuracy up to ±{se:.3f})" in result.info["procedure"]
+        assert (
+            f"{info['pairs']} {kind.upper()} pairs (standard error of an accuracy up to ±{se:.3f})"
+            in result.info["procedure"]
+        )
     skewed = [k for k in ("nsp", "sop") if result.info[k]["majority_share"] > 0.8]
     assert len(result.warnings) == len(skewed) and all("balanced accuracy" in w for w in result.warnings)
     assert "nsp" in skewed  # at seq_len 32 almost every chunk is one sentence, which always takes a random B

@@ -8,11 +8,25 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmobjectives.evaluation import NotApplicable, continue_prompts, evaluate, fill_in, fit_linear_probe, generation, heldout_blocks, next_token, next_token_losses, pll, probe, pseudo_log_likelihoods, repetition_rate
+from lmobjectives.evaluation import (
+    NotApplicable,
+    continue_prompts,
+    evaluate,
+    fill_in,
+    fit_linear_probe,
+    generation,
+    heldout_blocks,
+    heldout_word_ids,
+    next_token,
+    next_token_losses,
+    pll,
+    probe,
+    pseudo_log_likelihoods,
+    repetition_rate,
+)
 from lmobjectives.evaluation.fill_in import fill_in_positions, sentinel_budget, split_runs
-from lmobjectives.evaluation import heldout_word_ids
-from lmobjectives.evaluation.run import heldout_batches
 from lmobjectives.evaluation.result import encoder_decoder_batch, plain_batch
+from lmobjectives.evaluation.run import heldout_batches
 
 
 def log_probs(run, batch, position):
@@ -57,7 +71,9 @@ def test_bits_per_byte_is_the_summed_loss_over_bytes(runs):
     loss, _ = next_token_losses(run, blocks, 16)
     text = blocks[:, 16:] < 256  # byte tokenizer: one byte per text token, EOS excluded
     assert result.info["targets"] == result.info["bytes"] == int(text.sum())
-    assert result.metrics["bits_per_byte"] == pytest.approx(float(loss[:, 16:][text].sum()) / math.log(2) / int(text.sum()), rel=1e-5)
+    assert result.metrics["bits_per_byte"] == pytest.approx(
+        float(loss[:, 16:][text].sum()) / math.log(2) / int(text.sum()), rel=1e-5
+    )
     assert result.metrics["perplexity"] == pytest.approx(math.exp(result.metrics["loss"]), rel=1e-6)
 
 
@@ -78,7 +94,10 @@ def test_pll_equals_masking_each_position_alone(runs, name):
             expected = log_probs(run, plain_batch(ids[None], None, causal=False), t)[x[t]]
         else:
             ids[t] = vocab.sentinel_ids[0]
-            enc = torch.cat(([torch.tensor([vocab.nlu_id])] if vocab.nlu_id is not None else []) + [ids, torch.tensor([vocab.eos_id])])
+            enc = torch.cat(
+                ([torch.tensor([vocab.nlu_id])] if vocab.nlu_id is not None else [])
+                + [ids, torch.tensor([vocab.eos_id])]
+            )
             dec = torch.tensor([vocab.pad_id, vocab.sentinel_ids[0]])
             expected = log_probs(run, encoder_decoder_batch(enc[None], dec[None], dec[None]), 1)[x[t]]
         assert logp[0, t] == pytest.approx(float(expected), abs=1e-4)
@@ -107,7 +126,9 @@ def test_fill_in_words_hides_whole_words_at_the_rate(runs):
     ids = words[words >= 0].unique()
     hidden_words = {int(w) for w in words[hidden].unique()}
     for w in ids.tolist():  # every token of a word is hidden, or none is
-        assert bool(hidden[words == w].all()) == (w in hidden_words) and bool(hidden[words == w].any()) == (w in hidden_words)
+        assert bool(hidden[words == w].all()) == (w in hidden_words) and bool(hidden[words == w].any()) == (
+            w in hidden_words
+        )
     assert not hidden[words < 0].any()
     n, share = ids.numel(), len(hidden_words) / ids.numel()
     assert abs(share - 0.3) < 4 * (0.3 * 0.7 / n) ** 0.5, (share, n)
@@ -140,7 +161,11 @@ def test_fill_in_words_does_not_apply_to_a_causal_model(runs):
         fill_in(runs("clm"), unit="word")
     with pytest.raises(ValueError, match="unit must be one of"):
         fill_in(runs("mlm"), unit="span")
-    assert evaluate(runs("t5"), ["fill_in_words"], options={"fill_in_words": {"max_blocks": 2}}).results["fill_in_words"].applies
+    assert (
+        evaluate(runs("t5"), ["fill_in_words"], options={"fill_in_words": {"max_blocks": 2}})
+        .results["fill_in_words"]
+        .applies
+    )
 
 
 def test_fill_in_positions_are_the_same_for_every_run_and_avoid_special_tokens(runs):
@@ -171,7 +196,9 @@ def test_fill_in_of_a_causal_model_scores_candidates_by_the_whole_sequence(runs)
             y = x.clone()
             y[t] = c
             with torch.no_grad():
-                lp = torch.log_softmax(run.model(plain_batch(y[None], None, causal=True)).hidden[0] @ run.model.output_weight.T, -1)
+                lp = torch.log_softmax(
+                    run.model(plain_batch(y[None], None, causal=True)).hidden[0] @ run.model.output_weight.T, -1
+                )
             scores.append(float(sum(lp[j - 1, y[j]] for j in range(t, len(y)))))
         logps.append(torch.log_softmax(torch.tensor(scores, dtype=torch.float64), 0)[0].item())
         hits.append(scores[0] > max(scores[1:]))
@@ -191,7 +218,9 @@ def test_fill_in_of_an_encoder_decoder_reads_the_sentinel_format(runs, name):
 def test_sentinel_budget_is_what_training_inputs_hold(runs):
     run = runs("t5")  # span corruption at its defaults: round(raw * 0.15 / 3) spans in every input
     raw = run.objective.raw_length(run.config.seq_len)
-    counts = {int(torch.isin(b.input_ids, torch.tensor(run.vocab.sentinel_ids)).sum(1).max()) for b in heldout_batches(run)}
+    counts = {
+        int(torch.isin(b.input_ids, torch.tensor(run.vocab.sentinel_ids)).sum(1).max()) for b in heldout_batches(run)
+    }
     assert sentinel_budget(run) == max(counts)
     assert sentinel_budget(run) == max(1, round(min(max(round(raw * 0.15), 1), raw - 1) / 3))
 
@@ -262,7 +291,9 @@ def test_greedy_continuation_is_the_argmax_one_token_at_a_time(runs, name):
             if run.reads == "causal":
                 lp = log_probs(run, plain_batch(torch.tensor([context]), None, causal=True), len(context) - 1)
             elif run.reads == "bidirectional":
-                lp = log_probs(run, plain_batch(torch.tensor([context + [vocab.mask_id]]), None, causal=False), len(context))
+                lp = log_probs(
+                    run, plain_batch(torch.tensor([context + [vocab.mask_id]]), None, causal=False), len(context)
+                )
             else:
                 written = context[10:]
                 enc = torch.tensor([context[:10] + [vocab.sentinel_ids[0], vocab.eos_id]])
@@ -276,8 +307,13 @@ def test_greedy_continuation_is_the_argmax_one_token_at_a_time(runs, name):
 def test_generation_measures_and_reference(runs):
     run, reference = runs("mlm"), runs("clm")
     result = generation(run, reference=reference, prompt_tokens=12, length=8, max_prompts=3)
-    for key in ("greedy_repetition", "sampled_repetition", "true_repetition", "greedy_reference_bits_per_byte",
-                "true_reference_bits_per_byte"):  # fmt: skip
+    for key in (
+        "greedy_repetition",
+        "sampled_repetition",
+        "true_repetition",
+        "greedy_reference_bits_per_byte",
+        "true_reference_bits_per_byte",
+    ):
         assert key in result.metrics
     assert len(result.info["examples"]) == 3 and all(len(e["greedy"]) == 8 for e in result.info["examples"])
     again = generation(run, prompt_tokens=12, length=8, max_prompts=3)  # sampled with a fixed seed: reproducible
@@ -305,7 +341,10 @@ def test_probe_reports_its_references(runs):
     result = probe(runs("clm"))
     info = result.info
     assert info["classes"] >= 2 and info["train_sentences"] > 0 and info["test_sentences"] > 0
-    assert 0 <= result.metrics["majority_accuracy"] <= 1 and result.metrics["majority_accuracy"] >= info["chance_accuracy"] - 1e-9
+    assert (
+        0 <= result.metrics["majority_accuracy"] <= 1
+        and result.metrics["majority_accuracy"] >= info["chance_accuracy"] - 1e-9
+    )
 
 
 def test_evaluate_marks_what_does_not_apply_and_refuses_unknown_names(runs):

@@ -67,14 +67,17 @@ def test_text_rows_end_in_eos(gpt_tokenizer, corpus):
     assert (features["labels"][torch.arange(3), last] == gpt_tokenizer.eos_token_id).all()
 
 
-@pytest.mark.parametrize("name, options, rows, column", [
-    ("mlm", {}, [{"attention_mask": [1, 1]}], "input_ids"),
-    ("mlm", {"unit": "word"}, [{"input_ids": [5, 6, 7]}], "word_ids"),
-    ("nsp", {}, [{"document": 1}], "sentences"),
-    ("fim", {}, [{"input_ids": [5, 6]}], "text"),
-    ("sft", {}, [{"input_ids": [5, 6]}], "roles"),
-    ("sft", {}, [{"labels": [5, 6]}], "messages"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "name, options, rows, column",
+    [
+        ("mlm", {}, [{"attention_mask": [1, 1]}], "input_ids"),
+        ("mlm", {"unit": "word"}, [{"input_ids": [5, 6, 7]}], "word_ids"),
+        ("nsp", {}, [{"document": 1}], "sentences"),
+        ("fim", {}, [{"input_ids": [5, 6]}], "text"),
+        ("sft", {}, [{"input_ids": [5, 6]}], "roles"),
+        ("sft", {}, [{"labels": [5, 6]}], "messages"),
+    ],
+)
 def test_a_dropped_column_is_refused_with_the_fix(name, options, rows, column, bert_tokenizer, gpt_tokenizer):
     tok = gpt_tokenizer if name in ("fim", "sft") else bert_tokenizer
     with pytest.raises(KeyError) as e:

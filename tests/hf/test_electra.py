@@ -15,8 +15,9 @@ F32 = dict(rtol=1e-5, atol=1e-5)
 
 
 def _pair(build, tokenizer, **options):
-    return ElectraPair(build("electra_generator", tokenizer), build("electra_discriminator", tokenizer, seed=1),
-                       **options)  # fmt: skip
+    return ElectraPair(
+        build("electra_generator", tokenizer), build("electra_discriminator", tokenizer, seed=1), **options
+    )
 
 
 def _features(tokenizer, corpus, n=6):
@@ -42,8 +43,10 @@ def test_the_pair_shares_one_embedding_module(build, bert_tokenizer):
 
 def test_the_pair_refuses_models_that_cannot_share(build, bert_tokenizer):
     with pytest.raises(ValueError, match="embedding_size is 32, the discriminator's 16"):
-        ElectraPair(build("electra_generator", bert_tokenizer, embedding_size=32),
-                    build("electra_discriminator", bert_tokenizer))  # fmt: skip
+        ElectraPair(
+            build("electra_generator", bert_tokenizer, embedding_size=32),
+            build("electra_discriminator", bert_tokenizer),
+        )
     with pytest.raises(TypeError, match="ElectraForPreTraining discriminator, got ElectraForMaskedLM"):
         ElectraPair(build("electra_generator", bert_tokenizer), build("electra_generator", bert_tokenizer))
     with pytest.raises(ValueError, match="discriminator_weight"):
@@ -60,12 +63,14 @@ def test_the_pairs_terms_are_the_hf_heads_own_losses(build, bert_tokenizer, corp
         assert int(term.num_tokens) == int(counts[name])
     assert int(counts["generator"]) == int((features["labels"] != -100).sum())
     assert int(counts["discriminator"]) == int(features["attention_mask"].sum())  # real tokens, [CLS] [SEP] too
-    torch.testing.assert_close(terms["generator"].loss / terms["generator"].num_tokens,
-                               pair.generator(**features).loss, **F32)  # fmt: skip
+    torch.testing.assert_close(
+        terms["generator"].loss / terms["generator"].num_tokens, pair.generator(**features).loss, **F32
+    )
     fake = discriminator_features(features, pair.sample(features))
     assert bool(fake["labels"].any())  # some samples differ from the original token
-    torch.testing.assert_close(terms["discriminator"].loss / terms["discriminator"].num_tokens,
-                               pair.discriminator(**fake).loss, **F32)  # fmt: skip
+    torch.testing.assert_close(
+        terms["discriminator"].loss / terms["discriminator"].num_tokens, pair.discriminator(**fake).loss, **F32
+    )
 
 
 def test_a_rows_samples_do_not_depend_on_its_batch(build, bert_tokenizer, corpus):
@@ -85,8 +90,9 @@ def test_the_state_dict_holds_each_shared_tensor_once(build, bert_tokenizer, cor
     assert not [k for k in state if k.startswith("generator.electra.embeddings.")]
     assert "generator.generator_lm_head.weight" not in state and "generator.generator_lm_head.bias" in state
     safetensors_torch.save_file(state, tmp_path / "pair.safetensors")  # refuses tensors that share memory
-    fresh = ElectraPair(build("electra_generator", bert_tokenizer, seed=3),
-                        build("electra_discriminator", bert_tokenizer, seed=4))  # fmt: skip
+    fresh = ElectraPair(
+        build("electra_generator", bert_tokenizer, seed=3), build("electra_discriminator", bert_tokenizer, seed=4)
+    )
     fresh.load_state_dict(safetensors_torch.load_file(tmp_path / "pair.safetensors"))  # strict
     assert fresh.generator.electra.embeddings is fresh.discriminator.electra.embeddings
     features = _features(bert_tokenizer, corpus, 4)
@@ -105,5 +111,9 @@ def test_the_trainer_refuses_a_collator_weight_the_pair_does_not_train_with(buil
         ObjectiveTrainer(
             model=_pair(build, bert_tokenizer), args=args, train_dataset=[{"text": "a"}], data_collator=col
         )
-    ObjectiveTrainer(model=_pair(build, bert_tokenizer, discriminator_weight=30.0), args=args,
-                     train_dataset=[{"text": "a"}], data_collator=col)  # fmt: skip
+    ObjectiveTrainer(
+        model=_pair(build, bert_tokenizer, discriminator_weight=30.0),
+        args=args,
+        train_dataset=[{"text": "a"}],
+        data_collator=col,
+    )

@@ -21,23 +21,26 @@ def _pair_rows(documents):
     return [{"sentences": doc[:8]} for doc in documents()[:4]]
 
 
-@pytest.mark.parametrize("name, head, tok, options, rows", [
-    pytest.param("mlm", "bert_mlm", "bert", {}, None, id="bert-mlm"),
-    pytest.param("nsp", "bert_pretraining", "bert", {}, "pairs", id="bert-pretraining-mlm+nsp"),
-    pytest.param("mlm", "bert_mlm", "bert", {"unit": "word"}, None, id="bert-mlm-whole-word"),
-    pytest.param("sop", "albert_pretraining", "bert", {}, "pairs", id="albert-sop"),
-    pytest.param("clm", "gpt2", "gpt", {}, None, id="gpt2-clm"),
-    pytest.param("clm", "llama", "gpt", {}, None, id="llama-clm"),
-    pytest.param("fim", "gpt2", "gpt", {}, None, id="gpt2-fim"),
-    pytest.param("fim", "llama", "gpt", {}, None, id="llama-fim"),
-    pytest.param("sft", "gpt2", "gpt", {}, "chat", id="gpt2-sft"),
-    pytest.param("sft", "llama", "gpt", {}, "chat", id="llama-sft"),
-    pytest.param("prefix_lm", "llama", "gpt", {}, None, id="llama-prefix-lm"),
-    pytest.param("span_corruption", "t5", "t5", {}, None, id="t5-span-corruption"),
-    pytest.param("ul2", "t5", "t5", {}, None, id="t5-ul2"),
-    pytest.param("electra", "electra_generator", "bert", {}, None, id="electra-generator"),
-    pytest.param("plm", "xlnet", "bert", {}, None, id="xlnet-plm"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "name, head, tok, options, rows",
+    [
+        pytest.param("mlm", "bert_mlm", "bert", {}, None, id="bert-mlm"),
+        pytest.param("nsp", "bert_pretraining", "bert", {}, "pairs", id="bert-pretraining-mlm+nsp"),
+        pytest.param("mlm", "bert_mlm", "bert", {"unit": "word"}, None, id="bert-mlm-whole-word"),
+        pytest.param("sop", "albert_pretraining", "bert", {}, "pairs", id="albert-sop"),
+        pytest.param("clm", "gpt2", "gpt", {}, None, id="gpt2-clm"),
+        pytest.param("clm", "llama", "gpt", {}, None, id="llama-clm"),
+        pytest.param("fim", "gpt2", "gpt", {}, None, id="gpt2-fim"),
+        pytest.param("fim", "llama", "gpt", {}, None, id="llama-fim"),
+        pytest.param("sft", "gpt2", "gpt", {}, "chat", id="gpt2-sft"),
+        pytest.param("sft", "llama", "gpt", {}, "chat", id="llama-sft"),
+        pytest.param("prefix_lm", "llama", "gpt", {}, None, id="llama-prefix-lm"),
+        pytest.param("span_corruption", "t5", "t5", {}, None, id="t5-span-corruption"),
+        pytest.param("ul2", "t5", "t5", {}, None, id="t5-ul2"),
+        pytest.param("electra", "electra_generator", "bert", {}, None, id="electra-generator"),
+        pytest.param("plm", "xlnet", "bert", {}, None, id="xlnet-plm"),
+    ],
+)
 def test_the_heads_own_loss_equals_ours(name, head, tok, options, rows, request, build, corpus):
     tokenizer = request.getfixturevalue(f"{tok}_tokenizer")
     if rows == "pairs":

@@ -31,11 +31,25 @@ def _free_port() -> int:
 
 def _args(out: Path, batch: int, accumulation: int, **extra) -> transformers.TrainingArguments:
     return transformers.TrainingArguments(
-        output_dir=str(out), per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
-        max_steps=1, learning_rate=1.0, optim="sgd", lr_scheduler_type="constant", max_grad_norm=0.0,
-        weight_decay=0.0, logging_steps=1, report_to=[], use_cpu=True, seed=0, save_strategy="no",
-        disable_tqdm=True, dataloader_num_workers=0, remove_unused_columns=False, **extra,
-    )  # fmt: skip
+        output_dir=str(out),
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulation,
+        max_steps=1,
+        learning_rate=1.0,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        max_grad_norm=0.0,
+        weight_decay=0.0,
+        logging_steps=1,
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        save_strategy="no",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        **extra,
+    )
 
 
 def _stack(rows):
@@ -46,8 +60,9 @@ def _stack(rows):
 def _step(model, rows, out: Path, batch: int, accumulation: int, **extra):
     """One ObjectiveTrainer step: its first log and the parameters' change (= the gradient, lr 1, SGD)."""
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    trainer = ObjectiveTrainer(model=model, args=_args(out, batch, accumulation, **extra), train_dataset=rows,
-                               data_collator=_stack)  # fmt: skip
+    trainer = ObjectiveTrainer(
+        model=model, args=_args(out, batch, accumulation, **extra), train_dataset=rows, data_collator=_stack
+    )
     trainer.train()
     log = {k: v for k, v in trainer.state.log_history[0].items() if k.endswith("loss")}
     return log, {n: before[n] - p.detach() for n, p in model.named_parameters()}
@@ -55,9 +70,15 @@ def _step(model, rows, out: Path, batch: int, accumulation: int, **extra):
 
 def _worker(rank: int, port: int, folder: str) -> None:
     """One rank: Trainer's DDP over gloo from a torchrun-like environment (accelerate reads it: MULTI_CPU)."""
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE),
-                      LOCAL_WORLD_SIZE=str(WORLD_SIZE), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-                      OMP_NUM_THREADS="1")  # fmt: skip
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(WORLD_SIZE),
+        LOCAL_WORLD_SIZE=str(WORLD_SIZE),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        OMP_NUM_THREADS="1",
+    )
     torch.set_num_threads(1)
     path = Path(folder)
     cases = torch.load(path / "cases.pt", weights_only=False)  # {name: (model, rows)}, the same on every rank
@@ -65,8 +86,9 @@ def _worker(rank: int, port: int, folder: str) -> None:
     for name, (model, rows) in cases.items():
         for batch, accumulation in SPLITS:
             fresh = {k: v.clone() for k, v in model.state_dict().items()}
-            results[name, batch] = _step(model, rows, path / f"{name}-{batch}-{rank}", batch, accumulation,
-                                         ddp_backend="gloo")  # fmt: skip
+            results[name, batch] = _step(
+                model, rows, path / f"{name}-{batch}-{rank}", batch, accumulation, ddp_backend="gloo"
+            )
             model.load_state_dict(fresh)
     import torch.distributed as dist
 
@@ -84,17 +106,22 @@ def test_two_processes_step_as_one(tmp_path, build, corpus, bert_tokenizer, t5_t
     pairs = [{"sentences": doc[:6]} for doc in corpus.documents()[:6]]
     nsp = collator("nsp", bert_tokenizer, max_length=40, seed=5, mlm_selection="bernoulli", max_predictions=None)
     cases = {
-        "mlm": (build("bert_mlm", bert_tokenizer), _rows(collator("mlm", bert_tokenizer, max_length=40, seed=5)(texts))),
+        "mlm": (
+            build("bert_mlm", bert_tokenizer),
+            _rows(collator("mlm", bert_tokenizer, max_length=40, seed=5)(texts)),
+        ),
         "mlm+nsp": (build("bert_pretraining", bert_tokenizer), _rows(nsp(pairs))),
         "span_corruption": (
             build("t5", t5_tokenizer),
             _rows(collator("span_corruption", t5_tokenizer, max_length=64, seed=5)(texts)),
         ),
         "electra": (
-            ElectraPair(build("electra_generator", bert_tokenizer), build("electra_discriminator", bert_tokenizer, seed=1)),
+            ElectraPair(
+                build("electra_generator", bert_tokenizer), build("electra_discriminator", bert_tokenizer, seed=1)
+            ),
             _rows(collator("electra", bert_tokenizer, max_length=40, seed=5)(texts)),
         ),
-    }  # fmt: skip
+    }
     torch.save(cases, tmp_path / "cases.pt")
     mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD_SIZE, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD_SIZE)]
@@ -110,5 +137,6 @@ def test_two_processes_step_as_one(tmp_path, build, corpus, bert_tokenizer, t5_t
                     assert theirs[key] == pytest.approx(value, rel=1e-5, abs=1e-4), (name, batch, key)
                 for n in step:
                     where = f"{name}, per-device batch {batch}: {n}"
-                    torch.testing.assert_close(their_step[n], step[n], rtol=1e-4, atol=1e-6,
-                                               msg=lambda m, where=where: f"{where}: {m}")  # fmt: skip
+                    torch.testing.assert_close(
+                        their_step[n], step[n], rtol=1e-4, atol=1e-6, msg=lambda m, where=where: f"{where}: {m}"
+                    )

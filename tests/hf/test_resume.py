@@ -17,11 +17,25 @@ from lmobjectives.hf import ElectraPair, ObjectiveTrainer, collator  # noqa: E40
 
 def _args(out, **extra):
     return transformers.TrainingArguments(
-        output_dir=str(out), per_device_train_batch_size=2, gradient_accumulation_steps=1, max_steps=6,
-        learning_rate=3e-3, optim="adamw_torch", lr_scheduler_type="linear", warmup_steps=2, logging_steps=1,
-        report_to=[], use_cpu=True, seed=0, disable_tqdm=True, dataloader_num_workers=0,
-        remove_unused_columns=False, save_strategy="steps", save_steps=3, **extra,
-    )  # fmt: skip
+        output_dir=str(out),
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=1,
+        max_steps=6,
+        learning_rate=3e-3,
+        optim="adamw_torch",
+        lr_scheduler_type="linear",
+        warmup_steps=2,
+        logging_steps=1,
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        save_strategy="steps",
+        save_steps=3,
+        **extra,
+    )
 
 
 def _model(name, build, tokenizer):
@@ -39,15 +53,23 @@ def test_a_resumed_run_logs_the_same_losses(name, terms, tmp_path, build, corpus
     rows = [{"text": t} for t in corpus.texts(8)]
     keys = ["loss", *terms]
 
-    whole = ObjectiveTrainer(model=_model(name, build, bert_tokenizer), args=_args(tmp_path / "whole"),
-                             train_dataset=rows, data_collator=collator(name, bert_tokenizer, max_length=40, seed=3))  # fmt: skip
+    whole = ObjectiveTrainer(
+        model=_model(name, build, bert_tokenizer),
+        args=_args(tmp_path / "whole"),
+        train_dataset=rows,
+        data_collator=collator(name, bert_tokenizer, max_length=40, seed=3),
+    )
     whole.train()
     expected = _logged(whole, keys)
     assert sorted(expected) == [1, 2, 3, 4, 5, 6]
     assert (tmp_path / "whole" / "checkpoint-3").is_dir()
 
-    resumed = ObjectiveTrainer(model=_model(name, build, bert_tokenizer), args=_args(tmp_path / "resumed"),
-                               train_dataset=rows, data_collator=collator(name, bert_tokenizer, max_length=40, seed=3))  # fmt: skip
+    resumed = ObjectiveTrainer(
+        model=_model(name, build, bert_tokenizer),
+        args=_args(tmp_path / "resumed"),
+        train_dataset=rows,
+        data_collator=collator(name, bert_tokenizer, max_length=40, seed=3),
+    )
     resumed.train(resume_from_checkpoint=str(tmp_path / "whole" / "checkpoint-3"))
     got = _logged(resumed, keys)  # steps 1-3 come from the checkpoint's trainer_state.json, 4-6 from this run
     assert resumed.state.global_step == 6 and sorted(got) == [1, 2, 3, 4, 5, 6]

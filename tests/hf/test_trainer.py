@@ -15,11 +15,24 @@ from lmobjectives.hf import ElectraPair, ObjectiveTrainer, collator, loss_terms 
 
 def _args(tmp_path, batch, accumulation, **extra):
     defaults = dict(
-        output_dir=str(tmp_path), per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
-        max_steps=1, learning_rate=1.0, optim="sgd", lr_scheduler_type="constant", max_grad_norm=0.0,
-        weight_decay=0.0, logging_steps=1, report_to=[], use_cpu=True, seed=0, save_strategy="no",
-        disable_tqdm=True, dataloader_num_workers=0, remove_unused_columns=False,
-    )  # fmt: skip
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulation,
+        max_steps=1,
+        learning_rate=1.0,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        max_grad_norm=0.0,
+        weight_decay=0.0,
+        logging_steps=1,
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        save_strategy="no",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+    )
     return transformers.TrainingArguments(**{**defaults, **extra})
 
 
@@ -88,8 +101,12 @@ def test_one_step_is_the_same_at_any_accumulation(setup, tmp_path, build, corpus
     results = []
     for batch, accumulation in ((8, 1), (4, 2), (2, 4)):
         model = _model(build, kind, tokenizer)
-        trainer = ObjectiveTrainer(model=model, args=_args(tmp_path / f"{batch}", batch, accumulation),
-                                   train_dataset=rows, data_collator=_stack)  # fmt: skip
+        trainer = ObjectiveTrainer(
+            model=model,
+            args=_args(tmp_path / f"{batch}", batch, accumulation),
+            train_dataset=rows,
+            data_collator=_stack,
+        )
         trainer.train()
         log = trainer.state.log_history[0]
         steps = {n: (before[n] - p.detach()) for n, p in model.named_parameters()}  # = lr * grad, lr = 1
@@ -110,18 +127,25 @@ def test_the_collator_follows_trainers_epoch(tmp_path, build, corpus, bert_token
     assert torch.equal(col(rows)["input_ids"], first["input_ids"])  # a function of (seed, epoch, rows)
     col.set_epoch(1)
     assert not torch.equal(col(rows)["input_ids"], first["input_ids"])
-    trainer = ObjectiveTrainer(model=build("bert_mlm", bert_tokenizer), data_collator=col, train_dataset=rows,
-                               args=_args(tmp_path, 2, 1, max_steps=4, num_train_epochs=2))  # fmt: skip
+    trainer = ObjectiveTrainer(
+        model=build("bert_mlm", bert_tokenizer),
+        data_collator=col,
+        train_dataset=rows,
+        args=_args(tmp_path, 2, 1, max_steps=4, num_train_epochs=2),
+    )
     trainer.train()
     assert col.epoch == 1  # 4 rows, batch 2: steps 2 and 3 are epoch 1
 
 
-@pytest.mark.parametrize("name, kind, tok, max_length, rows", [
-    ("nsp", "bert_pretraining", "bert", 48, "pairs"),
-    ("clm", "llama", "gpt", 48, "texts"),
-    ("span_corruption", "t5", "t5", 48, "texts"),
-    ("electra", "electra_pair", "bert", 48, "texts"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "name, kind, tok, max_length, rows",
+    [
+        ("nsp", "bert_pretraining", "bert", 48, "pairs"),
+        ("clm", "llama", "gpt", 48, "texts"),
+        ("span_corruption", "t5", "t5", 48, "texts"),
+        ("electra", "electra_pair", "bert", 48, "texts"),
+    ],
+)
 def test_twenty_steps_of_trainer_train_lower_the_loss(
     name, kind, tok, max_length, rows, tmp_path, build, corpus, request
 ):
@@ -133,10 +157,19 @@ def test_twenty_steps_of_trainer_train_lower_the_loss(
     )
     model = _model(build, kind, tokenizer)
     model.train()
-    args = _args(tmp_path, 4 if rows == "pairs" else 8, 2, max_steps=20, learning_rate=3e-3, optim="adamw_torch",
-                 logging_steps=5, num_train_epochs=100)  # fmt: skip
-    trainer = ObjectiveTrainer(model=model, args=args, train_dataset=data,
-                               data_collator=collator(name, tokenizer, max_length=max_length))  # fmt: skip
+    args = _args(
+        tmp_path,
+        4 if rows == "pairs" else 8,
+        2,
+        max_steps=20,
+        learning_rate=3e-3,
+        optim="adamw_torch",
+        logging_steps=5,
+        num_train_epochs=100,
+    )
+    trainer = ObjectiveTrainer(
+        model=model, args=args, train_dataset=data, data_collator=collator(name, tokenizer, max_length=max_length)
+    )
     trainer.train()
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
     assert len(losses) == 4 and losses[-1] < 0.9 * losses[0], losses

@@ -60,8 +60,18 @@ def test_generator_config_with_rope_keeps_an_even_head_size():
         generator_config(config(d_model=100, n_heads=2, positions="rope"), 0.25)  # width 25
 
 
-@pytest.mark.parametrize("size, error", [(1.5, ValueError), (2, ValueError), (0.0, ValueError), (-1.0, ValueError),
-                                         (float("nan"), TypeError), (True, TypeError), ("big", TypeError)])  # fmt: skip
+@pytest.mark.parametrize(
+    "size, error",
+    [
+        (1.5, ValueError),
+        (2, ValueError),
+        (0.0, ValueError),
+        (-1.0, ValueError),
+        (float("nan"), TypeError),
+        (True, TypeError),
+        ("big", TypeError),
+    ],
+)
 def test_a_generator_larger_than_the_discriminator_is_refused(size, error):
     with pytest.raises(error, match="generator_size"):
         ElectraModel(config(), generator_size=size)
@@ -115,7 +125,9 @@ def test_forward_is_the_discriminator_and_the_head_is_electras():
     assert logits.shape == (2, 12)
     dense, out = model.discriminator_dense, model.discriminator_out
     assert (dense.in_features, dense.out_features, out.in_features, out.out_features) == (64, 64, 64, 1)
-    by_hand = (nn.functional.gelu(hidden @ dense.weight.T + dense.bias, approximate="tanh") @ out.weight.T + out.bias)[..., 0]
+    by_hand = (nn.functional.gelu(hidden @ dense.weight.T + dense.bias, approximate="tanh") @ out.weight.T + out.bias)[
+        ..., 0
+    ]
     torch.testing.assert_close(logits, by_hand)
 
 

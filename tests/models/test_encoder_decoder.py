@@ -328,7 +328,13 @@ def transformer_fingerprint(positions: str) -> tuple[float, float, float, float,
     """A weighted sum of the seeded parameters in creation order, then of the output on a fixed batch."""
     torch.manual_seed(0)
     config = TransformerConfig(
-        vocab_size=V, d_model=D, n_layers=2, n_heads=4, d_ff=64, max_seq_len=64, positions=positions,
+        vocab_size=V,
+        d_model=D,
+        n_layers=2,
+        n_heads=4,
+        d_ff=64,
+        max_seq_len=64,
+        positions=positions,
         n_sentence_classes=2,
     )
     model = Transformer(config)

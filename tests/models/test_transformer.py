@@ -24,7 +24,9 @@ def make_model(positions: str = "alibi", **overrides) -> Transformer:
     return Transformer(config).double().eval()
 
 
-def make_batch(ids: torch.Tensor, *, causal: bool, mask=None, document_ids=None, position_ids=None, token_type_ids=None):
+def make_batch(
+    ids: torch.Tensor, *, causal: bool, mask=None, document_ids=None, position_ids=None, token_type_ids=None
+):
     mask = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask
     labels = torch.full_like(ids, IGNORE_INDEX)
     return Batch(ids, labels, mask, causal, document_ids, position_ids, token_type_ids)
@@ -160,4 +162,8 @@ def test_errors_are_clear():
     with pytest.raises(ValueError, match="max_seq_len"):
         model(make_batch(torch.zeros(1, 65, dtype=torch.long), causal=True))
     with pytest.raises(ValueError, match="n_token_types=0"):
-        model(make_batch(torch.zeros(1, 4, dtype=torch.long), causal=True, token_type_ids=torch.zeros(1, 4, dtype=torch.long)))
+        model(
+            make_batch(
+                torch.zeros(1, 4, dtype=torch.long), causal=True, token_type_ids=torch.zeros(1, 4, dtype=torch.long)
+            )
+        )

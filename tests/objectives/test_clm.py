@@ -5,10 +5,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmobjectives import IGNORE_INDEX, Vocab, attention_mask_4d, get_objective
-from lmobjectives.losses import lm_loss
 from lmobjectives.batch import padding_mask
+from lmobjectives.losses import lm_loss
 from lmobjectives.objectives.clm import documents_from_eos, positions_within_documents
-
 
 V = Vocab(size=10, pad_id=2, eos_id=2)
 T, F_ = True, False

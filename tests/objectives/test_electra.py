@@ -15,11 +15,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmobjectives import IGNORE_INDEX, Vocab
+from lmobjectives.batch import Batch
 from lmobjectives.models import MODELS, TransformerConfig
 from lmobjectives.models.electra import ElectraModel
-from lmobjectives.recipes import OBJECTIVES, ModelSpec, Recipe, options_of
-from lmobjectives.batch import Batch
 from lmobjectives.objectives.electra import ELECTRA, gumbel_max_sample, replace_masked
+from lmobjectives.recipes import OBJECTIVES, ModelSpec, Recipe, options_of
 from lmobjectives.recipes.step_losses import electra_loss
 from lmobjectives.training import TrainConfig, load_model, train
 
@@ -160,8 +160,9 @@ def test_gumbel_max_samples_the_softmax():
 
 def tiny_model(vocab_size: int, dtype=torch.float64, generator_size: float = 0.25, **overrides) -> ElectraModel:
     torch.manual_seed(0)
-    config = TransformerConfig(vocab_size=vocab_size, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_seq_len=64,
-                               n_token_types=0, **overrides)  # fmt: skip
+    config = TransformerConfig(
+        vocab_size=vocab_size, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_seq_len=64, n_token_types=0, **overrides
+    )
     return ElectraModel(config, generator_size=generator_size).to(dtype)
 
 
@@ -273,7 +274,11 @@ def test_global_rng_by_default():
 @pytest.mark.parametrize(
     "options, error, match",
     [
-        ({"generator_size": 2.0}, ValueError, r"generator_size \(ELECTRA: 0.25 to 0.33\) must lie in \(0, 1\], got 2.0"),
+        (
+            {"generator_size": 2.0},
+            ValueError,
+            r"generator_size \(ELECTRA: 0.25 to 0.33\) must lie in \(0, 1\], got 2.0",
+        ),
         ({"generator_size": 1.01}, ValueError, "generator_size"),
         ({"generator_size": 0.0}, ValueError, "generator_size"),
         ({"generator_size": -0.25}, ValueError, "generator_size"),
@@ -313,8 +318,11 @@ def test_options_are_documented():
     options = {o.name: o for o in options_of(RECIPE)}
     assert list(options) == ["probability", "max_predictions", "generator_size", "discriminator_weight"]
     assert all(o.help for o in options.values())
-    assert (options["probability"].default, options["generator_size"].default, options["discriminator_weight"].default) == (
-        0.15, 0.25, 50.0)  # fmt: skip
+    assert (
+        options["probability"].default,
+        options["generator_size"].default,
+        options["discriminator_weight"].default,
+    ) == (0.15, 0.25, 50.0)
 
 
 # ----------------------------------------------------------------------------- training
@@ -326,8 +334,18 @@ def registered(monkeypatch):
     monkeypatch.setitem(MODELS, "electra", ElectraModel)
 
 
-TINY = dict(d_model=48, n_layers=1, n_heads=2, d_ff=96, seq_len=64, batch_size=8, warmup_steps=5, lr=3e-3,
-            save_every=0, progress=False)  # fmt: skip
+TINY = dict(
+    d_model=48,
+    n_layers=1,
+    n_heads=2,
+    d_ff=96,
+    seq_len=64,
+    batch_size=8,
+    warmup_steps=5,
+    lr=3e-3,
+    save_every=0,
+    progress=False,
+)
 
 
 def rows(path) -> list[dict]:
@@ -338,8 +356,15 @@ def test_trains_through_train(tmp_path, registered):
     result = train(TrainConfig(objective="electra", out=str(tmp_path), steps=40, log_every=10, **TINY))
     metrics = rows(result.metrics_path)
     first, last = metrics[0], metrics[-1]
-    for key in ("generator_loss", "generator_accuracy", "discriminator_loss", "discriminator_accuracy",
-                "replaced_fraction", "discriminator_precision", "discriminator_recall"):  # fmt: skip
+    for key in (
+        "generator_loss",
+        "generator_accuracy",
+        "discriminator_loss",
+        "discriminator_accuracy",
+        "replaced_fraction",
+        "discriminator_precision",
+        "discriminator_recall",
+    ):
         assert all(math.isfinite(r[key]) for r in metrics), key
     assert all(r["loss"] == pytest.approx(r["generator_loss"] + 50 * r["discriminator_loss"]) for r in metrics)
     assert last["loss"] < first["loss"] - 0.5
@@ -373,9 +398,18 @@ def test_the_discriminator_beats_the_all_original_baseline(tmp_path, registered)
     rng = random.Random(0)
     words = ["cat", "dog", "sun", "moon"]
     corpus = tmp_path / "words.jsonl"
-    corpus.write_text("".join(json.dumps({"text": " ".join(rng.choice(words) for _ in range(25))}) + "\n" for _ in range(200)))
-    config = TrainConfig(objective="electra", options={"generator_size": 0.125}, data=str(corpus), out=str(tmp_path / "run"),
-                         steps=500, log_every=100, **{**TINY, "d_model": 64, "n_heads": 8, "d_ff": 128, "lr": 5e-3})  # fmt: skip
+    corpus.write_text(
+        "".join(json.dumps({"text": " ".join(rng.choice(words) for _ in range(25))}) + "\n" for _ in range(200))
+    )
+    config = TrainConfig(
+        objective="electra",
+        options={"generator_size": 0.125},
+        data=str(corpus),
+        out=str(tmp_path / "run"),
+        steps=500,
+        log_every=100,
+        **{**TINY, "d_model": 64, "n_heads": 8, "d_ff": 128, "lr": 5e-3},
+    )
     last = rows(train(config).metrics_path)[-1]
     p = last["replaced_fraction"]
     assert last["discriminator_accuracy"] > 1 - p, last

@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmobjectives import IGNORE_INDEX, Vocab
-from lmobjectives.data.packing import pack_documents
 from lmobjectives.constants import FIM_TOKENS
+from lmobjectives.data.packing import pack_documents
 from lmobjectives.data.tokenizers import ByteTokenizer, HFTokenizer, train_tokenizer
 from lmobjectives.objectives.clm import CausalLM
 from lmobjectives.objectives.fim import FillInTheMiddle, fim_reassemble
@@ -225,10 +225,13 @@ def _check_context_rows(b, texts: list[str], seq_len: int) -> int:
     return complete
 
 
-@pytest.mark.parametrize("texts", [
-    ["the quick brown fox jumps", "over", "the lazy dog and keeps running far away"],
-    ["é日本語のテキスト", "ab", "ünïcödé ✓✓✓ text"],  # characters split between rows
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "texts",
+    [
+        ["the quick brown fox jumps", "over", "the lazy dog and keeps running far away"],
+        ["é日本語のテキスト", "ab", "ünïcödé ✓✓✓ text"],  # characters split between rows
+    ],
+)
 def test_context_level_fragments_round_trip(texts):
     fim = FillInTheMiddle(V, fim_rate=0.8, seq_len=16)
     complete = sum(_check_context_rows(fim(texts, tokenizer=TOK, generator=gen(s)), texts, 16) for s in range(30))
@@ -414,8 +417,9 @@ class _EncodeOnly:
 
 class _WithOffsets(_EncodeOnly):
     def encode_offsets(self, text):
-        return ByteTokenizer().encode(text), [sum(1 for b in text.encode()[: i + 1] if b & 0xC0 != 0x80) - 1
-                                                for i in range(len(text.encode()))]  # fmt: skip
+        return ByteTokenizer().encode(text), [
+            sum(1 for b in text.encode()[: i + 1] if b & 0xC0 != 0x80) - 1 for i in range(len(text.encode()))
+        ]
 
 
 def test_other_tokenizers():

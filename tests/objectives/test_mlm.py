@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmobjectives import IGNORE_INDEX, OBJECTIVES, Vocab, get_objective
+from lmobjectives.data.tokenizers import word_ids_from_starts
 from lmobjectives.objectives._masking import (
     SPARE_CANDIDATES,
     BernoulliTokens,
@@ -23,7 +24,6 @@ from lmobjectives.objectives._masking import (
 )
 from lmobjectives.objectives._span_lengths import truncated_geometric
 from lmobjectives.objectives.mlm import MaskedLM
-from lmobjectives.data.tokenizers import word_ids_from_starts
 
 T_, F_ = True, False
 V = Vocab(size=10, pad_id=0, cls_id=1, sep_id=2, mask_id=3)  # ordinary ids: 4..9
@@ -72,7 +72,9 @@ def maskable_of(ids, real, vocab=VB):
 def test_docstring_deterministic_example():
     x = torch.tensor([[1, 5, 6, 2, 7, 2, 0]])
     for selection in ("exact", "bernoulli"):
-        mlm = get_objective("mlm", vocab=V, probability=1.0, mask_fraction=1.0, random_fraction=0.0, selection=selection)
+        mlm = get_objective(
+            "mlm", vocab=V, probability=1.0, mask_fraction=1.0, random_fraction=0.0, selection=selection
+        )
         b = mlm(x)
         assert b.input_ids.tolist() == [[1, 3, 3, 2, 3, 2, 0]]
         assert b.labels.tolist() == [[-100, 5, 6, -100, 7, -100, -100]]
@@ -374,7 +376,9 @@ def test_word_exact_budget():
     ids, real, wid = make_batch(128, 64, seed=14, words=True)
     maskable = maskable_of(ids, real)
     words = word_slices(wid, maskable)
-    b = get_objective("mlm", vocab=VB, unit="word", selection="exact")(ids, attention_mask=real, word_ids=wid, generator=gen(15))
+    b = get_objective("mlm", vocab=VB, unit="word", selection="exact")(
+        ids, attention_mask=real, word_ids=wid, generator=gen(15)
+    )
     got = (b.labels != IGNORE_INDEX).sum(-1).tolist()
     for n_b, k_b, ws in zip(maskable.sum(-1).tolist(), got, words):
         k = max(1, round(n_b * 0.15))
@@ -448,7 +452,9 @@ def test_spans_are_contiguous_whole_words_with_geometric_length():
     ids = torch.where(ids == 17, 18, ids)
     real = torch.ones(B, T, dtype=torch.bool)
     wid = torch.arange(T).expand(B, T)
-    mlm = get_objective("mlm", vocab=VB, unit="span", selection="exact", probability=0.03, mask_fraction=0.5, random_fraction=0.0)
+    mlm = get_objective(
+        "mlm", vocab=VB, unit="span", selection="exact", probability=0.03, mask_fraction=0.5, random_fraction=0.0
+    )
     selected, rows = spans_of(mlm, ids, real, wid, seed=19)
     sizes = []
     for r, spans in enumerate(rows):
@@ -501,7 +507,9 @@ def batches(draw):
 def test_properties(data, unit, selection, p, m, r, seed):
     ids, real, wid = data
     r = min(r, 1.0 - m)
-    mlm = get_objective("mlm", vocab=VB, unit=unit, selection=selection, probability=p, mask_fraction=m, random_fraction=r)
+    mlm = get_objective(
+        "mlm", vocab=VB, unit=unit, selection=selection, probability=p, mask_fraction=m, random_fraction=r
+    )
     extras = {} if unit == "token" else {"word_ids": wid}
     before = ids.clone()
     b = mlm(ids, attention_mask=real, generator=gen(seed), **extras)
@@ -553,7 +561,9 @@ def test_global_rng_untouched():
     ids, real, wid = make_batch(4, 32, seed=22, words=True)
     state = torch.get_rng_state()
     for unit in ("token", "word", "span", "ngram"):
-        get_objective("mlm", vocab=VB, unit=unit)(ids, attention_mask=real, word_ids=None if unit == "token" else wid, generator=gen())
+        get_objective("mlm", vocab=VB, unit=unit)(
+            ids, attention_mask=real, word_ids=None if unit == "token" else wid, generator=gen()
+        )
     assert torch.equal(torch.get_rng_state(), state)
 
 
@@ -734,7 +744,9 @@ def test_span_budget_is_never_exceeded_on_short_rows(selection):
 
 def test_span_positions_are_uniform_at_budget_one():
     ids, real, wid = short_rows(12000, [5, 6, 7], seed=35)  # budget round(0.15 n) = 1
-    b = get_objective("mlm", vocab=VB, unit="span", selection="exact")(ids, attention_mask=real, word_ids=wid, generator=gen(36))
+    b = get_objective("mlm", vocab=VB, unit="span", selection="exact")(
+        ids, attention_mask=real, word_ids=wid, generator=gen(36)
+    )
     s = b.labels != IGNORE_INDEX
     assert (s.sum(-1) == 1).all()
     for n in (5, 6, 7):
@@ -764,7 +776,9 @@ def realistic(B, T, seed):
 @pytest.mark.parametrize("unit", ["word", "span", "ngram"])
 def test_exact_budget_is_filled_as_the_originals_do(unit):
     ids, real, wid = realistic(1024, 96, seed=37)
-    b = get_objective("mlm", vocab=VB, unit=unit, selection="exact")(ids, attention_mask=real, word_ids=wid, generator=gen(38))
+    b = get_objective("mlm", vocab=VB, unit=unit, selection="exact")(
+        ids, attention_mask=real, word_ids=wid, generator=gen(38)
+    )
     got = (b.labels != IGNORE_INDEX).sum(-1)
     k = torch.clamp(torch.round(real.sum(-1).double() * 0.15).long(), min=1)
     assert (got <= k).all()
@@ -820,9 +834,12 @@ def test_unigram_random_ids_follow_the_counts():
     assert not bound.needs_unigram_counts and mlm.needs_unigram_counts  # a copy; the original is unchanged
     ids, real = make_batch(128, 64, seed=42)
     for unit in ("token", "word"):
-        extras = {} if unit == "token" else {"word_ids": word_ids_from_starts(torch.ones_like(ids), maskable_of(ids, real))}
-        b = MaskedLM(vocab=VB, probability=1.0, mask_fraction=0.0, random_fraction=1.0, random_ids="unigram",
-                     unit=unit).with_unigram_counts(counts)(ids, attention_mask=real, generator=gen(43), **extras)  # fmt: skip
+        extras = (
+            {} if unit == "token" else {"word_ids": word_ids_from_starts(torch.ones_like(ids), maskable_of(ids, real))}
+        )
+        b = MaskedLM(
+            vocab=VB, probability=1.0, mask_fraction=0.0, random_fraction=1.0, random_ids="unigram", unit=unit
+        ).with_unigram_counts(counts)(ids, attention_mask=real, generator=gen(43), **extras)
         drawn = b.input_ids[b.labels != IGNORE_INDEX]
         got = torch.bincount(drawn, minlength=VB.size)
         assert int(got.sum()) == drawn.numel() and set(got.nonzero().flatten().tolist()) <= {5, 6, 20}

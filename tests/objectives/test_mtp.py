@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 from lmobjectives import IGNORE_INDEX, Vocab, attention_mask_4d
 from lmobjectives.models import MODELS, TransformerConfig
 from lmobjectives.models.mtp import MultiTokenTransformer
-from lmobjectives.recipes import OBJECTIVES, ModelSpec, Recipe
 from lmobjectives.objectives import CausalLM
 from lmobjectives.objectives.mtp import MultiTokenPrediction, head_term_name
+from lmobjectives.recipes import OBJECTIVES, ModelSpec, Recipe
 from lmobjectives.recipes.step_losses import mtp_step_loss, parallel_heads_loss, sequential_modules_loss
 from lmobjectives.training import TrainConfig, train
 
@@ -57,8 +57,9 @@ def test_three_heads_on_the_shortest_rows():
 def test_explicit_document_ids_and_attention_mask_win():
     vocab = Vocab(size=10, eos_id=2)
     x = torch.tensor([[5, 6, 7, 8, 9, 9]])
-    b = MultiTokenPrediction(vocab, n_future=2)(x, document_ids=torch.tensor([[0, 0, 1, 1, 1, 1]]),
-                                                attention_mask=torch.tensor([[1, 1, 1, 1, 1, 0]]))  # fmt: skip
+    b = MultiTokenPrediction(vocab, n_future=2)(
+        x, document_ids=torch.tensor([[0, 0, 1, 1, 1, 1]]), attention_mask=torch.tensor([[1, 1, 1, 1, 1, 0]])
+    )
     assert b.labels[0].tolist() == [[6, X], [X, X], [8, 9], [9, X], [X, X], [X, X]]
     assert b.document_ids is None  # labels respect documents; attention only with document_masking
 
@@ -152,7 +153,9 @@ def test_other_bad_options_and_batches():
     with pytest.raises(TypeError, match=r"memory_efficient must be a bool, got 1"):
         MultiTokenPrediction(V, memory_efficient=1)
     with pytest.raises(ValueError, match=r"nothing to predict"):  # one real token per row
-        MultiTokenPrediction(V)(torch.tensor([[7, 8, 9], [8, 9, 9]]), attention_mask=torch.tensor([[1, 0, 0], [1, 0, 0]]))
+        MultiTokenPrediction(V)(
+            torch.tensor([[7, 8, 9], [8, 9, 9]]), attention_mask=torch.tensor([[1, 0, 0], [1, 0, 0]])
+        )
     with pytest.raises(ValueError, match=r"n_future=2 needs rows of at least 3 tokens"):
         MultiTokenPrediction(V)(torch.tensor([[7], [8]]))
     with pytest.raises(ValueError, match=r"nothing to predict"):  # every pair crosses a document
@@ -192,8 +195,10 @@ def _naive_shifted_ce(model: MultiTokenTransformer, ids: torch.Tensor) -> list[t
     batch = Batch(input_ids=ids, labels=ids, attention_mask=torch.ones_like(ids, dtype=torch.bool), causal=True)
     logits = model(batch).heads @ model.output_weight.T  # (B, T, N, V)
     T = ids.shape[1]
-    return [F.cross_entropy(logits[:, : T - 1 - k, k].reshape(-1, logits.shape[-1]), ids[:, 1 + k :].reshape(-1))
-            for k in range(model.n_future)]  # fmt: skip
+    return [
+        F.cross_entropy(logits[:, : T - 1 - k, k].reshape(-1, logits.shape[-1]), ids[:, 1 + k :].reshape(-1))
+        for k in range(model.n_future)
+    ]
 
 
 @pytest.mark.parametrize("memory_efficient", [True, False])
@@ -228,7 +233,9 @@ def _gradients(model, batch, memory_efficient: bool) -> tuple[dict[str, torch.Te
     step = parallel_heads_loss(model, batch, memory_efficient=memory_efficient)
     step.total.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    return grads, {name: float(t.loss.detach()) for name, t in step.terms.items()} | {"total": float(step.total.detach())}
+    return grads, {name: float(t.loss.detach()) for name, t in step.terms.items()} | {
+        "total": float(step.total.detach())
+    }
 
 
 @pytest.mark.parametrize(
@@ -253,7 +260,9 @@ def test_memory_efficient_schedule_gives_the_naive_gradients_float64(cfg, docume
 
 def test_memory_efficient_total_backpropagates_once_and_is_plain_without_grad():
     vocab = Vocab(size=24)
-    batch = MultiTokenPrediction(vocab, n_future=2)(torch.randint(0, 24, (2, 6), generator=torch.Generator().manual_seed(4)))
+    batch = MultiTokenPrediction(vocab, n_future=2)(
+        torch.randint(0, 24, (2, 6), generator=torch.Generator().manual_seed(4))
+    )
     model = _model("parallel", 2)
     step = parallel_heads_loss(model, batch)
     step.total.backward(retain_graph=True)
@@ -281,18 +290,36 @@ def _recipe() -> Recipe:
         MultiTokenPrediction,
         "multi-token prediction",
         block_extras=lambda o: ("document_ids",) if o.document_masking else (),
-        model=lambda o: ModelSpec(architecture="multi_token", kwargs={"n_future": o.n_future, "head_design": o.head_design}),
+        model=lambda o: ModelSpec(
+            architecture="multi_token", kwargs={"n_future": o.n_future, "head_design": o.head_design}
+        ),
         loss=mtp_step_loss,
     )
 
 
-@pytest.mark.parametrize("options", [{"n_future": 3}, {"n_future": 2, "head_design": "sequential", "document_masking": True}])
+@pytest.mark.parametrize(
+    "options", [{"n_future": 3}, {"n_future": 2, "head_design": "sequential", "document_masking": True}]
+)
 def test_trains_on_cpu_through_train(tmp_path, monkeypatch, options):
     monkeypatch.setitem(OBJECTIVES, "mtp", _recipe())
     monkeypatch.setitem(MODELS, "mtp", MultiTokenTransformer)
-    config = TrainConfig(objective="mtp", options=options, out=str(tmp_path), d_model=32, n_layers=2, n_heads=2,
-                         d_ff=64, seq_len=48, batch_size=8, steps=40, warmup_steps=4, lr=3e-3, log_every=10,
-                         save_every=0, progress=False)  # fmt: skip
+    config = TrainConfig(
+        objective="mtp",
+        options=options,
+        out=str(tmp_path),
+        d_model=32,
+        n_layers=2,
+        n_heads=2,
+        d_ff=64,
+        seq_len=48,
+        batch_size=8,
+        steps=40,
+        warmup_steps=4,
+        lr=3e-3,
+        log_every=10,
+        save_every=0,
+        progress=False,
+    )
     result = train(config)
     rows = [json.loads(line) for line in result.metrics_path.read_text().splitlines()]
     n = options["n_future"]
@@ -309,7 +336,10 @@ def test_trains_on_cpu_through_train(tmp_path, monkeypatch, options):
 def test_n_future_must_be_below_the_row_length(n_future, T):
     # the far heads would have no position with a target: refused at call time, with the numbers
     obj = MultiTokenPrediction(Vocab(size=10), n_future=n_future)
-    with pytest.raises(ValueError, match=rf"^MultiTokenPrediction: n_future={n_future} needs rows of at least "
-                                         rf"{n_future + 1} tokens .*, got input_ids of shape \(1, {T}\)"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=rf"^MultiTokenPrediction: n_future={n_future} needs rows of at least "
+        rf"{n_future + 1} tokens .*, got input_ids of shape \(1, {T}\)",
+    ):
         obj(torch.arange(T)[None] % 10)
     assert obj(torch.arange(n_future + 1)[None] % 10).labels[0, 0, -1] == n_future % 10  # the farthest head's target

@@ -471,7 +471,9 @@ def test_registry():
 @pytest.mark.parametrize("cls", [NextSentencePrediction, SentenceOrderPrediction])
 def test_bernoulli_masking_needs_max_predictions_none(cls):
     # the default max_predictions=20 belongs to "exact"; the error names this objective's options
-    with pytest.raises(ValueError, match=rf"{cls.__name__}: max_predictions=20 .*mlm_selection='bernoulli' pass max_predictions=None"):
+    with pytest.raises(
+        ValueError, match=rf"{cls.__name__}: max_predictions=20 .*mlm_selection='bernoulli' pass max_predictions=None"
+    ):
         cls(V, mlm_selection="bernoulli")
     cls(V, mlm_selection="bernoulli", max_predictions=None)
     cls(V, mlm_selection="bernoulli", mlm_probability=0)  # no MLM, nothing to cap
@@ -508,9 +510,13 @@ def test_whole_word_units_mask_whole_words_of_the_pairs(cls, unit):
             if tok <= 3:
                 continue
             s, i = int(sentence_of[tok - 4]), int(index_in[tok - 4])
-            mates = [t2 for t2 in range(b.input_ids.shape[1]) if int(plain.input_ids[r, t2]) > 3
-                     and int(sentence_of[int(plain.input_ids[r, t2]) - 4]) == s
-                     and int(index_in[int(plain.input_ids[r, t2]) - 4]) // 2 == i // 2]  # fmt: skip
+            mates = [
+                t2
+                for t2 in range(b.input_ids.shape[1])
+                if int(plain.input_ids[r, t2]) > 3
+                and int(sentence_of[int(plain.input_ids[r, t2]) - 4]) == s
+                and int(index_in[int(plain.input_ids[r, t2]) - 4]) // 2 == i // 2
+            ]
             assert all(bool(target[r, m]) == bool(target[r, t]) for m in mates)
 
 
@@ -519,8 +525,9 @@ def test_words_never_run_from_one_sentence_into_the_next():
     x = torch.tensor([[10, 11], [12, 13], [14, 15], [16, 17]])
     d = torch.tensor([0, 0, 0, 0])
     wid = torch.zeros_like(x)
-    sop = SentenceOrderPrediction(V, max_seq_length=16, short_seq_prob=0, swap_prob=0, unit="word",
-                                  mlm_selection="exact", mlm_probability=0.25)  # fmt: skip
+    sop = SentenceOrderPrediction(
+        V, max_seq_length=16, short_seq_prob=0, swap_prob=0, unit="word", mlm_selection="exact", mlm_probability=0.25
+    )
     b = sop(x, document_ids=d, word_ids=wid, generator=gen(0))
     target = b.labels != IGNORE_INDEX
     assert target.sum() == 2  # budget round(8 * 0.25) = 2 tokens = one two-token word, not a four-token "word"

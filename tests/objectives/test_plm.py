@@ -190,21 +190,24 @@ def test_equals_hugging_face_on_the_same_draws(monkeypatch):
         perms = [sigma[b].clone() for b in range(B)]
 
         def randint(*args, **kwargs):
-            kind, value = calls.pop(0)
+            kind, value = calls.pop(0)  # noqa: B023 (called inside this iteration)
             if kind == "span":
-                assert args[:2] == (1, m + 1)
+                assert args[:2] == (1, m + 1)  # noqa: B023 (called inside this iteration)
                 return torch.tensor([value])
             n = args[0]  # torch.randint(context_length - span_length + 1, (1,))
             return torch.tensor([int(value * n)])
 
         def randperm(n, *args, **kwargs):
-            assert n == L // 2
-            return perms.pop(0)
+            assert n == L // 2  # noqa: B023 (called inside this iteration)
+            return perms.pop(0)  # noqa: B023 (called inside this iteration)
 
         tok = SimpleNamespace(
-            mask_token="[MASK]", mask_token_id=V.mask_id, pad_token="[PAD]", pad_token_id=V.pad_id,
+            mask_token="[MASK]",
+            mask_token_id=V.mask_id,
+            pad_token="[PAD]",
+            pad_token_id=V.pad_id,
             get_special_tokens_mask=lambda ids, already_has_special_tokens: [int(i in SPECIAL) for i in ids],
-        )  # fmt: skip
+        )
         hf_self = SimpleNamespace(tokenizer=tok, plm_probability=p, max_span_length=m)
         with monkeypatch.context() as patch:
             patch.setattr(torch, "randint", randint)
@@ -302,7 +305,7 @@ def test_redraw_when_no_target():
 
 
 # --------------------------------------------------------------------------- statistics
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def expected_selected(r: int, p: float, m: int) -> float:
     """Exact expected number of selected tokens in the last ``r`` positions of a row (the window walk)."""
     if r <= 0:

@@ -212,8 +212,15 @@ def test_objective_against_brute_force(batch, mode, seed):
 def test_builder_against_brute_force(batch, with_documents, holes, data):
     ids, real = batch
     if holes:  # padding anywhere, not only at the end: the split still counts real tokens
-        real = torch.tensor(data.draw(st.lists(st.lists(st.booleans(), min_size=ids.shape[1], max_size=ids.shape[1]),
-                                               min_size=ids.shape[0], max_size=ids.shape[0])))
+        real = torch.tensor(
+            data.draw(
+                st.lists(
+                    st.lists(st.booleans(), min_size=ids.shape[1], max_size=ids.shape[1]),
+                    min_size=ids.shape[0],
+                    max_size=ids.shape[0],
+                )
+            )
+        )
     docs = packed_document_ids(ids, torch.ones_like(real)) if with_documents else None
     docs_py = docs.tolist() if with_documents else [[0] * ids.shape[1] for _ in range(ids.shape[0])]
     lengths = document_lengths(real, docs)  # (B, T)
@@ -275,8 +282,12 @@ def test_on_device_equals_the_builder_on_cpu(device):
     x = torch.tensor([row for row in ([5, 6, 7, 1, 5, 6, 7, 8, 9, 1, 8, 9, 1, 0, 0, 0],) * 3])
     real = x != 0
     docs = packed_document_ids(x, real)
-    b = PrefixLM(VP)(x.to(device), attention_mask=real.to(device), document_ids=docs.to(device),
-                     generator=torch.Generator(device=device).manual_seed(0))
+    b = PrefixLM(VP)(
+        x.to(device),
+        attention_mask=real.to(device),
+        document_ids=docs.to(device),
+        generator=torch.Generator(device=device).manual_seed(0),
+    )
     assert b.labels.device.type == device.type and b.prefix_mask.device.type == device.type
     splits = torch.stack([b.prefix_mask[:, s:e].sum(-1).cpu() for s, e in ((0, 4), (4, 10), (10, 13), (13, 16))], 1)
     ref = prefix_lm_batch(x, splits, attention_mask=real, document_ids=docs)
@@ -451,7 +462,12 @@ DOCS = torch.tensor([[0, 0, 1, 1], [0, 0, 0, 0]])
         (torch.tensor([[1], [1]]), DOCS, ValueError, "1 column.* 2 documents"),
         (torch.tensor([-1, 2]), None, ValueError, ">= 0, got -1"),
         (torch.tensor([1, 5]), None, ValueError, r"prefix_lengths\[1, 0\] = 5 exceeds the 4 real tokens"),
-        (torch.tensor([[1, 3], [1, 0]]), DOCS, ValueError, r"prefix_lengths\[0, 1\] = 3 exceeds the 2 real tokens of doc"),
+        (
+            torch.tensor([[1, 3], [1, 0]]),
+            DOCS,
+            ValueError,
+            r"prefix_lengths\[0, 1\] = 3 exceeds the 2 real tokens of doc",
+        ),
     ],
 )
 def test_prefix_lm_batch_bad_prefix_lengths(prefix, docs, exc, words):

@@ -13,13 +13,19 @@ from hypothesis import strategies as st
 
 from lmobjectives import Vocab, attention_mask_4d
 from lmobjectives.constants import IGNORE_INDEX
+from lmobjectives.data.chat_template import (
+    ASSISTANT,
+    CHAT_TOKENS,
+    COMPLETION,
+    PROMPT,
+    learned_mask,
+    tokenize_conversation,
+)
+from lmobjectives.data.packing import best_fit_decreasing, pack_conversations
 from lmobjectives.data.tokenizers import ByteTokenizer
 from lmobjectives.models import Transformer, TransformerConfig
-from lmobjectives.data.chat_template import ASSISTANT, COMPLETION, PROMPT, learned_mask
 from lmobjectives.objectives.sft import SupervisedFineTuning
-from lmobjectives.data.packing import best_fit_decreasing, pack_conversations
 from lmobjectives.recipes.step_losses import sft_step_loss
-from lmobjectives.data.chat_template import CHAT_TOKENS, tokenize_conversation
 
 N = IGNORE_INDEX
 VOCAB = Vocab(size=10, pad_id=2, eos_id=2)  # pad == eos
@@ -38,11 +44,14 @@ def worked_example(train_on: str = "assistant"):
 # ----------------------------------------------------------------------------- worked examples (the docstrings')
 
 
-@pytest.mark.parametrize("train_on, labels", [
-    ("assistant", [7, 2, N, 8, 2, N, 4, 2, N, N]),
-    ("completion", [N, N, N, 8, 2, N, 4, 2, N, N]),
-    ("all", [7, 2, 6, 8, 2, N, 4, 2, N, N]),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "train_on, labels",
+    [
+        ("assistant", [7, 2, N, 8, 2, N, 4, 2, N, N]),
+        ("completion", [N, N, N, 8, 2, N, 4, 2, N, N]),
+        ("all", [7, 2, 6, 8, 2, N, 4, 2, N, N]),
+    ],
+)
 def test_worked_example(train_on, labels):
     batch = worked_example(train_on)
     assert batch.labels.tolist() == [labels]
@@ -83,18 +92,23 @@ def test_learned_mask_of_roles():
 
 def _packed_chat(seq_len: int = 64):
     tok = ByteTokenizer(extra_special_tokens=CHAT_TOKENS)
-    chats = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}]
-             for q, a in [("Hi", "Yo"), ("2+2?", "4"), ("Why?", "Because."), ("Ok", "Sure, fine.")]]  # fmt: skip
+    chats = [
+        [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+        for q, a in [("Hi", "Yo"), ("2+2?", "4"), ("Why?", "Because."), ("Ok", "Sure, fine.")]
+    ]
     tokens = [tokenize_conversation(c, tok) for c in chats]
-    packed = pack_conversations([t.input_ids for t in tokens], [t.roles for t in tokens], seq_len, pad_id=tok.vocab.pad_id)
+    packed = pack_conversations(
+        [t.input_ids for t in tokens], [t.roles for t in tokens], seq_len, pad_id=tok.vocab.pad_id
+    )
     return tok, tokens, packed
 
 
 def test_packing_isolation_no_attention_across_conversations_and_positions_restart():
     tok, tokens, packed = _packed_chat()
     assert packed.input_ids.shape[0] < len(tokens)  # several conversations share a row
-    batch = SupervisedFineTuning(tok.vocab)(packed.input_ids, roles=packed.roles, attention_mask=packed.attention_mask,
-                                            document_ids=packed.document_ids)  # fmt: skip
+    batch = SupervisedFineTuning(tok.vocab)(
+        packed.input_ids, roles=packed.roles, attention_mask=packed.attention_mask, document_ids=packed.document_ids
+    )
     mask = attention_mask_4d(batch)[:, 0]  # (B, T, T)
     docs, real = packed.document_ids, packed.attention_mask
     same = docs[:, :, None] == docs[:, None, :]
@@ -122,8 +136,9 @@ def test_end_of_turn_is_learned_when_pad_equals_eos():
     roles = [[0, 2, 2, 2], [0, 2, 2]]
     packed = pack_conversations(convs, roles, 6, pad_id=eot)  # two rows, each padded with EOS
     assert packed.input_ids.tolist() == [[5, 7, 8, 2, 2, 2], [6, 9, 2, 2, 2, 2]]
-    batch = SupervisedFineTuning(VOCAB)(packed.input_ids, roles=packed.roles, attention_mask=packed.attention_mask,
-                                        document_ids=packed.document_ids)  # fmt: skip
+    batch = SupervisedFineTuning(VOCAB)(
+        packed.input_ids, roles=packed.roles, attention_mask=packed.attention_mask, document_ids=packed.document_ids
+    )
     assert batch.labels.tolist() == [[7, 8, 2, N, N, N], [9, 2, N, N, N, N]]
     # without an attention_mask the trailing EOS run is padding except its first token: the same labels
     guessed = SupervisedFineTuning(VOCAB)(packed.input_ids, roles=packed.roles, document_ids=packed.document_ids)
@@ -156,13 +171,16 @@ def test_packing_and_labels_invariants(data, train_on):
         assert packed.input_ids[r, : len(flat)].tolist() == flat
         assert packed.roles[r, : len(flat)].tolist() == [x for c in row for x in roles[c]]
         assert packed.attention_mask[r].tolist() == [True] * len(flat) + [False] * (T - len(flat))
-        assert packed.document_ids[r].tolist() == [s for s, c in enumerate(row) for _ in ids[c]] + [len(row)] * (T - len(flat))
+        assert packed.document_ids[r].tolist() == [s for s, c in enumerate(row) for _ in ids[c]] + [len(row)] * (
+            T - len(flat)
+        )
     fills = sorted(int(m.sum()) for m in packed.attention_mask)
     assert len(fills) < 2 or fills[0] + fills[1] > T  # best fit: no two rows would fit in one
     assert len(packed.rows) >= math.ceil(sum(map(len, ids)) / T)
     try:
         batch = SupervisedFineTuning(VOCAB, train_on=train_on)(
-            packed.input_ids, roles=packed.roles, attention_mask=packed.attention_mask, document_ids=packed.document_ids)
+            packed.input_ids, roles=packed.roles, attention_mask=packed.attention_mask, document_ids=packed.document_ids
+        )
     except ValueError as e:
         assert "no learned target" in str(e) or "nothing to predict" in str(e)
         return
@@ -190,7 +208,9 @@ def test_the_objective_does_not_touch_its_inputs():
 
 def _tiny_model(vocab_size: int) -> Transformer:
     torch.manual_seed(0)
-    return Transformer(TransformerConfig(vocab_size=vocab_size, d_model=16, n_layers=1, n_heads=2, d_ff=32, max_seq_len=16))
+    return Transformer(
+        TransformerConfig(vocab_size=vocab_size, d_model=16, n_layers=1, n_heads=2, d_ff=32, max_seq_len=16)
+    )
 
 
 def test_per_token_and_per_sequence_losses_against_a_brute_force():
@@ -225,8 +245,10 @@ def test_per_sequence_equals_per_token_with_equal_answer_lengths():
     roles = torch.tensor([[0, 2, 2, 2, 0, 2, 2, 2]])
     docs = torch.tensor([[0, 0, 0, 0, 1, 1, 1, 1]])
     model = _tiny_model(10)
-    totals = [sft_step_loss(o, model, o(input_ids, roles=roles, document_ids=docs)).total
-              for o in (SupervisedFineTuning(VOCAB), SupervisedFineTuning(VOCAB, normalize="sequence"))]  # fmt: skip
+    totals = [
+        sft_step_loss(o, model, o(input_ids, roles=roles, document_ids=docs)).total
+        for o in (SupervisedFineTuning(VOCAB), SupervisedFineTuning(VOCAB, normalize="sequence"))
+    ]
     torch.testing.assert_close(totals[0], totals[1])
 
 
@@ -273,10 +295,13 @@ def test_pack_errors_name_the_argument():
 def test_trains_on_cpu_the_loss_falls():
     tok, _, packed = _packed_chat(seq_len=40)
     objective = SupervisedFineTuning(tok.vocab)
-    batch = objective(packed.input_ids, roles=packed.roles, attention_mask=packed.attention_mask,
-                      document_ids=packed.document_ids)  # fmt: skip
+    batch = objective(
+        packed.input_ids, roles=packed.roles, attention_mask=packed.attention_mask, document_ids=packed.document_ids
+    )
     torch.manual_seed(0)
-    model = Transformer(TransformerConfig(vocab_size=tok.vocab.size, d_model=32, n_layers=1, n_heads=2, d_ff=64, max_seq_len=40))
+    model = Transformer(
+        TransformerConfig(vocab_size=tok.vocab.size, d_model=32, n_layers=1, n_heads=2, d_ff=64, max_seq_len=40)
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     losses = []
     for _ in range(40):

@@ -9,7 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmobjectives import IGNORE_INDEX, Vocab, attention_mask_4d
-from lmobjectives.objectives.span_corruption import SpanCorruption, noise_spans_to_inputs_targets, random_spans_noise_mask, raw_length_for_inputs, raw_length_for_total, span_corruption_lengths
+from lmobjectives.objectives.span_corruption import (
+    SpanCorruption,
+    noise_spans_to_inputs_targets,
+    random_spans_noise_mask,
+    raw_length_for_inputs,
+    raw_length_for_total,
+    span_corruption_lengths,
+)
 
 T, F_ = True, False
 PAD, EOS = 0, 1
@@ -93,7 +100,9 @@ def runs(mask_row):
 
 def chi2_sf(stat, df):
     """P(chi-square with df degrees of freedom >= stat)."""
-    return float(torch.special.gammaincc(torch.tensor(df / 2, dtype=torch.float64), torch.tensor(stat / 2, dtype=torch.float64)))
+    return float(
+        torch.special.gammaincc(torch.tensor(df / 2, dtype=torch.float64), torch.tensor(stat / 2, dtype=torch.float64))
+    )
 
 
 def chi2_pvalue(observed, expected):
@@ -146,9 +155,13 @@ def test_docstring_example_decoder():
 
 def test_docstring_example_noise_spans_to_inputs_targets():
     out = noise_spans_to_inputs_targets(
-        torch.tensor([[5, 6, 7, 8, 9]]), torch.tensor([[0, 1, 1, 0, 1]]).bool(), torch.ones(1, 5, dtype=torch.bool),
-        (99, 98), eos_id=1, pad_id=0,
-    )  # fmt: skip
+        torch.tensor([[5, 6, 7, 8, 9]]),
+        torch.tensor([[0, 1, 1, 0, 1]]).bool(),
+        torch.ones(1, 5, dtype=torch.bool),
+        (99, 98),
+        eos_id=1,
+        pad_id=0,
+    )
     assert out.inputs.tolist() == [[5, 99, 8, 98, 1]]
     assert out.targets.tolist() == [[99, 6, 7, 98, 9, 1]]
     assert out.inputs_mask.all() and out.targets_mask.all()
@@ -212,7 +225,8 @@ def test_full_rows_fill_the_widths_exactly(args, expected):
 
 # --------------------------------------------------------------------------- the noise mask
 @pytest.mark.parametrize(
-    "n, d, mu", [(568, 0.15, 3.0), (568, 0.5, 3.0), (568, 0.15, 64.0), (568, 0.5, 64.0), (200, 0.25, 1.0), (37, 0.5, 32.0)]
+    "n, d, mu",
+    [(568, 0.15, 3.0), (568, 0.5, 3.0), (568, 0.15, 64.0), (568, 0.5, 64.0), (200, 0.25, 1.0), (37, 0.5, 32.0)],
 )
 def test_noise_mask_counts_and_structure(n, d, mu):
     B = 64
@@ -259,8 +273,11 @@ def test_noise_mask_is_seeded_and_uses_only_the_generator():
 
 
 # small settings whose masks can all be listed: (length, density, mean span) -> number of masks
-DIST_CASES = [(12, 0.5, 3.0, math.comb(5, 1) * math.comb(5, 1)), (9, 0.3, 1.5, math.comb(2, 1) * math.comb(5, 1)),
-              (10, 0.4, 1.0, math.comb(3, 3) * math.comb(5, 3))]  # fmt: skip
+DIST_CASES = [
+    (12, 0.5, 3.0, math.comb(5, 1) * math.comb(5, 1)),
+    (9, 0.3, 1.5, math.comb(2, 1) * math.comb(5, 1)),
+    (10, 0.4, 1.0, math.comb(3, 3) * math.comb(5, 3)),
+]
 
 
 def test_segmentation_is_uniform_and_matches_the_reference():
@@ -346,9 +363,7 @@ def test_reconstruction_properties(lengths, d, mu, layout, seed):
     real = torch.arange(W) < torch.tensor(lengths)[:, None]
     x = torch.where(real, torch.randint(2, 100, (len(lengths), W), generator=g), PAD)
     obj = SpanCorruption(V, noise_density=d, mean_noise_span_length=mu, layout=layout)
-    feasible = all(
-        (counts := t5_noise_counts(n, d, mu)) and counts[1] <= n - counts[0] for n in lengths
-    )
+    feasible = all((counts := t5_noise_counts(n, d, mu)) and counts[1] <= n - counts[0] for n in lengths)
     if not feasible:
         with pytest.raises(ValueError, match="too short|cannot make"):
             obj(x, attention_mask=real, generator=g)
@@ -427,9 +442,18 @@ def test_encoder_decoder_batch_feeds_hf_t5():
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     config = transformers.T5Config(
-        vocab_size=V.size, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_decoder_layers=1, num_heads=2,
-        dropout_rate=0.0, decoder_start_token_id=V.pad_id, pad_token_id=V.pad_id, eos_token_id=V.eos_id,
-    )  # fmt: skip
+        vocab_size=V.size,
+        d_model=16,
+        d_kv=8,
+        d_ff=32,
+        num_layers=1,
+        num_decoder_layers=1,
+        num_heads=2,
+        dropout_rate=0.0,
+        decoder_start_token_id=V.pad_id,
+        pad_token_id=V.pad_id,
+        eos_token_id=V.eos_id,
+    )
     model = transformers.T5ForConditionalGeneration(config).eval()
     g = torch.Generator().manual_seed(0)
     x = torch.randint(2, 99, (4, 40), generator=g)
@@ -439,9 +463,12 @@ def test_encoder_decoder_batch_feeds_hf_t5():
     with torch.no_grad():
         own = model(input_ids=b.input_ids, attention_mask=b.attention_mask, labels=b.labels)
         given_ = model(
-            input_ids=b.input_ids, attention_mask=b.attention_mask, labels=b.labels,
-            decoder_input_ids=b.decoder_input_ids, decoder_attention_mask=b.decoder_attention_mask,
-        )  # fmt: skip
+            input_ids=b.input_ids,
+            attention_mask=b.attention_mask,
+            labels=b.labels,
+            decoder_input_ids=b.decoder_input_ids,
+            decoder_attention_mask=b.decoder_attention_mask,
+        )
     assert torch.equal(model._shift_right(b.labels), b.decoder_input_ids)
     ce = F.cross_entropy(given_.logits.reshape(-1, V.size), b.labels.reshape(-1), ignore_index=IGNORE_INDEX)
     torch.testing.assert_close(own.loss, given_.loss)
@@ -531,7 +558,9 @@ def test_noise_mask_bad_arguments():
 
 def test_noise_mask_docstring_example():
     g = torch.Generator().manual_seed(0)
-    mask = random_spans_noise_mask(torch.tensor([8, 5]), torch.tensor([0.5, 0.4]), torch.tensor([2.0, 1.0]), generator=g)
+    mask = random_spans_noise_mask(
+        torch.tensor([8, 5]), torch.tensor([0.5, 0.4]), torch.tensor([2.0, 1.0]), generator=g
+    )
     assert mask.int().tolist() == [[0, 1, 1, 1, 0, 0, 0, 1], [0, 1, 0, 0, 1, 0, 0, 0]]
 
 
@@ -696,7 +725,12 @@ def read_pieces(b, layout):
     out = []
     for row in range(b.input_ids.shape[0]):
         if layout == "encoder_decoder":
-            out.append((b.input_ids[row][b.attention_mask[row]].tolist(), b.labels[row][b.labels[row] != IGNORE_INDEX].tolist()))
+            out.append(
+                (
+                    b.input_ids[row][b.attention_mask[row]].tolist(),
+                    b.labels[row][b.labels[row] != IGNORE_INDEX].tolist(),
+                )
+            )
         else:
             seq = b.input_ids[row, 1:][b.attention_mask[row, 1:]].tolist() + [EOS]
             i_len = int(b.prefix_mask[row].sum()) - 1
@@ -740,7 +774,12 @@ def test_noise_spans_to_inputs_targets_spans_cross_holes():
     # positions 2 and 4 are noise with a hole (position 3) between them: one span
     x = torch.tensor([[5, 6, 7, 0, 8, 9]])
     out = noise_spans_to_inputs_targets(
-        x, torch.tensor([[0, 0, 1, 0, 1, 0]]).bool(), torch.tensor([[1, 1, 1, 0, 1, 1]]).bool(), (99, 98), eos_id=1, pad_id=0
+        x,
+        torch.tensor([[0, 0, 1, 0, 1, 0]]).bool(),
+        torch.tensor([[1, 1, 1, 0, 1, 1]]).bool(),
+        (99, 98),
+        eos_id=1,
+        pad_id=0,
     )
     assert out.inputs.tolist() == [[5, 6, 99, 9, 1]] and out.targets.tolist() == [[99, 7, 8, 1]]
 

@@ -65,7 +65,13 @@ def brute_targets(labels, real, max_pair_targets):
 
 
 @settings(max_examples=80, deadline=None)
-@given(B=st.integers(1, 4), T=st.integers(1, 20), p=st.floats(0.0, 1.0), m=st.integers(1, 5), seed=st.integers(0, 2**31 - 1))
+@given(
+    B=st.integers(1, 4),
+    T=st.integers(1, 20),
+    p=st.floats(0.0, 1.0),
+    m=st.integers(1, 5),
+    seed=st.integers(0, 2**31 - 1),
+)
 def test_targets_match_a_brute_force_scan(B, T, p, m, seed):
     g = gen(seed)
     labels = torch.where(torch.rand(B, T, generator=g) < p, torch.randint(0, 9, (B, T), generator=g), IGNORE_INDEX)

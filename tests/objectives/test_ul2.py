@@ -145,8 +145,11 @@ def test_worked_example_decoder():
 def test_worked_example_draws():
     # the documented draw order: one uniform per row for its task, one per row for the S split, then the spans
     g = gen(28)
-    task = torch.searchsorted(torch.tensor([0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0], dtype=torch.float64),
-                              torch.rand(3, generator=g, dtype=torch.float64), right=True)  # fmt: skip
+    task = torch.searchsorted(
+        torch.tensor([0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0], dtype=torch.float64),
+        torch.rand(3, generator=g, dtype=torch.float64),
+        right=True,
+    )
     assert task.tolist() == [0, 2, S_TASK]  # R (mu=3, r=0.15), X (mu=3, r=0.5), S
     u = torch.rand(3, generator=g, dtype=torch.float64)
     assert 1 + int(u[2] * (8 - 1)) == 4  # row 2: P = 4 of its 8 tokens
@@ -355,23 +358,36 @@ def test_missing_paradigm_token_of_an_unused_denoiser_is_fine():
     "options, error, pattern",
     [
         ({"rates": (0.5, 0.5)}, ValueError, r"rates must have 7 entries, one per task .*got 2"),
-        ({"rates": (0.3, 0.2, 0.1, 0.1, 0.1, 0.3, -0.1)}, ValueError, r"rates\[6\] must be a finite float >= 0, got -0.1"),
+        (
+            {"rates": (0.3, 0.2, 0.1, 0.1, 0.1, 0.3, -0.1)},
+            ValueError,
+            r"rates\[6\] must be a finite float >= 0, got -0.1",
+        ),
         ({"rates": (0.2,) * 7}, ValueError, r"rates must sum to 1.*sum 1.4"),
         ({"rates": (0.2, 0.2, 0.1, 0.1, 0.1, 0.1, "0.2")}, TypeError, r"rates\[6\] must be a finite float, got '0.2'"),
         ({"rates": (0.2, 0.2, 0.1, 0.1, 0.1, 0.1, float("nan"))}, TypeError, r"rates\[6\]"),
         ({"rates": 1.0}, TypeError, r"rates must be a tuple of floats, got 1.0"),
         ({"use_prefix_lm_task": False}, ValueError, r"rates must have 6 entries"),
         ({"noise_densities": (0.15, 0.15)}, ValueError, r"mean_noise_span_lengths has 6 entries and noise_densities 2"),
-        ({"noise_densities": (0.15, 1.0, 0.5, 0.5, 0.15, 0.5)}, ValueError,
-         r"noise_densities\[1\] must lie in \(0, 1\), got 1.0"),
-        ({"mean_noise_span_lengths": (3.0, 0.5, 3.0, 8.0, 64.0, 64.0)}, ValueError,
-         r"mean_noise_span_lengths\[1\] must be a finite float >= 1, got 0.5"),
-        ({"mean_noise_span_lengths": (), "noise_densities": (), "use_prefix_lm_task": False, "rates": ()},
-         ValueError, r"at least one denoiser"),
+        (
+            {"noise_densities": (0.15, 1.0, 0.5, 0.5, 0.15, 0.5)},
+            ValueError,
+            r"noise_densities\[1\] must lie in \(0, 1\), got 1.0",
+        ),
+        (
+            {"mean_noise_span_lengths": (3.0, 0.5, 3.0, 8.0, 64.0, 64.0)},
+            ValueError,
+            r"mean_noise_span_lengths\[1\] must be a finite float >= 1, got 0.5",
+        ),
+        (
+            {"mean_noise_span_lengths": (), "noise_densities": (), "use_prefix_lm_task": False, "rates": ()},
+            ValueError,
+            r"at least one denoiser",
+        ),
         ({"layout": "prefix"}, ValueError, r"layout must be one of 'encoder_decoder', 'decoder', got 'prefix'"),
         ({"use_prefix_lm_task": 1}, TypeError, r"use_prefix_lm_task must be a bool, got 1"),
     ],
-)  # fmt: skip
+)
 def test_bad_options(options, error, pattern):
     with pytest.raises(error, match=pattern):
         UL2(V, **options)
@@ -405,8 +421,11 @@ def test_rows_too_short():
 def test_too_few_sentinels():
     vocab = Vocab(size=300, pad_id=PAD, eos_id=EOS, sentinel_ids=(299, 298, 297), nlu_id=2, nlg_id=3, s2s_id=4)
     ids = torch.randint(*TEXT, (2, 100), generator=gen(0))
-    with pytest.raises(ValueError, match=r"denoiser 0 \(\[NLU\] .* makes 5 noise spans from rows of 100 raw tokens but "
-                                         r"Vocab.sentinel_ids holds 3"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"denoiser 0 \(\[NLU\] .* makes 5 noise spans from rows of 100 raw tokens but "
+        r"Vocab.sentinel_ids holds 3",
+    ):
         UL2(vocab)(ids, generator=gen(0))
     with pytest.raises(ValueError, match=r"sentinel"):
         UL2(V).raw_length(1024)  # X (mu=3, r=0.5) makes 171 spans from 1023 tokens; T5 has 100 sentinels
@@ -442,8 +461,12 @@ def test_options_have_help():
 
     options = options_of(Recipe(UL2, "UL2"))
     assert [o.name for o in options] == [
-        "mean_noise_span_lengths", "noise_densities", "use_prefix_lm_task", "rates", "layout"
-    ]  # fmt: skip
+        "mean_noise_span_lengths",
+        "noise_densities",
+        "use_prefix_lm_task",
+        "rates",
+        "layout",
+    ]
     assert all(o.help for o in options)
     assert [o.type for o in options][:2] == [tuple[float, ...]] * 2
 

@@ -45,8 +45,14 @@ IMPL_OPTIONS = {"triton": {}, "vocab_chunked": dict(chunk_size=24)}
 def grads(x, w, b, t, upstream, impl, reduction, opts):
     leaves = [a.detach().clone().requires_grad_() for a in (x, w) + ((b,) if b is not None else ())]
     out = linear_cross_entropy_with_stats(
-        leaves[0], leaves[1], t, bias=leaves[2] if b is not None else None,
-        reduction=reduction, impl=impl, **opts, **IMPL_OPTIONS.get(impl, {}),
+        leaves[0],
+        leaves[1],
+        t,
+        bias=leaves[2] if b is not None else None,
+        reduction=reduction,
+        impl=impl,
+        **opts,
+        **IMPL_OPTIONS.get(impl, {}),
     )
     gs = torch.autograd.grad(out.loss, leaves, upstream.to(out.loss.dtype))
     return out, [out.loss.detach(), *gs]
@@ -62,9 +68,7 @@ def use_gpu_tiles(half: bool) -> None:
         return {k: v for k, v in config.items() if k.startswith("BLOCK_")}
 
     fused, epilogue = _triton.launch_config, epilogues.launch_config
-    _triton.launch_config = lambda kind, *, upcast, interpret=None: tiles(
-        fused(kind, upcast=not half, interpret=False)
-    )
+    _triton.launch_config = lambda kind, *, upcast, interpret=None: tiles(fused(kind, upcast=not half, interpret=False))
     epilogues.launch_config = lambda *, interpret=None: tiles(epilogue(interpret=False))
 
 
@@ -76,8 +80,12 @@ def rel_err(a, ref):
 def main(impl: str) -> int:
     from lmobjectives.ops import _triton, _vocab_chunked_kernels
 
-    print("tiles:", _triton.launch_config("forward", upcast=True),
-          _triton.launch_config("backward", upcast=True), _vocab_chunked_kernels.launch_config())
+    print(
+        "tiles:",
+        _triton.launch_config("forward", upcast=True),
+        _triton.launch_config("backward", upcast=True),
+        _vocab_chunked_kernels.launch_config(),
+    )
     failures = 0
     for n, d, v, dtype, reduction, opts, with_bias, ignore_every in CASES:
         g = torch.Generator().manual_seed(n * v)
@@ -104,8 +112,10 @@ def main(impl: str) -> int:
                 ok = rel_err(o, ref) <= 2 * rel_err(nv, ref) + margin
             if not ok:
                 failures += 1
-                print(f"FAIL {n}x{d}x{v} {dtype} {reduction} {opts}: {name} "
-                      f"err {rel_err(o, ref):.3g} naive {rel_err(nv, ref):.3g}")
+                print(
+                    f"FAIL {n}x{d}x{v} {dtype} {reduction} {opts}: {name} "
+                    f"err {rel_err(o, ref):.3g} naive {rel_err(nv, ref):.3g}"
+                )
         lse_budget = 2 * rel_err(ref_out.lse, oracle_out.lse) + margin
         if rel_err(out.lse, oracle_out.lse) > lse_budget or out.num_valid != ref_out.num_valid:
             failures += 1
@@ -120,8 +130,7 @@ def main(impl: str) -> int:
     t = torch.randint(0, 45, (21,), generator=torch.Generator().manual_seed(7))
     xs = [x.clone().requires_grad_() for _ in range(2)]
     for xi, name in zip(xs, ("reference", impl)):
-        linear_cross_entropy_with_stats(xi, w, t, impl=name, **IMPL_OPTIONS.get(name, {})
-                                        ).loss.backward()
+        linear_cross_entropy_with_stats(xi, w, t, impl=name, **IMPL_OPTIONS.get(name, {})).loss.backward()
     if w.grad is not None or rel_err(xs[1].grad, xs[0].grad) > 1e-5:
         failures += 1
         print("FAIL frozen weight")
@@ -145,15 +154,16 @@ def unchecked_targets_past_the_vocabulary(impl: str) -> int:
     t[:3] = torch.tensor([v, v + 1, 2**40])
     kw = dict(check_targets=False, reduction="none", **IMPL_OPTIONS.get(impl, {}))
     out = linear_cross_entropy_with_stats(x, w, t, impl=impl, **kw)
-    ref = linear_cross_entropy_with_stats(x, w, t.clamp(max=v - 1), impl="reference",
-                                          reduction="none")
+    ref = linear_cross_entropy_with_stats(x, w, t.clamp(max=v - 1), impl="reference", reduction="none")
     expected = torch.cat([ref.lse[:3], ref.loss[3:]])
     leaves = [x.clone().requires_grad_(), w.clone().requires_grad_()]
     loss = linear_cross_entropy_with_stats(*leaves, t, impl=impl, **kw).loss
     finite = all(torch.isfinite(a).all() for a in torch.autograd.grad(loss.sum(), leaves))
     if not (finite and torch.allclose(out.loss, expected, rtol=1e-5, atol=1e-5)):
-        print(f"FAIL {impl} check_targets=False past V: loss {out.loss[:3].tolist()}, "
-              f"expected lse {expected[:3].tolist()}; finite gradients: {finite}")
+        print(
+            f"FAIL {impl} check_targets=False past V: loss {out.loss[:3].tolist()}, "
+            f"expected lse {expected[:3].tolist()}; finite gradients: {finite}"
+        )
         return 1
     print(f"ok {impl} check_targets=False past V", flush=True)
     return 0
@@ -206,14 +216,19 @@ def vocab_chunked_epilogues_match_torch() -> int:
     # Inputs and weights in {-1, 0, 1}, zero bias: equal maximal logits in 11 of the 19 rows,
     # in different chunks in 10 of them (the first one must win).
     ties = (x.round().clamp(-1, 1), w.round().clamp(-1, 1), torch.zeros(v))
-    for inputs, opts in (((x, w, b), dict(softcap=2.5, label_smoothing=0.3, z_loss=0.1)),
-                         (ties, dict())):
+    for inputs, opts in (((x, w, b), dict(softcap=2.5, label_smoothing=0.3, z_loss=0.1)), (ties, dict())):
         outs = {}
         for epilogue in ("torch", "triton"):
             leaves = [a.clone().requires_grad_() for a in inputs]
             loss, lse, argmax = vocab_chunked_linear_cross_entropy(
-                leaves[0], leaves[1], t, leaves[2], LossOptions(reduction="sum", **opts),
-                chunk_size=20, want_argmax=True, epilogue=epilogue,
+                leaves[0],
+                leaves[1],
+                t,
+                leaves[2],
+                LossOptions(reduction="sum", **opts),
+                chunk_size=20,
+                want_argmax=True,
+                epilogue=epilogue,
             )
             outs[epilogue] = [loss.detach(), lse, *torch.autograd.grad(loss, leaves)], argmax
         (ref, ref_arg), (got, got_arg) = outs["torch"], outs["triton"]

@@ -77,8 +77,9 @@ def assert_within_error_budget(impl, dtype, n, d, v, *, bias, ignore_every, redu
         else torch.tensor(1.0, dtype=torch.float64)
     )
     kw = dict(reduction=reduction, **opts)
-    oracle = loss_and_grads(*(None if a is None else a.double() for a in (x, w, b)), t, upstream,
-                            impl="reference", **kw)
+    oracle = loss_and_grads(
+        *(None if a is None else a.double() for a in (x, w, b)), t, upstream, impl="reference", **kw
+    )
     naive = loss_and_grads(x, w, b, t, upstream, impl="reference", **kw)
     ours = loss_and_grads(x, w, b, t, upstream, impl=impl, **kw)
     for name, o, nv, ref in zip(("loss", "dinput", "dweight", "dbias"), ours, naive, oracle):
@@ -118,9 +119,7 @@ def test_matches_torch_cross_entropy():
     x, w, b, t = make_problem(19, 12, 41, dtype=torch.float64, bias=True, ignore_every=5)
     for reduction in ("mean", "sum", "none"):
         ours = linear_cross_entropy(x, w, t, bias=b, reduction=reduction, label_smoothing=0.2)
-        ref = torch.nn.functional.cross_entropy(
-            x @ w.T + b, t, reduction=reduction, label_smoothing=0.2
-        )
+        ref = torch.nn.functional.cross_entropy(x @ w.T + b, t, reduction=reduction, label_smoothing=0.2)
         torch.testing.assert_close(ours, ref)
 
 
@@ -146,8 +145,16 @@ def test_chunked_within_error_budget(impl, chunk_size, case, reduction, dtype):
     opts = dict(OPTION_CASES[case])
     bias, ignore_every = opts.pop("bias", False), opts.pop("ignore_every", 0)
     assert_within_error_budget(
-        impl, dtype, 33, 48, 1007, bias=bias, ignore_every=ignore_every,
-        reduction=reduction, chunk_size=chunk_size, **opts,
+        impl,
+        dtype,
+        33,
+        48,
+        1007,
+        bias=bias,
+        ignore_every=ignore_every,
+        reduction=reduction,
+        chunk_size=chunk_size,
+        **opts,
     )
 
 
@@ -155,9 +162,7 @@ def test_chunked_within_error_budget(impl, chunk_size, case, reduction, dtype):
 @pytest.mark.parametrize("n", [1, 2])
 @pytest.mark.parametrize("impl", ["chunked", "vocab_chunked"])
 def test_chunked_single_token(impl, n, dtype):
-    assert_within_error_budget(
-        impl, dtype, n, 16, 1007, bias=True, ignore_every=0, reduction="mean", z_loss=1e-3
-    )
+    assert_within_error_budget(impl, dtype, n, 16, 1007, bias=True, ignore_every=0, reduction="mean", z_loss=1e-3)
 
 
 def test_default_chunking_multiple_chunks(monkeypatch):
@@ -195,8 +200,11 @@ def test_property_chunked_equals_reference(
     x, w, b, t = make_problem(n, d, v, dtype=torch.float64, bias=bias, seed=seed)
     g = torch.Generator().manual_seed(seed + 1)
     t = torch.where(torch.rand(n, generator=g) < ignore_p, IGNORE_INDEX, t)
-    upstream = torch.randn(n, generator=g, dtype=torch.float64) if reduction == "none" else (
-        torch.tensor(0.7, dtype=torch.float64))
+    upstream = (
+        torch.randn(n, generator=g, dtype=torch.float64)
+        if reduction == "none"
+        else (torch.tensor(0.7, dtype=torch.float64))
+    )
     kw = dict(reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap)
     ref = loss_and_grads(x, w, b, t, upstream, impl="reference", **kw)
     got = loss_and_grads(x, w, b, t, upstream, impl=impl, chunk_size=chunk, **kw)
@@ -216,9 +224,7 @@ UNIT_ROUNDOFF = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
     ids=["fp16-scale-2^16", "fp16-scale-0.7x2^16", "bf16-0.7"],
 )
 @pytest.mark.parametrize("impl,roundings", [("chunked", 1), ("vocab_chunked", 2)])
-def test_half_gradients_rounded_once_after_the_upstream_gradient(
-    impl, roundings, dtype, upstream, reduction
-):
+def test_half_gradients_rounded_once_after_the_upstream_gradient(impl, roundings, dtype, upstream, reduction):
     """Loss scaling: half-precision gradients of a mean over 4096 tokens with small weights
     (unscaled ``dinput`` ~ 1e-6, in fp16's subnormal range) times an upstream gradient (the fp16
     loss scale 2**16, or a factor that is not a power of 2), against the float64 oracle.
@@ -235,8 +241,7 @@ def test_half_gradients_rounded_once_after_the_upstream_gradient(
     if reduction == "sum":  # the sum normalised outside (gradient accumulation), then scaled
         upstream /= (t != IGNORE_INDEX).sum().item()
     scale = torch.tensor(upstream, dtype=torch.float64)
-    oracle = loss_and_grads(x.double(), w.double(), None, t, scale, impl="reference",
-                            reduction=reduction)
+    oracle = loss_and_grads(x.double(), w.double(), None, t, scale, impl="reference", reduction=reduction)
     ours = loss_and_grads(x, w, None, t, scale, impl=impl, reduction=reduction)
     for name, o, ref in zip(("dinput", "dweight"), ours[1:], oracle[1:]):
         assert o.dtype == dtype
@@ -280,18 +285,16 @@ def test_unchecked_targets_past_the_vocabulary_have_target_logit_zero(impl):
     t[:3] = torch.tensor([v, v + 1, 2**40])
     for bad in (v, v + 1, 2**40):  # the reference path refuses them (from gather), as documented
         with pytest.raises(RuntimeError, match="out of bounds"):
-            linear_cross_entropy(x, w, torch.full_like(t, bad), impl="reference",
-                                 check_targets=False)
-    out = linear_cross_entropy_with_stats(x, w, t, bias=b, impl=impl, check_targets=False,
-                                          reduction="none", chunk_size=8)
-    ref = linear_cross_entropy_with_stats(x, w, t.clamp(max=v - 1), bias=b, impl="reference",
-                                          reduction="none")
+            linear_cross_entropy(x, w, torch.full_like(t, bad), impl="reference", check_targets=False)
+    out = linear_cross_entropy_with_stats(
+        x, w, t, bias=b, impl=impl, check_targets=False, reduction="none", chunk_size=8
+    )
+    ref = linear_cross_entropy_with_stats(x, w, t.clamp(max=v - 1), bias=b, impl="reference", reduction="none")
     torch.testing.assert_close(out.lse, ref.lse)
     torch.testing.assert_close(out.loss[:3], ref.lse[:3])
     torch.testing.assert_close(out.loss[3:], ref.loss[3:])
     leaves = [a.clone().requires_grad_() for a in (x, w, b)]
-    loss = linear_cross_entropy(leaves[0], leaves[1], t, bias=leaves[2], impl=impl,
-                                check_targets=False, chunk_size=8)
+    loss = linear_cross_entropy(leaves[0], leaves[1], t, bias=leaves[2], impl=impl, check_targets=False, chunk_size=8)
     assert all(torch.isfinite(g).all() for g in torch.autograd.grad(loss, leaves))
 
 
@@ -346,8 +349,7 @@ def test_frozen_weight_and_input_without_grad(reduction, dtype, impl):
     (ref * upstream).sum().backward()
     if dtype == torch.float64:
         ref_xd, ref_wd = x.clone().requires_grad_(), w.clone().requires_grad_()
-        (linear_cross_entropy(ref_xd, ref_wd, t, reduction=reduction, impl="reference")
-         * upstream).sum().backward()
+        (linear_cross_entropy(ref_xd, ref_wd, t, reduction=reduction, impl="reference") * upstream).sum().backward()
         torch.testing.assert_close(ref_x.grad, ref_xd.grad)
         torch.testing.assert_close(ref_w.grad, ref_wd.grad)
 
@@ -378,8 +380,7 @@ def test_no_grad_forward_and_retain_graph():
 def test_stats_match_reference(impl):
     x, w, b, t = make_problem(25, 7, 31, dtype=torch.float32, bias=True, ignore_every=4)
     ref = linear_cross_entropy_with_stats(x, w, t, bias=b, impl="reference", softcap=4.0)
-    got = linear_cross_entropy_with_stats(x, w, t, bias=b, impl=impl, softcap=4.0,
-                                          chunk_size=6)
+    got = linear_cross_entropy_with_stats(x, w, t, bias=b, impl=impl, softcap=4.0, chunk_size=6)
     torch.testing.assert_close(got.lse, ref.lse)
     assert torch.equal(got.correct, ref.correct)
     assert got.num_valid.item() == (t != IGNORE_INDEX).sum().item()
@@ -402,8 +403,7 @@ def test_grads_in_input_dtype_and_loss_in_float32(impl):
 def test_chunked_under_torch_compile(backend, chunk_size):
     torch._dynamo.reset()
     x, w, _, t = make_problem(12, 8, 29, dtype=torch.float32, ignore_every=5)
-    kw = dict(impl="chunked", chunk_size=chunk_size, label_smoothing=0.1, softcap=5.0,
-              z_loss=1e-3)
+    kw = dict(impl="chunked", chunk_size=chunk_size, label_smoothing=0.1, softcap=5.0, z_loss=1e-3)
 
     def step(x, w, t):
         return linear_cross_entropy(x, w, t, **kw)
@@ -426,8 +426,7 @@ def test_vocab_chunked_under_torch_compile_is_eager(backend, dtype, reduction):
     dinput accumulator dweight rows, which the compiler must not move)."""
     torch._dynamo.reset()
     x, w, b, t = make_problem(37, 40, 107, dtype=dtype, bias=True, ignore_every=4)
-    kw = dict(impl="vocab_chunked", chunk_size=24, reduction=reduction, label_smoothing=0.1,
-              softcap=5.0, z_loss=1e-3)
+    kw = dict(impl="vocab_chunked", chunk_size=24, reduction=reduction, label_smoothing=0.1, softcap=5.0, z_loss=1e-3)
     upstream = torch.rand(37) if reduction == "none" else torch.tensor(1.0)
     eager = loss_and_grads(x, w, b, t, upstream, **kw)
     leaves = [a.clone().requires_grad_() for a in (x, w, b)]
@@ -504,8 +503,16 @@ def _args():
         (dict(target=torch.zeros(4)), TypeError, "target"),
         (dict(bias=torch.zeros(6)), ValueError, "bias"),
         (dict(input=torch.zeros(4, 3, dtype=torch.long)), TypeError, "input"),
-        (dict(input=torch.zeros(4, 3, dtype=torch.float64), weight=torch.zeros(5, 3, dtype=torch.float64),
-              bias=None, impl="triton"), TypeError, "not float64"),
+        (
+            dict(
+                input=torch.zeros(4, 3, dtype=torch.float64),
+                weight=torch.zeros(5, 3, dtype=torch.float64),
+                bias=None,
+                impl="triton",
+            ),
+            TypeError,
+            "not float64",
+        ),
     ],
 )
 def test_invalid_arguments(change, error, match):
@@ -568,8 +575,7 @@ def test_import_and_cpu_path_work_without_triton():
         "assert 'triton' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
         "print('ok')\n"
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
 
@@ -586,13 +592,16 @@ def test_cuda_within_error_budget(impl, dtype, case):
     opts = dict(OPTION_CASES[case])
     bias, ignore_every = opts.pop("bias", False), opts.pop("ignore_every", 0)
     for reduction in ("mean", "none"):
-        x, w, b, t = make_problem(1031, 256, 5003, dtype=dtype, device="cuda", bias=bias,
-                                  ignore_every=ignore_every)
-        upstream = torch.rand(1031, dtype=torch.float64, device="cuda") if reduction == "none" \
+        x, w, b, t = make_problem(1031, 256, 5003, dtype=dtype, device="cuda", bias=bias, ignore_every=ignore_every)
+        upstream = (
+            torch.rand(1031, dtype=torch.float64, device="cuda")
+            if reduction == "none"
             else torch.tensor(1.0, dtype=torch.float64, device="cuda")
+        )
         kw = dict(reduction=reduction, **opts)
-        oracle = loss_and_grads(*(None if a is None else a.double() for a in (x, w, b)), t,
-                                upstream, impl="reference", **kw)
+        oracle = loss_and_grads(
+            *(None if a is None else a.double() for a in (x, w, b)), t, upstream, impl="reference", **kw
+        )
         naive = loss_and_grads(x, w, b, t, upstream, impl="reference", **kw)
         ours = loss_and_grads(x, w, b, t, upstream, impl=impl, **kw)
         for o, nv, ref in zip(ours, naive, oracle):
@@ -603,8 +612,7 @@ def test_cuda_within_error_budget(impl, dtype, case):
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
 @pytest.mark.parametrize("impl", ["triton", "vocab_chunked"])
 def test_cuda_autocast_casts_like_f_linear(impl):
-    x, w, b, t = make_problem(1031, 256, 5003, dtype=torch.float32, device="cuda", bias=True,
-                              ignore_every=7)
+    x, w, b, t = make_problem(1031, 256, 5003, dtype=torch.float32, device="cuda", bias=True, ignore_every=7)
     leaves = [a.clone().requires_grad_() for a in (x, w, b)]
     with torch.autocast("cuda", dtype=torch.bfloat16):
         loss = linear_cross_entropy(leaves[0], leaves[1], t, bias=leaves[2], impl=impl)
@@ -623,8 +631,7 @@ def test_cuda_under_torch_compile(impl):
     """Inductor, fullgraph, on CUDA: the custom operators (auto = vocab_chunked, triton) are
     bit-identical to eager; the traceable chunked path agrees within float32 rounding."""
     torch._dynamo.reset()
-    x, w, b, t = make_problem(1031, 256, 5003, dtype=torch.bfloat16, device="cuda", bias=True,
-                              ignore_every=7)
+    x, w, b, t = make_problem(1031, 256, 5003, dtype=torch.bfloat16, device="cuda", bias=True, ignore_every=7)
     kw = dict(impl=impl, label_smoothing=0.1, z_loss=1e-4)
     one = torch.tensor(1.0, device="cuda")
     eager = loss_and_grads(x, w, b, t, one, **kw)

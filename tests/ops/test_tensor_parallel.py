@@ -30,9 +30,7 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, port: int) -> None:
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD_SIZE
-    )
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD_SIZE)
     try:
         for reduction, opts, dtype, with_bias, chunk_size in CASES:
             g = torch.Generator().manual_seed(0)  # identical data on every rank
@@ -47,8 +45,13 @@ def _worker(rank: int, port: int) -> None:
 
             ref_x, ref_w, ref_b = (a.clone().requires_grad_() for a in (x, w, b))
             ref = linear_cross_entropy(
-                ref_x, ref_w, t, bias=ref_b if with_bias else None, reduction=reduction,
-                impl="reference", **opts,
+                ref_x,
+                ref_w,
+                t,
+                bias=ref_b if with_bias else None,
+                reduction=reduction,
+                impl="reference",
+                **opts,
             )
             (ref * upstream.to(ref.dtype)).sum().backward()
 
@@ -138,6 +141,8 @@ def test_vocab_parallel_matches_unsharded_two_processes():
 def test_vocab_parallel_validates_arguments():
     with pytest.raises(ValueError, match="reduction"):
         linear_cross_entropy_vocab_parallel(
-            torch.zeros(2, 3), torch.zeros(4, 3), torch.zeros(2, dtype=torch.long),
+            torch.zeros(2, 3),
+            torch.zeros(4, 3),
+            torch.zeros(2, dtype=torch.long),
             reduction="bad",
         )

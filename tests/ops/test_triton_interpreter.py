@@ -30,7 +30,10 @@ def test_triton_kernels_match_reference_under_interpreter(impl, tiles):
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     proc = subprocess.run(
         [sys.executable, str(script), impl, tiles],
-        env=env, capture_output=True, text=True, timeout=600,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     if impl == "vocab_chunked":

@@ -19,9 +19,7 @@ from lmobjectives.ops._custom_ops import vocab_chunked_linear_cross_entropy
 
 def _sibling(name: str):
     """A module next to this file (the tests are not a package: --import-mode=importlib)."""
-    spec = importlib.util.spec_from_file_location(
-        f"lmobjectives_tests_{name}", Path(__file__).with_name(f"{name}.py")
-    )
+    spec = importlib.util.spec_from_file_location(f"lmobjectives_tests_{name}", Path(__file__).with_name(f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -29,7 +27,10 @@ def _sibling(name: str):
 
 _helpers = _sibling("test_linear_cross_entropy")
 CUDA, loss_and_grads, make_problem, rel_err = (
-    _helpers.CUDA, _helpers.loss_and_grads, _helpers.make_problem, _helpers.rel_err
+    _helpers.CUDA,
+    _helpers.loss_and_grads,
+    _helpers.make_problem,
+    _helpers.rel_err,
 )
 
 
@@ -70,8 +71,7 @@ def test_dinput_accumulator_is_float32_sum_cast_once(n, d, borrow, scratch):
     outside the borrowed region."""
     g = torch.Generator().manual_seed(n * d)
     parts = [
-        (torch.randn(n, c, generator=g).bfloat16(), torch.randn(c, d, generator=g).bfloat16())
-        for c in (3, 5, 4, 2)
+        (torch.randn(n, c, generator=g).bfloat16(), torch.randn(c, d, generator=g).bfloat16()) for c in (3, 5, 4, 2)
     ]
     expected = torch.zeros(n, d)
     for a, b in parts:
@@ -103,7 +103,13 @@ def test_borrowing_dweight_rows_changes_nothing(v):
     for borrow in (True, False):
         leaves = [a.clone().requires_grad_() for a in (x, w, b)]
         loss, lse, argmax = vocab_chunked_linear_cross_entropy(
-            leaves[0], leaves[1], t, leaves[2], options, chunk_size=16, want_argmax=True,
+            leaves[0],
+            leaves[1],
+            t,
+            leaves[2],
+            options,
+            chunk_size=16,
+            want_argmax=True,
             borrow_dweight=borrow,
         )
         results.append([loss.detach(), lse, argmax, *torch.autograd.grad(loss, leaves)])
@@ -144,7 +150,9 @@ def test_chunk_size_is_classes_per_chunk(monkeypatch):
 def test_dinput_accumulation_mode_on_cpu():
     assert vc.dinput_accumulation(torch.device("cpu"), torch.float32) == "in the gradient"
     assert vc.dinput_accumulation(torch.device("cpu"), torch.bfloat16) in (
-        "addmm out_dtype=float32", "float32 operand copies")
+        "addmm out_dtype=float32",
+        "float32 operand copies",
+    )
 
 
 def test_epilogue_choice_and_validation(monkeypatch):
@@ -205,4 +213,3 @@ def test_probe_never_runs_inside_cuda_graph_capture(monkeypatch):
     with torch.no_grad():
         linear_cross_entropy(x, w, torch.tensor([0, 1, 2, 3]), impl="vocab_chunked")
     assert calls == [cuda, torch.device("cpu")]
-

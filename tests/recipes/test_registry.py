@@ -14,30 +14,54 @@ import torch
 
 from lmobjectives import cli
 from lmobjectives.models import MODELS, Transformer
-from lmobjectives.recipes import OBJECTIVES, ModelSpec, Recipe, StepLoss, options_of
 from lmobjectives.objectives import CausalLM
+from lmobjectives.recipes import OBJECTIVES, ModelSpec, Recipe, StepLoss, options_of
 from lmobjectives.recipes.step_losses import lm_step_loss
 from lmobjectives.training import TrainConfig, load_model, train
 
 # heldout=0: the recorded sequences were trained on the whole corpus, before held-out splits existed
-TINY = dict(d_model=32, n_layers=1, n_heads=2, d_ff=64, seq_len=48, batch_size=4, progress=False, log_every=1, heldout=0.0,
-            save_every=0, steps=5, warmup_steps=2)  # fmt: skip
+TINY = dict(
+    d_model=32,
+    n_layers=1,
+    n_heads=2,
+    d_ff=64,
+    seq_len=48,
+    batch_size=4,
+    progress=False,
+    log_every=1,
+    heldout=0.0,
+    save_every=0,
+    steps=5,
+    warmup_steps=2,
+)
 
 # Recorded with the trainer of commit 609cc29, before recipes (it branched on objective names; the options were
 # TrainConfig fields mlm_unit, mlm_probability, document_masking). Same seed -> same loss sequence.
 BEFORE_RECIPES = [
     ("clm", {}, {}, [5.599142551422119, 5.530305862426758, 5.42200231552124, 5.314528942108154, 5.291618347167969]),
-    ("clm", {"document_masking": True}, {"dropout": 0.1},
-     [5.594451427459717, 5.533883094787598, 5.433900356292725, 5.326625823974609, 5.306727886199951]),
+    (
+        "clm",
+        {"document_masking": True},
+        {"dropout": 0.1},
+        [5.594451427459717, 5.533883094787598, 5.433900356292725, 5.326625823974609, 5.306727886199951],
+    ),
     ("mlm", {}, {}, [5.5433478355407715, 5.39036750793457, 5.432692050933838, 5.25860071182251, 5.306469440460205]),
-    ("mlm", {"unit": "word"}, {},
-     [5.536727428436279, 5.417936325073242, 5.392628192901611, 5.423043251037598, 5.304230213165283]),
+    (
+        "mlm",
+        {"unit": "word"},
+        {},
+        [5.536727428436279, 5.417936325073242, 5.392628192901611, 5.423043251037598, 5.304230213165283],
+    ),
     # recorded after the span-budget fix of issue 8 (the span draws changed on purpose; before: 5.5872, 5.3783, ...)
-    ("mlm", {"unit": "span", "probability": 0.3}, {},
-     [5.411902904510498, 5.519618988037109, 5.394956588745117, 5.2183332443237305, 5.324472427368164]),
+    (
+        "mlm",
+        {"unit": "span", "probability": 0.3},
+        {},
+        [5.411902904510498, 5.519618988037109, 5.394956588745117, 5.2183332443237305, 5.324472427368164],
+    ),
     ("nsp", {}, {}, [6.207322478294373, 6.1631960272789, 5.996039509773254, 5.996058940887451, 5.9397013783454895]),
     ("sop", {}, {}, [6.280241966247559, 6.194966435432434, 6.092446863651276, 6.09791499376297, 6.093025267124176]),
-]  # fmt: skip
+]
 
 
 def losses(path: Path) -> list[float]:
@@ -56,8 +80,12 @@ def test_every_option_is_a_documented_flag_that_collides_with_no_run_flag(name, 
     recipe = OBJECTIVES[name]
     options = options_of(recipe)
     assert all(o.help for o in options), [o.name for o in options if not o.help]
-    run_flags = {flag for action in cli.build_parser()._subparsers._group_actions[0].choices["train"]._actions  # type: ignore[union-attr]
-                 for flag in action.option_strings if not action.dest.startswith("option_")}  # fmt: skip
+    run_flags = {
+        flag
+        for action in cli.build_parser()._subparsers._group_actions[0].choices["train"]._actions  # type: ignore[union-attr]
+        for flag in action.option_strings
+        if not action.dest.startswith("option_")
+    }
     flags = {"--" + o.name.replace("_", "-") for o in options}
     assert not flags & run_flags
     if recipe.untrainable:
@@ -102,7 +130,9 @@ def _weighted_loss(objective, model, batch) -> StepLoss:
     scaled = type(twice)(loss=objective.weight * twice.loss, num_tokens=twice.num_tokens, num_correct=twice.num_correct)
     targets = twice.num_tokens.float()
     plain = {"lm": twice, "echo": scaled}
-    return StepLoss(total=base.total + scaled.loss + twice.loss, terms=plain, metrics={"targets": targets}, weights={"lm": 2.0})
+    return StepLoss(
+        total=base.total + scaled.loss + twice.loss, terms=plain, metrics={"targets": targets}, weights={"lm": 2.0}
+    )
 
 
 class _TaggedTransformer(Transformer):
@@ -114,8 +144,12 @@ class _TaggedTransformer(Transformer):
 
 
 def test_a_new_objective_plugs_in_with_one_registry_entry(tmp_path, monkeypatch):
-    recipe = Recipe(_WeightedCLM, "test: CLM with a second term", loss=_weighted_loss,
-                    model=lambda o: ModelSpec(architecture="tagged", kwargs={"tag": f"w={o.weight}"}))  # fmt: skip
+    recipe = Recipe(
+        _WeightedCLM,
+        "test: CLM with a second term",
+        loss=_weighted_loss,
+        model=lambda o: ModelSpec(architecture="tagged", kwargs={"tag": f"w={o.weight}"}),
+    )
     monkeypatch.setitem(OBJECTIVES, "weighted_clm", recipe)
     monkeypatch.setitem(MODELS, "tagged", _TaggedTransformer)
     result = train(TrainConfig(objective="weighted_clm", options={"weight": 0.25}, out=str(tmp_path), **TINY))
@@ -133,8 +167,22 @@ def test_a_new_objective_plugs_in_with_one_registry_entry(tmp_path, monkeypatch)
 def test_every_trainable_objective_learns_on_the_builtin_corpus(tmp_path, name):
     """60 steps of a tiny model on the built-in corpus: the mean loss of the last 20 steps is clearly below the
     first 20's (each objective's own loss: the lm term plus any other term of its recipe)."""
-    config = TrainConfig(objective=name, out=str(tmp_path), d_model=48, n_layers=1, n_heads=2, d_ff=96, seq_len=64,
-                         batch_size=8, steps=60, warmup_steps=5, lr=3e-3, log_every=20, save_every=0, progress=False)  # fmt: skip
+    config = TrainConfig(
+        objective=name,
+        out=str(tmp_path),
+        d_model=48,
+        n_layers=1,
+        n_heads=2,
+        d_ff=96,
+        seq_len=64,
+        batch_size=8,
+        steps=60,
+        warmup_steps=5,
+        lr=3e-3,
+        log_every=20,
+        save_every=0,
+        progress=False,
+    )
     result = train(config)
     first, *_, last = losses(result.metrics_path)
     assert math.isfinite(last) and last < first - 0.3, (first, last)

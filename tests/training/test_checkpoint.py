@@ -52,7 +52,9 @@ def test_files_are_safetensors_with_named_optimizer_state(tmp_path):
     _step(model, opt, 0)
     save_checkpoint(tmp_path, model, opt, {"step": 1})
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "model-0000001.safetensors", "optimizer-0000001.safetensors", "state-0000001.json"
+        "model-0000001.safetensors",
+        "optimizer-0000001.safetensors",
+        "state-0000001.json",
     ]
     with safe_open(str(tmp_path / "model-0000001.safetensors"), framework="pt") as f:
         assert set(f.keys()) == set(model.state_dict())
@@ -104,9 +106,13 @@ def test_a_crash_while_saving_leaves_the_previous_checkpoint_loadable(tmp_path, 
     assert all(torch.equal(other.state_dict()[k], v) for k, v in saved.items())
     save_checkpoint(tmp_path, model, opt, {"step": 2})  # the next save cleans up the leftovers
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "model-0000001.safetensors", "model-0000002.safetensors", "optimizer-0000001.safetensors",
-        "optimizer-0000002.safetensors", "state-0000001.json", "state-0000002.json",
-    ]  # fmt: skip
+        "model-0000001.safetensors",
+        "model-0000002.safetensors",
+        "optimizer-0000001.safetensors",
+        "optimizer-0000002.safetensors",
+        "state-0000001.json",
+        "state-0000002.json",
+    ]
 
 
 def _truncate(path):
@@ -142,7 +148,9 @@ def test_a_damaged_newest_checkpoint_is_reported_and_the_previous_one_loaded(tmp
     other, other_opt = _model_and_optimizer(1)
     assert load_checkpoint(tmp_path, other, other_opt, report=lines.append) == {"step": 1}
     assert all(torch.equal(other.state_dict()[k], v) for k, v in saved.items())
-    assert len(lines) == 1 and lines[0].startswith(f"using the checkpoint of step 1, the newest intact one in {tmp_path}")
+    assert len(lines) == 1 and lines[0].startswith(
+        f"using the checkpoint of step 1, the newest intact one in {tmp_path}"
+    )
     assert "skipped the damaged step 2: " in lines[0] and expected in lines[0]
     _truncate(tmp_path / "model-0000001.safetensors")  # now nothing is intact
     with pytest.raises(CheckpointError, match="no intact checkpoint .*step 2: .*; step 1: model-0000001"):
@@ -164,7 +172,10 @@ def test_a_full_disk_keeps_every_earlier_checkpoint_and_says_what_was_needed(tmp
 
     monkeypatch.setattr(checkpoint_module, "save_file", disk_full_on_the_optimizer)
     _step(model, opt, 1)
-    with pytest.raises(CheckpointError, match=r"step 2 .*the disk is full; it needs about [\d.]+ MiB .* The checkpoint of step 1 is intact"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"step 2 .*the disk is full; it needs about [\d.]+ MiB .* The checkpoint of step 1 is intact",
+    ):
         save_checkpoint(tmp_path, model, opt, {"step": 2})
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing of step 2 is left behind
 

@@ -30,14 +30,31 @@ from lmobjectives.training.checkpoint import (
     save_checkpoint,
 )
 
-TINY = ["--d-model", "32", "--layers", "1", "--heads", "2", "--d-ff", "64", "--seq-len", "32", "--batch-size", "4",
-        "--warmup-steps", "1", "--no-progress"]  # fmt: skip
+TINY = [
+    "--d-model",
+    "32",
+    "--layers",
+    "1",
+    "--heads",
+    "2",
+    "--d-ff",
+    "64",
+    "--seq-len",
+    "32",
+    "--batch-size",
+    "4",
+    "--warmup-steps",
+    "1",
+    "--no-progress",
+]
 TINY_CONFIG = dict(d_model=32, n_layers=1, n_heads=2, d_ff=64, seq_len=32, batch_size=4, warmup_steps=1, progress=False)
 WALL_CLOCK = ("elapsed_s", CONTENT_KEY)  # state entries that differ between equal runs (the checksum covers elapsed_s)
 
 
 def _lmobj(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lmobjectives", *args], capture_output=True, text=True, timeout=timeout, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "lmobjectives", *args], capture_output=True, text=True, timeout=timeout, **kwargs
+    )
 
 
 def _one_line(stderr: str) -> str:
@@ -79,7 +96,9 @@ def small_disk(tmp_path):
     where.mkdir()
     if os.name != "posix" or os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("mounting a 3 MiB tmpfs needs root on POSIX (with mount)")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(where)], capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(where)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (an unprivileged container?): {mounted.stderr.strip()}")
     try:
@@ -92,15 +111,34 @@ def small_disk(tmp_path):
 def test_a_real_full_disk_keeps_the_earlier_checkpoint_and_says_what_was_needed(small_disk):
     """The model (0.7 MB) and optimizer (1.4 MB) files of step 2 fit in 3 MiB; step 4's optimizer file does not."""
     out = small_disk / "run"
-    args = ["train", "--steps", "4", "--save-every", "2", "--out", str(out), *TINY, "--d-model", "96", "--d-ff", "192",
-            "--layers", "2"]  # fmt: skip
+    args = [
+        "train",
+        "--steps",
+        "4",
+        "--save-every",
+        "2",
+        "--out",
+        str(out),
+        *TINY,
+        "--d-model",
+        "96",
+        "--d-ff",
+        "192",
+        "--layers",
+        "2",
+    ]
     done = _lmobj(*args)
     assert done.returncode == EXIT_FAILURE, done.stderr
     line = _one_line(done.stderr)
-    assert "could not save the checkpoint of step 4" in line and "the disk is full; it needs about 2.0 MiB and" in line, line
+    assert (
+        "could not save the checkpoint of step 4" in line and "the disk is full; it needs about 2.0 MiB and" in line
+    ), line
     assert "MiB are free. The checkpoint of step 2 is intact." in line
     assert sorted(p.name for p in (out / "checkpoint").iterdir()) == [
-        "model-0000002.safetensors", "optimizer-0000002.safetensors", "state-0000002.json"]  # nothing of step 4
+        "model-0000002.safetensors",
+        "optimizer-0000002.safetensors",
+        "state-0000002.json",
+    ]  # nothing of step 4
     resumed = _lmobj(*args, "--resume")  # the disk is still full: the same line, the same checkpoint
     assert resumed.returncode == EXIT_FAILURE and "resuming" in resumed.stdout and "skipped" not in resumed.stdout
     assert _one_line(resumed.stderr) == line
@@ -121,8 +159,11 @@ def test_safetensors_own_writer_failing_on_a_full_disk_is_the_disk_full_case(tmp
         real_save_file(tensors, filename, metadata)
 
     monkeypatch.setattr(checkpoint_module, "save_file", full_disk_in_the_optimizer_file)
-    with pytest.raises(CheckpointError, match=r"step 2 .*: the disk is full; it needs about [\d.]+ MiB and [\d,.]+ MiB are "
-                                              r"free\. The checkpoint of step 1 is intact\."):  # fmt: skip
+    with pytest.raises(
+        CheckpointError,
+        match=r"step 2 .*: the disk is full; it needs about [\d.]+ MiB and [\d,.]+ MiB are "
+        r"free\. The checkpoint of step 1 is intact\.",
+    ):
         save_checkpoint(tmp_path, model, optimizer, {"step": 2})
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # step 2's model file is gone too
 
@@ -147,12 +188,21 @@ def _edit(path: Path, change) -> None:
 @pytest.mark.parametrize(
     "damage, expected",
     [
-        (lambda d: _edit(d / "state-0000002.json", lambda s: s.update(tokens=37945)), "state-0000002.json was changed after"),
+        (
+            lambda d: _edit(d / "state-0000002.json", lambda s: s.update(tokens=37945)),
+            "state-0000002.json was changed after",
+        ),
         (lambda d: (d / "state-0000002.json").unlink(), "state-0000002.json is missing"),
-        (lambda d: _edit(d / "state-0000002.json", lambda s: s["files"]["model-0000002.safetensors"].pop("bytes")),
-         "state-0000002.json was changed after it was written"),
-        (lambda d: _edit(d / "state-0000002.json", lambda s: s["files"]["model-0000002.safetensors"].update(bytes="9")),
-         "state-0000002.json was changed after it was written"),
+        (
+            lambda d: _edit(d / "state-0000002.json", lambda s: s["files"]["model-0000002.safetensors"].pop("bytes")),
+            "state-0000002.json was changed after it was written",
+        ),
+        (
+            lambda d: _edit(
+                d / "state-0000002.json", lambda s: s["files"]["model-0000002.safetensors"].update(bytes="9")
+            ),
+            "state-0000002.json was changed after it was written",
+        ),
     ],
     ids=["edited-tokens", "deleted", "no-bytes", "string-bytes"],
 )
@@ -162,7 +212,9 @@ def test_an_edited_or_deleted_state_file_is_skipped_in_one_line(tmp_path, damage
     state, lines = _load(tmp_path)
     assert state == {"step": 1, "tokens": 10240}
     assert len(lines) == 1, lines
-    assert lines[0].startswith(f"using the checkpoint of step 1, the newest intact one in {tmp_path}; skipped the damaged step 2: ")
+    assert lines[0].startswith(
+        f"using the checkpoint of step 1, the newest intact one in {tmp_path}; skipped the damaged step 2: "
+    )
     assert expected in lines[0]
 
 
@@ -176,8 +228,14 @@ def test_a_state_file_without_its_own_checksum_is_still_checked_entry_by_entry(t
     _edit(tmp_path / "state-0000002.json", lambda s: s["files"].update({"model-0000002.safetensors": record}))
     state, lines = _load(tmp_path)
     assert state == {"step": 1, "tokens": 10240} and len(lines) == 1
-    assert "skipped the damaged step 2: state-0000002.json records no size and checksum of model-0000002.safetensors" in lines[0]
-    assert "state-0000001.json has no checksum of its own (an older version wrote it): its entries are not verified" in lines[0]
+    assert (
+        "skipped the damaged step 2: state-0000002.json records no size and checksum of model-0000002.safetensors"
+        in lines[0]
+    )
+    assert (
+        "state-0000001.json has no checksum of its own (an older version wrote it): its entries are not verified"
+        in lines[0]
+    )
 
 
 def test_the_state_file_checksum_is_over_its_entries_and_an_intact_newest_is_silent(tmp_path):
@@ -199,7 +257,9 @@ def test_a_resumed_run_with_an_edited_state_file_resumes_from_the_step_before_an
     capsys.readouterr()
     resumed = train(TrainConfig(**base, out=str(tmp_path / "run"), resume=True))
     out = capsys.readouterr().out
-    assert "using the checkpoint of step 4" in out and "skipped the damaged step 6: state-0000006.json was changed" in out
+    assert (
+        "using the checkpoint of step 4" in out and "skipped the damaged step 6: state-0000006.json was changed" in out
+    )
     assert (resumed.tokens, resumed.best_loss) == (straight.tokens, straight.best_loss)
 
 
@@ -208,7 +268,9 @@ def test_a_resumed_run_with_an_edited_state_file_resumes_from_the_step_before_an
 
 def test_a_loss_that_is_not_finite_stops_the_run_and_keeps_the_last_checkpoint_before_it(tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["train", "--steps", "30", "--lr", "1e9", "--save-every", "1", "--log-every", "5", "--out", str(out), *TINY])
+    code = main(
+        ["train", "--steps", "30", "--lr", "1e9", "--save-every", "1", "--log-every", "5", "--out", str(out), *TINY]
+    )
     assert code == EXIT_FAILURE
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith("lmobj train: error: training stopped: the loss is not finite at step 2 (the lm loss is nan")
@@ -222,16 +284,23 @@ def test_weights_that_are_not_finite_after_a_finite_loss_are_never_saved(tmp_pat
     with torch.no_grad():
         model.tok_emb.weight[3, 1] = float("inf")
     config = TrainConfig(**TINY_CONFIG, objective="clm", out=str(tmp_path / "run"))
-    with pytest.raises(trainer_module.NonFiniteLossError, match=r"the weight tok_emb\.weight is not finite after the update of "
-                                                                r"step 7, whose loss was finite .*; no checkpoint was saved"):  # fmt: skip
+    with pytest.raises(
+        trainer_module.NonFiniteLossError,
+        match=r"the weight tok_emb\.weight is not finite after the update of "
+        r"step 7, whose loss was finite .*; no checkpoint was saved",
+    ):
         trainer_module._stop_if_not_finite(trainer_module.Meter(), config, tmp_path / "none", 7, model, optimizer)
     with torch.no_grad():
         model.tok_emb.weight[3, 1] = 0.0
         optimizer.state[model.tok_emb.weight]["exp_avg_sq"][0, 0] = float("nan")
-    with pytest.raises(trainer_module.NonFiniteLossError, match=r"the optimizer's tok_emb\.weight\.exp_avg_sq is not finite"):
+    with pytest.raises(
+        trainer_module.NonFiniteLossError, match=r"the optimizer's tok_emb\.weight\.exp_avg_sq is not finite"
+    ):
         trainer_module._stop_if_not_finite(trainer_module.Meter(), config, tmp_path / "none", 7, model, optimizer)
     optimizer.state[model.tok_emb.weight]["exp_avg_sq"][0, 0] = 0.0
-    trainer_module._stop_if_not_finite(trainer_module.Meter(), config, tmp_path / "none", 7, model, optimizer)  # all finite
+    trainer_module._stop_if_not_finite(
+        trainer_module.Meter(), config, tmp_path / "none", 7, model, optimizer
+    )  # all finite
 
 
 # ----------------------------------------------------------------------------- out of memory on the CPU
@@ -249,8 +318,22 @@ def _address_space(limit: int):
 def test_the_cpu_allocator_running_out_of_memory_names_the_flags_that_set_the_memory(tmp_path):
     """A real allocation failure of torch's CPU allocator ("DefaultCPUAllocator: can't allocate memory"), at once and
     touching no memory: the child may map 3 GiB, and its first feed-forward matrix (16,384 x 262,144) needs 16 GiB."""
-    done = _lmobj("train", "--steps", "1", "--d-model", "16384", "--d-ff", "262144", "--no-progress", "--device", "cpu",
-                  "--out", str(tmp_path / "run"), preexec_fn=_address_space(3 * 2**30), timeout=120)  # fmt: skip
+    done = _lmobj(
+        "train",
+        "--steps",
+        "1",
+        "--d-model",
+        "16384",
+        "--d-ff",
+        "262144",
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "run"),
+        preexec_fn=_address_space(3 * 2**30),
+        timeout=120,
+    )
     assert done.returncode == EXIT_FAILURE, done.stderr
     line = _one_line(done.stderr)
     assert line.startswith("lmobj train: error: out of memory (RuntimeError)"), line
@@ -295,10 +378,15 @@ def test_eval_says_which_step_it_evaluates_when_the_newest_checkpoint_is_damaged
     train(TrainConfig(**TINY_CONFIG, objective="clm", steps=6, log_every=2, save_every=2, out=str(out)))
     model_6 = out / "checkpoint" / "model-0000006.safetensors"
     model_6.write_bytes(model_6.read_bytes()[:1000])
-    with pytest.warns(UserWarning, match=f"evaluating {out}: using the checkpoint of step 4, the newest intact one .*; skipped "
-                                         f"the damaged step 6: model-0000006.safetensors has 1,000 bytes"):  # fmt: skip
+    with pytest.warns(
+        UserWarning,
+        match=f"evaluating {out}: using the checkpoint of step 4, the newest intact one .*; skipped "
+        f"the damaged step 6: model-0000006.safetensors has 1,000 bytes",
+    ):
         assert load_run(out).step == 4
     done = _lmobj("eval", str(out), "--tasks", "next_token")
     assert done.returncode == 0, done.stderr
     warned = [line for line in done.stderr.splitlines() if line.startswith("lmobj: warning: ")]
-    assert len(warned) == 1 and "using the checkpoint of step 4" in warned[0] and "skipped the damaged step 6" in warned[0]
+    assert (
+        len(warned) == 1 and "using the checkpoint of step 4" in warned[0] and "skipped the damaged step 6" in warned[0]
+    )

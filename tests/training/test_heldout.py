@@ -10,21 +10,46 @@ from lmobjectives.evaluation import heldout_batches, load_run
 from lmobjectives.training import TrainConfig, train
 from lmobjectives.training.trainer import heldout_metrics
 
-TINY = dict(d_model=32, n_layers=1, n_heads=2, d_ff=64, seq_len=32, batch_size=4, progress=False, log_every=1,
-            save_every=0, steps=5, warmup_steps=1, eval_batches=3)  # fmt: skip
+TINY = dict(
+    d_model=32,
+    n_layers=1,
+    n_heads=2,
+    d_ff=64,
+    seq_len=32,
+    batch_size=4,
+    progress=False,
+    log_every=1,
+    save_every=0,
+    steps=5,
+    warmup_steps=1,
+    eval_batches=3,
+)
 
 
 def rows(path):
-    return [{k: v for k, v in json.loads(line).items() if k != "tokens_per_s"} for line in path.read_text().splitlines()]
+    return [
+        {k: v for k, v in json.loads(line).items() if k != "tokens_per_s"} for line in path.read_text().splitlines()
+    ]
 
 
 def test_eval_lines_hold_the_recipes_heldout_loss_and_change_no_training_number(tmp_path):
     with_eval = train(TrainConfig(objective="nsp", eval_every=2, out=str(tmp_path / "a"), **TINY))
     without = train(TrainConfig(objective="nsp", eval_every=0, out=str(tmp_path / "b"), **TINY))
     a, b = rows(with_eval.metrics_path), rows(without.metrics_path)
-    assert [sorted(k for k in r if k.startswith("eval_")) != [] for r in a] == [False, True, False, True, True]  # 2, 4, last
-    assert sorted(k for k in a[1] if k.startswith("eval_")) == ["eval_accuracy", "eval_lm_loss", "eval_loss",
-                                                                "eval_sentence_accuracy", "eval_sentence_loss"]  # fmt: skip
+    assert [sorted(k for k in r if k.startswith("eval_")) != [] for r in a] == [
+        False,
+        True,
+        False,
+        True,
+        True,
+    ]  # 2, 4, last
+    assert sorted(k for k in a[1] if k.startswith("eval_")) == [
+        "eval_accuracy",
+        "eval_lm_loss",
+        "eval_loss",
+        "eval_sentence_accuracy",
+        "eval_sentence_loss",
+    ]
     assert a[1]["eval_loss"] == pytest.approx(a[1]["eval_lm_loss"] + a[1]["eval_sentence_loss"])
     assert [{k: v for k, v in r.items() if not k.startswith("eval_")} for r in a] == b
     run = load_run(tmp_path / "a")  # the last line's numbers, recomputed from the checkpoint and the public batches
@@ -66,13 +91,16 @@ def test_a_run_saved_before_the_split_resumes_as_one_without_heldout(tmp_path):
     assert train(TrainConfig(objective="clm", out=str(out), resume=True, **dict(TINY, heldout=0.0))).steps == 5
 
 
-@pytest.mark.parametrize("bad, message", [
-    (dict(heldout=1.0), "heldout must be a fraction in [0, 1)"),
-    (dict(heldout=-0.1), "heldout must be a fraction"),
-    (dict(log_every=10, eval_every=15), "eval_every=15 must be a multiple of log_every=10"),
-    (dict(eval_every=-1), "eval_every must be an int >= 0"),
-    (dict(eval_batches=0), "eval_batches must be a positive int"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(heldout=1.0), "heldout must be a fraction in [0, 1)"),
+        (dict(heldout=-0.1), "heldout must be a fraction"),
+        (dict(log_every=10, eval_every=15), "eval_every=15 must be a multiple of log_every=10"),
+        (dict(eval_every=-1), "eval_every must be an int >= 0"),
+        (dict(eval_batches=0), "eval_batches must be a positive int"),
+    ],
+)
 def test_bad_split_settings_are_clear_errors(bad, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
         TrainConfig(**bad)

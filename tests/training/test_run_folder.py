@@ -32,7 +32,9 @@ def test_a_run_saved_before_a_field_existed_gets_its_value_then(tmp_path):
 
 @pytest.mark.parametrize(("old", "cls"), [("electra", ElectraModel), ("mtp", MultiTokenTransformer)])
 def test_runs_saved_with_the_old_architecture_names_still_load(tmp_path, old, cls):
-    (tmp_path / CONFIG_FILE).write_text(json.dumps({**MARKER, "train": {"objective": "clm"}, "model": MODEL, "architecture": old}))
+    (tmp_path / CONFIG_FILE).write_text(
+        json.dumps({**MARKER, "train": {"objective": "clm"}, "model": MODEL, "architecture": old})
+    )
     assert isinstance(build_model(read_run_config(tmp_path)), cls)
 
 

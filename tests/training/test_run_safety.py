@@ -22,15 +22,37 @@ from lmobjectives.training import trainer as trainer_module
 from lmobjectives.training.checkpoint import checkpoint_steps
 from lmobjectives.training.run_folder import CONFIG_FILE, LOCK_FILE, resolve_out, resume_config, run_problem
 
-TINY = ["--d-model", "32", "--layers", "1", "--heads", "2", "--d-ff", "64", "--seq-len", "32", "--batch-size", "4",
-        "--warmup-steps", "1", "--no-progress", "--threads", "1"]  # fmt: skip
+TINY = [
+    "--d-model",
+    "32",
+    "--layers",
+    "1",
+    "--heads",
+    "2",
+    "--d-ff",
+    "64",
+    "--seq-len",
+    "32",
+    "--batch-size",
+    "4",
+    "--warmup-steps",
+    "1",
+    "--no-progress",
+    "--threads",
+    "1",
+]
 TINY_CONFIG = dict(d_model=32, n_layers=1, n_heads=2, d_ff=64, seq_len=32, batch_size=4, warmup_steps=1, progress=False)
 USERS_CONFIG = '{"train": {"lr": 0.1, "epochs": 3}, "model": {"layers": 12}}'  # a user's file, not ours
 
 
 def lmobj(*args: str, env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lmobjectives", *args], capture_output=True, text=True, timeout=timeout,
-                          env=None if env is None else {**os.environ, **env})  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "lmobjectives", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=None if env is None else {**os.environ, **env},
+    )
 
 
 def last_line(proc: subprocess.CompletedProcess) -> str:
@@ -109,9 +131,26 @@ def _wait_for(condition, proc: subprocess.Popen, seconds: float = 120) -> None:
 
 def test_a_second_writer_is_refused_while_the_first_runs_and_a_killed_run_resumes(tmp_path):
     out = tmp_path / "run"
-    first = subprocess.Popen([sys.executable, "-m", "lmobjectives", "train", "--steps", "100000", "--log-every", "2",
-                              "--save-every", "4", *TINY, "--out", str(out)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lmobjectives",
+            "train",
+            "--steps",
+            "100000",
+            "--log-every",
+            "2",
+            "--save-every",
+            "4",
+            *TINY,
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         _wait_for(lambda: bool(checkpoint_steps(out / "checkpoint")), first)
         for extra in ([], ["--resume"]):  # a fresh start and a resumption alike
@@ -171,9 +210,11 @@ def test_ctrl_c_at_any_moment_of_the_start_up_leaves_a_folder_the_same_command_r
         real_save(self, directory)
         raise KeyboardInterrupt
 
-    point = {"before config.json": (trainer_module, "write_run_config", ctrl_c),
-             "while saving the tokenizer": (ByteTokenizer, "save", save_then_ctrl_c),
-             "before the model": (trainer_module, "make_optimizer", ctrl_c)}[moment]  # fmt: skip
+    point = {
+        "before config.json": (trainer_module, "write_run_config", ctrl_c),
+        "while saving the tokenizer": (ByteTokenizer, "save", save_then_ctrl_c),
+        "before the model": (trainer_module, "make_optimizer", ctrl_c),
+    }[moment]
     command = ["train", "--steps", "2", "--objective", "mlm", "--unit", "word", *TINY]
     for extra in ([], ["--resume"]):
         out = tmp_path / f"run{len(extra)}"
@@ -182,7 +223,10 @@ def test_ctrl_c_at_any_moment_of_the_start_up_leaves_a_folder_the_same_command_r
             assert main([*command, "--out", str(out)]) == EXIT_INTERRUPTED
         assert out.is_dir() and not checkpoint_steps(out / "checkpoint")
         assert main([*command, "--out", str(out), *extra]) == 0  # the same command, or the same with --resume
-        assert steps_in_metrics(out) == [2] and json.loads((out / CONFIG_FILE).read_text())["train"]["options"]["unit"] == "word"
+        assert (
+            steps_in_metrics(out) == [2]
+            and json.loads((out / CONFIG_FILE).read_text())["train"]["options"]["unit"] == "word"
+        )
 
 
 def test_sigint_during_a_real_start_up_leaves_a_folder_the_same_command_reuses(tmp_path):
@@ -203,22 +247,62 @@ def test_sigint_during_a_real_start_up_leaves_a_folder_the_same_command_reuses(t
 def test_resume_takes_the_runs_own_settings_and_refuses_flags_that_differ(tmp_path):
     pytest.importorskip("tokenizers")
     out = str(tmp_path / "mlm-span")
-    first = lmobj("train", "--objective", "mlm", "--unit", "span", "--tokenizer", "wordpiece:300", "--lr", "0.01",
-                  "--steps", "6", "--stop-after", "2", "--log-every", "1", *TINY, "--out", out)  # fmt: skip
+    first = lmobj(
+        "train",
+        "--objective",
+        "mlm",
+        "--unit",
+        "span",
+        "--tokenizer",
+        "wordpiece:300",
+        "--lr",
+        "0.01",
+        "--steps",
+        "6",
+        "--stop-after",
+        "2",
+        "--log-every",
+        "1",
+        *TINY,
+        "--out",
+        out,
+    )
     assert first.returncode == 0, first.stderr  # stopped where --stop-after asked
     # the README's command: no --unit, --tokenizer, --lr or model sizes repeated
-    for flags, wrong in [(["--unit", "word"], "--unit word, but the run was trained with --unit span"),
-                         (["--lr", "0.002"], "--lr 0.002, but the run was trained with --lr 0.01"),  # the default, typed
-                         (["--objective", "clm"], "--objective clm, but the run was trained with --objective mlm")]:  # fmt: skip
+    for flags, wrong in [
+        (["--unit", "word"], "--unit word, but the run was trained with --unit span"),
+        (["--lr", "0.002"], "--lr 0.002, but the run was trained with --lr 0.01"),  # the default, typed
+        (["--objective", "clm"], "--objective clm, but the run was trained with --objective mlm"),
+    ]:
         refused = lmobj("train", "--objective", "mlm", "--out", out, "--resume", *flags)
         assert refused.returncode == EXIT_USAGE and wrong in last_line(refused), refused.stderr
-    resumed = lmobj("train", "--objective", "mlm", "--out", out, "--resume", "--stop-after", "4", "--unit", "span",
-                    "--no-progress", "--threads", "1")  # fmt: skip
+    resumed = lmobj(
+        "train",
+        "--objective",
+        "mlm",
+        "--out",
+        out,
+        "--resume",
+        "--stop-after",
+        "4",
+        "--unit",
+        "span",
+        "--no-progress",
+        "--threads",
+        "1",
+    )
     assert resumed.returncode == 0, resumed.stderr
-    assert lmobj("train", "--out", out, "--resume", "--no-progress", "--threads", "1").returncode == 0  # to its last step
+    assert (
+        lmobj("train", "--out", out, "--resume", "--no-progress", "--threads", "1").returncode == 0
+    )  # to its last step
     assert steps_in_metrics(Path(out)) == [1, 2, 3, 4, 5, 6]
     saved = json.loads((Path(out) / CONFIG_FILE).read_text())["train"]
-    assert (saved["options"]["unit"], saved["tokenizer"], saved["lr"], saved["d_model"]) == ("span", "wordpiece:300", 0.01, 32)
+    assert (saved["options"]["unit"], saved["tokenizer"], saved["lr"], saved["d_model"]) == (
+        "span",
+        "wordpiece:300",
+        0.01,
+        32,
+    )
     longer = lmobj("train", "--out", out, "--resume", "--steps", "7", "--no-progress", "--threads", "1")
     assert (longer.returncode, steps_in_metrics(Path(out))[-1]) == (0, 7), longer.stderr[-3000:]  # --steps may change
 
@@ -245,9 +329,13 @@ def test_resume_config_is_the_python_api_of_the_same(tmp_path):
 def test_a_multi_process_launch_is_refused_before_the_folder_is_touched(tmp_path):
     out = tmp_path / "run"
     for rank in ("0", "1"):
-        proc = lmobj("train", "--steps", "1", *TINY, "--out", str(out), env={"WORLD_SIZE": "2", "RANK": rank, "LOCAL_RANK": rank})
+        proc = lmobj(
+            "train", "--steps", "1", *TINY, "--out", str(out), env={"WORLD_SIZE": "2", "RANK": rank, "LOCAL_RANK": rank}
+        )
         assert proc.returncode == EXIT_USAGE, proc.stderr
-        assert last_line(proc).startswith(f"lmobj train: error: WORLD_SIZE=2 (rank {rank}): lmobj train trains in one process")
+        assert last_line(proc).startswith(
+            f"lmobj train: error: WORLD_SIZE=2 (rank {rank}): lmobj train trains in one process"
+        )
         assert len(proc.stderr.strip().splitlines()) == 1
     assert not out.exists()
     assert lmobj("train", "--steps", "1", *TINY, "--out", str(out), env={"WORLD_SIZE": "1"}).returncode == 0
@@ -258,7 +346,10 @@ def test_weights_without_any_state_file_are_never_deleted_by_a_new_start(tmp_pat
     """A run whose only checkpoint lost its state file (killed mid-save, or the file deleted): neither ``--resume``
     nor a fresh start may wipe its weights and metrics; both are refused in one line, nothing changed."""
     out = tmp_path / "run"
-    assert lmobj("train", "--objective", "clm", "--steps", "2", "--save-every", "2", *TINY, "--out", str(out)).returncode == 0
+    assert (
+        lmobj("train", "--objective", "clm", "--steps", "2", "--save-every", "2", *TINY, "--out", str(out)).returncode
+        == 0
+    )
     (state,) = (out / "checkpoint").glob("state-*.json")
     state.unlink()
     before = {p.name: p.read_bytes() for p in sorted((out / "checkpoint").iterdir())}

@@ -13,8 +13,14 @@ V = Vocab(size=40, pad_id=0, cls_id=1, sep_id=2, mask_id=3, eos_id=4)
 def stream(dupe_factor, n=10, batch_size=4):
     ids = torch.randint(5, 40, (n, 16), generator=torch.Generator().manual_seed(0))
     mask = torch.ones_like(ids, dtype=torch.bool)
-    return BlockStream(get_objective("mlm", vocab=V, probability=0.3), ids, {"attention_mask": mask},
-                       batch_size=batch_size, seed=1, dupe_factor=dupe_factor)  # fmt: skip
+    return BlockStream(
+        get_objective("mlm", vocab=V, probability=0.3),
+        ids,
+        {"attention_mask": mask},
+        batch_size=batch_size,
+        seed=1,
+        dupe_factor=dupe_factor,
+    )
 
 
 def by_example(s, steps):
@@ -50,7 +56,11 @@ def test_dynamic_is_unchanged_and_changes_every_epoch():
 
 
 def test_bad_dupe_factor():
-    with pytest.raises(ValueError, match=r"dupe_factor \(static masking; None: dynamic\) must be a positive int, got 0"):
+    with pytest.raises(
+        ValueError, match=r"dupe_factor \(static masking; None: dynamic\) must be a positive int, got 0"
+    ):
         stream(dupe_factor=0)
-    with pytest.raises(ValueError, match="dupe_factor=2 .*applies to objectives on packed blocks; 'nsp' reads 'sentences'"):
+    with pytest.raises(
+        ValueError, match="dupe_factor=2 .*applies to objectives on packed blocks; 'nsp' reads 'sentences'"
+    ):
         build_stream(OBJECTIVES["nsp"], None, [["a b."]], None, seq_len=8, batch_size=2, seed=0, dupe_factor=2)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import os
+import re
 import signal
 
 import pytest
@@ -18,7 +18,9 @@ from lmobjectives.training.trainer import learning_rate
 UNIGRAM_BYTE_ENTROPY = 3.15  # nats, of the built-in corpus's bytes: a model below this uses context
 
 # a tiny model and short sequences: one step is a few milliseconds on 2 CPU cores
-TINY = dict(d_model=32, n_layers=1, n_heads=2, d_ff=64, seq_len=32, batch_size=4, progress=False, log_every=1, save_every=0)
+TINY = dict(
+    d_model=32, n_layers=1, n_heads=2, d_ff=64, seq_len=32, batch_size=4, progress=False, log_every=1, save_every=0
+)
 
 
 def losses(path) -> list[float]:
@@ -30,8 +32,18 @@ def losses(path) -> list[float]:
 def test_loss_drops_below_the_unigram_entropy(tmp_path, objective, below):
     """200 steps of a d=64 model (~200k tokens, ~5 s on 2 idle cores): the model clearly uses context."""
     config = TrainConfig(
-        objective=objective, steps=200, d_model=64, d_ff=256, seq_len=64, batch_size=16, warmup_steps=10, lr=3e-3,
-        log_every=10, save_every=0, progress=False, out=str(tmp_path),
+        objective=objective,
+        steps=200,
+        d_model=64,
+        d_ff=256,
+        seq_len=64,
+        batch_size=16,
+        warmup_steps=10,
+        lr=3e-3,
+        log_every=10,
+        save_every=0,
+        progress=False,
+        out=str(tmp_path),
     )
     result = train(config)
     first, last = losses(result.metrics_path)[0], losses(result.metrics_path)[-1]
@@ -43,7 +55,10 @@ def test_loss_drops_below_the_unigram_entropy(tmp_path, objective, below):
 @pytest.mark.parametrize(
     "objective, options",
     [
-        ("clm", dict(dropout=0.1, options=dict(document_masking=True))),  # dropout: the global RNG is re-seeded per step
+        (
+            "clm",
+            dict(dropout=0.1, options=dict(document_masking=True)),
+        ),  # dropout: the global RNG is re-seeded per step
         ("mlm", dict(options=dict(unit="span"))),  # word ids from packing, span corruption
         ("sop", dict(seq_len=48)),  # sentence pairs from a window of documents
     ],
@@ -83,7 +98,9 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues_exactly(tmp_path, monkey
 
 
 def _rows_without_wall_clock(path) -> list[dict]:
-    return [{k: v for k, v in json.loads(line).items() if k != "tokens_per_s"} for line in path.read_text().splitlines()]
+    return [
+        {k: v for k, v in json.loads(line).items() if k != "tokens_per_s"} for line in path.read_text().splitlines()
+    ]
 
 
 def test_resume_after_a_crash_keeps_every_step_in_the_metrics(tmp_path, monkeypatch):
@@ -127,7 +144,13 @@ def test_metrics_of_a_run_stopped_inside_a_window_equal_the_uninterrupted_runs(t
 
 def test_outputs(tmp_path):
     result = train(TrainConfig(**dict(TINY, objective="nsp", seq_len=48, steps=3, warmup_steps=1), out=str(tmp_path)))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint", "config.json", "lmobj.lock", "metrics.jsonl", "tokenizer"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoint",
+        "config.json",
+        "lmobj.lock",
+        "metrics.jsonl",
+        "tokenizer",
+    ]
     config = json.loads(result.config_path.read_text())
     assert config["train"]["objective"] == "nsp" and config["model"]["n_sentence_classes"] == 2
     rows = [json.loads(line) for line in result.metrics_path.read_text().splitlines()]
@@ -175,8 +198,14 @@ def test_learning_rate_schedule():
         (dict(steps=0), "steps must be a positive int"),
         (dict(lr=-1.0), "lr must be a positive number"),
         (dict(lr=math.nan), "lr must be a positive number"),
-        (dict(objective="clm", options={"unit": "word"}), "unknown option(s) 'unit' for objective 'clm'; valid options: document_masking"),
-        (dict(objective="mlm", options={"document_masking": True}), "unknown option(s) 'document_masking' for objective 'mlm'"),
+        (
+            dict(objective="clm", options={"unit": "word"}),
+            "unknown option(s) 'unit' for objective 'clm'; valid options: document_masking",
+        ),
+        (
+            dict(objective="mlm", options={"document_masking": True}),
+            "unknown option(s) 'document_masking' for objective 'mlm'",
+        ),
         (dict(objective="mlm", options={"unit": {1, 2}}), "options of objective 'mlm' must be JSON values"),
         (dict(d_model=30, n_heads=4), "divisible"),
     ],
@@ -205,7 +234,9 @@ def test_resume_refuses_data_that_changed_in_place(tmp_path):
     # same file, same number of documents and blocks, different text: resuming would silently train on other data
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("The first document has a sentence. And another one.\n\nA second document follows here.\n")
-    base = dict(TINY, objective="clm", steps=4, stop_after=2, warmup_steps=1, data=str(corpus), out=str(tmp_path / "run"))
+    base = dict(
+        TINY, objective="clm", steps=4, stop_after=2, warmup_steps=1, data=str(corpus), out=str(tmp_path / "run")
+    )
     train(TrainConfig(**base))
     corpus.write_text("The first document has a sentence! And another one.\n\nA second document follows here.\n")
     with pytest.raises(ValueError, match="data changed.*fingerprint"):

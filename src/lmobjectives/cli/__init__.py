@@ -38,17 +38,23 @@ def build_parser(objective: str = DEFAULT_OBJECTIVE) -> argparse.ArgumentParser:
         prog="lmobj",
         description=f"Train small language models with the objectives of lmobjectives ({', '.join(OBJECTIVES)}).",
         epilog=f"Run 'lmobj COMMAND --help' ({', '.join(COMMANDS)}) for its flags. Flags are typed in full "
-               "(no abbreviations: --objective, not --obj).",
+        "(no abbreviations: --objective, not --obj).",
         allow_abbrev=False,
-    )  # fmt: skip
+    )
     parser.add_argument("--version", action="version", version=VERSION)
     parser.add_argument("--debug", **DEBUG)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, command in COMMANDS.items():
         # allow_abbrev=False: which objective's flags exist is read from argv before parsing (chosen_objective),
         # which sees --objective only when it is typed in full
-        sub = commands.add_parser(name, help=command.HELP, description=command.DESCRIPTION, epilog=command.EPILOG,
-                                  formatter_class=HelpFormatter, allow_abbrev=False)  # fmt: skip
+        sub = commands.add_parser(
+            name,
+            help=command.HELP,
+            description=command.DESCRIPTION,
+            epilog=command.EPILOG,
+            formatter_class=HelpFormatter,
+            allow_abbrev=False,
+        )
         sub.add_argument("--debug", **DEBUG, default=argparse.SUPPRESS)  # also after the command: lmobj train --debug
         command.add_arguments(sub)
         if sub.get_default("objective") is not None:

@@ -62,10 +62,12 @@ non_negative_int = int_at_least(0)
 
 # --threads: a flag of every command that computes; main() sets torch's threads from it before the command runs
 THREADS: dict[str, Any] = {
-    "type": positive_int, "default": None, "metavar": "N",
+    "type": positive_int,
+    "default": None,
+    "metavar": "N",
     "help": "torch CPU threads (torch.set_num_threads); default: torch's (one per core). On a busy machine fewer "
-            "threads than cores is often faster",
-}  # fmt: skip
+    "threads than cores is often faster",
+}
 
 
 def add_threads_argument(group: Any) -> None:

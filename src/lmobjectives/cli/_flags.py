@@ -34,10 +34,26 @@ RENAMED = {"n_layers": "--layers", "n_heads": "--heads"}  # config fields whose 
 
 # int config fields whose flags take only integers >= the bound (the configs check their values again)
 AT_LEAST: dict[str, int] = {
-    **dict.fromkeys(("steps", "batch_size", "seq_len", "d_model", "n_layers", "n_heads", "d_ff", "log_every",
-                     "eval_batches", "keep_checkpoints", "dupe_factor", "stop_after", "seeds"), 1),
+    **dict.fromkeys(
+        (
+            "steps",
+            "batch_size",
+            "seq_len",
+            "d_model",
+            "n_layers",
+            "n_heads",
+            "d_ff",
+            "log_every",
+            "eval_batches",
+            "keep_checkpoints",
+            "dupe_factor",
+            "stop_after",
+            "seeds",
+        ),
+        1,
+    ),
     **dict.fromkeys(("warmup_steps", "save_every", "eval_every"), 0),
-}  # fmt: skip
+}
 
 
 def flag_name(name: str) -> str:
@@ -56,7 +72,7 @@ def _without_none(annotation: Any) -> Any:
 
 def add_field_flag(
     group: Any, field: dataclasses.Field, annotation: Any, *, more_help: str = "", **override: Any
-) -> None:  # fmt: skip
+) -> None:
     """Add the flag of config ``field`` (annotated ``annotation``) to ``group``.
 
     By default: ``--field-name`` (:data:`RENAMED`) with destination the field's name, the field's default,
@@ -122,8 +138,13 @@ def add_objective_options(parser: argparse.ArgumentParser, name: str) -> None:
     note = f"data only, lmobj train cannot train it: {recipe.untrainable}" if recipe.untrainable else None
     group = parser.add_argument_group(f"options of --objective {name} ({recipe.summary})", description=note)
     for option in options_of(recipe):
-        group.add_argument(flag_name(option.name), dest=f"option_{option.name}", default=option.default,
-                           help=option.help or option.name, **_option_argument(option))  # fmt: skip
+        group.add_argument(
+            flag_name(option.name),
+            dest=f"option_{option.name}",
+            default=option.default,
+            help=option.help or option.name,
+            **_option_argument(option),
+        )
 
 
 def objective_options(args: argparse.Namespace, recipe: Recipe) -> dict[str, Any]:

@@ -37,11 +37,21 @@ EPILOG = "examples: lmobj compare --preset demo;  lmobj compare clm mlm mlm:unit
 GROUPS = {
     "what to compare": ("objectives", "--preset", "tasks", "seeds", "--list-presets", "out"),
     "the shared budget and model (default: the preset's, else lmobj train's)": (
-        "steps", "--scale", "batch_size", "seq_len", "lr", "d_model", "n_layers", "n_heads", "d_ff", "data", "tokenizer",
+        "steps",
+        "--scale",
+        "batch_size",
+        "seq_len",
+        "lr",
+        "d_model",
+        "n_layers",
+        "n_heads",
+        "d_ff",
+        "data",
+        "tokenizer",
         "seed",
     ),
     "how to run": ("device", "threads", "progress"),
-}  # fmt: skip
+}
 # task_options, heldout, warmup_steps, log_every: a preset's settings (or the Python API's); preset: set by
 # --preset, which is CompareConfig.from_preset, not the field alone; command: this command line
 NOT_FLAGS = ("task_options", "preset", "heldout", "warmup_steps", "log_every", "command")
@@ -56,17 +66,27 @@ FLAGS: dict[str, dict[str, Any]] = {  # where a field's flag differs from what _
     "threads": THREADS,  # the flag of every command that computes, with its help
 }
 SHOWN = {  # how a flag's help shows the field's default, the value it falls back on without a preset
-    "seeds": "default: the preset's, else {}", "steps": "lmobj train: {}", "device": "default: {}",
-    **dict.fromkeys(("batch_size", "seq_len", "lr", "d_model", "n_layers", "n_heads", "d_ff", "data", "tokenizer",
-                     "seed"), "{}"),
-}  # fmt: skip
+    "seeds": "default: the preset's, else {}",
+    "steps": "lmobj train: {}",
+    "device": "default: {}",
+    **dict.fromkeys(
+        ("batch_size", "seq_len", "lr", "d_model", "n_layers", "n_heads", "d_ff", "data", "tokenizer", "seed"), "{}"
+    ),
+}
 OWN = {  # the flags of the command that are not CompareConfig fields
-    "--preset": {"choices": list(PRESETS), "default": None,
-                 "help": "a named comparison: " + "; ".join(f"{n} ({' vs '.join(q.objectives)})" for n, q in PRESETS.items())},
+    "--preset": {
+        "choices": list(PRESETS),
+        "default": None,
+        "help": "a named comparison: " + "; ".join(f"{n} ({' vs '.join(q.objectives)})" for n, q in PRESETS.items()),
+    },
     "--list-presets": {"action": "store_true", "help": "print the presets (question, objectives, settings) and exit"},
-    "--scale": {"type": float, "default": 1.0, "metavar": "F",
-                "help": "multiply the steps by F (e.g. 0.1 for a quick look; the report says the steps it ran)"},
-}  # fmt: skip
+    "--scale": {
+        "type": float,
+        "default": 1.0,
+        "metavar": "F",
+        "help": "multiply the steps by F (e.g. 0.1 for a quick look; the report says the steps it ran)",
+    },
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -89,8 +109,10 @@ def run(args: argparse.Namespace) -> int:
     """``lmobj compare``: train, evaluate, print the table and where the report is."""
     if args.list_presets:
         for name, preset in PRESETS.items():
-            print(f"{name}: {preset.question}\n  objectives: {' '.join(preset.objectives)}; tasks: "
-                  f"{' '.join(preset.tasks) if preset.tasks else 'all'}; {', '.join(f'{k} {v}' for k, v in preset.settings.items())}")  # fmt: skip
+            print(
+                f"{name}: {preset.question}\n  objectives: {' '.join(preset.objectives)}; tasks: "
+                f"{' '.join(preset.tasks) if preset.tasks else 'all'}; {', '.join(f'{k} {v}' for k, v in preset.settings.items())}"
+            )
         return 0
     values = {name: getattr(args, name) for names in GROUPS.values() for name in names if name not in OWN}
     objectives = tuple(values.pop("objectives") or ())
@@ -98,21 +120,27 @@ def run(args: argparse.Namespace) -> int:
     overrides["command"] = shlex.join(["lmobj", *(a for a in args.argv if a != "--no-progress")])
     try:
         if args.preset is not None:
-            config = CompareConfig.from_preset(args.preset, scale=args.scale, objectives=objectives or None, **overrides)
+            config = CompareConfig.from_preset(
+                args.preset, scale=args.scale, objectives=objectives or None, **overrides
+            )
         elif objectives:
             config = CompareConfig(objectives=objectives, **overrides)
             if args.scale != 1.0:
                 check_finite_float(args.scale, "--scale", low=0, low_open=True)
                 config = dataclasses.replace(config, steps=max(1, round(config.steps * args.scale)))
         else:
-            args.parser.error("give objective specs to compare (e.g. lmobj compare clm mlm) or --preset NAME (see --list-presets)")
+            args.parser.error(
+                "give objective specs to compare (e.g. lmobj compare clm mlm) or --preset NAME (see --list-presets)"
+            )
     except (ValueError, TypeError) as e:
         args.parser.error(str(e))  # exits with EXIT_USAGE
     try:
         result = compare(config)
     except KeyboardInterrupt:
-        print("lmobj compare: interrupted; finished runs and checkpoints are kept: run the same command again to continue",
-              file=sys.stderr)  # fmt: skip
+        print(
+            "lmobj compare: interrupted; finished runs and checkpoints are kept: run the same command again to continue",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
     except Exception as e:
         if args.debug:

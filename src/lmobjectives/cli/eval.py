@@ -26,16 +26,33 @@ EPILOG = "example: lmobj eval runs/mlm --tasks next_token fill_in pll --referenc
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = parser
     p.add_argument("run_dir", metavar="RUN_DIR", help="the output folder of an lmobj train run")
-    p.add_argument("--tasks", nargs="+", default=None, metavar="TASK",
-                   help="evaluations to run (default: all; those that do not apply to the run are listed as not "
-                        "applicable, while a task named here that does not apply is an error): "
-                        + "; ".join(f"{t.name} ({t.summary})" for t in TASKS.values()))
-    p.add_argument("--out", default=None, metavar="PATH.json", help="where to write the results as JSON (default: RUN_DIR/eval.json); missing parent folders are created, as by "
-                        "every --out of lmobj")
-    p.add_argument("--reference", default=None, metavar="RUN_DIR",
-                   help="a causal run (e.g. a longer CLM run) scoring the generation task's continuations (bits per byte)")
-    p.add_argument("--balanced", action="store_true",
-                   help="sentence_pairs: score an even subset of each pair kind (the majority label subsampled)")
+    p.add_argument(
+        "--tasks",
+        nargs="+",
+        default=None,
+        metavar="TASK",
+        help="evaluations to run (default: all; those that do not apply to the run are listed as not "
+        "applicable, while a task named here that does not apply is an error): "
+        + "; ".join(f"{t.name} ({t.summary})" for t in TASKS.values()),
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="PATH.json",
+        help="where to write the results as JSON (default: RUN_DIR/eval.json); missing parent folders are created, as by "
+        "every --out of lmobj",
+    )
+    p.add_argument(
+        "--reference",
+        default=None,
+        metavar="RUN_DIR",
+        help="a causal run (e.g. a longer CLM run) scoring the generation task's continuations (bits per byte)",
+    )
+    p.add_argument(
+        "--balanced",
+        action="store_true",
+        help="sentence_pairs: score an even subset of each pair kind (the majority label subsampled)",
+    )
     p.add_argument("--device", default="cpu", help="'cpu', 'cuda', 'cuda:N' or 'auto'")
     add_threads_argument(p)
 
@@ -51,8 +68,13 @@ def run(args: argparse.Namespace) -> int:
             options["sentence_pairs"] = {"balanced": True}
         if args.tasks is not None:
             options = {k: v for k, v in options.items() if k in args.tasks}
-        report = evaluate(loaded, args.tasks, options=options, strict=args.tasks is not None,
-                          progress=lambda name: print(f"evaluating {name} ...", file=sys.stderr, flush=True))  # fmt: skip
+        report = evaluate(
+            loaded,
+            args.tasks,
+            options=options,
+            strict=args.tasks is not None,
+            progress=lambda name: print(f"evaluating {name} ...", file=sys.stderr, flush=True),
+        )
     except KeyboardInterrupt:
         print("lmobj eval: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -27,34 +27,61 @@ EPILOG = "example: lmobj inspect --objective mlm --unit word --text 'The cat sat
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("what to show")
-    g.add_argument("--objective", choices=list(OBJECTIVES), default=DEFAULT_OBJECTIVE,
-                   help="objective to show; one of: " + "; ".join(f"{n} ({r.summary})" for n, r in OBJECTIVES.items())
-                        + ". Its own options follow below: see lmobj inspect --objective NAME --help")
-    g.add_argument("--text", default=None,
-                   help="text to lay out and corrupt as the trainer would (default: a built-in passage, three short "
-                        "documents of the built-in corpus); objectives that read sentence pairs or documents take its "
-                        "two halves as two documents, so it needs two sentences or more")
-    g.add_argument("--seq-len", type=positive_int, default=inspection.DEFAULT_SEQ_LEN,
-                   help="tokens per model input, as lmobj train's --seq-len (block size, pair length, encoder input length)")
+    g.add_argument(
+        "--objective",
+        choices=list(OBJECTIVES),
+        default=DEFAULT_OBJECTIVE,
+        help="objective to show; one of: "
+        + "; ".join(f"{n} ({r.summary})" for n, r in OBJECTIVES.items())
+        + ". Its own options follow below: see lmobj inspect --objective NAME --help",
+    )
+    g.add_argument(
+        "--text",
+        default=None,
+        help="text to lay out and corrupt as the trainer would (default: a built-in passage, three short "
+        "documents of the built-in corpus); objectives that read sentence pairs or documents take its "
+        "two halves as two documents, so it needs two sentences or more",
+    )
+    g.add_argument(
+        "--seq-len",
+        type=positive_int,
+        default=inspection.DEFAULT_SEQ_LEN,
+        help="tokens per model input, as lmobj train's --seq-len (block size, pair length, encoder input length)",
+    )
     g.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the example's choice and of its corruption")
-    g.add_argument("--tokenizer", default="byte", metavar="SPEC",
-                   help="'byte', 'bpe:N' / 'wordpiece:N' (trained on the text), or a saved tokenizer's path "
-                        "(e.g. RUN/tokenizer of a training run)")
+    g.add_argument(
+        "--tokenizer",
+        default="byte",
+        metavar="SPEC",
+        help="'byte', 'bpe:N' / 'wordpiece:N' (trained on the text), or a saved tokenizer's path "
+        "(e.g. RUN/tokenizer of a training run)",
+    )
     g = parser.add_argument_group("output")
-    g.add_argument("--out", default=None, metavar="PATH.png",
-                   help="where to write the picture of the attention pattern and loss positions (default: inspect-<objective>.png); "
-                        "missing parent folders are created, as by every --out of lmobj")
-    g.add_argument("--no-color", action="store_true",
-                   help="plain text even on a terminal (colours are used only when stdout is a terminal and NO_COLOR is unset)")  # fmt: skip
+    g.add_argument(
+        "--out",
+        default=None,
+        metavar="PATH.png",
+        help="where to write the picture of the attention pattern and loss positions (default: inspect-<objective>.png); "
+        "missing parent folders are created, as by every --out of lmobj",
+    )
+    g.add_argument(
+        "--no-color",
+        action="store_true",
+        help="plain text even on a terminal (colours are used only when stdout is a terminal and NO_COLOR is unset)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """``lmobj inspect``: print the example, write its picture; bad arguments exit with EXIT_USAGE."""
     try:
         example = inspection.example_batch(
-            args.objective, args.text, options=objective_options(args, OBJECTIVES[args.objective]),
-            seq_len=args.seq_len, seed=args.seed, tokenizer=args.tokenizer,
-        )  # fmt: skip
+            args.objective,
+            args.text,
+            options=objective_options(args, OBJECTIVES[args.objective]),
+            seq_len=args.seq_len,
+            seed=args.seed,
+            tokenizer=args.tokenizer,
+        )
     except (ValueError, TypeError, FileNotFoundError) as e:
         args.parser.error(str(e))  # exits with EXIT_USAGE
     color = sys.stdout.isatty() and not args.no_color and not os.environ.get("NO_COLOR")

@@ -70,7 +70,7 @@ def _load_topics() -> dict[str, str]:
     """The ``[topics]`` table of the package's ``quiz.toml``: each topic and what it covers, in file order."""
     topics = tomllib.loads(_package_text()).get("topics")
     if not isinstance(topics, dict) or not topics or not all(isinstance(v, str) and v for v in topics.values()):
-        raise ValueError(f"{QUESTIONS_FILE}: expected a [topics] table of topic = \"what it covers\", got {topics!r}")
+        raise ValueError(f'{QUESTIONS_FILE}: expected a [topics] table of topic = "what it covers", got {topics!r}')
     return topics
 
 
@@ -125,11 +125,14 @@ def load_questions(path: str | Path | None = None) -> list[Question]:
         seen.add(entry["id"])
         questions.append(
             Question(
-                id=entry["id"], topic=entry["topic"], question=entry["question"].strip(),
-                answer=entry["answer"].strip(), code=_strings(entry, "code", where),
+                id=entry["id"],
+                topic=entry["topic"],
+                question=entry["question"].strip(),
+                answer=entry["answer"].strip(),
+                code=_strings(entry, "code", where),
                 evidence=_strings(entry, "evidence", where),
             )
-        )  # fmt: skip
+        )
     return questions
 
 
@@ -172,9 +175,12 @@ def render_list(questions: Sequence[Question]) -> str:
 
 
 def ask(
-    questions: Sequence[Question], *, stdin: TextIO | None = None, stdout: TextIO | None = None,
+    questions: Sequence[Question],
+    *,
+    stdin: TextIO | None = None,
+    stdout: TextIO | None = None,
     interactive: bool | None = None,
-) -> int:  # fmt: skip
+) -> int:
     """Ask ``questions``: on a terminal one at a time, the answer on Enter (``q`` quits); else print them all.
 
     ``interactive=None`` asks ``stdin.isatty()``. Returns the number of questions shown.
@@ -209,9 +215,15 @@ def ask(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of ``lmobj quiz``."""
-    parser.add_argument("--topic", action="append", choices=list(TOPICS), default=None, metavar="TOPIC",
-                        help="ask only about this topic (repeat for several); topics: "
-                             + "; ".join(f"{k} ({v})" for k, v in TOPICS.items()))  # fmt: skip
+    parser.add_argument(
+        "--topic",
+        action="append",
+        choices=list(TOPICS),
+        default=None,
+        metavar="TOPIC",
+        help="ask only about this topic (repeat for several); topics: "
+        + "; ".join(f"{k} ({v})" for k, v in TOPICS.items()),
+    )
     parser.add_argument("--shuffle", action="store_true", help="ask in a random order (see --seed)")
     parser.add_argument("--seed", type=int, default=0, help="seed of --shuffle's order")
     parser.add_argument("--list", action="store_true", help="list the questions (id, topic, question) and exit")

@@ -36,17 +36,22 @@ EPILOG = "example: lmobj train --objective mlm --unit word --steps 1000 --out ru
 
 NOT_FLAGS = ("options",)  # the objective's options: its own flags (add_objective_options) fill them
 SECTIONS = {  # the field that starts each section of --help
-    "objective": "what to train", "steps": "optimisation", "d_model": "model", "log_every": "logging and checkpoints",
-}  # fmt: skip
+    "objective": "what to train",
+    "steps": "optimisation",
+    "d_model": "model",
+    "log_every": "logging and checkpoints",
+}
 TRAINABLE = [name for name, recipe in OBJECTIVES.items() if not recipe.untrainable]
 
 FLAGS: dict[str, dict[str, Any]] = {  # where a field's flag differs from what _flags.add_field_flag gives
     "objective": {  # the data-only objectives parse too (so that --objective plm --help works); run() refuses them
         "choices": list(OBJECTIVES),
         "metavar": "{" + ",".join(TRAINABLE) + "}",
-        "more_help": "; one of: " + "; ".join(f"{n} ({OBJECTIVES[n].summary})" for n in TRAINABLE)
+        "more_help": "; one of: "
+        + "; ".join(f"{n} ({OBJECTIVES[n].summary})" for n in TRAINABLE)
         + ". Its own options follow below: see lmobj train --objective NAME --help. Data only, not trained: "
-        + ", ".join(n for n in OBJECTIVES if n not in TRAINABLE) + " (lmobj inspect shows their data)",
+        + ", ".join(n for n in OBJECTIVES if n not in TRAINABLE)
+        + " (lmobj inspect shows their data)",
     },
     "data": {"metavar": "PATH|builtin|synthetic:KIND[?k=v&...]"},
     "tokenizer": {"metavar": "SPEC"},
@@ -89,8 +94,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         changes = {name: value for name, value in values.items() if name in typed and name not in ("out", "resume")}
         options = {o.name: getattr(args, f"option_{o.name}") for o in options_of(recipe) if f"option_{o.name}" in typed}
         flags = {a.dest: a.option_strings[0] for a in args.parser._actions if a.option_strings}
-        return resume_config(out, flag=lambda name: flags.get(name) or flags.get(f"option_{name}") or flag_name(name),
-                             options=options, **changes)  # fmt: skip
+        return resume_config(
+            out,
+            flag=lambda name: flags.get(name) or flags.get(f"option_{name}") or flag_name(name),
+            options=options,
+            **changes,
+        )
     return TrainConfig(**values, options=objective_options(args, recipe))
 
 
@@ -112,8 +121,10 @@ def _typed_flags(args: argparse.Namespace) -> set[str]:
 def run(args: argparse.Namespace) -> int:
     """``lmobj train``: train, print the summary; 0, or EXIT_INTERRUPTED when it stopped before its last step."""
     if why := OBJECTIVES[args.objective].untrainable:
-        args.parser.error(f"argument --objective: {args.objective} cannot be trained (data only): {why} "
-                          f"(lmobj inspect --objective {args.objective} shows its data)")  # fmt: skip
+        args.parser.error(
+            f"argument --objective: {args.objective} cannot be trained (data only): {why} "
+            f"(lmobj inspect --objective {args.objective} shows its data)"
+        )
     try:
         config = config_from_args(args)
     except ValueError as e:
@@ -141,7 +152,10 @@ def _report_failure(error: Exception, config: TrainConfig) -> int:
     the run refuses, EXIT_FAILURE for the rest (out of memory, a full disk, a loss that is not finite, ...)."""
     text = str(error) or type(error).__name__
     if isinstance(error, NonFiniteLossError):
-        print(f"lmobj train: error: {text}: lower --lr ({config.lr:g}) in a new run (--debug shows the traceback)", file=sys.stderr)
+        print(
+            f"lmobj train: error: {text}: lower --lr ({config.lr:g}) in a new run (--debug shows the traceback)",
+            file=sys.stderr,
+        )
         return EXIT_FAILURE
     if isinstance(error, MemoryError) or any(sign in text.lower() for sign in OUT_OF_MEMORY):
         print(

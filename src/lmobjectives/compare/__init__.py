@@ -14,4 +14,13 @@ from .report import format_table
 from .runner import CompareConfig, CompareResult, compare
 from .specs import PRESETS, Preset, RunSpec, parse_objective
 
-__all__ = ["PRESETS", "CompareConfig", "CompareResult", "Preset", "RunSpec", "compare", "format_table", "parse_objective"]
+__all__ = [
+    "PRESETS",
+    "CompareConfig",
+    "CompareResult",
+    "Preset",
+    "RunSpec",
+    "compare",
+    "format_table",
+    "parse_objective",
+]

@@ -65,17 +65,30 @@ def summarise(config: Any, runs: list[dict[str, Any]], *, elapsed_s: float) -> d
             for name, value in result["metrics"].items():
                 key = f"{task}.{name}"
                 if not any(m["key"] == key for m in metrics):
-                    metrics.append({"key": key, "task": task, "metric": name, "better": better(name),
-                                    "headline": name == next(iter(result["metrics"]))})  # fmt: skip
-                cell = summary[run["label"]].setdefault(key, {"values": [], "scored": _scored(result.get("info", {}), name)})
+                    metrics.append(
+                        {
+                            "key": key,
+                            "task": task,
+                            "metric": name,
+                            "better": better(name),
+                            "headline": name == next(iter(result["metrics"])),
+                        }
+                    )
+                cell = summary[run["label"]].setdefault(
+                    key, {"values": [], "scored": _scored(result.get("info", {}), name)}
+                )
                 cell["values"].append(value)
     tasks = list(dict.fromkeys(task for run in runs for task in run["evaluation"]))
     metrics.sort(key=lambda m: tasks.index(m["task"]))  # a task's metrics side by side, whichever run had them first
     for per_label in summary.values():
         for cell in per_label.values():
             values = [v for v in cell["values"] if v is not None]
-            cell.update(mean=sum(values) / len(values) if values else None, min=min(values, default=None),
-                        max=max(values, default=None), n=len(values))  # fmt: skip
+            cell.update(
+                mean=sum(values) / len(values) if values else None,
+                min=min(values, default=None),
+                max=max(values, default=None),
+                n=len(values),
+            )
     preset = PRESETS.get(config.preset) if config.preset else None
     results = {
         "title": f"lmobj compare: {config.preset}" if config.preset else "lmobj compare: " + " vs ".join(labels),
@@ -84,10 +97,12 @@ def summarise(config: Any, runs: list[dict[str, Any]], *, elapsed_s: float) -> d
         "command": config.command,
         "settings": config.settings(),
         "budget": {
-            "steps": config.steps, "batch_size": config.batch_size, "seq_len": config.seq_len,
+            "steps": config.steps,
+            "batch_size": config.batch_size,
+            "seq_len": config.seq_len,
             "input_tokens": config.steps * config.batch_size * config.seq_len,
             "meaning": "equal optimizer steps x batch size x sequence length for every run (input positions); "
-                       "not equal FLOPs: the parameter count of each model is listed",
+            "not equal FLOPs: the parameter count of each model is listed",
         },
         "labels": labels,
         "seeds": config.seed_list,
@@ -95,9 +110,15 @@ def summarise(config: Any, runs: list[dict[str, Any]], *, elapsed_s: float) -> d
         "summary": summary,
         "not_applicable": not_applicable,
         "runs": runs,
-        "timing": {"total_s": elapsed_s, "train_s": sum(r["train_s"] for r in runs), "eval_s": sum(r["eval_s"] for r in runs),
-                   "torch_threads": torch.get_num_threads(), "machine": platform.machine(), "torch": torch.__version__,
-                   "lmobjectives": __version__},
+        "timing": {
+            "total_s": elapsed_s,
+            "train_s": sum(r["train_s"] for r in runs),
+            "eval_s": sum(r["eval_s"] for r in runs),
+            "torch_threads": torch.get_num_threads(),
+            "machine": platform.machine(),
+            "torch": torch.__version__,
+            "lmobjectives": __version__,
+        },
     }
     results["verdicts"] = verdicts(results)
     return results
@@ -145,8 +166,10 @@ def verdicts(results: dict[str, Any], *, table_only: bool = False) -> list[str]:
             continue
         differ = len({methods.get(m["task"], {}).get(label) for label, _ in cells}) > 1
         if differ and "accuracy" not in m["metric"]:
-            out.append(f"{m['task']} {m['metric']}: not compared, the objectives' runs are measured by different methods "
-                       "(see how each number was measured).")  # fmt: skip
+            out.append(
+                f"{m['task']} {m['metric']}: not compared, the objectives' runs are measured by different methods "
+                "(see how each number was measured)."
+            )
             continue
         cells.sort(key=lambda lc: lc[1]["mean"], reverse=m["better"] == "higher")
         (best, b), (second, s) = cells[0], cells[1]
@@ -156,13 +179,21 @@ def verdicts(results: dict[str, Any], *, table_only: bool = False) -> list[str]:
             how = ", ".join(f"{label}: {methods[m['task']][label]}" for label, _ in cells[:2])
             head += f" (measured by different methods: {how})"
         if min(b["n"], s["n"]) < 2:
-            out.append(f"{head}; one seed each, so the spread is unknown (--seeds 2 or more to know whether {_num(gap)} is a difference).")
-        elif (b["min"] > s["max"] or b["max"] < s["min"]) and (se := _sampling_error(b, s)) is not None and gap < 2 * se:
-            out.append(f"{head}: a difference of {_num(gap)}, larger than the spread over seeds but less than twice the "
-                       f"evaluation's sampling error (±{_num(se)}, binomial over {b['scored']:,} and {s['scored']:,} items): "
-                       "more held-out data would be needed to call it a difference.")  # fmt: skip
+            out.append(
+                f"{head}; one seed each, so the spread is unknown (--seeds 2 or more to know whether {_num(gap)} is a difference)."
+            )
+        elif (
+            (b["min"] > s["max"] or b["max"] < s["min"]) and (se := _sampling_error(b, s)) is not None and gap < 2 * se
+        ):
+            out.append(
+                f"{head}: a difference of {_num(gap)}, larger than the spread over seeds but less than twice the "
+                f"evaluation's sampling error (±{_num(se)}, binomial over {b['scored']:,} and {s['scored']:,} items): "
+                "more held-out data would be needed to call it a difference."
+            )
         elif b["min"] > s["max"] or b["max"] < s["min"]:
-            out.append(f"{head}: a difference of {_num(gap)}, larger than the spread over seeds (the ranges do not overlap).")
+            out.append(
+                f"{head}: a difference of {_num(gap)}, larger than the spread over seeds (the ranges do not overlap)."
+            )
         else:
             out.append(f"{head}: no difference beyond the spread over seeds (the ranges overlap).")
     return out
@@ -199,7 +230,11 @@ def _arrow(direction: str | None) -> str:
 
 def _table_metrics(results: dict[str, Any]) -> list[dict[str, Any]]:
     """The terminal table's columns: each task's headline and its accuracies."""
-    return [m for m in results["metrics"] if m["headline"] or m["metric"] in TABLE_METRICS or m["metric"].endswith("accuracy")]
+    return [
+        m
+        for m in results["metrics"]
+        if m["headline"] or m["metric"] in TABLE_METRICS or m["metric"].endswith("accuracy")
+    ]
 
 
 def _rows(results: dict[str, Any], metrics: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
@@ -226,10 +261,19 @@ def format_table(results: dict[str, Any]) -> str:
 def format_summary(results: dict[str, Any]) -> str:
     """What ``lmobj compare`` prints: the question, the budget, the table and the verdicts on its columns."""
     b, seeds = results["budget"], results["seeds"]
-    spread = f"mean (min-max) over seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else f"seed {seeds[0]}, no spread"
-    lines = [results["question"] or results["title"],
-             (f"{b['steps']:,} steps x {b['batch_size']} x {b['seq_len']} tokens = {b['input_tokens']:,} input tokens per run; "
-             f"held-out evaluation, {spread}:"), "", format_table(results).rstrip(), ""]  # fmt: skip
+    spread = (
+        f"mean (min-max) over seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else f"seed {seeds[0]}, no spread"
+    )
+    lines = [
+        results["question"] or results["title"],
+        (
+            f"{b['steps']:,} steps x {b['batch_size']} x {b['seq_len']} tokens = {b['input_tokens']:,} input tokens per run; "
+            f"held-out evaluation, {spread}:"
+        ),
+        "",
+        format_table(results).rstrip(),
+        "",
+    ]
     lines += [f"- {v}" for v in verdicts(results, table_only=True)]
     return "\n".join(lines) + "\n"
 
@@ -242,14 +286,34 @@ def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _runs_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    header = ["objective", "seed", "parameters", "input tokens", "real tokens", "train s", "eval s", "last training loss",
-              "last held-out loss (own objective)"]  # fmt: skip
+    header = [
+        "objective",
+        "seed",
+        "parameters",
+        "input tokens",
+        "real tokens",
+        "train s",
+        "eval s",
+        "last training loss",
+        "last held-out loss (own objective)",
+    ]
     rows = []
     for r in results["runs"]:
         last = r["curve"][-1] if r["curve"] else {}
         held = [p["eval_loss"] for p in r["curve"] if "eval_loss" in p]
-        rows.append([r["label"], str(r["seed"]), f"{r['parameters']:,}", f"{r['input_positions']:,}", f"{r['tokens']:,}",
-                     f"{r['train_s']:.0f}", f"{r['eval_s']:.0f}", _num(last.get("loss")), _num(held[-1] if held else None)])  # fmt: skip
+        rows.append(
+            [
+                r["label"],
+                str(r["seed"]),
+                f"{r['parameters']:,}",
+                f"{r['input_positions']:,}",
+                f"{r['tokens']:,}",
+                f"{r['train_s']:.0f}",
+                f"{r['eval_s']:.0f}",
+                _num(last.get("loss")),
+                _num(held[-1] if held else None),
+            ]
+        )
     return header, rows
 
 
@@ -268,13 +332,17 @@ def _procedures(results: dict[str, Any]) -> list[str]:
             info = result.get("info", {})
             method = info.get("procedure") or info.get("method")
             if method and r["label"] not in how:
-                counts = [f"{info[k]} {k.replace('_', ' ')}" for k in ("candidates", "hidden_tokens", "targets") if k in info]
+                counts = [
+                    f"{info[k]} {k.replace('_', ' ')}" for k in ("candidates", "hidden_tokens", "targets") if k in info
+                ]
                 how[r["label"]] = str(method) + (f" ({', '.join(counts)})" if counts else "")
             notes += [f"{r['label']} seed {r['seed']}: {w}" for w in info.get("warnings", [])]
         parts = [f"{label}: {text}" for label, text in how.items()]
         if len(set(_methods(results).get(task, {}).values())) > 1:
             parts.append("the methods differ between objectives: only their accuracies are set side by side")
-        parts += [f"{label}: not applicable ({reason})" for label, reason in results["not_applicable"].get(task, {}).items()]
+        parts += [
+            f"{label}: not applicable ({reason})" for label, reason in results["not_applicable"].get(task, {}).items()
+        ]
         lines.append(f"**{task}**: " + ("; ".join(parts) if parts else "see lmobjectives.evaluation") + ".")
         lines += [f"  - warning: {n}" for n in dict.fromkeys(notes)]
     return lines
@@ -284,7 +352,9 @@ def _plot_evaluations(results: dict[str, Any]):
     """One panel per table metric: a bar per objective (mean), its min–max as a line, each seed as a dot."""
     from matplotlib.figure import Figure
 
-    metrics = [m for m in _table_metrics(results) if any(_cell(results, label, m["key"]) for label in results["labels"])]
+    metrics = [
+        m for m in _table_metrics(results) if any(_cell(results, label, m["key"]) for label in results["labels"])
+    ]
     if not metrics:
         return None
     labels = results["labels"]
@@ -314,8 +384,10 @@ def _plot_evaluations(results: dict[str, Any]):
     for ax in axes[len(metrics) :]:
         ax.set_visible(False)
     seeds = len(results["seeds"])
-    fig.suptitle(f"held-out evaluation ({'bars: mean of ' + str(seeds) + ' seeds, line: min–max' if seeds > 1 else 'one seed'})",
-                 fontsize=11)  # fmt: skip
+    fig.suptitle(
+        f"held-out evaluation ({'bars: mean of ' + str(seeds) + ' seeds, line: min–max' if seeds > 1 else 'one seed'})",
+        fontsize=11,
+    )
     return fig
 
 
@@ -331,11 +403,24 @@ def _plot_training(results: dict[str, Any]):
     for ax, (i, label) in zip(axes, enumerate(labels)):
         for k, run in enumerate(r for r in results["runs"] if r["label"] == label):
             curve = run["curve"]
-            ax.plot([p["tokens"] for p in curve], [p["loss"] for p in curve], color=f"C{i % 10}", lw=1, alpha=0.8,
-                    label="training" if k == 0 else None)  # fmt: skip
+            ax.plot(
+                [p["tokens"] for p in curve],
+                [p["loss"] for p in curve],
+                color=f"C{i % 10}",
+                lw=1,
+                alpha=0.8,
+                label="training" if k == 0 else None,
+            )
             held = [p for p in curve if "eval_loss" in p]
-            ax.plot([p["tokens"] for p in held], [p["eval_loss"] for p in held], "o--", color="black", ms=3, lw=0.8,
-                    label="held-out" if k == 0 else None)  # fmt: skip
+            ax.plot(
+                [p["tokens"] for p in held],
+                [p["eval_loss"] for p in held],
+                "o--",
+                color="black",
+                ms=3,
+                lw=0.8,
+                label="held-out" if k == 0 else None,
+            )
         ax.set_title(label, fontsize=10)
         ax.set_xlabel("input tokens seen")
         ax.set_ylabel("its own loss (nats)")
@@ -343,8 +428,10 @@ def _plot_training(results: dict[str, Any]):
         ax.legend(fontsize=8)
     for ax in axes[len(labels) :]:
         ax.set_visible(False)
-    fig.suptitle("training loss of each objective, for information: each panel is a different loss, not comparable across panels",
-                 fontsize=10)  # fmt: skip
+    fig.suptitle(
+        "training loss of each objective, for information: each panel is a different loss, not comparable across panels",
+        fontsize=10,
+    )
     return fig
 
 
@@ -364,19 +451,26 @@ def _sections(results: dict[str, Any], images: dict[str, str]) -> list[tuple[str
         pieces.append(("p", f"*{results['question']}*"))
     if results["command"]:
         pieces.append(("code", results["command"]))
-    pieces.append(("p", (
-        f"**Budget**: every run takes {b['steps']:,} optimizer steps of {b['batch_size']} inputs of {b['seq_len']} tokens, "
-        f"{b['input_tokens']:,} input tokens each (equal input tokens, not equal FLOPs: see the parameters below). "
-        f"**Model**: the same size for every objective (d_model {s['d_model']}, {s['n_layers']} layers, {s['n_heads']} heads, "
-        f"d_ff {s['d_ff']}; heads as each objective needs). **Data**: `{s['data']}`, tokenizer `{s['tokenizer']}`; "
-        f"every evaluation reads only the held-out documents ({s['heldout']:.0%} of the corpus, never trained on). "
-        f"**Seeds**: {', '.join(map(str, seeds))}" + (
-            "; each number is the mean over the seeds with the min–max range in brackets. A difference smaller than the "
-            "spread over seeds is no difference. The spread is over training seeds: every run is evaluated on the same "
-            "held-out positions, so the sampling error of a small evaluation is on top of it."
-            if len(seeds) > 1 else "; one seed, so the spread is unknown."
+    pieces.append(
+        (
+            "p",
+            (
+                f"**Budget**: every run takes {b['steps']:,} optimizer steps of {b['batch_size']} inputs of {b['seq_len']} tokens, "
+                f"{b['input_tokens']:,} input tokens each (equal input tokens, not equal FLOPs: see the parameters below). "
+                f"**Model**: the same size for every objective (d_model {s['d_model']}, {s['n_layers']} layers, {s['n_heads']} heads, "
+                f"d_ff {s['d_ff']}; heads as each objective needs). **Data**: `{s['data']}`, tokenizer `{s['tokenizer']}`; "
+                f"every evaluation reads only the held-out documents ({s['heldout']:.0%} of the corpus, never trained on). "
+                f"**Seeds**: {', '.join(map(str, seeds))}"
+                + (
+                    "; each number is the mean over the seeds with the min–max range in brackets. A difference smaller than the "
+                    "spread over seeds is no difference. The spread is over training seeds: every run is evaluated on the same "
+                    "held-out positions, so the sampling error of a small evaluation is on top of it."
+                    if len(seeds) > 1
+                    else "; one seed, so the spread is unknown."
+                )
+            ),
         )
-    )))  # fmt: skip
+    )
     pieces.append(("h2", "Results"))
     pieces.append(("table", _rows(results, [m for m in results["metrics"]])))
     if results["verdicts"]:
@@ -389,19 +483,31 @@ def _sections(results: dict[str, Any], images: dict[str, str]) -> list[tuple[str
         pieces.append(("img", ("evaluation", "evaluation.png")))
     if "training" in images:
         pieces.append(("img", ("training", "training.png")))
-        pieces.append(("p", ("The training panels show each run's own objective (for CLM the next-token loss, for MLM the "
-                            "loss on its masked tokens, ...): different quantities, so they say how each run trained, not "
-                            "which objective is better. The comparison is the held-out evaluation above.")))  # fmt: skip
+        pieces.append(
+            (
+                "p",
+                (
+                    "The training panels show each run's own objective (for CLM the next-token loss, for MLM the "
+                    "loss on its masked tokens, ...): different quantities, so they say how each run trained, not "
+                    "which objective is better. The comparison is the held-out evaluation above."
+                ),
+            )
+        )
     pieces.append(("h2", "How each number was measured"))
     pieces.append(("list", _procedures(results)))
     pieces.append(("h2", "Runs"))
     pieces.append(("table", _runs_table(results)))
     t = results["timing"]
-    pieces.append(("p", (
-        f"The runs took {t['train_s']:.0f} s training and {t['eval_s']:.0f} s evaluating when they were made; this "
-        f"call took {t['total_s']:.0f} s of wall time (less where it reused runs of an earlier call); {t['torch_threads']} torch threads, "
-        f"torch {t['torch']}, lmobjectives {t['lmobjectives']}. Every number is in `results.json`."
-    )))  # fmt: skip
+    pieces.append(
+        (
+            "p",
+            (
+                f"The runs took {t['train_s']:.0f} s training and {t['eval_s']:.0f} s evaluating when they were made; this "
+                f"call took {t['total_s']:.0f} s of wall time (less where it reused runs of an earlier call); {t['torch_threads']} torch threads, "
+                f"torch {t['torch']}, lmobjectives {t['lmobjectives']}. Every number is in `results.json`."
+            ),
+        )
+    )
     return pieces
 
 
@@ -454,11 +560,15 @@ def _html(pieces: list[tuple[str, Any]], images: dict[str, str], title: str) -> 
             body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{cells}</tbody></table>")
         elif kind == "img":
             body.append(f'<p><img alt="{content[0]}" src="data:image/png;base64,{images[content[0]]}"></p>')
-    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.45}"
-             "table{border-collapse:collapse;font-size:.9em}td,th{border:1px solid #ccc;padding:.25em .5em;text-align:left}"
-             "th{background:#f3f3f3}img{max-width:100%}pre{background:#f6f6f6;padding:.6em;overflow-x:auto}")  # fmt: skip
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")  # fmt: skip
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.45}"
+        "table{border-collapse:collapse;font-size:.9em}td,th{border:1px solid #ccc;padding:.25em .5em;text-align:left}"
+        "th{background:#f3f3f3}img{max-width:100%}pre{background:#f6f6f6;padding:.6em;overflow-x:auto}"
+    )
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
 
 
 def write_report(results: dict[str, Any], out: str | Path) -> dict[str, Path]:

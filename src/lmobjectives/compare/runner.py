@@ -59,7 +59,9 @@ class CompareConfig:
         "evaluations (default: the preset's, else every one; those that do not apply to a run are shown as not "
         "applicable)",
     )  # names of lmobjectives.evaluation.TASKS; None: every one that applies
-    task_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # keyword arguments per task; candidates="all": every token
+    task_options: dict[str, dict[str, Any]] = field(
+        default_factory=dict
+    )  # keyword arguments per task; candidates="all": every token
     preset: str | None = None  # the preset this comparison came from (its question goes in the report), if any
     out: str | None = option(
         None, "report folder, also holding the runs (default: reports/<preset>); a rerun continues it"
@@ -68,7 +70,9 @@ class CompareConfig:
     data: str = option(_TRAIN["data"], "corpus of every run")  # see lmobjectives.data.corpus.load_corpus
     tokenizer: str = option(_TRAIN["tokenizer"], "tokenizer of every run")  # "byte", "bpe:N", ...
     heldout: float = _TRAIN["heldout"]  # fraction of documents held out of training; every evaluation reads only them
-    steps: int = option(_TRAIN["steps"], "optimizer steps per run")  # the budget is steps * batch_size * seq_len input tokens
+    steps: int = option(
+        _TRAIN["steps"], "optimizer steps per run"
+    )  # the budget is steps * batch_size * seq_len input tokens
     batch_size: int = option(_TRAIN["batch_size"], "inputs per step")
     seq_len: int = option(_TRAIN["seq_len"], "tokens per input")
     lr: float = option(_TRAIN["lr"], "peak learning rate")  # AdamW, warm-up then cosine
@@ -82,8 +86,12 @@ class CompareConfig:
     log_every: int = _TRAIN["log_every"]  # training-loss points per run in the plots: one per log_every steps
     # how to run (may change between calls on the same folder)
     device: str = option(_TRAIN["device"], "'auto', 'cpu', 'cuda', 'cuda:N'")  # torch device of every run
-    threads: int | None = None  # torch CPU threads while comparing (None: torch's default); the flag is every command's --threads
-    progress: bool = option(True, "no progress bar or lines (the table and report are still written)")  # --no-progress's help
+    threads: int | None = (
+        None  # torch CPU threads while comparing (None: torch's default); the flag is every command's --threads
+    )
+    progress: bool = option(
+        True, "no progress bar or lines (the table and report are still written)"
+    )  # --no-progress's help
     command: str | None = None  # the command line that made the comparison, for the report
 
     def __post_init__(self) -> None:
@@ -91,7 +99,9 @@ class CompareConfig:
             raise TypeError("objectives must be a sequence of objective specs, not one string")
         self.objectives = tuple(self.objectives)
         if len(self.objectives) < 1:
-            raise ValueError("a comparison needs at least one objective spec (objectives=(NAME or NAME:OPTION=VALUE, ...)) or a preset")
+            raise ValueError(
+                "a comparison needs at least one objective spec (objectives=(NAME or NAME:OPTION=VALUE, ...)) or a preset"
+            )
         if self.tasks is not None:
             self.tasks = tuple(self.tasks)
             if not self.tasks:
@@ -99,16 +109,22 @@ class CompareConfig:
             from ..evaluation import TASKS
 
             if unknown := [t for t in self.tasks if t not in TASKS]:
-                raise ValueError(f"unknown evaluation task(s) {', '.join(map(repr, unknown))}; choose from: {', '.join(TASKS)}")
+                raise ValueError(
+                    f"unknown evaluation task(s) {', '.join(map(repr, unknown))}; choose from: {', '.join(TASKS)}"
+                )
         if not isinstance(self.task_options, dict) or not all(isinstance(v, dict) for v in self.task_options.values()):
-            raise TypeError(f"task_options must map task names to dicts of keyword arguments, got {self.task_options!r}")
+            raise TypeError(
+                f"task_options must map task names to dicts of keyword arguments, got {self.task_options!r}"
+            )
         if self.preset is not None and self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of: {', '.join(PRESETS)}")
         for name in ("seeds", "steps", "log_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads <= 0):
+        if self.threads is not None and (
+            isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads <= 0
+        ):
             raise ValueError(f"threads must be a positive int or None, got {self.threads!r}")
         specs = self.specs  # parses every spec: unknown objectives and options fail here
         labels = [s.label for s in specs]
@@ -132,8 +148,13 @@ class CompareConfig:
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
             raise ValueError(f"scale must be a positive number, got {scale!r}")
         preset = PRESETS[name]
-        values: dict[str, Any] = {"objectives": preset.objectives, "tasks": preset.tasks, "task_options": preset.task_options,
-                                  "preset": name, **preset.settings}
+        values: dict[str, Any] = {
+            "objectives": preset.objectives,
+            "tasks": preset.tasks,
+            "task_options": preset.task_options,
+            "preset": name,
+            **preset.settings,
+        }
         values.update({k: v for k, v in overrides.items() if v is not None})
         values["steps"] = max(1, round(values.get("steps", _TRAIN["steps"]) * scale))
         return cls(**values)
@@ -158,21 +179,38 @@ class CompareConfig:
     def train_config(self, spec: RunSpec, seed: int, out: Path | None = None) -> TrainConfig:
         """The ``TrainConfig`` of ``spec``'s run with ``seed`` (writing to ``out``)."""
         return TrainConfig(
-            objective=spec.objective, options=spec.options, data=self.data, tokenizer=self.tokenizer,
-            heldout=self.heldout, out=None if out is None else str(out), steps=self.steps,
-            batch_size=self.batch_size, seq_len=self.seq_len, lr=self.lr, warmup_steps=min(self.warmup_steps, self.steps),
-            d_model=self.d_model, n_layers=self.n_layers, n_heads=self.n_heads, d_ff=self.d_ff, seed=seed,
-            device=self.device, log_every=self.log_every, eval_every=self.eval_every,
-            save_every=max(self.log_every, self.steps // 4 // self.log_every * self.log_every), keep_checkpoints=1,
-            resume=True, progress=False,
-        )  # fmt: skip
+            objective=spec.objective,
+            options=spec.options,
+            data=self.data,
+            tokenizer=self.tokenizer,
+            heldout=self.heldout,
+            out=None if out is None else str(out),
+            steps=self.steps,
+            batch_size=self.batch_size,
+            seq_len=self.seq_len,
+            lr=self.lr,
+            warmup_steps=min(self.warmup_steps, self.steps),
+            d_model=self.d_model,
+            n_layers=self.n_layers,
+            n_heads=self.n_heads,
+            d_ff=self.d_ff,
+            seed=seed,
+            device=self.device,
+            log_every=self.log_every,
+            eval_every=self.eval_every,
+            save_every=max(self.log_every, self.steps // 4 // self.log_every * self.log_every),
+            keep_checkpoints=1,
+            resume=True,
+            progress=False,
+        )
 
     def settings(self) -> dict[str, Any]:
         """What ``compare.json`` records and a later call must match: every field but :data:`UNCHECKED`, with
         each objective's full options."""
         values = {k: v for k, v in asdict(self).items() if k not in UNCHECKED}
         values["objectives"] = [
-            {"label": s.label, "objective": s.objective, "options": self.train_config(s, self.seed).options} for s in self.specs
+            {"label": s.label, "objective": s.objective, "options": self.train_config(s, self.seed).options}
+            for s in self.specs
         ]
         values["tasks"] = list(self.tasks) if self.tasks is not None else None
         return json.loads(json.dumps(values))
@@ -234,21 +272,27 @@ def _claim(out: Path, config: CompareConfig) -> None:
             raise ValueError(f"{path} cannot be read ({e}); choose another out folder") from None
         if saved != settings:
             keys = sorted(set(saved) | set(settings))
-            changed = "; ".join(f"{k}: {json.dumps(saved.get(k))} then, {json.dumps(settings.get(k))} now"
-                                for k in keys if saved.get(k) != settings.get(k))  # fmt: skip
+            changed = "; ".join(
+                f"{k}: {json.dumps(saved.get(k))} then, {json.dumps(settings.get(k))} now"
+                for k in keys
+                if saved.get(k) != settings.get(k)
+            )
             raise ValueError(
                 f"{out} holds a comparison made with other settings ({changed}); rerun it with the same settings to "
                 "continue it, or choose another out folder (--out)"
             )
         return
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"{out} exists and is not a comparison (no {SETTINGS_FILE}); choose a new or empty folder (--out)")
+        raise FileExistsError(
+            f"{out} exists and is not a comparison (no {SETTINGS_FILE}); choose a new or empty folder (--out)"
+        )
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(settings, indent=2) + "\n")
 
 
-def _one_run(config: CompareConfig, spec: RunSpec, seed: int, run_dir: Path, progress: _Progress, index: int,
-             total: int) -> dict[str, Any] | None:  # fmt: skip
+def _one_run(
+    config: CompareConfig, spec: RunSpec, seed: int, run_dir: Path, progress: _Progress, index: int, total: int
+) -> dict[str, Any] | None:
     """Train (or continue) and evaluate one run; its record, or None when the training was interrupted."""
     name = f"[{index + 1}/{total}] {spec.label} seed {seed}"
     cached = _read_cached(run_dir, config)
@@ -274,13 +318,24 @@ def _one_run(config: CompareConfig, spec: RunSpec, seed: int, run_dir: Path, pro
     eval_s = time.perf_counter() - eval_started
     progress.note(f"{name}: evaluated in {eval_s:.0f} s")
     record = {
-        "label": spec.label, "objective": spec.objective, "options": train_config.options, "seed": seed,
-        "dir": str(run_dir), "steps": result.steps, "tokens": result.tokens,
-        "input_positions": config.steps * config.batch_size * config.seq_len, "parameters": params,
-        "train_s": result.elapsed_s, "eval_s": eval_s, "vocab_size": result.vocab_size,
-        "curve": _curve(result.metrics_path), "evaluation": evaluation,
-    }  # fmt: skip
-    (run_dir / RUN_FILE).write_text(json.dumps({"format": FORMAT, "tasks": _task_list(config), **record}, indent=2) + "\n")
+        "label": spec.label,
+        "objective": spec.objective,
+        "options": train_config.options,
+        "seed": seed,
+        "dir": str(run_dir),
+        "steps": result.steps,
+        "tokens": result.tokens,
+        "input_positions": config.steps * config.batch_size * config.seq_len,
+        "parameters": params,
+        "train_s": result.elapsed_s,
+        "eval_s": eval_s,
+        "vocab_size": result.vocab_size,
+        "curve": _curve(result.metrics_path),
+        "evaluation": evaluation,
+    }
+    (run_dir / RUN_FILE).write_text(
+        json.dumps({"format": FORMAT, "tasks": _task_list(config), **record}, indent=2) + "\n"
+    )
     return record
 
 
@@ -299,7 +354,11 @@ def _read_cached(run_dir: Path, config: CompareConfig) -> dict[str, Any] | None:
         saved = json.loads((run_dir / RUN_FILE).read_text())
     except (OSError, ValueError):
         return None
-    if saved.pop("format", None) != FORMAT or saved.pop("tasks", None) != _task_list(config) or saved.get("steps") != config.steps:
+    if (
+        saved.pop("format", None) != FORMAT
+        or saved.pop("tasks", None) != _task_list(config)
+        or saved.get("steps") != config.steps
+    ):
         return None
     return saved
 
@@ -320,8 +379,13 @@ def _curve(metrics_path: Path) -> list[dict[str, float]]:
     return rows
 
 
-def evaluate_run(run_dir: str | Path, tasks: tuple[str, ...] | None, *, device: str = "cpu",
-                 options: dict[str, dict[str, Any]] | None = None) -> tuple[dict[str, Any], int]:  # fmt: skip
+def evaluate_run(
+    run_dir: str | Path,
+    tasks: tuple[str, ...] | None,
+    *,
+    device: str = "cpu",
+    options: dict[str, dict[str, Any]] | None = None,
+) -> tuple[dict[str, Any], int]:
     """``({task: TaskResult.to_json()}, parameter count)`` of the run in ``run_dir``: the one place where the
     comparison calls :mod:`lmobjectives.evaluation`. ``tasks=None``: every task of ``TASKS``; a task that does
     not apply to the run, or fails on it (e.g. too little held-out text for a probe), comes back with
@@ -338,7 +402,9 @@ def evaluate_run(run_dir: str | Path, tasks: tuple[str, ...] | None, *, device: 
     results = {}
     every_token = int((~run.vocab.special_mask()).sum())
     for name in names:
-        kwargs = {k: every_token if (k, v) == ("candidates", "all") else v for k, v in (options or {}).get(name, {}).items()}
+        kwargs = {
+            k: every_token if (k, v) == ("candidates", "all") else v for k, v in (options or {}).get(name, {}).items()
+        }
         try:
             report = evaluate(run, [name], options={name: kwargs} if kwargs else None)
         except ValueError as e:

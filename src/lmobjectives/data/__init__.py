@@ -41,6 +41,7 @@ from .packing import (
     tokenize_corpus,
     tokenize_documents,
 )
+from .sources import data_texts, load_corpus, load_data
 from .synthetic import (
     ICLSequences,
     MarkovSource,
@@ -50,7 +51,6 @@ from .synthetic import (
     markov_source,
     synthetic_corpus,
 )
-from .sources import data_texts, load_corpus, load_data
 from .tokenizers import (
     ByteTokenizer,
     HFTokenizer,

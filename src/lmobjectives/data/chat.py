@@ -147,7 +147,9 @@ def conversations_from_documents(documents: Sequence[Document]) -> list[Conversa
         if len(doc) >= 2
     ]
     if not records:
-        raise ValueError(f"documents: none of the {len(documents)} documents has two sentences (a prompt and an answer)")
+        raise ValueError(
+            f"documents: none of the {len(documents)} documents has two sentences (a prompt and an answer)"
+        )
     return records
 
 

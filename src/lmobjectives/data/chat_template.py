@@ -81,7 +81,6 @@ def learned_mask(roles: torch.Tensor, train_on: str, real: torch.Tensor | None =
     return torch.ones_like(roles, dtype=torch.bool) if real is None else real.clone()
 
 
-
 @dataclass
 class TokenizedConversation:
     """One conversation's tokens, labels and roles (lists of the same length)."""
@@ -98,7 +97,9 @@ class TokenizedConversation:
 
 def _check_messages(messages: object, name: str) -> list[Mapping[str, Any]]:
     if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Sequence):
-        raise TypeError(f"{name} must be a list of messages (dicts with 'role' and 'content'), got {type(messages).__name__}")
+        raise TypeError(
+            f"{name} must be a list of messages (dicts with 'role' and 'content'), got {type(messages).__name__}"
+        )
     if not messages:
         raise ValueError(f"{name} is empty; a conversation needs at least one message and an assistant turn")
     for i, message in enumerate(messages):
@@ -111,7 +112,9 @@ def _check_messages(messages: object, name: str) -> list[Mapping[str, Any]]:
     return list(messages)
 
 
-def check_record(record: object, name: str = "messages") -> tuple[list[Mapping[str, Any]] | None, tuple[str, str] | None, int]:
+def check_record(
+    record: object, name: str = "messages"
+) -> tuple[list[Mapping[str, Any]] | None, tuple[str, str] | None, int]:
     """Check one conversation and say what it is: ``(messages, None, first)`` for chat messages, where messages
     from index ``first`` on are the completion, or ``(None, (prompt, completion), 0)`` for a plain-text pair.
 
@@ -198,7 +201,9 @@ class _Format:
 def _format(tokenizer: Any, need_template: bool) -> _Format:
     if _is_transformers(tokenizer):
         added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
-        specials = list(dict.fromkeys([*tokenizer.all_special_tokens, *(t.content for t in added.values() if t.special)]))
+        specials = list(
+            dict.fromkeys([*tokenizer.all_special_tokens, *(t.content for t in added.values() if t.special)])
+        )
         if need_template and not getattr(tokenizer, "chat_template", None):
             raise ValueError(
                 f"tokenizer ({type(tokenizer).__name__}) has no chat_template, so messages cannot be rendered; set "

@@ -39,7 +39,7 @@ def is_heldout(item: Any, fraction: float) -> bool:
     >>> is_heldout(["Any text."], 0.0), is_heldout(["Any text."], 1.0)
     (False, True)
     """
-    digest = hashlib.sha256(f"{HELDOUT_SALT}\0{document_key(item)}".encode("utf-8")).digest()
+    digest = hashlib.sha256(f"{HELDOUT_SALT}\0{document_key(item)}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2.0**64 < fraction
 
 

@@ -50,7 +50,9 @@ class SentenceTable:
     input_ids: torch.Tensor  # (S, L) long, sentence tokens, right-padded with pad_id
     lengths: torch.Tensor  # (S,) long, number of real tokens of each row (>= 1)
     document_ids: torch.Tensor  # (S,) long, document of each row: 0, 1, 2, ... non-decreasing, no gaps
-    word_ids: torch.Tensor | None = None  # (S, L) long, word index of each token in its sentence, -1 = no word / padding
+    word_ids: torch.Tensor | None = (
+        None  # (S, L) long, word index of each token in its sentence, -1 = no word / padding
+    )
 
 
 def pack_documents(
@@ -180,7 +182,9 @@ def sentence_table(
     owners: list[int] = []
     kept = 0
     if word_ids is not None and len(word_ids) != len(documents):
-        raise ValueError(f"sentence_table: word_ids must have one entry per document ({len(documents)}), got {len(word_ids)}")
+        raise ValueError(
+            f"sentence_table: word_ids must have one entry per document ({len(documents)}), got {len(word_ids)}"
+        )
     for d, document in enumerate(documents):  # a loop over documents and sentences, never over tokens
         sentences = [s[:max_length] for s in document if len(s) > 0]
         if word_ids is not None:
@@ -229,7 +233,9 @@ def tokenize_corpus(docs: Sequence[Document], tok: Tokenizer) -> list[list[list[
     return [[tok.encode(sentence) for sentence in doc] for doc in docs]
 
 
-def tokenize_corpus_words(docs: Sequence[Document], tok: Tokenizer) -> tuple[list[list[list[int]]], list[list[list[int]]]]:
+def tokenize_corpus_words(
+    docs: Sequence[Document], tok: Tokenizer
+) -> tuple[list[list[list[int]]], list[list[list[int]]]]:
     """:func:`tokenize_corpus` plus each sentence's word ids (``Tokenizer.encode_words``): ``sentence_table``'s inputs.
 
     >>> from lmobjectives.data.tokenizers import ByteTokenizer
@@ -339,9 +345,12 @@ def pack_conversations(
         bad = int((lengths != role_lengths).nonzero()[0]) if role_lengths.numel() == C else None
         raise ValueError(
             "pack_conversations: roles must have one entry per token of each conversation; "
-            + (f"conversation {bad} has {int(lengths[bad])} tokens and {int(role_lengths[bad])} roles"
-               if bad is not None else f"got {C} conversations and {role_lengths.numel()} role lists")
-        )  # fmt: skip
+            + (
+                f"conversation {bad} has {int(lengths[bad])} tokens and {int(role_lengths[bad])} roles"
+                if bad is not None
+                else f"got {C} conversations and {role_lengths.numel()} role lists"
+            )
+        )
     if int(lengths.min()) == 0:
         raise ValueError(f"pack_conversations: conversation {int((lengths == 0).nonzero()[0])} has no token")
     if int(lengths.max()) > row_length:
@@ -386,8 +395,9 @@ def pack_conversations(
     )
 
 
-def pack_chat(conversations: Sequence[Any], tokenizer: Any, *, seq_len: int, train_on: str = "assistant"
-              ) -> tuple[PackedConversations, dict[str, int]]:  # fmt: skip
+def pack_chat(
+    conversations: Sequence[Any], tokenizer: Any, *, seq_len: int, train_on: str = "assistant"
+) -> tuple[PackedConversations, dict[str, int]]:
     """Tokenise (:func:`~lmobjectives.data.chat_template.tokenize_conversation`), truncate to ``seq_len``
     (keeping the start, as TRL does), drop and count the conversations with no learned target left under
     ``train_on``, pack the rest best-fit decreasing into rows of ``seq_len`` (:func:`pack_conversations`).
@@ -401,8 +411,14 @@ def pack_chat(conversations: Sequence[Any], tokenizer: Any, *, seq_len: int, tra
     if conversations and all(is_document(c) for c in conversations):
         conversations = conversations_from_documents(conversations)
     ids, roles = [], []
-    report = {"conversations": len(conversations), "kept": 0, "truncated": 0, "no_target": 0, "with_merges": 0,
-              "boundary_merges": 0}  # fmt: skip
+    report = {
+        "conversations": len(conversations),
+        "kept": 0,
+        "truncated": 0,
+        "no_target": 0,
+        "with_merges": 0,
+        "boundary_merges": 0,
+    }
     for k, record in enumerate(conversations):  # tokenisation is Python: one call per conversation
         try:
             tokens = tokenize_conversation(record, tokenizer, train_on=train_on)
@@ -428,11 +444,15 @@ def pack_chat(conversations: Sequence[Any], tokenizer: Any, *, seq_len: int, tra
         warnings.warn(
             f"{report['no_target']} of {report['conversations']} conversations have no learned token within "
             f"seq_len={seq_len} (train_on={train_on!r}; conversations truncated to seq_len: {report['truncated']}) and "
-            "are dropped", stacklevel=3)  # fmt: skip
+            "are dropped",
+            stacklevel=3,
+        )
     if report["with_merges"]:
         warnings.warn(
             f"{report['with_merges']} of {report['conversations']} conversations tokenise differently as a whole "
             f"than part by part ({report['boundary_merges']} part boundaries merged by the tokenizer); their "
-            "parts' tokens are kept, so every label is exact", stacklevel=3)  # fmt: skip
+            "parts' tokens are kept, so every label is exact",
+            stacklevel=3,
+        )
     pad_id = tokenizer.vocab.pad_id if tokenizer.vocab.pad_id is not None else 0
     return pack_conversations(ids, roles, seq_len, pad_id=pad_id), report

@@ -51,11 +51,29 @@ SPEC_PREFIX = "synthetic:"
 
 SPEC_DEFAULTS: dict[str, dict[str, int]] = {
     # one topic: a single word-level Markov chain over 64 words
-    "markov": {"docs": 256, "seed": 0, "topics": 1, "words": 64, "topic_words": 64, "branching": 4, "length": 8,
-               "min_sentences": 4, "max_sentences": 12},
+    "markov": {
+        "docs": 256,
+        "seed": 0,
+        "topics": 1,
+        "words": 64,
+        "topic_words": 64,
+        "branching": 4,
+        "length": 8,
+        "min_sentences": 4,
+        "max_sentences": 12,
+    },
     # eight topics, each walking its own 32 of 256 words (subsets drawn at random, so they overlap a little)
-    "topics": {"docs": 256, "seed": 0, "topics": 8, "words": 256, "topic_words": 32, "branching": 4, "length": 8,
-               "min_sentences": 4, "max_sentences": 12},
+    "topics": {
+        "docs": 256,
+        "seed": 0,
+        "topics": 8,
+        "words": 256,
+        "topic_words": 32,
+        "branching": 4,
+        "length": 8,
+        "min_sentences": 4,
+        "max_sentences": 12,
+    },
     # in-context learning: 32 key-value pairs per sequence over 8 of the 26 keys, 10 possible values
     "icl": {"docs": 4096, "seed": 0, "pairs": 32, "keys": 8, "values": 10},
 }
@@ -147,10 +165,19 @@ def synthetic_corpus(spec: str) -> list[Document]:
     kind, p = parse_spec(spec)
     check_int(p["docs"], "docs", low=1)
     if kind == "icl":
-        return icl_sequences(p["docs"], pairs=p["pairs"], keys=p["keys"], values=p["values"], seed=p["seed"]).documents()
-    source = markov_source(topics=p["topics"], words=p["words"], topic_words=p["topic_words"], branching=p["branching"],
-                           length=p["length"], min_sentences=p["min_sentences"], max_sentences=p["max_sentences"],
-                           seed=p["seed"])  # fmt: skip
+        return icl_sequences(
+            p["docs"], pairs=p["pairs"], keys=p["keys"], values=p["values"], seed=p["seed"]
+        ).documents()
+    source = markov_source(
+        topics=p["topics"],
+        words=p["words"],
+        topic_words=p["topic_words"],
+        branching=p["branching"],
+        length=p["length"],
+        min_sentences=p["min_sentences"],
+        max_sentences=p["max_sentences"],
+        seed=p["seed"],
+    )
     return source.sample(p["docs"], seed=p["seed"]).documents
 
 
@@ -170,12 +197,18 @@ class SourceEntropy:
 
     nats_per_sentence: tuple[float, ...]  # per topic: H(sentence | topic)
     words_per_sentence: tuple[float, ...]  # per topic: expected words in a sentence
-    tokens_per_sentence: tuple[float, ...]  # per topic: expected bytes of a sentence plus the one that follows it (space or EOS)
+    tokens_per_sentence: tuple[
+        float, ...
+    ]  # per topic: expected bytes of a sentence plus the one that follows it (space or EOS)
     nats_per_word: tuple[float, ...]  # per topic: H(sentence | topic) / words per sentence (the end decision included)
-    nats_per_byte: tuple[float, ...]  # per topic: entropy rate of an endless document (sentences joined by spaces), per byte
+    nats_per_byte: tuple[
+        float, ...
+    ]  # per topic: entropy rate of an endless document (sentences joined by spaces), per byte
     document_nats: tuple[float, float]  # (low, high) bounds on H(document); low = H(doc | topic), high = low + log K
     document_tokens: float  # expected tokens of a document, its EOS included
-    nats_per_token: tuple[float, float]  # (low, high) floor of a CLM's mean loss over a packed stream: document_nats / document_tokens
+    nats_per_token: tuple[
+        float, float
+    ]  # (low, high) floor of a CLM's mean loss over a packed stream: document_nats / document_tokens
 
     @property
     def exact(self) -> bool:
@@ -234,13 +267,19 @@ class MarkovSource:
         W = len(words)
         for name, value, shape in (("start", self.start, (W,)), ("transitions", self.transitions, (W, W + 1))):
             if not isinstance(value, torch.Tensor) or value.dtype != torch.float64 or value.dim() != len(shape) + 1:
-                raise ValueError(f"MarkovSource: {name} must be a float64 tensor of shape (K, {', '.join(map(str, shape))})")
+                raise ValueError(
+                    f"MarkovSource: {name} must be a float64 tensor of shape (K, {', '.join(map(str, shape))})"
+                )
             if tuple(value.shape[1:]) != shape or value.shape[0] != self.start.shape[0] or value.shape[0] == 0:
-                raise ValueError(f"MarkovSource: {name} has shape {tuple(value.shape)}, expected (K, {', '.join(map(str, shape))})")
+                raise ValueError(
+                    f"MarkovSource: {name} has shape {tuple(value.shape)}, expected (K, {', '.join(map(str, shape))})"
+                )
             if not bool(torch.isfinite(value).all()) or bool((value < 0).any()):
                 raise ValueError(f"MarkovSource: {name} must hold finite non-negative probabilities")
             if not torch.allclose(value.sum(-1), torch.ones((), dtype=torch.float64), atol=1e-9):
-                raise ValueError(f"MarkovSource: every row of {name} must sum to 1, got sums {value.sum(-1).flatten()[:8].tolist()}")
+                raise ValueError(
+                    f"MarkovSource: every row of {name} must sum to 1, got sums {value.sum(-1).flatten()[:8].tolist()}"
+                )
         check_int(self.min_sentences, "MarkovSource: min_sentences", low=1)
         check_int(self.max_sentences, "MarkovSource: max_sentences", low=self.min_sentences)
         self._visits()  # refuses chains whose sentences may never end
@@ -259,8 +298,10 @@ class MarkovSource:
         except RuntimeError:
             v = None
         if v is None or not bool(torch.isfinite(v).all()) or bool((v < -1e-9).any()):
-            raise ValueError("MarkovSource: some sentences never end (a set of words the chain cannot leave "
-                             "without an end-of-sentence probability)")  # fmt: skip
+            raise ValueError(
+                "MarkovSource: some sentences never end (a set of words the chain cannot leave "
+                "without an end-of-sentence probability)"
+            )
         return v.clamp_min(0.0)
 
     def entropy(self) -> SourceEntropy:
@@ -342,7 +383,9 @@ class MarkovSource:
         n = len(document)
         if not self.min_sentences <= n <= self.max_sentences:
             return torch.full((self.num_topics,), -math.inf, dtype=torch.float64)
-        total = torch.full((self.num_topics,), -math.log(self.max_sentences - self.min_sentences + 1), dtype=torch.float64)
+        total = torch.full(
+            (self.num_topics,), -math.log(self.max_sentences - self.min_sentences + 1), dtype=torch.float64
+        )
         for sentence in document:
             if not sentence.endswith(".") or sentence[:-1] != sentence[:-1].strip():
                 raise ValueError(f"not a sentence of this source (no final '.'): {sentence!r}")
@@ -365,8 +408,9 @@ def _spellings(rng: random.Random, n: int) -> tuple[str, ...]:
     seen: set[str] = set()
     while len(words) < n:
         syllables = 2 + _below(rng, 2)
-        word = "".join(_CONSONANTS[_below(rng, len(_CONSONANTS))] + _VOWELS[_below(rng, len(_VOWELS))]
-                       for _ in range(syllables))  # fmt: skip
+        word = "".join(
+            _CONSONANTS[_below(rng, len(_CONSONANTS))] + _VOWELS[_below(rng, len(_VOWELS))] for _ in range(syllables)
+        )
         if rng.random() < 0.3:
             word += _CONSONANTS[_below(rng, len(_CONSONANTS))]
         if word not in seen:
@@ -376,9 +420,16 @@ def _spellings(rng: random.Random, n: int) -> tuple[str, ...]:
 
 
 def markov_source(
-    *, topics: int = 1, words: int = 64, topic_words: int | None = None, branching: int = 4, length: int = 8,
-    min_sentences: int = 4, max_sentences: int = 12, seed: int = 0,
-) -> MarkovSource:  # fmt: skip
+    *,
+    topics: int = 1,
+    words: int = 64,
+    topic_words: int | None = None,
+    branching: int = 4,
+    length: int = 8,
+    min_sentences: int = 4,
+    max_sentences: int = 12,
+    seed: int = 0,
+) -> MarkovSource:
     """A seeded :class:`MarkovSource` (the ``synthetic:markov`` / ``synthetic:topics`` spec parameters).
 
     ``words`` pronounceable spellings (4 to 7 letters); each topic picks ``topic_words`` of them at random
@@ -413,7 +464,9 @@ def markov_source(
         for w in own:
             successors = [own[j] for j in _permutation(rng, topic_words)[:branching]]
             transitions[k, w, words] = p_end
-            transitions[k, w, successors] = (1.0 - p_end) * torch.tensor(_dirichlet_ones(rng, branching), dtype=torch.float64)
+            transitions[k, w, successors] = (1.0 - p_end) * torch.tensor(
+                _dirichlet_ones(rng, branching), dtype=torch.float64
+            )
     start = start / start.sum(-1, keepdim=True)  # exact sums of 1 in float64
     transitions = transitions / transitions.sum(-1, keepdim=True)
     return MarkovSource(spellings, start, transitions, min_sentences=min_sentences, max_sentences=max_sentences)
@@ -447,8 +500,10 @@ class ICLSequences:
 
     def texts(self) -> list[str]:
         """The text of each sequence: ``"k v k v ..."`` with one byte per key and per value."""
-        return [" ".join(KEY_SYMBOLS[k] + VALUE_SYMBOLS[v] for k, v in zip(ks, vs))
-                for ks, vs in zip(self.keys.tolist(), self.values.tolist())]  # fmt: skip
+        return [
+            " ".join(KEY_SYMBOLS[k] + VALUE_SYMBOLS[v] for k, v in zip(ks, vs))
+            for ks, vs in zip(self.keys.tolist(), self.values.tolist())
+        ]
 
     def documents(self) -> list[Document]:
         """One document per sequence, its text as the single sentence."""

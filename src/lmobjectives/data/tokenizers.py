@@ -58,7 +58,6 @@ def word_ids_from_starts(is_word_start: torch.Tensor, valid: torch.Tensor | None
     return torch.where(valid, ids, -1)
 
 
-
 def _require_tokenizers() -> Any:
     try:
         import tokenizers
@@ -167,7 +166,11 @@ class ByteTokenizer:
         self._in_word = in_word
 
     def __repr__(self) -> str:
-        return f"ByteTokenizer(extra_special_tokens={self.extra_special_tokens!r})" if self.extra_special_tokens else "ByteTokenizer()"
+        return (
+            f"ByteTokenizer(extra_special_tokens={self.extra_special_tokens!r})"
+            if self.extra_special_tokens
+            else "ByteTokenizer()"
+        )
 
     def encode(self, text: str) -> list[int]:
         """UTF-8 bytes of ``text``.
@@ -239,7 +242,11 @@ class ByteTokenizer:
         """Write a marker file to ``directory`` (created if needed) for :func:`load_tokenizer`."""
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
-        marker = {"type": "byte", "vocab_size": self.vocab.size, "extra_special_tokens": list(self.extra_special_tokens)}
+        marker = {
+            "type": "byte",
+            "vocab_size": self.vocab.size,
+            "extra_special_tokens": list(self.extra_special_tokens),
+        }
         (path / _MARKER).write_text(json.dumps(marker) + "\n", encoding="utf-8")
 
 
@@ -445,7 +452,9 @@ def _with_specials(tok: Tokenizer, extra_special_tokens: Sequence[str]) -> Token
     return tok
 
 
-def load_tokenizer(spec: str | Path, texts: Iterable[str] | None = None, extra_special_tokens: Sequence[str] = ()) -> Tokenizer:
+def load_tokenizer(
+    spec: str | Path, texts: Iterable[str] | None = None, extra_special_tokens: Sequence[str] = ()
+) -> Tokenizer:
     """Build a tokenizer from a short spec.
 
     - ``"byte"``: :class:`ByteTokenizer` (no dependency).
@@ -466,7 +475,9 @@ def load_tokenizer(spec: str | Path, texts: Iterable[str] | None = None, extra_s
     263
     """
     if isinstance(extra_special_tokens, str):
-        raise TypeError(f"load_tokenizer: extra_special_tokens must be a sequence of str, got the str {extra_special_tokens!r}")
+        raise TypeError(
+            f"load_tokenizer: extra_special_tokens must be a sequence of str, got the str {extra_special_tokens!r}"
+        )
     if spec == "byte":
         return ByteTokenizer(extra_special_tokens)
     if isinstance(spec, str) and (match := _TRAIN_SPEC.match(spec)):

@@ -40,7 +40,9 @@ def heldout_prompts(run: Run, prompt_tokens: int, length: int, max_prompts: int)
     ids, _ = tokenize_documents(_texts_as_documents(run.heldout), run.tokenizer)
     rows = [doc[: prompt_tokens + length] for doc in ids if len(doc) >= prompt_tokens + length][:max_prompts]
     if not rows:
-        raise ValueError(f"no held-out document of {run.out_dir} has {prompt_tokens + length} tokens; use shorter prompts")
+        raise ValueError(
+            f"no held-out document of {run.out_dir} has {prompt_tokens + length} tokens; use shorter prompts"
+        )
     x = torch.tensor(rows)
     return x[:, :prompt_tokens], x[:, prompt_tokens:]
 
@@ -61,8 +63,15 @@ def repetition_rate(ids: torch.Tensor, n: int = 4) -> float:
 
 
 @torch.no_grad()
-def continue_prompts(run: Run, prompts: torch.Tensor, length: int, *, sample: bool = False, temperature: float = 1.0,
-                     generator: torch.Generator | None = None) -> torch.Tensor:  # fmt: skip
+def continue_prompts(
+    run: Run,
+    prompts: torch.Tensor,
+    length: int,
+    *,
+    sample: bool = False,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """``length`` tokens ``(B, length)`` written after each prompt ``(B, P)`` (see the module docstring)."""
     vocab = run.vocab
     weight = run.model.output_weight
@@ -119,34 +128,60 @@ def _reference_bits_per_byte(reference: Run, run: Run, prompts: torch.Tensor, co
         labels[0, -n - 1 : -1] = ids[0, -n:]
         hidden = reference.forward_hidden(plain_batch(ids, None, causal=True))
         with torch.no_grad():
-            total += float(lm_token_losses(hidden, reference.model.output_weight, labels.to(reference.device)).loss.sum())
+            total += float(
+                lm_token_losses(hidden, reference.model.output_weight, labels.to(reference.device)).loss.sum()
+            )
         size += len(cont_text.encode("utf-8"))
     return total / math.log(2) / max(size, 1)
 
 
 @torch.no_grad()
-def generation(run: Run, *, reference: Run | None = None, prompt_tokens: int = 32, length: int = 32, max_prompts: int = 8,
-               temperature: float = 1.0, n: int = 4, examples: int = 3) -> TaskResult:  # fmt: skip
+def generation(
+    run: Run,
+    *,
+    reference: Run | None = None,
+    prompt_tokens: int = 32,
+    length: int = 32,
+    max_prompts: int = 8,
+    temperature: float = 1.0,
+    n: int = 4,
+    examples: int = 3,
+) -> TaskResult:
     """Greedy and sampled continuations of held-out prompts and their measures (see the module docstring)."""
     if reference is not None and reference.reads != "causal":
-        raise ValueError(f"the reference run {reference.out_dir} must be a causal model (e.g. a CLM run), not {reference.reads}")
+        raise ValueError(
+            f"the reference run {reference.out_dir} must be a causal model (e.g. a CLM run), not {reference.reads}"
+        )
     prompts, truth = heldout_prompts(run, prompt_tokens, length, max_prompts)
     greedy = continue_prompts(run, prompts, length)
-    sampled = continue_prompts(run, prompts, length, sample=True, temperature=temperature,
-                               generator=eval_generator("generation", temperature))  # fmt: skip
-    metrics = {"greedy_repetition": repetition_rate(greedy, n), "sampled_repetition": repetition_rate(sampled, n),
-               "true_repetition": repetition_rate(truth, n)}  # fmt: skip
+    sampled = continue_prompts(
+        run, prompts, length, sample=True, temperature=temperature, generator=eval_generator("generation", temperature)
+    )
+    metrics = {
+        "greedy_repetition": repetition_rate(greedy, n),
+        "sampled_repetition": repetition_rate(sampled, n),
+        "true_repetition": repetition_rate(truth, n),
+    }
     if reference is not None:
         for name, ids in (("greedy", greedy), ("sampled", sampled), ("true", truth)):
             metrics[f"{name}_reference_bits_per_byte"] = finite(_reference_bits_per_byte(reference, run, prompts, ids))
     decode = run.tokenizer.decode
-    shown = [{"prompt": decode(p), "true": decode(t), "greedy": decode(g), "sampled": decode(s)}
-             for p, t, g, s in zip(prompts.tolist(), truth.tolist(), greedy.tolist(), sampled.tolist())][:examples]  # fmt: skip
+    shown = [
+        {"prompt": decode(p), "true": decode(t), "greedy": decode(g), "sampled": decode(s)}
+        for p, t, g, s in zip(prompts.tolist(), truth.tolist(), greedy.tolist(), sampled.tolist())
+    ][:examples]
     return TaskResult(
         "generation",
         metrics=metrics,
-        info={"procedure": f"{prompts.shape[0]} held-out prompts of {prompt_tokens} tokens, {length} tokens written "
-                           f"greedily and sampled at temperature {temperature}; repetition = repeated {n}-grams",
-              "prompts": prompts.shape[0], "prompt_tokens": prompt_tokens, "length": length, "temperature": temperature,
-              "ngram": n, "reference": str(reference.out_dir) if reference is not None else None, "examples": shown},
+        info={
+            "procedure": f"{prompts.shape[0]} held-out prompts of {prompt_tokens} tokens, {length} tokens written "
+            f"greedily and sampled at temperature {temperature}; repetition = repeated {n}-grams",
+            "prompts": prompts.shape[0],
+            "prompt_tokens": prompt_tokens,
+            "length": length,
+            "temperature": temperature,
+            "ngram": n,
+            "reference": str(reference.out_dir) if reference is not None else None,
+            "examples": shown,
+        },
     )

@@ -42,6 +42,7 @@ from typing import Any
 import torch
 
 from .._checks import check_choice, check_positive_int
+from ..batch import Batch
 from ..data.synthetic import (
     KEY_SYMBOLS,
     VALUE_SYMBOLS,
@@ -49,7 +50,6 @@ from ..data.synthetic import (
     icl_sequences,
     parse_spec,
 )
-from ..batch import Batch
 from .run import load_run, sample_batch
 
 __all__ = [
@@ -64,12 +64,11 @@ __all__ = [
     "probe_icl",
     "probe_run",
     "train_command",
-]  # fmt: skip
+]
 
 KINDS = ("causal", "prefix", "masked")
 MIN_QUERIES_SHOWN = 20  # plot: an occurrence index asked fewer times than this is left out (too noisy)
 """How a model is asked for a value (see the module docstring)."""
-
 
 
 @dataclass
@@ -82,7 +81,9 @@ class ICLResult:
     log_prob: torch.Tensor  # (N, P) float64: log-probability (nats) of the pair's value
     occurrence: torch.Tensor  # (N, P) long: 1 = the key's first appearance in its sequence, 2 = second, ...
     values: int  # size of the value alphabet: chance accuracy on a first occurrence is 1 / values
-    baseline: torch.Tensor  # (N, P) float64: expected accuracy of guessing the most frequent earlier value (no key lookup)
+    baseline: (
+        torch.Tensor
+    )  # (N, P) float64: expected accuracy of guessing the most frequent earlier value (no key lookup)
 
     def _mean(self, x: torch.Tensor, where: torch.Tensor) -> float | None:
         return float(x[where].double().mean()) if bool(where.any()) else None
@@ -156,8 +157,10 @@ def frequency_baseline(sequences: ICLSequences, values: int) -> torch.Tensor:
 def _single_token(tokenizer: Any, text: str) -> int:
     ids = tokenizer.encode(text)
     if len(ids) != 1:
-        raise ValueError(f"probe_icl: {text!r} is {len(ids)} tokens of this tokenizer; the probe needs one token "
-                         "per key, value and space (use the byte tokenizer, --tokenizer byte)")  # fmt: skip
+        raise ValueError(
+            f"probe_icl: {text!r} is {len(ids)} tokens of this tokenizer; the probe needs one token "
+            "per key, value and space (use the byte tokenizer, --tokenizer byte)"
+        )
     return ids[0]
 
 
@@ -173,8 +176,10 @@ def _token_ids(sequences: ICLSequences, tokenizer: Any) -> torch.Tensor:
     ids = ids[:, : 3 * P - 1]  # (N, 3P - 1), no space after the last value
     for i, text in enumerate(sequences.texts()[:8]):
         if tokenizer.encode(text) != ids[i].tolist():
-            raise ValueError("probe_icl: the tokenizer does not split the sequences into one token per key, value "
-                             "and space (merges across them); use the byte tokenizer")  # fmt: skip
+            raise ValueError(
+                "probe_icl: the tokenizer does not split the sequences into one token per key, value "
+                "and space (merges across them); use the byte tokenizer"
+            )
     return ids
 
 
@@ -188,9 +193,15 @@ def _outputs(model: torch.nn.Module, batch: Batch, positions: torch.Tensor) -> t
 
 @torch.no_grad()
 def probe_icl(
-    model: torch.nn.Module, tokenizer: Any, sequences: ICLSequences, *, kind: str, context: str = "left",
-    values: int | None = None, batch_size: int = 256,
-) -> ICLResult:  # fmt: skip
+    model: torch.nn.Module,
+    tokenizer: Any,
+    sequences: ICLSequences,
+    *,
+    kind: str,
+    context: str = "left",
+    values: int | None = None,
+    batch_size: int = 256,
+) -> ICLResult:
     """Ask ``model`` for the value of every pair of ``sequences`` (see the module docstring for ``kind``).
 
     ``model`` is any of the package's models for a :class:`~lmobjectives.Batch` (``model(batch).hidden``
@@ -204,7 +215,9 @@ def probe_icl(
     if context == "full" and kind != "masked":
         raise ValueError(f"probe_icl: context='full' applies to kind='masked' only (a {kind} model reads the left)")
     if not isinstance(sequences, ICLSequences):
-        raise TypeError(f"probe_icl: sequences must be ICLSequences (data.synthetic.icl_sequences), got {type(sequences).__name__}")
+        raise TypeError(
+            f"probe_icl: sequences must be ICLSequences (data.synthetic.icl_sequences), got {type(sequences).__name__}"
+        )
     check_positive_int(batch_size, "probe_icl: batch_size")
     n, P = sequences.keys.shape
     values = int(sequences.values.max()) + 1 if values is None else values
@@ -223,8 +236,12 @@ def probe_icl(
             answers = value_ids[lo : lo + batch_size]  # (b, P)
             b = rows.shape[0]
             if kind == "causal":
-                batch = Batch(input_ids=rows, labels=torch.zeros_like(rows), causal=True,
-                              attention_mask=torch.ones_like(rows, dtype=torch.bool))  # fmt: skip
+                batch = Batch(
+                    input_ids=rows,
+                    labels=torch.zeros_like(rows),
+                    causal=True,
+                    attention_mask=torch.ones_like(rows, dtype=torch.bool),
+                )
                 hidden = model(batch).hidden  # (b, L, d)
                 logits = hidden[:, 0::3] @ model.output_weight.T  # (b, P, V): outputs at the keys
                 lp = torch.log_softmax(logits.double(), -1)  # (b, P, V)
@@ -236,21 +253,34 @@ def probe_icl(
                 if kind == "prefix":
                     x = rows[:, : key_at + 1]  # (b, 3p + 1): the left context, up to the key
                     real = torch.ones_like(x, dtype=torch.bool)
-                    batch = Batch(input_ids=x, labels=torch.zeros_like(x), attention_mask=real, causal=True, prefix_mask=real)
+                    batch = Batch(
+                        input_ids=x, labels=torch.zeros_like(x), attention_mask=real, causal=True, prefix_mask=real
+                    )
                     at = key_at
                 else:
                     x = rows.clone() if context == "full" else rows[:, : key_at + 2].clone()  # (b, T)
                     x[:, key_at + 1] = tokenizer.vocab.mask_id
-                    batch = Batch(input_ids=x, labels=torch.zeros_like(x), causal=False,
-                                  attention_mask=torch.ones_like(x, dtype=torch.bool))  # fmt: skip
+                    batch = Batch(
+                        input_ids=x,
+                        labels=torch.zeros_like(x),
+                        causal=False,
+                        attention_mask=torch.ones_like(x, dtype=torch.bool),
+                    )
                     at = key_at + 1
                 lp = _outputs(model, batch, torch.full((b,), at, device=device))  # (b, V)
                 log_prob[lo : lo + b, p] = lp.gather(-1, answers[:, p : p + 1]).squeeze(-1).cpu()
                 correct[lo : lo + b, p] = (lp.argmax(-1) == answers[:, p]).cpu()
     finally:
         model.train(was_training)
-    return ICLResult(kind=kind, context=context, correct=correct, log_prob=log_prob, occurrence=sequences.occurrence,
-                     values=values, baseline=frequency_baseline(sequences, values))  # fmt: skip
+    return ICLResult(
+        kind=kind,
+        context=context,
+        correct=correct,
+        log_prob=log_prob,
+        occurrence=sequences.occurrence,
+        values=values,
+        baseline=frequency_baseline(sequences, values),
+    )
 
 
 def kind_of_batch(batch: Batch) -> str:
@@ -270,9 +300,15 @@ def kind_of_batch(batch: Batch) -> str:
 
 
 def probe_run(
-    out_dir: str | Path, *, n: int = 512, seed: int = 1, kind: str | None = None, context: str = "left",
-    data: str | None = None, device: str = "cpu",
-) -> ICLResult:  # fmt: skip
+    out_dir: str | Path,
+    *,
+    n: int = 512,
+    seed: int = 1,
+    kind: str | None = None,
+    context: str = "left",
+    data: str | None = None,
+    device: str = "cpu",
+) -> ICLResult:
     """:func:`probe_icl` on the model of a run folder, with ``n`` fresh sequences.
 
     The sequences follow the run's ``synthetic:icl`` data spec (``pairs``, ``keys``, ``values``; or ``data``
@@ -286,7 +322,9 @@ def probe_run(
     spec = data if data is not None else config.data
     name, params = parse_spec(spec) if isinstance(spec, str) and spec.startswith("synthetic:") else (None, {})
     if name != "icl":
-        raise ValueError(f"probe_run: the run trained on {spec!r}; pass data='synthetic:icl?...' to say which sequences to probe")
+        raise ValueError(
+            f"probe_run: the run trained on {spec!r}; pass data='synthetic:icl?...' to say which sequences to probe"
+        )
     if seed == params["seed"] and data is None:
         raise ValueError(f"probe_run: seed={seed} is the training data's seed; probe with another seed")
     sequences = icl_sequences(n, pairs=params["pairs"], keys=params["keys"], values=params["values"], seed=seed)
@@ -323,11 +361,27 @@ ICL_PRESETS: dict[str, ICLPreset] = {
     # busy 2-core machine (three objectives in parallel). Measured (one seed, 512 fresh sequences): clm finds
     # keys (accuracy at a key's 2nd occurrence 0.55 vs 0.23 for the frequency guess, onset between steps 2000
     # and 3000); prefix_lm and mlm stay at the frequency guess. At d_model=64 (0.12 M) none does in 3000 steps.
-    "cpu": ICLPreset(data="synthetic:icl?docs=8192&pairs=16&keys=6&values=10", steps=4000, batch_size=32,
-                     d_model=128, n_layers=2, n_heads=4, d_ff=512),
+    "cpu": ICLPreset(
+        data="synthetic:icl?docs=8192&pairs=16&keys=6&values=10",
+        steps=4000,
+        batch_size=32,
+        d_model=128,
+        n_layers=2,
+        n_heads=4,
+        d_ff=512,
+    ),
     # the same task, longer sequences, more keys, a 25 M-parameter model (not yet run: no GPU in this session)
-    "gpu": ICLPreset(data="synthetic:icl?docs=65536&pairs=64&keys=16&values=26", steps=4000, batch_size=128,
-                     d_model=512, n_layers=8, n_heads=8, d_ff=2048, lr=1e-3, probe_sequences=2048),
+    "gpu": ICLPreset(
+        data="synthetic:icl?docs=65536&pairs=64&keys=16&values=26",
+        steps=4000,
+        batch_size=128,
+        d_model=512,
+        n_layers=8,
+        n_heads=8,
+        d_ff=2048,
+        lr=1e-3,
+        probe_sequences=2048,
+    ),
 }
 """Training setups: ``cpu`` shows the comparison on a laptop, ``gpu`` is the same at a larger size."""
 
@@ -335,9 +389,30 @@ ICL_PRESETS: dict[str, ICLPreset] = {
 def train_command(preset: str, objective: str, out: str | Path) -> list[str]:
     """The ``lmobj train`` arguments that train ``objective`` with ``preset``."""
     p = ICL_PRESETS[preset]
-    args = ["--objective", objective, "--data", p.data, "--seq-len", str(p.seq_len), "--steps", str(p.steps),
-            "--batch-size", str(p.batch_size), "--d-model", str(p.d_model), "--layers", str(p.n_layers),
-            "--heads", str(p.n_heads), "--d-ff", str(p.d_ff), "--lr", str(p.lr), "--out", str(out)]  # fmt: skip
+    args = [
+        "--objective",
+        objective,
+        "--data",
+        p.data,
+        "--seq-len",
+        str(p.seq_len),
+        "--steps",
+        str(p.steps),
+        "--batch-size",
+        str(p.batch_size),
+        "--d-model",
+        str(p.d_model),
+        "--layers",
+        str(p.n_layers),
+        "--heads",
+        str(p.n_heads),
+        "--d-ff",
+        str(p.d_ff),
+        "--lr",
+        str(p.lr),
+        "--out",
+        str(out),
+    ]
     return args
 
 
@@ -353,15 +428,21 @@ def format_table(results: dict[str, ICLResult]) -> str:
     for name, r in results.items():
         s = r.summary()
         occ = s["accuracy_by_occurrence"]
-        cells = " ".join(f"{occ[o]:>5.2f}" if o < len(occ) and occ[o] is not None else f"{'-':>5}" for o in range(shown))
-        lines.append(f"{name:<12} {r.kind:<7} {s['first_accuracy']:>6.3f} {s['repeated_accuracy']:>6.3f} "
-                     f"{s['first_loss']:>6.3f} {s['repeated_loss']:>6.3f}  {cells}")  # fmt: skip
+        cells = " ".join(
+            f"{occ[o]:>5.2f}" if o < len(occ) and occ[o] is not None else f"{'-':>5}" for o in range(shown)
+        )
+        lines.append(
+            f"{name:<12} {r.kind:<7} {s['first_accuracy']:>6.3f} {s['repeated_accuracy']:>6.3f} "
+            f"{s['first_loss']:>6.3f} {s['repeated_loss']:>6.3f}  {cells}"
+        )
     base = next(iter(results.values()))
     b = base.summary()
     cells = " ".join(f"{x:>5.2f}" for x in b["baseline_by_occurrence"][:shown])
     lines.append(f"{'freq-guess':<12} {'-':<7} {'-':>6} {b['repeated_baseline']:>6.3f} {'-':>6} {'-':>6}  {cells}")
-    lines.append(f"chance on a first occurrence: {1 / next(iter(results.values())).values:.3f} "
-                 f"(loss floor {math.log(next(iter(results.values())).values):.3f}); floor on a repeat: 1.000 (loss 0)")  # fmt: skip
+    lines.append(
+        f"chance on a first occurrence: {1 / next(iter(results.values())).values:.3f} "
+        f"(loss floor {math.log(next(iter(results.values())).values):.3f}); floor on a repeat: 1.000 (loss 0)"
+    )
     return "\n".join(lines)
 
 
@@ -384,20 +465,30 @@ def plot(summaries: dict[str, dict[str, Any]], path: str | Path) -> None:
         occ = s["accuracy_by_occurrence"][:shown]
         by_occurrence.plot(range(1, len(occ) + 1), occ, marker="o", label=f"{name} ({s['kind']}, {s['context']})")
         pairs = s["repeated_accuracy_by_pair"]
-        by_pair.plot([p + 1 for p, a in enumerate(pairs) if a is not None], [a for a in pairs if a is not None],
-                     marker=".", label=name)  # fmt: skip
+        by_pair.plot(
+            [p + 1 for p, a in enumerate(pairs) if a is not None],
+            [a for a in pairs if a is not None],
+            marker=".",
+            label=name,
+        )
     base = first["baseline_by_occurrence"][:shown]
     by_occurrence.plot(range(1, len(base) + 1), base, color="grey", linestyle="--", label="frequency guess (no lookup)")
     base = first["repeated_baseline_by_pair"]
-    by_pair.plot([p + 1 for p, a in enumerate(base) if a is not None], [a for a in base if a is not None], color="grey",
-                 linestyle="--", label="frequency guess (no lookup)")  # fmt: skip
+    by_pair.plot(
+        [p + 1 for p, a in enumerate(base) if a is not None],
+        [a for a in base if a is not None],
+        color="grey",
+        linestyle="--",
+        label="frequency guess (no lookup)",
+    )
     for ax in (by_occurrence, by_pair):
         ax.axhline(first["chance"], color="grey", linestyle=":", label="chance")
         ax.set_ylim(0, 1)
         ax.set_ylabel("accuracy of the value (argmax)")
     by_occurrence.set_xlabel("occurrence of the key in its sequence (1 = first time)")
-    by_occurrence.set_title(f"value of a key, from the left context only (occurrences with ≥ {MIN_QUERIES_SHOWN} queries)",
-                            fontsize=9)
+    by_occurrence.set_title(
+        f"value of a key, from the left context only (occurrences with ≥ {MIN_QUERIES_SHOWN} queries)", fontsize=9
+    )
     by_pair.set_xlabel("pair position in the sequence")
     by_pair.set_title("repeated keys, by position")
     by_occurrence.legend(fontsize=7)
@@ -419,18 +510,24 @@ def _positive_int(text: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     """``python -m lmobjectives.evaluation.icl``: train each objective with a preset (unless trained), probe, print the table."""
     # bad flags are one line naming the flag and its value, exit 2 (argparse's); flags are typed in full, as lmobj's
-    parser = argparse.ArgumentParser(prog="python -m lmobjectives.evaluation.icl", description=main.__doc__,
-                                     allow_abbrev=False)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m lmobjectives.evaluation.icl", description=main.__doc__, allow_abbrev=False
+    )
     parser.add_argument("--preset", choices=sorted(ICL_PRESETS), default="cpu")
     parser.add_argument("--objectives", default="clm,prefix_lm,mlm", help="comma-separated objectives to compare")
     parser.add_argument("--out", default="runs/icl", help="folder for the runs (OUT/OBJECTIVE) and icl.json")
     parser.add_argument("--probe-only", action="store_true", help="probe existing runs, train nothing")
     parser.add_argument("--steps", type=_positive_int, default=None, help="override the preset's steps")
-    parser.add_argument("--results", default=None, help="folder for icl.json, icl.txt (the table) and icl.png "
-                        "(default: OUT)")  # fmt: skip
+    parser.add_argument(
+        "--results", default=None, help="folder for icl.json, icl.txt (the table) and icl.png (default: OUT)"
+    )
     parser.add_argument("--threads", type=_positive_int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--seed", type=int, default=0, help="training seed (initialisation, data order); the corpus "
-                        "and the probe's sequences stay the same")  # fmt: skip
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="training seed (initialisation, data order); the corpus and the probe's sequences stay the same",
+    )
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error instead of one line")
     args = parser.parse_args(argv)
     from ..recipes import OBJECTIVES
@@ -441,16 +538,20 @@ def main(argv: list[str] | None = None) -> int:
     objectives = args.objectives.split(",")
     for objective in objectives:
         if objective not in OBJECTIVES:
-            parser.error(f"argument --objectives: unknown objective {objective!r} in {args.objectives!r}; "
-                         f"choose from: {', '.join(n for n, r in OBJECTIVES.items() if not r.untrainable)} (comma-separated)")  # fmt: skip
+            parser.error(
+                f"argument --objectives: unknown objective {objective!r} in {args.objectives!r}; "
+                f"choose from: {', '.join(n for n, r in OBJECTIVES.items() if not r.untrainable)} (comma-separated)"
+            )
         if why := OBJECTIVES[objective].untrainable:
             parser.error(f"argument --objectives: {objective} cannot be trained (data only), nor probed: {why}")
     out = Path(args.out)
     trained = {objective: bool(checkpoint_steps(out / objective / CHECKPOINT_DIR)) for objective in objectives}
     if args.probe_only and not all(trained.values()):
         missing = ", ".join(str(out / o) for o, done in trained.items() if not done)
-        parser.error(f"argument --probe-only: no trained run (no checkpoint) in {missing}; run without --probe-only "
-                     f"to train it, or give the --out ({args.out!r}) or --objectives that hold the runs")  # fmt: skip
+        parser.error(
+            f"argument --probe-only: no trained run (no checkpoint) in {missing}; run without --probe-only "
+            f"to train it, or give the --out ({args.out!r}) or --objectives that hold the runs"
+        )
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     preset = ICL_PRESETS[args.preset]
@@ -459,12 +560,24 @@ def main(argv: list[str] | None = None) -> int:
         for objective in objectives:
             run = out / objective
             if not trained[objective]:
-                train(TrainConfig(objective=objective, data=preset.data, seq_len=preset.seq_len,
-                                  steps=args.steps if args.steps is not None else preset.steps,
-                                  batch_size=preset.batch_size, d_model=preset.d_model, n_layers=preset.n_layers,
-                                  n_heads=preset.n_heads, d_ff=preset.d_ff, lr=preset.lr,
-                                  options=preset.options.get(objective, {}), seed=args.seed, out=str(run),
-                                  progress=False))  # fmt: skip
+                train(
+                    TrainConfig(
+                        objective=objective,
+                        data=preset.data,
+                        seq_len=preset.seq_len,
+                        steps=args.steps if args.steps is not None else preset.steps,
+                        batch_size=preset.batch_size,
+                        d_model=preset.d_model,
+                        n_layers=preset.n_layers,
+                        n_heads=preset.n_heads,
+                        d_ff=preset.d_ff,
+                        lr=preset.lr,
+                        options=preset.options.get(objective, {}),
+                        seed=args.seed,
+                        out=str(run),
+                        progress=False,
+                    )
+                )
             results[objective] = probe_run(run, n=preset.probe_sequences)
             if results[objective].kind == "masked":  # also asked with both sides of the value visible
                 results[objective + ":full"] = probe_run(run, n=preset.probe_sequences, context="full")

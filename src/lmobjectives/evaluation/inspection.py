@@ -60,12 +60,12 @@ from typing import Any, NamedTuple
 import torch
 
 from .._checks import check_choice, check_int, check_positive_int
+from ..batch import Batch, Objective, attention_mask_4d
 from ..constants import DEFAULT_SEED, IGNORE_INDEX
 from ..data import builtin_corpus, load_tokenizer, split_sentences
-from ..batch import Batch, Objective, attention_mask_4d
-from ..recipes import OBJECTIVES, Recipe
 from ..data.chat import conversations_from_documents, example_chat
 from ..data.sources import data_texts
+from ..recipes import OBJECTIVES, Recipe
 from ..training.streams import build_stream
 
 __all__ = [
@@ -99,7 +99,13 @@ _LEGEND = {
     "sentinel": "sentinel",
     "special": "special token",
 }
-_PLOT_COLOURS = {"kept": "black", "masked": "#c0392b", "replaced": "#d68910", "sentinel": "#8e44ad", "special": "#138d90"}
+_PLOT_COLOURS = {
+    "kept": "black",
+    "masked": "#c0392b",
+    "replaced": "#d68910",
+    "sentinel": "#8e44ad",
+    "special": "#138d90",
+}
 
 
 # ----------------------------------------------------------------------------- the example
@@ -198,11 +204,21 @@ def example_batch(
         batch = stream(0)
     except ValueError as e:  # build_stream's errors of a too short --seq-len already name the objective and the flag
         said = str(e).startswith(f"objective {name!r} (--seq-len")
-        raise ValueError(str(e) if said else f"objective {name!r} made no example of this text with --seq-len {seq_len}: {e}") from None
+        raise ValueError(
+            str(e) if said else f"objective {name!r} made no example of this text with --seq-len {seq_len}: {e}"
+        ) from None
     if batch.input_ids.shape[0] == 0:
         raise ValueError(f"objective {name!r} made no example from this text; give a longer text")
-    return Example(name=name, recipe=recipe, objective=objective, options=full, batch=batch, tokenizer=tok,
-                   seq_len=seq_len, seed=seed)  # fmt: skip
+    return Example(
+        name=name,
+        recipe=recipe,
+        objective=objective,
+        options=full,
+        batch=batch,
+        tokenizer=tok,
+        seq_len=seq_len,
+        seed=seed,
+    )
 
 
 # ----------------------------------------------------------------------------- one row, token by token
@@ -245,7 +261,9 @@ def _decode_each(tok: Any, ids: list[int], joinable: list[bool]) -> list[str]:
     return out
 
 
-def _row(example: Example, ids: torch.Tensor, real: torch.Tensor, labels: torch.Tensor | None, next_token: bool) -> TokenRow:
+def _row(
+    example: Example, ids: torch.Tensor, real: torch.Tensor, labels: torch.Tensor | None, next_token: bool
+) -> TokenRow:
     """``ids``, ``real``, ``labels``: ``(T,)`` of one row; ``next_token``: labels are the next token's (causal)."""
     vocab, tok = example.tokenizer.vocab, example.tokenizer
     n = _real_length(real)
@@ -279,7 +297,11 @@ def _rows(example: Example) -> list[tuple[str, TokenRow]]:
     labels = b.labels[..., 0] if b.labels.dim() == 3 else b.labels  # (B, T); multi-token labels: the next token's
     if b.decoder_input_ids is None:
         return [("input", _row(example, b.input_ids[0], b.attention_mask[0], labels[0], next_token=b.causal))]
-    decoder_real = b.decoder_attention_mask if b.decoder_attention_mask is not None else torch.ones_like(b.decoder_input_ids, dtype=torch.bool)
+    decoder_real = (
+        b.decoder_attention_mask
+        if b.decoder_attention_mask is not None
+        else torch.ones_like(b.decoder_input_ids, dtype=torch.bool)
+    )
     return [
         ("encoder", _row(example, b.input_ids[0], b.attention_mask[0], None, next_token=False)),
         ("decoder", _row(example, b.decoder_input_ids[0], decoder_real[0], labels[0], next_token=True)),
@@ -346,7 +368,9 @@ def _cells(row: TokenRow, *, color: bool, segments: list[str] | None) -> list[_C
     return cells
 
 
-def _grid(name: str, row: TokenRow, *, color: bool, width: int, label_width: int, segments: list[str] | None) -> list[str]:
+def _grid(
+    name: str, row: TokenRow, *, color: bool, width: int, label_width: int, segments: list[str] | None
+) -> list[str]:
     """The row as aligned lines, wrapped at ``width`` columns: the tokens, their targets, in plain text the
     marks (the stand-in for colours), and the segment (A/B) of each token when ``segments`` is given."""
     cells = _cells(row, color=color, segments=segments)
@@ -360,10 +384,13 @@ def _grid(name: str, row: TokenRow, *, color: bool, width: int, label_width: int
             end += 1
         chunk = cells[start:end]
         tokens = "".join(
-            _style(c.token, [_ANSI.get(c.role, ""), _ANSI["loss"] if c.has_loss else ""], color) + " " * (c.width - _width(c.token))
+            _style(c.token, [_ANSI.get(c.role, ""), _ANSI["loss"] if c.has_loss else ""], color)
+            + " " * (c.width - _width(c.token))
             for c in chunk
         )
-        targets = "".join(_style(c.target, [_ANSI["target"]], color) + " " * (c.width - _width(c.target)) for c in chunk)
+        targets = "".join(
+            _style(c.target, [_ANSI["target"]], color) + " " * (c.width - _width(c.target)) for c in chunk
+        )
         marks = "".join(_pad(c.mark, c.width) for c in chunk)
         if lines:
             lines.append("")
@@ -426,7 +453,9 @@ def render_text(example: Example, *, color: bool = False, width: int | None = No
         f"attention: {_attention_summary(b)}",
     ]
     rows = _rows(example)
-    label_width = max(*(len(name) for name, _ in rows), len("segment" if b.token_type_ids is not None else "target")) + 2
+    label_width = (
+        max(*(len(name) for name, _ in rows), len("segment" if b.token_type_ids is not None else "target")) + 2
+    )
     for name, row in rows:
         segments = None
         if b.token_type_ids is not None and name == "input":
@@ -439,7 +468,10 @@ def render_text(example: Example, *, color: bool = False, width: int | None = No
     lines.append(f"{sum(row.loss)} of the {len(row.tokens)} {name} positions shown carry a loss")
     present = [r for r in ROLES[1:] if any(r in row.roles for _, row in rows)]
     if color:
-        legend = [_style("underlined", [_ANSI["loss"]], True) + ": has a loss", _style("target", [_ANSI["target"]], True) + ": what it predicts"]
+        legend = [
+            _style("underlined", [_ANSI["loss"]], True) + ": has a loss",
+            _style("target", [_ANSI["target"]], True) + ": what it predicts",
+        ]
         legend += [_style(_LEGEND[r], [_ANSI[r]], True) for r in present]
     else:
         legend = ["^ has a loss (its target is above)"] + [f"{_MARK[r]} {_LEGEND[r]}" for r in present if r in _MARK]
@@ -473,7 +505,9 @@ def attention_panels(example: Example) -> list[Panel]:
     enc, dec = rows["encoder"], rows["decoder"]
     n, m = len(enc.tokens), len(dec.tokens)
     return [
-        Panel("self", f"encoder self-attention: {_self_pattern(b)}", attention_mask_4d(b, "self")[0, 0, :n, :n], enc, enc),
+        Panel(
+            "self", f"encoder self-attention: {_self_pattern(b)}", attention_mask_4d(b, "self")[0, 0, :n, :n], enc, enc
+        ),
         Panel("cross", "decoder → encoder (cross-attention)", attention_mask_4d(b, "cross")[0, 0, :m, :n], dec, enc),
         Panel("decoder", "decoder self-attention: causal", attention_mask_4d(b, "decoder")[0, 0, :m, :m], dec, dec),
     ]
@@ -497,13 +531,27 @@ def _tick_labels(ax: Any, axis: str, row: TokenRow, size: float) -> None:
     ax.tick_params(axis=axis, length=0, pad=1)
 
 
-def _draw_panel(ax: Any, panel: Panel, example: Example, *, label_size: float, ticks: bool, keys_on_top: bool = False,
-                query_labels: bool = True) -> None:  # fmt: skip
+def _draw_panel(
+    ax: Any,
+    panel: Panel,
+    example: Example,
+    *,
+    label_size: float,
+    ticks: bool,
+    keys_on_top: bool = False,
+    query_labels: bool = True,
+) -> None:
     from matplotlib.colors import ListedColormap
 
     tq, tk = panel.allowed.shape
-    ax.imshow(panel.allowed.int().numpy(), cmap=ListedColormap([_BLOCKED, _MAY_ATTEND]), vmin=0, vmax=1,
-              interpolation="nearest", aspect="auto")  # fmt: skip
+    ax.imshow(
+        panel.allowed.int().numpy(),
+        cmap=ListedColormap([_BLOCKED, _MAY_ATTEND]),
+        vmin=0,
+        vmax=1,
+        interpolation="nearest",
+        aspect="auto",
+    )
     chars = max(10, int(ax.get_position().width * ax.figure.get_figwidth() * 13))  # title characters that fit
     ax.set_title("\n".join(textwrap.wrap(panel.title, chars)), fontsize=10)
     if keys_on_top:
@@ -533,13 +581,20 @@ def _draw_loss(ax: Any, queries: TokenRow, *, label_size: float, ticks: bool) ->
     from matplotlib.colors import ListedColormap
 
     loss = torch.tensor(queries.loss, dtype=torch.int32)[:, None]  # (Tq, 1)
-    ax.imshow(loss.numpy(), cmap=ListedColormap([_BLOCKED, _LOSS]), vmin=0, vmax=1, interpolation="nearest", aspect="auto")
+    ax.imshow(
+        loss.numpy(), cmap=ListedColormap([_BLOCKED, _LOSS]), vmin=0, vmax=1, interpolation="nearest", aspect="auto"
+    )
     ax.set_title("loss", fontsize=10)
     ax.set_xticks([])
     ax.yaxis.tick_right()
     targets = [_shown(t, space="␣") if t is not None else "" for t in queries.targets]
-    ax.set_yticks(range(len(targets)), targets if ticks else [""] * len(targets), fontsize=label_size,
-                  fontfamily="monospace", color=_LOSS)  # fmt: skip
+    ax.set_yticks(
+        range(len(targets)),
+        targets if ticks else [""] * len(targets),
+        fontsize=label_size,
+        fontfamily="monospace",
+        color=_LOSS,
+    )
     ax.tick_params(axis="y", length=0, pad=2)
 
 
@@ -576,27 +631,60 @@ def figure(example: Example) -> Any:
     rows = [p.queries for p in panels] + [p.keys for p in panels]
     longest = max((_width(_shown(t)) for row in rows for t in [*row.tokens, *filter(None, row.targets)]), default=1)
     label = (longest * size * 0.62 / 72 if ticks else 0.15) + 0.1  # inches of the longest tick label
-    handles = [Patch(color=_MAY_ATTEND, label="may attend"), Patch(facecolor=_BLOCKED, edgecolor="#999999", label="cannot attend"),
-               Patch(color=_LOSS, label="loss at this position")]  # fmt: skip
-    handles += [Patch(color=_PLOT_COLOURS[r], label=_LEGEND[r] + " (tick label)") for r in ROLES[1:] if any(r in row.roles for row in rows)]
+    handles = [
+        Patch(color=_MAY_ATTEND, label="may attend"),
+        Patch(facecolor=_BLOCKED, edgecolor="#999999", label="cannot attend"),
+        Patch(color=_LOSS, label="loss at this position"),
+    ]
+    handles += [
+        Patch(color=_PLOT_COLOURS[r], label=_LEGEND[r] + " (tick label)")
+        for r in ROLES[1:]
+        if any(r in row.roles for row in rows)
+    ]
     width = (cells + strip) * inch + 2 * label + 1.0 + (0.4 if Td else 0.0)
     ncols = max(1, min(len(handles), int(width / 2.3)))
     chars = int(width * 11)  # characters per line of the title, at its font size
     options = f"options: {_options_text(example)}; seq_len={example.seq_len}, seed={example.seed}"
     title = [*textwrap.wrap(f"{example.name}: {example.recipe.summary}", chars), *textwrap.wrap(options, chars)]
-    height = cells * inch + 0.2 * len(title) + (label + 0.9) * (2 if Td else 1) + 0.25 * math.ceil(len(handles) / ncols) + 0.6
+    height = (
+        cells * inch
+        + 0.2 * len(title)
+        + (label + 0.9) * (2 if Td else 1)
+        + 0.25 * math.ceil(len(handles) / ncols)
+        + 0.6
+    )
     fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
     if not Td:
         grid = fig.add_gridspec(1, 2, width_ratios=[T, strip])
-        _draw_panel(fig.add_subplot(grid[0, 0], label="attention:self"), by_part["self"], example, label_size=size, ticks=ticks)
+        _draw_panel(
+            fig.add_subplot(grid[0, 0], label="attention:self"), by_part["self"], example, label_size=size, ticks=ticks
+        )
         _draw_loss(fig.add_subplot(grid[0, 1], label="loss"), by_part["self"].queries, label_size=size, ticks=ticks)
     else:  # encoder self above cross (same keys); decoder self right of cross (same queries); loss right of that
         grid = fig.add_gridspec(2, 3, width_ratios=[T, Td, strip], height_ratios=[T, Td])
-        _draw_panel(fig.add_subplot(grid[0, 0], label="attention:self"), by_part["self"], example, label_size=size,
-                    ticks=ticks, keys_on_top=True)  # fmt: skip
-        _draw_panel(fig.add_subplot(grid[1, 0], label="attention:cross"), by_part["cross"], example, label_size=size, ticks=ticks)
-        _draw_panel(fig.add_subplot(grid[1, 1], label="attention:decoder"), by_part["decoder"], example, label_size=size,
-                    ticks=ticks, query_labels=False)  # fmt: skip
+        _draw_panel(
+            fig.add_subplot(grid[0, 0], label="attention:self"),
+            by_part["self"],
+            example,
+            label_size=size,
+            ticks=ticks,
+            keys_on_top=True,
+        )
+        _draw_panel(
+            fig.add_subplot(grid[1, 0], label="attention:cross"),
+            by_part["cross"],
+            example,
+            label_size=size,
+            ticks=ticks,
+        )
+        _draw_panel(
+            fig.add_subplot(grid[1, 1], label="attention:decoder"),
+            by_part["decoder"],
+            example,
+            label_size=size,
+            ticks=ticks,
+            query_labels=False,
+        )
         _draw_loss(fig.add_subplot(grid[1, 2], label="loss"), by_part["decoder"].queries, label_size=size, ticks=ticks)
     fig.suptitle("\n".join(title), fontsize=10)
     fig.legend(handles=handles, loc="outside lower center", ncols=ncols, fontsize=8, frameon=False)

@@ -37,7 +37,9 @@ from .run import Run, heldout_blocks, token_byte_lengths
 __all__ = ["next_token", "next_token_losses"]
 
 
-def next_token_losses(run: Run, blocks: torch.Tensor, start: int, *, batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+def next_token_losses(
+    run: Run, blocks: torch.Tensor, start: int, *, batch_size: int = 16
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-target loss (nats) and argmax hits ``(N, T)`` for the blocks ``(N, T)``, at the positions ``t >= start``
     (0 and False elsewhere), each from the left context only, as the module docstring describes."""
     N, T = blocks.shape
@@ -70,7 +72,9 @@ def next_token_losses(run: Run, blocks: torch.Tensor, start: int, *, batch_size:
     return loss, correct
 
 
-def _token_losses(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _token_losses(
+    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     with torch.no_grad():
         out = lm_token_losses(hidden, weight, labels)
     return out.loss.float().cpu(), out.correct.cpu()
@@ -117,13 +121,25 @@ def next_token(run: Run, *, start: int | None = None, max_blocks: int = 32, batc
     n = int(scored.sum())
     total = float(loss[scored].double().sum())
     size = int(nbytes[scored].sum())
-    procedure = {"causal": "causal attention over the block",
-                 "bidirectional": "left context + [MASK] at the target, nothing to its right",
-                 "encoder_decoder": "left context in the encoder, the rest decoded causally"}[run.reads]  # fmt: skip
+    procedure = {
+        "causal": "causal attention over the block",
+        "bidirectional": "left context + [MASK] at the target, nothing to its right",
+        "encoder_decoder": "left context in the encoder, the rest decoded causally",
+    }[run.reads]
     return TaskResult(
         "next_token",
-        metrics={"bits_per_byte": finite(total / math.log(2) / max(size, 1)), "loss": finite(total / max(n, 1)),
-                 "perplexity": finite(math.exp(min(total / max(n, 1), 700))), "accuracy": float(correct[scored].float().mean()) if n else 0.0},
-        info={"procedure": procedure, "blocks": blocks.shape[0], "block_length": length, "first_target": start,
-              "targets": n, "bytes": size},
+        metrics={
+            "bits_per_byte": finite(total / math.log(2) / max(size, 1)),
+            "loss": finite(total / max(n, 1)),
+            "perplexity": finite(math.exp(min(total / max(n, 1), 700))),
+            "accuracy": float(correct[scored].float().mean()) if n else 0.0,
+        },
+        info={
+            "procedure": procedure,
+            "blocks": blocks.shape[0],
+            "block_length": length,
+            "first_target": start,
+            "targets": n,
+            "bytes": size,
+        },
     )

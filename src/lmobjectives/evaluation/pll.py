@@ -29,8 +29,10 @@ __all__ = ["pll", "pseudo_log_likelihoods"]
 def pseudo_log_likelihoods(run: Run, blocks: torch.Tensor, *, rows: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
     """``log P(w_t | W \\ w_t)`` ``(N, T)`` (0 at special tokens) and whether ``w_t`` is the argmax there."""
     if run.reads == "causal":
-        raise NotApplicable("pseudo-log-likelihood masks one token and reads both sides; a causal model cannot "
-                            "(its exact log-likelihood is next_token's loss)")  # fmt: skip
+        raise NotApplicable(
+            "pseudo-log-likelihood masks one token and reads both sides; a causal model cannot "
+            "(its exact log-likelihood is next_token's loss)"
+        )
     N, T = blocks.shape
     scored = ~run.vocab.special_mask()[blocks]  # (N, T)
     which, where = scored.nonzero(as_tuple=True)  # one copy per scored token
@@ -89,10 +91,18 @@ def pll(run: Run, *, max_blocks: int = 8, rows: int = 128) -> TaskResult:
     size = int(token_byte_lengths(run.tokenizer)[blocks][scored].sum())
     return TaskResult(
         "pll",
-        metrics={"pseudo_perplexity": finite(math.exp(min(-total / max(n, 1), 700))),
-                 "pll_per_token": finite(total / max(n, 1)),
-                 "pseudo_bits_per_byte": finite(-total / math.log(2) / max(size, 1)),
-                 "accuracy": float(correct[scored].float().mean()) if n else 0.0},
-        info={"blocks": blocks.shape[0], "block_length": length, "tokens": n, "bytes": size,
-              "forward_rows": n, "reference": "Salazar et al. 2020"},
+        metrics={
+            "pseudo_perplexity": finite(math.exp(min(-total / max(n, 1), 700))),
+            "pll_per_token": finite(total / max(n, 1)),
+            "pseudo_bits_per_byte": finite(-total / math.log(2) / max(size, 1)),
+            "accuracy": float(correct[scored].float().mean()) if n else 0.0,
+        },
+        info={
+            "blocks": blocks.shape[0],
+            "block_length": length,
+            "tokens": n,
+            "bytes": size,
+            "forward_rows": n,
+            "reference": "Salazar et al. 2020",
+        },
     )

@@ -23,7 +23,9 @@ __all__ = ["fit_linear_probe", "probe", "sentence_features"]
 
 
 @torch.no_grad()
-def sentence_features(run: Run, sentences: torch.Tensor, lengths: torch.Tensor, *, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+def sentence_features(
+    run: Run, sentences: torch.Tensor, lengths: torch.Tensor, *, batch_size: int = 32
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(hidden, embedded)`` ``(S, d)`` each: the mean over the real tokens of sentences ``(S, L)`` of the final
     hidden states (an encoder-decoder: of the encoder) and of the input embeddings (the tied output matrix)."""
     real = torch.arange(sentences.shape[1])[None] < lengths[:, None]  # (S, L)
@@ -39,8 +41,9 @@ def sentence_features(run: Run, sentences: torch.Tensor, lengths: torch.Tensor, 
     return torch.cat(hidden), torch.cat(embedded)
 
 
-def fit_linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, *, weight_decay: float = 1e-3,
-                     steps: int = 500) -> torch.Tensor:  # fmt: skip
+def fit_linear_probe(
+    train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, *, weight_decay: float = 1e-3, steps: int = 500
+) -> torch.Tensor:
     """Predicted classes of ``test_x`` ``(M, d)`` by a multinomial logistic regression fit on ``train_x`` ``(N, d)``,
     ``train_y`` ``(N,)``: features standardised with the training mean and std, loss = mean cross-entropy +
     ``weight_decay * |W|^2``, minimised by Nesterov's accelerated gradient descent with the step ``1 / L`` (``L``
@@ -74,10 +77,14 @@ def probe(run: Run, *, min_sentences: int = 6, weight_decay: float = 1e-3) -> Ta
     run.require_heldout()
     documents = [d for d in _texts_as_documents(run.heldout) if len(d) >= min_sentences]
     if len(documents) < 2:
-        raise NotApplicable(f"the probe needs 2 held-out documents with >= {min_sentences} sentences, {run.out_dir} has "
-                            f"{len(documents)} (hold out more with --heldout, or lower min_sentences)")  # fmt: skip
+        raise NotApplicable(
+            f"the probe needs 2 held-out documents with >= {min_sentences} sentences, {run.out_dir} has "
+            f"{len(documents)} (hold out more with --heldout, or lower min_sentences)"
+        )
     vocab = run.vocab
-    table = sentence_table(tokenize_corpus(documents, run.tokenizer), pad_id=vocab.pad_id, max_length=run.config.seq_len)
+    table = sentence_table(
+        tokenize_corpus(documents, run.tokenizer), pad_id=vocab.pad_id, max_length=run.config.seq_len
+    )
     labels = table.document_ids  # (S,) 0..C-1
     hidden, embedded = sentence_features(run, table.input_ids, table.lengths)
     rank = torch.zeros_like(labels)  # position of each sentence within its class
@@ -85,15 +92,28 @@ def probe(run: Run, *, min_sentences: int = 6, weight_decay: float = 1e-3) -> Ta
         here = labels == c
         rank[here] = torch.arange(int(here.sum()))
     train, test = rank % 2 == 0, rank % 2 == 1
-    accuracy = float((fit_linear_probe(hidden[train], labels[train], hidden[test], weight_decay=weight_decay) == labels[test]).float().mean())
-    bag = float((fit_linear_probe(embedded[train], labels[train], embedded[test], weight_decay=weight_decay) == labels[test]).float().mean())
+    accuracy = float(
+        (fit_linear_probe(hidden[train], labels[train], hidden[test], weight_decay=weight_decay) == labels[test])
+        .float()
+        .mean()
+    )
+    bag = float(
+        (fit_linear_probe(embedded[train], labels[train], embedded[test], weight_decay=weight_decay) == labels[test])
+        .float()
+        .mean()
+    )
     majority = float(torch.bincount(labels[test]).max()) / int(test.sum())
     return TaskResult(
         "probe",
         metrics={"accuracy": accuracy, "embedding_accuracy": bag, "majority_accuracy": majority},
-        info={"procedure": f"a linear classifier on frozen features, {len(documents)} classes, {int(train.sum())} "
-                           f"training and {int(test.sum())} test sentences",
-              "classes": len(documents), "train_sentences": int(train.sum()), "test_sentences": int(test.sum()),
-              "features": "mean-pooled final hidden states" + (" of the encoder" if run.reads == "encoder_decoder" else ""),
-              "chance_accuracy": 1 / len(documents)},
+        info={
+            "procedure": f"a linear classifier on frozen features, {len(documents)} classes, {int(train.sum())} "
+            f"training and {int(test.sum())} test sentences",
+            "classes": len(documents),
+            "train_sentences": int(train.sum()),
+            "test_sentences": int(test.sum()),
+            "features": "mean-pooled final hidden states"
+            + (" of the encoder" if run.reads == "encoder_decoder" else ""),
+            "chance_accuracy": 1 / len(documents),
+        },
     )

@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from ..constants import IGNORE_INDEX
 from ..batch import Batch
+from ..constants import IGNORE_INDEX
 
 __all__ = ["TaskResult"]
 
@@ -53,19 +53,34 @@ def plain_batch(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, ca
     """A one-stack batch of ``input_ids`` ``(B, T)`` with no labels (the evaluations read hidden states)."""
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
-    return Batch(input_ids=input_ids, labels=torch.full_like(input_ids, IGNORE_INDEX), attention_mask=attention_mask,
-                 causal=causal)  # fmt: skip
+    return Batch(
+        input_ids=input_ids,
+        labels=torch.full_like(input_ids, IGNORE_INDEX),
+        attention_mask=attention_mask,
+        causal=causal,
+    )
 
 
-def encoder_decoder_batch(encoder_ids: torch.Tensor, decoder_ids: torch.Tensor, labels: torch.Tensor,
-                          encoder_mask: torch.Tensor | None = None, decoder_mask: torch.Tensor | None = None) -> Batch:  # fmt: skip
+def encoder_decoder_batch(
+    encoder_ids: torch.Tensor,
+    decoder_ids: torch.Tensor,
+    labels: torch.Tensor,
+    encoder_mask: torch.Tensor | None = None,
+    decoder_mask: torch.Tensor | None = None,
+) -> Batch:
     """An encoder-decoder batch: ``encoder_ids`` ``(B, T)``, ``decoder_ids`` and ``labels`` ``(B, Td)``."""
     if encoder_mask is None:
         encoder_mask = torch.ones_like(encoder_ids, dtype=torch.bool)
     if decoder_mask is None:
         decoder_mask = torch.ones_like(decoder_ids, dtype=torch.bool)
-    return Batch(input_ids=encoder_ids, labels=labels, attention_mask=encoder_mask, causal=False,
-                 decoder_input_ids=decoder_ids, decoder_attention_mask=decoder_mask)  # fmt: skip
+    return Batch(
+        input_ids=encoder_ids,
+        labels=labels,
+        attention_mask=encoder_mask,
+        causal=False,
+        decoder_input_ids=decoder_ids,
+        decoder_attention_mask=decoder_mask,
+    )
 
 
 def finite(value: float) -> float | None:

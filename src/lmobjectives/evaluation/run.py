@@ -11,16 +11,15 @@ seed and tokenizer.
 
 from __future__ import annotations
 
-import json
 import warnings
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
-from ..constants import DEFAULT_SEED
 from ..batch import Batch, Objective
+from ..constants import DEFAULT_SEED
 from ..data.heldout import heldout_split
 from ..data.packing import pack_documents, tokenize_documents
 from ..data.sources import data_texts, is_document, load_data
@@ -32,7 +31,18 @@ from ..training.run_folder import CHECKPOINT_DIR, build_model, load_run_tokenize
 from ..training.streams import build_stream, derive_seed
 from ..training.trainer import heldout_eval_batches
 
-__all__ = ["NotApplicable", "Reads", "Run", "heldout_batches", "heldout_blocks", "heldout_word_ids", "load_run", "run_batches", "sample_batch", "token_byte_lengths"]
+__all__ = [
+    "NotApplicable",
+    "Reads",
+    "Run",
+    "heldout_batches",
+    "heldout_blocks",
+    "heldout_word_ids",
+    "load_run",
+    "run_batches",
+    "sample_batch",
+    "token_byte_lengths",
+]
 
 Reads = Literal["causal", "bidirectional", "encoder_decoder"]
 """How a run's model reads text, from the batches it was trained on: ``"causal"`` (each position sees the
@@ -113,20 +123,35 @@ def load_run(out_dir: str | Path, device: str = "cpu") -> Run:
     where = resolve_device(device)
     model = build_model(saved).to(where)
     # the newest checkpoint when it is intact; else one warning line saying which older step is evaluated and why
-    state = load_checkpoint(checkpoints, model, report=lambda line: warnings.warn(f"evaluating {out}: {line}", stacklevel=3))
+    state = load_checkpoint(
+        checkpoints, model, report=lambda line: warnings.warn(f"evaluating {out}: {line}", stacklevel=3)
+    )
     model.eval()
     corpus = load_data(config.data, recipe.data, skip_bad_files=config.skip_bad_files)
     documents, heldout = heldout_split(corpus, config.heldout)
     reads = _reads(_first_batch(recipe, objective, heldout or documents, tokenizer, config))
-    return Run(out_dir=out, config=config, tokenizer=tokenizer, recipe=recipe, objective=objective, model=model,
-               step=int(state["step"]), reads=reads, documents=documents, heldout=heldout, device=where)  # fmt: skip
+    return Run(
+        out_dir=out,
+        config=config,
+        tokenizer=tokenizer,
+        recipe=recipe,
+        objective=objective,
+        model=model,
+        step=int(state["step"]),
+        reads=reads,
+        documents=documents,
+        heldout=heldout,
+        device=where,
+    )
 
 
-def _first_batch(recipe: Recipe, objective: Objective, documents: list[Any], tokenizer: Any, config: TrainConfig
-                 ) -> Batch:  # fmt: skip
+def _first_batch(
+    recipe: Recipe, objective: Objective, documents: list[Any], tokenizer: Any, config: TrainConfig
+) -> Batch:
     """A batch of two rows from the first 16 ``documents``, laid out and corrupted as the training's."""
-    stream = build_stream(recipe, objective, documents[:16], tokenizer, seq_len=config.seq_len, batch_size=2,
-                          seed=config.seed)  # fmt: skip
+    stream = build_stream(
+        recipe, objective, documents[:16], tokenizer, seq_len=config.seq_len, batch_size=2, seed=config.seed
+    )
     return stream(0)
 
 
@@ -147,8 +172,16 @@ def run_batches(run: Run):
     """The run's training data: ``stream(step)`` is exactly the batch that update ``step + 1`` trained on (same
     documents, layout, seed, corruption); ``stream.one_pass()`` walks every training example once."""
     c = run.config
-    return build_stream(run.recipe, run.objective, run.documents, run.tokenizer, seq_len=c.seq_len,
-                        batch_size=c.batch_size, seed=c.seed, dupe_factor=c.dupe_factor)  # fmt: skip
+    return build_stream(
+        run.recipe,
+        run.objective,
+        run.documents,
+        run.tokenizer,
+        seq_len=c.seq_len,
+        batch_size=c.batch_size,
+        seed=c.seed,
+        dupe_factor=c.dupe_factor,
+    )
 
 
 def heldout_batches(run: Run) -> list[Batch]:
@@ -183,10 +216,13 @@ def _heldout_packed(run: Run, length: int | None, max_blocks: int | None, *, wit
     pad = vocab.pad_id if vocab.pad_id is not None else vocab.eos_id
     packed = pack_documents(token_docs, length, vocab.eos_id, pad_id=pad, drop_last=True, word_ids=word_docs)
     keep = slice(None, max_blocks)
-    packed = replace(packed, input_ids=packed.input_ids[keep],
-                     word_ids=None if packed.word_ids is None else packed.word_ids[keep])  # fmt: skip
+    packed = replace(
+        packed, input_ids=packed.input_ids[keep], word_ids=None if packed.word_ids is None else packed.word_ids[keep]
+    )
     if packed.input_ids.shape[0] == 0:
-        raise ValueError(f"the held-out documents of {run.out_dir} hold fewer than {length} tokens: no block to evaluate")
+        raise ValueError(
+            f"the held-out documents of {run.out_dir} hold fewer than {length} tokens: no block to evaluate"
+        )
     return packed
 
 
@@ -209,7 +245,9 @@ def token_byte_lengths(tokenizer: Any) -> torch.Tensor:
     if isinstance(tokenizer, ByteTokenizer):
         lengths = (torch.arange(vocab.size) < 256).long()
     else:
-        lengths = torch.tensor([len(tokenizer.decode([i]).encode("utf-8")) for i in range(vocab.size)], dtype=torch.long)
+        lengths = torch.tensor(
+            [len(tokenizer.decode([i]).encode("utf-8")) for i in range(vocab.size)], dtype=torch.long
+        )
     return lengths.masked_fill(vocab.special_mask(), 0)
 
 

@@ -23,9 +23,9 @@ from collections.abc import Iterator
 import torch
 
 from .._checks import check_choice
+from ..batch import Batch
 from ..constants import DEFAULT_SEED
 from ..data.packing import sentence_table, tokenize_corpus
-from ..batch import Batch
 from ..recipes import OBJECTIVES
 from ..training.streams import SentenceStream, derive_seed
 from .result import TaskResult
@@ -49,8 +49,9 @@ def _label_meaning(kind: str) -> str:
     return OBJECTIVES[kind].objective.label_meaning
 
 
-def pair_batches(run: Run, kind: str, *, documents: list | None = None, batch_size: int | None = None,
-                 mlm_probability: float = 0.0) -> Iterator[Batch]:  # fmt: skip
+def pair_batches(
+    run: Run, kind: str, *, documents: list | None = None, batch_size: int | None = None, mlm_probability: float = 0.0
+) -> Iterator[Batch]:
     """Every sentence pair of ``kind`` (``"nsp"`` or ``"sop"``) of ``documents`` (default: the held-out ones),
     once, in batches of ``batch_size`` (default: the run's) pairs: the documents in order, windows of them as
     the training stream takes them (NSP's random B comes from another document of the window), each window's
@@ -61,15 +62,24 @@ def pair_batches(run: Run, kind: str, *, documents: list | None = None, batch_si
         documents = run.heldout
     vocab = run.vocab
     objective = OBJECTIVES[kind].build(vocab, {"mlm_probability": mlm_probability}, seq_len=run.config.seq_len)
-    table = sentence_table(tokenize_corpus(_texts_as_documents(documents), run.tokenizer), pad_id=vocab.pad_id,
-                           max_length=run.config.seq_len)  # fmt: skip
-    stream = SentenceStream(objective, table.input_ids, table.document_ids, batch_size=batch_size or run.config.batch_size,
-                            seed=derive_seed(DEFAULT_SEED, "pairs", kind))  # fmt: skip
+    table = sentence_table(
+        tokenize_corpus(_texts_as_documents(documents), run.tokenizer),
+        pad_id=vocab.pad_id,
+        max_length=run.config.seq_len,
+    )
+    stream = SentenceStream(
+        objective,
+        table.input_ids,
+        table.document_ids,
+        batch_size=batch_size or run.config.batch_size,
+        seed=derive_seed(DEFAULT_SEED, "pairs", kind),
+    )
     yield from stream.one_pass()
 
 
-def pair_metrics(predictions: torch.Tensor, labels: torch.Tensor, *, balanced: bool = False,
-                 generator: torch.Generator | None = None) -> dict[str, float]:  # fmt: skip
+def pair_metrics(
+    predictions: torch.Tensor, labels: torch.Tensor, *, balanced: bool = False, generator: torch.Generator | None = None
+) -> dict[str, float]:
     """Accuracy, balanced accuracy, the share of label 1 and the majority label's share of predictions ``(N,)``
     against labels ``(N,)`` in {0, 1}; ``balanced=True`` first subsamples the majority label to the minority's count.
 
@@ -78,7 +88,9 @@ def pair_metrics(predictions: torch.Tensor, labels: torch.Tensor, *, balanced: b
     (0.75, 0.5, 0.75, 0.75)
     """
     if predictions.shape != labels.shape or labels.dim() != 1:
-        raise ValueError(f"predictions and labels must be (N,) alike, got {tuple(predictions.shape)} and {tuple(labels.shape)}")
+        raise ValueError(
+            f"predictions and labels must be (N,) alike, got {tuple(predictions.shape)} and {tuple(labels.shape)}"
+        )
     if balanced:
         keep = _balanced_subset(labels, generator)
         predictions, labels = predictions[keep], labels[keep]
@@ -86,9 +98,13 @@ def pair_metrics(predictions: torch.Tensor, labels: torch.Tensor, *, balanced: b
     hits = predictions == labels
     recalls = [int(hits[labels == c].sum()) / int((labels == c).sum()) for c in (0, 1) if bool((labels == c).any())]
     share = int(labels.sum()) / n if n else 0.0
-    return {"accuracy": int(hits.sum()) / n if n else 0.0,
-            "balanced_accuracy": sum(recalls) / len(recalls) if recalls else 0.0,
-            "label_share": share, "majority_share": max(share, 1 - share) if n else 0.0, "pairs": n}  # fmt: skip
+    return {
+        "accuracy": int(hits.sum()) / n if n else 0.0,
+        "balanced_accuracy": sum(recalls) / len(recalls) if recalls else 0.0,
+        "label_share": share,
+        "majority_share": max(share, 1 - share) if n else 0.0,
+        "pairs": n,
+    }
 
 
 def _balanced_subset(labels: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -104,8 +120,10 @@ def sentence_pairs(run: Run, *, balanced: bool = False, mlm_probability: float =
     model without a sentence-pair head."""
     classes = getattr(getattr(run.model, "config", None), "n_sentence_classes", 0)
     if classes != 2:
-        raise NotApplicable(f"the model has no sentence-pair head ({run.config.objective!r} trains none); NSP/SOP "
-                            "accuracy needs a model trained with a sentence-pair objective")  # fmt: skip
+        raise NotApplicable(
+            f"the model has no sentence-pair head ({run.config.objective!r} trains none); NSP/SOP "
+            "accuracy needs a model trained with a sentence-pair objective"
+        )
     kinds = pair_kinds()
     trained = next((k for k in kinds if isinstance(run.objective, OBJECTIVES[k].objective)), None)
     kinds.sort(key=lambda k: k != trained)  # the kind it was trained on first
@@ -119,8 +137,9 @@ def sentence_pairs(run: Run, *, balanced: bool = False, mlm_probability: float =
             labels.append(batch.sentence_labels)
         if not labels:
             raise ValueError(f"the held-out documents of {run.out_dir} make no {kind} pair")
-        m = pair_metrics(torch.cat(predictions), torch.cat(labels), balanced=balanced,
-                         generator=eval_generator("balanced", kind))  # fmt: skip
+        m = pair_metrics(
+            torch.cat(predictions), torch.cat(labels), balanced=balanced, generator=eval_generator("balanced", kind)
+        )
         metrics[f"{kind}_balanced_accuracy"] = m["balanced_accuracy"]
         metrics[f"{kind}_accuracy"] = m["accuracy"]
         info[kind] = {**m, "labels": _label_meaning(kind)}
@@ -131,7 +150,10 @@ def sentence_pairs(run: Run, *, balanced: bool = False, mlm_probability: float =
                 f"({_label_meaning(kind)}): an accuracy near {m['majority_share']:.2f} is what always answering {label} "
                 "scores; read the balanced accuracy (or pass balanced=True / --balanced)"
             )
-    counts = ", ".join(f"{info[k]['pairs']} {k.upper()} pairs (standard error of an accuracy up to "
-                       f"±{0.5 / math.sqrt(max(info[k]['pairs'], 1)):.3f})" for k in kinds)  # fmt: skip
+    counts = ", ".join(
+        f"{info[k]['pairs']} {k.upper()} pairs (standard error of an accuracy up to "
+        f"±{0.5 / math.sqrt(max(info[k]['pairs'], 1)):.3f})"
+        for k in kinds
+    )
     info["procedure"] = f"the sentence head's argmax on every held-out pair as each objective builds them: {counts}"
     return TaskResult("sentence_pairs", metrics=metrics, info=info)

@@ -63,17 +63,38 @@ TASKS: dict[str, Task] = {
     t.name: t
     for t in (
         Task("next_token", "next-token loss and bits per byte from the left context only", next_token, _needs_lm_head),
-        Task("fill_in", "hidden tokens restored from both contexts (causal models: candidate scoring)", fill_in,
-             _needs_lm_head),
-        Task("fill_in_words", "whole words hidden (every token of a word), restored from both contexts",
-             partial(fill_in, unit="word"),
-             _needs_both_sides("a causal model fills in by scoring the candidates of one token; a whole word has too many")),
-        Task("pll", "pseudo-perplexity: each token masked in turn (Salazar et al. 2020)", pll,
-             _needs_both_sides("a causal model reads one side only; its exact log-likelihood is next_token's loss")),
-        Task("sentence_pairs", "NSP and SOP accuracy of the sentence-pair head, balanced accuracy beside", sentence_pairs,
-             _needs_pair_head),
-        Task("generation", "greedy and sampled continuations of held-out prompts: repetition, reference loss", generation,
-             _needs_lm_head),
+        Task(
+            "fill_in",
+            "hidden tokens restored from both contexts (causal models: candidate scoring)",
+            fill_in,
+            _needs_lm_head,
+        ),
+        Task(
+            "fill_in_words",
+            "whole words hidden (every token of a word), restored from both contexts",
+            partial(fill_in, unit="word"),
+            _needs_both_sides(
+                "a causal model fills in by scoring the candidates of one token; a whole word has too many"
+            ),
+        ),
+        Task(
+            "pll",
+            "pseudo-perplexity: each token masked in turn (Salazar et al. 2020)",
+            pll,
+            _needs_both_sides("a causal model reads one side only; its exact log-likelihood is next_token's loss"),
+        ),
+        Task(
+            "sentence_pairs",
+            "NSP and SOP accuracy of the sentence-pair head, balanced accuracy beside",
+            sentence_pairs,
+            _needs_pair_head,
+        ),
+        Task(
+            "generation",
+            "greedy and sampled continuations of held-out prompts: repetition, reference loss",
+            generation,
+            _needs_lm_head,
+        ),
         Task("probe", "linear probe: which held-out document a sentence comes from", probe),
     )
 }
@@ -97,17 +118,30 @@ class EvalReport:
         return {f"{name}.{k}": v for name, r in self.results.items() if r.applies for k, v in r.metrics.items()}
 
     def to_json(self) -> dict[str, Any]:
-        return {"run": self.run, "objective": self.objective, "options": self.options, "step": self.step,
-                "reads": self.reads, "heldout": self.heldout, "seconds": self.seconds,
-                "results": {name: r.to_json() for name, r in self.results.items()}}  # fmt: skip
+        return {
+            "run": self.run,
+            "objective": self.objective,
+            "options": self.options,
+            "step": self.step,
+            "reads": self.reads,
+            "heldout": self.heldout,
+            "seconds": self.seconds,
+            "results": {name: r.to_json() for name, r in self.results.items()},
+        }
 
     def table(self) -> str:
         """The results for a terminal: one line per task, then any warnings."""
         return format_reports([self])
 
 
-def evaluate(run: Run, tasks: Sequence[str] | None = None, *, options: dict[str, dict[str, Any]] | None = None,
-             strict: bool = False, progress: Callable[[str], None] | None = None) -> EvalReport:  # fmt: skip
+def evaluate(
+    run: Run,
+    tasks: Sequence[str] | None = None,
+    *,
+    options: dict[str, dict[str, Any]] | None = None,
+    strict: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> EvalReport:
     """Run ``tasks`` (default: all of :data:`TASKS`) on ``run``'s held-out data.
 
     ``options`` gives a task's keyword arguments by task name (``{"generation": {"reference": ref_run}}``). A task
@@ -120,14 +154,22 @@ def evaluate(run: Run, tasks: Sequence[str] | None = None, *, options: dict[str,
         raise ValueError(f"unknown task(s) {', '.join(map(repr, unknown))}; valid tasks: {', '.join(TASKS)}")
     options = options or {}
     if unknown := [n for n in options if n not in TASKS]:
-        raise ValueError(f"options for unknown task(s) {', '.join(map(repr, unknown))}; valid tasks: {', '.join(TASKS)}")
+        raise ValueError(
+            f"options for unknown task(s) {', '.join(map(repr, unknown))}; valid tasks: {', '.join(TASKS)}"
+        )
     run.require_heldout()
     if strict:
         for name in names:
             if (reason := TASKS[name].applies(run)) is not None:
                 raise NotApplicable(f"task {name!r} does not apply to {run.out_dir}: {reason}")
-    report = EvalReport(run=str(run.out_dir), objective=run.config.objective, options=run.config.options, step=run.step,
-                        reads=run.reads, heldout={"fraction": run.config.heldout, "documents": len(run.heldout)})  # fmt: skip
+    report = EvalReport(
+        run=str(run.out_dir),
+        objective=run.config.objective,
+        options=run.config.options,
+        step=run.step,
+        reads=run.reads,
+        heldout={"fraction": run.config.heldout, "documents": len(run.heldout)},
+    )
     for name in names:
         task = TASKS[name]
         if progress is not None:
@@ -160,8 +202,10 @@ def format_reports(reports: Sequence[EvalReport]) -> str:
     """A plain-text table: a header per run, one line per task (its metrics), warnings and not-applicable reasons."""
     lines = []
     for report in reports:
-        lines.append(f"{report.run}: {report.objective}, step {report.step}, reads {report.reads}; held out: "
-                     f"{report.heldout['documents']} documents (heldout={report.heldout['fraction']})")  # fmt: skip
+        lines.append(
+            f"{report.run}: {report.objective}, step {report.step}, reads {report.reads}; held out: "
+            f"{report.heldout['documents']} documents (heldout={report.heldout['fraction']})"
+        )
         width = max((len(n) for n in report.results), default=4)
         for name, result in report.results.items():
             if not result.applies:

@@ -148,8 +148,9 @@ class ObjectiveCollator:
     def _encode(self, texts: list[str], *, words: bool) -> tuple[list[list[int]], list[list[int]] | None]:
         """Token ids (the tokenizer's own special tokens, then EOS closing each text where the tokenizer has
         one and did not add it: documents end in EOS, as packed blocks do) and, with ``words``, word ids."""
-        enc = self.tokenizer(texts, add_special_tokens=True, truncation=self.max_length is not None,
-                             max_length=self.max_length)  # fmt: skip
+        enc = self.tokenizer(
+            texts, add_special_tokens=True, truncation=self.max_length is not None, max_length=self.max_length
+        )
         ids = [list(x) for x in enc["input_ids"]]
         word_ids = None
         if words:
@@ -186,8 +187,11 @@ class ObjectiveCollator:
             words = None
             if needs_words:
                 if "word_ids" not in rows[0]:
-                    raise _missing("word_ids", f"{self.recipe.name} with these options masks whole words: the word "
-                                   "index of each token, -1 off words; or give 'text' rows, whose words come from the tokenizer")  # fmt: skip
+                    raise _missing(
+                        "word_ids",
+                        f"{self.recipe.name} with these options masks whole words: the word "
+                        "index of each token, -1 off words; or give 'text' rows, whose words come from the tokenizer",
+                    )
                 words = [_ints(r["word_ids"]) for r in rows]
         elif "text" in rows[0]:
             ids, words = self._encode([str(r["text"]) for r in rows], words=needs_words)
@@ -215,8 +219,11 @@ class ObjectiveCollator:
                 docs.append([_ints(s) for s in r["input_ids"]])
                 if doc_words is not None:
                     if "word_ids" not in r:
-                        raise _missing("word_ids", f"{self.recipe.name} with these options masks whole words: one list "
-                                       "per sentence, like input_ids; or give 'sentences' rows")  # fmt: skip
+                        raise _missing(
+                            "word_ids",
+                            f"{self.recipe.name} with these options masks whole words: one list "
+                            "per sentence, like input_ids; or give 'sentences' rows",
+                        )
                     doc_words.append([_ints(s) for s in r["word_ids"]])
                 continue
             if "sentences" in r:
@@ -236,8 +243,9 @@ class ObjectiveCollator:
         real = torch.arange(table.input_ids.shape[1])[None] < table.lengths[:, None]
         extras = {} if table.word_ids is None else {"word_ids": table.word_ids}
         generator = self._generator(table.input_ids, table.document_ids)
-        return self.objective(table.input_ids, document_ids=table.document_ids, attention_mask=real,
-                              generator=generator, **extras)  # fmt: skip
+        return self.objective(
+            table.input_ids, document_ids=table.document_ids, attention_mask=real, generator=generator, **extras
+        )
 
     def _documents(self, rows: Sequence[Mapping[str, Any]]) -> Batch:
         if "text" not in rows[0]:
@@ -310,5 +318,13 @@ def collator(
             field = next(f for f in dataclasses.fields(recipe.objective) if f.name == recipe.length_option)
             seq_len = field.default
     objective = recipe.build(vocab, options, seq_len=seq_len)
-    return ObjectiveCollator(recipe, objective, tokenizer, vocab, seed=seed, max_length=max_length,
-                             packed_attention=packed_attention, mask_dtype=mask_dtype)  # fmt: skip
+    return ObjectiveCollator(
+        recipe,
+        objective,
+        tokenizer,
+        vocab,
+        seed=seed,
+        max_length=max_length,
+        packed_attention=packed_attention,
+        mask_dtype=mask_dtype,
+    )

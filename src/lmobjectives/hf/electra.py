@@ -134,8 +134,15 @@ class ElectraPair(nn.Module):
     back (strict), so Trainer's safetensors checkpoints work.
     """
 
-    def __init__(self, generator: Any, discriminator: Any, *, discriminator_weight: float | None = None,
-                 seed: int = 0, impl: str = "auto") -> None:  # fmt: skip
+    def __init__(
+        self,
+        generator: Any,
+        discriminator: Any,
+        *,
+        discriminator_weight: float | None = None,
+        seed: int = 0,
+        impl: str = "auto",
+    ) -> None:
         super().__init__()
         _generator_head(generator, "ElectraPair")
         if not hasattr(discriminator, "discriminator_predictions"):
@@ -163,8 +170,9 @@ class ElectraPair(nn.Module):
         self.generator = generator
         self.discriminator = discriminator
         # state_dict keys that alias a discriminator tensor: left out on save, filled in on load
-        self._aliases = {f"generator.electra.embeddings.{k}": f"discriminator.electra.embeddings.{k}"
-                         for k in shared.state_dict()}  # fmt: skip
+        self._aliases = {
+            f"generator.electra.embeddings.{k}": f"discriminator.electra.embeddings.{k}" for k in shared.state_dict()
+        }
         if tied:
             self._aliases["generator.generator_lm_head.weight"] = (
                 "discriminator.electra.embeddings.word_embeddings.weight"
@@ -207,17 +215,23 @@ class ElectraPair(nn.Module):
             picks.append(gumbel_max_sample(part, torch.Generator(device=logits.device).manual_seed(seed)))
         return torch.cat(picks) if picks else logits.new_zeros(0, dtype=torch.long)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
-                token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None
-                ) -> dict[str, LossOutput]:  # fmt: skip
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> dict[str, LossOutput]:
         features = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
         for key, value in (("token_type_ids", token_type_ids), ("position_ids", position_ids)):
             if value is not None:
                 features[key] = value
         h, targets = _masked_rows(self.generator, self._head, features)  # (M, e), (M,)
         out = self._head.output(self.generator)
-        generator_term = lm_loss(h, out.weight, targets, bias=out.bias, reduction="sum", gather_targets=False,
-                                 impl=self.impl)  # fmt: skip
+        generator_term = lm_loss(
+            h, out.weight, targets, bias=out.bias, reduction="sum", gather_targets=False, impl=self.impl
+        )
         with torch.no_grad():
             sampled = self._sample(features, _logits(self.generator, self._head, h))  # (M,)
         fake = discriminator_features(features, sampled)
@@ -229,8 +243,16 @@ def _drop_aliases(module: ElectraPair, state_dict: dict[str, Any], prefix: str, 
         state_dict.pop(prefix + key, None)
 
 
-def _fill_aliases(module: ElectraPair, state_dict: dict[str, Any], prefix: str, local_metadata: Any, strict: bool,
-                  missing_keys: list[str], unexpected_keys: list[str], error_msgs: list[str]) -> None:  # fmt: skip
+def _fill_aliases(
+    module: ElectraPair,
+    state_dict: dict[str, Any],
+    prefix: str,
+    local_metadata: Any,
+    strict: bool,
+    missing_keys: list[str],
+    unexpected_keys: list[str],
+    error_msgs: list[str],
+) -> None:
     for key, source in module._aliases.items():
         if prefix + key not in state_dict and prefix + source in state_dict:
             state_dict[prefix + key] = state_dict[prefix + source]

@@ -120,8 +120,9 @@ def additive_mask(batch: Batch, dtype: torch.dtype) -> torch.Tensor:
     return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
-def hf_features(batch: Batch, objective: Any, packed_attention: PackedAttention = "mask",
-                mask_dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:  # fmt: skip
+def hf_features(
+    batch: Batch, objective: Any, packed_attention: PackedAttention = "mask", mask_dtype: torch.dtype = torch.float32
+) -> dict[str, torch.Tensor]:
     """The keyword arguments of the matching HF head for ``batch`` (see the module's docstring)."""
     out: dict[str, torch.Tensor] = {"input_ids": batch.input_ids}
     if batch.labels.dim() != 2:

@@ -107,19 +107,31 @@ def head_of(model: Any) -> Head | None:
     if kind == "bert" and hasattr(model, "cls") and hasattr(model.cls, "predictions"):
         nsp = getattr(model.cls, "seq_relationship", None)
         return Head(
-            "bert", False, _encoder_body(pooled=nsp is not None),
-            lambda m, h: m.cls.predictions.transform(h), lambda m: m.cls.predictions.decoder,
+            "bert",
+            False,
+            _encoder_body(pooled=nsp is not None),
+            lambda m, h: m.cls.predictions.transform(h),
+            lambda m: m.cls.predictions.decoder,
             None if nsp is None else ("next_sentence_label", lambda m, pooled: m.cls.seq_relationship(pooled)),
-        )  # fmt: skip
+        )
     if kind == "albert" and hasattr(model, "predictions"):
         sop = hasattr(model, "sop_classifier")
         return Head(
-            "albert", False, _encoder_body(pooled=sop), _albert_transform, lambda m: m.predictions.decoder,
+            "albert",
+            False,
+            _encoder_body(pooled=sop),
+            _albert_transform,
+            lambda m: m.predictions.decoder,
             ("sentence_order_label", lambda m, pooled: m.sop_classifier(pooled)) if sop else None,
-        )  # fmt: skip
+        )
     if hasattr(model, "generator_lm_head") and hasattr(model, "generator_predictions"):  # ElectraForMaskedLM
-        return Head("generator", False, _encoder_body(pooled=False), lambda m, h: m.generator_predictions(h),
-                    lambda m: m.generator_lm_head)  # fmt: skip
+        return Head(
+            "generator",
+            False,
+            _encoder_body(pooled=False),
+            lambda m, h: m.generator_predictions(h),
+            lambda m: m.generator_lm_head,
+        )
     if kind == "t5" and hasattr(model, "lm_head") and hasattr(model, "decoder"):
         return Head("t5", False, _t5_body, _t5_transform, lambda m: m.lm_head)
     if kind == "xlnet" and hasattr(model, "lm_loss") and hasattr(model, "transformer"):  # XLNetLMHeadModel
@@ -174,8 +186,15 @@ def loss_terms(model: Any, features: Features, *, impl: str = "auto") -> dict[st
         rows = (targets != IGNORE_INDEX).flatten().nonzero().squeeze(-1)  # (M,)
         h = head.transform(model, hidden.flatten(0, 1).index_select(0, rows))  # (M, d'): the target rows only
         out = head.output(model)
-        terms["lm"] = lm_loss(h, out.weight, targets.flatten().index_select(0, rows), bias=out.bias,
-                              reduction="sum", gather_targets=False, impl=impl)  # fmt: skip
+        terms["lm"] = lm_loss(
+            h,
+            out.weight,
+            targets.flatten().index_select(0, rows),
+            bias=out.bias,
+            reduction="sum",
+            gather_targets=False,
+            impl=impl,
+        )
     if head.sentence is not None and head.sentence[0] in features and pooled is not None:
         key, classify = head.sentence
         terms["sentence"] = sentence_loss(classify(model, pooled), features[key], reduction="sum")
@@ -210,9 +229,10 @@ def _logits_terms(model: Any, features: Features, *, reference: Any = None) -> d
         valid = y != IGNORE_INDEX
         per = F.cross_entropy(flat, torch.where(valid, y, 0), reduction="none")
         terms["lm"] = LossOutput(
-            loss=torch.where(valid, per, 0.0).sum(), num_tokens=valid.sum(),
+            loss=torch.where(valid, per, 0.0).sum(),
+            num_tokens=valid.sum(),
             num_correct=((flat.argmax(-1) == y) & valid).sum(),
-        )  # fmt: skip
+        )
     for key, name in (("next_sentence_label", "seq_relationship_logits"), ("sentence_order_label", "sop_logits")):
         if key in features and name in out:
             terms["sentence"] = sentence_loss(out[name], features[key], reduction="sum")

@@ -61,8 +61,9 @@ class ObjectiveTrainer(Trainer):
 
     loss_is_scaled_for_ga = True  # compute_loss divides by the window's counts itself
 
-    def __init__(self, *args: Any, term_weights: Mapping[str, float] | None = None, impl: str = "auto",
-                 **kwargs: Any) -> None:  # fmt: skip
+    def __init__(
+        self, *args: Any, term_weights: Mapping[str, float] | None = None, impl: str = "auto", **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.term_weights = dict(term_weights or {})
         self.impl = impl
@@ -78,15 +79,20 @@ class ObjectiveTrainer(Trainer):
         pair's weight is the one trained with (the collator's option does not change the batch)."""
         pair = self.accelerator.unwrap_model(self.model)
         option = getattr(getattr(self.data_collator, "objective", None), "discriminator_weight", None)
-        if (isinstance(pair, ElectraPair) and option is not None and option != ELECTRA.discriminator_weight
-                and option != pair.discriminator_weight):  # fmt: skip
+        if (
+            isinstance(pair, ElectraPair)
+            and option is not None
+            and option != ELECTRA.discriminator_weight
+            and option != pair.discriminator_weight
+        ):
             raise ValueError(
                 f"the electra collator has discriminator_weight={option:g} but the ElectraPair "
                 f"{pair.discriminator_weight:g}; the pair's is trained with: ElectraPair(..., discriminator_weight={option:g})"
             )
 
-    def get_batch_samples(self, epoch_iterator: Iterator, num_batches: int, device: torch.device
-                          ) -> tuple[list, torch.Tensor | int | None]:  # fmt: skip
+    def get_batch_samples(
+        self, epoch_iterator: Iterator, num_batches: int, device: torch.device
+    ) -> tuple[list, torch.Tensor | int | None]:
         """Trainer's window of micro-batches, and each loss term's target count over it (and the processes)."""
         batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
         model = self.accelerator.unwrap_model(self.model)
@@ -106,8 +112,13 @@ class ObjectiveTrainer(Trainer):
         self._windows_since_log += 1
         return batch_samples, num_items_in_batch
 
-    def compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
-                     num_items_in_batch: torch.Tensor | int | None = None) -> Any:  # fmt: skip
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> Any:
         unwrapped = self.accelerator.unwrap_model(model)
         weights = dict(unwrapped.term_weights) if isinstance(unwrapped, ElectraPair) else {}
         weights.update(self.term_weights)

@@ -15,4 +15,14 @@ MODELS: dict[str, type] = {
     "multi_token": MultiTokenTransformer,  # Transformer + multi-token heads: parallel (Gloeckle et al.) or sequential (DeepSeek-V3)
 }
 
-__all__ = ["MODELS", "ElectraModel", "EncoderDecoder", "MTPOutput", "ModelOutput", "MultiTokenTransformer", "Transformer", "TransformerConfig", "TransformerWithSBO"]
+__all__ = [
+    "MODELS",
+    "ElectraModel",
+    "EncoderDecoder",
+    "MTPOutput",
+    "ModelOutput",
+    "MultiTokenTransformer",
+    "Transformer",
+    "TransformerConfig",
+    "TransformerWithSBO",
+]

@@ -58,15 +58,19 @@ def generator_config(config: TransformerConfig, generator_size: float) -> Transf
     check_probability(generator_size, "generator_size (generator width / discriminator width)", low_open=True)
     width = round(config.d_model * generator_size)
     if width < 1:
-        raise ValueError(f"generator_size={generator_size!r} gives a generator width of round({config.d_model} * "
-                         f"{generator_size!r}) = {width}; use a larger generator_size or d_model")  # fmt: skip
+        raise ValueError(
+            f"generator_size={generator_size!r} gives a generator width of round({config.d_model} * "
+            f"{generator_size!r}) = {width}; use a larger generator_size or d_model"
+        )
     head_size = config.d_model // config.n_heads
     n_heads = max(1, width // head_size)
     while n_heads > 1 and (width % n_heads or (config.positions == "rope" and (width // n_heads) % 2)):
         n_heads -= 1  # a few steps at most: head counts are small
     if config.positions == "rope" and width % 2:
-        raise ValueError(f"generator_size={generator_size!r} gives an odd generator width {width}, which RoPE cannot "
-                         "rotate (it needs an even head size); choose a generator_size giving an even width")  # fmt: skip
+        raise ValueError(
+            f"generator_size={generator_size!r} gives an odd generator width {width}, which RoPE cannot "
+            "rotate (it needs an even head size); choose a generator_size giving an even width"
+        )
     d_ff = max(1, round(config.d_ff * width / config.d_model))
     return replace(config, d_model=width, n_heads=n_heads, d_ff=d_ff, n_token_types=0, n_sentence_classes=0)
 
@@ -150,7 +154,9 @@ class ElectraModel(nn.Module):
     def generator_hidden(self, batch: Batch) -> torch.Tensor:
         """The generator's hidden states ``(B, T, d_gen)`` on ``batch`` (its masked input)."""
         if batch.decoder_input_ids is not None:
-            raise ValueError("ElectraModel got an encoder-decoder batch (decoder_input_ids is set); ELECTRA is one stack")
+            raise ValueError(
+                "ElectraModel got an encoder-decoder batch (decoder_input_ids is set); ELECTRA is one stack"
+            )
         return self.generator(batch, self.embed(batch))
 
     def forward(self, batch: Batch) -> ModelOutput:

@@ -47,7 +47,9 @@ __all__ = ["MTPModule", "MTPOutput", "MultiTokenTransformer"]
 
 @dataclass
 class MTPOutput(ModelOutput):
-    heads: torch.Tensor  # (B, T, N, d): head k's hidden state after its final norm, predicting t+1+k; [:, :, 0] is hidden
+    heads: (
+        torch.Tensor
+    )  # (B, T, N, d): head k's hidden state after its final norm, predicting t+1+k; [:, :, 0] is hidden
 
 
 class MTPModule(nn.Module):

@@ -62,7 +62,9 @@ class SpanBoundaryHead(nn.Module):
                 )
             for name, pos in (("left", left), ("right", right)):
                 if int(pos.min()) < 0 or int(pos.max()) >= T:
-                    raise ValueError(f"SpanBoundaryHead: {name} positions must lie in [0, {T}), got {pos.min()}..{pos.max()}")
+                    raise ValueError(
+                        f"SpanBoundaryHead: {name} positions must lie in [0, {T}), got {pos.min()}..{pos.max()}"
+                    )
         h0 = torch.cat([hidden[rows, left], hidden[rows, right], self.position(offset)], dim=-1)  # (M, 2d + p)
         h1 = self.ln1(F.gelu(self.fc1(h0)))  # (M, d)
         return self.ln2(F.gelu(self.fc2(h1)))  # (M, d)

@@ -32,7 +32,6 @@ from .attention import DEFAULT_IMPL, EVERY_KEY, AttentionImpl, AttentionInputs, 
 __all__ = ["ModelOutput", "Transformer", "TransformerConfig", "alibi_slopes"]
 
 
-
 @dataclass
 class TransformerConfig:
     vocab_size: int  # rows of the (tied) embedding / output matrix, tokenizer.vocab.size
@@ -92,7 +91,9 @@ def alibi_slopes(n_heads: int) -> torch.Tensor:
     return torch.tensor(slopes)
 
 
-def rope_cos_sin(position_ids: torch.Tensor, head_size: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_cos_sin(
+    position_ids: torch.Tensor, head_size: int, base: float = 10000.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotary embedding angles (Su et al. 2021) for each position, each ``(B, 1, T, hs/2)``."""
     inv_freq = base ** (-torch.arange(0, head_size, 2, device=position_ids.device, dtype=torch.float32) / head_size)
     angles = position_ids[:, None, :, None].float() * inv_freq  # (B, 1, T, hs/2)

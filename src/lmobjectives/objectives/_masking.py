@@ -30,10 +30,23 @@ import torch
 from ._span_lengths import ngram_cdf, ngram_lengths, truncated_geometric
 
 __all__ = [
-    "BernoulliTokens", "BernoulliWords", "BinomialBudget", "ExactBudget", "ExactTokens", "ExactWords", "NGrams",
-    "SPARE_CANDIDATES", "Selection", "Spans", "Tokens",
-    "at_least_one", "bernoulli_at_least_one", "bernoulli_positions", "greedy_fill", "word_slots",
-]  # fmt: skip
+    "BernoulliTokens",
+    "BernoulliWords",
+    "BinomialBudget",
+    "ExactBudget",
+    "ExactTokens",
+    "ExactWords",
+    "NGrams",
+    "SPARE_CANDIDATES",
+    "Selection",
+    "Spans",
+    "Tokens",
+    "at_least_one",
+    "bernoulli_at_least_one",
+    "bernoulli_positions",
+    "greedy_fill",
+    "word_slots",
+]
 
 SPARE_CANDIDATES = 8  # spans: candidates drawn beyond the largest budget, for the ones that add nothing
 _TAIL_WINDOW = 16  # candidates a budget-filling round looks at per row
@@ -172,7 +185,9 @@ def bernoulli_at_least_one(
     u = torch.rand(eligible.shape, generator=generator, device=eligible.device)
     selected = eligible & (u < p)
     if not _any(selected):
-        u = at_least_one(torch.rand(eligible.shape, generator=generator, device=eligible.device), eligible, p, generator)
+        u = at_least_one(
+            torch.rand(eligible.shape, generator=generator, device=eligible.device), eligible, p, generator
+        )
         selected = eligible & (u < p)
     return selected, u
 
@@ -494,7 +509,13 @@ def _order_keys(u: torch.Tensor, exists: torch.Tensor) -> torch.Tensor:
 
 
 def _ordered_scan(
-    key: torch.Tensor, n: torch.Tensor, length: torch.Tensor, budget: torch.Tensor, *, m: int, prefix: torch.Tensor | None = None
+    key: torch.Tensor,
+    n: torch.Tensor,
+    length: torch.Tensor,
+    budget: torch.Tensor,
+    *,
+    m: int,
+    prefix: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """ALBERT's (and, with ``m = 1``, BERT wwm's) budget scan over n-grams in key order, without a sort: (B, W) bool.
 

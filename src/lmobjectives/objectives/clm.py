@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import torch
 
 from .._checks import check_like
+from .._option import option
+from ..batch import Batch, checked_tokens
 from ..constants import IGNORE_INDEX
 from ..vocab import Vocab
-from ..batch import Batch, checked_tokens
-from .._option import option
 
 __all__ = ["CausalLM", "documents_from_eos", "masking_document_ids", "positions_within_documents"]
 
@@ -122,7 +122,8 @@ class CausalLM:
         if not bool(has_targets.any()):  # host sync, as in MaskedLM: never a silently all-ignored batch
             raise ValueError(
                 f"CausalLM: input_ids of shape {tuple(input_ids.shape)} has nothing to predict (no row holds two "
-                "consecutive real tokens" + (" of one document" if self.document_masking else "")
+                "consecutive real tokens"
+                + (" of one document" if self.document_masking else "")
                 + "); refusing to return a batch with no target"
             )
         labels[:, :-1] = torch.where(keep, input_ids[:, 1:], IGNORE_INDEX)

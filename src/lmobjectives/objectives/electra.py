@@ -21,16 +21,15 @@ The model is :class:`lmobjectives.models.electra.ElectraModel` (registry archite
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from .._checks import check_positive_int, check_probability
+from .._option import option
+from ..batch import Batch
 from ..constants import IGNORE_INDEX
 from ..vocab import Vocab
-from ..batch import Batch
-from .._option import option
 from .mlm import MaskedLM
 
 __all__ = ["ELECTRA", "gumbel_max_sample", "replace_masked"]
@@ -84,10 +83,18 @@ class ELECTRA:
     """
 
     vocab: Vocab  # vocabulary: mask_id is required; special ids are never masked
-    probability: float = option(0.15, "share of each row's maskable tokens masked for the generator (ELECTRA's mask_prob)")
-    max_predictions: int | None = option(None, "cap on masked tokens per row (ELECTRA's max_predictions_per_seq); None = none")
-    generator_size: float = option(0.25, "generator width / discriminator width, in (0, 1]; same depth, shared embedding")
-    discriminator_weight: float = option(50.0, "lambda: loss = generator MLM + lambda * discriminator BCE (ELECTRA: 50)")
+    probability: float = option(
+        0.15, "share of each row's maskable tokens masked for the generator (ELECTRA's mask_prob)"
+    )
+    max_predictions: int | None = option(
+        None, "cap on masked tokens per row (ELECTRA's max_predictions_per_seq); None = none"
+    )
+    generator_size: float = option(
+        0.25, "generator width / discriminator width, in (0, 1]; same depth, shared embedding"
+    )
+    discriminator_weight: float = option(
+        50.0, "lambda: loss = generator MLM + lambda * discriminator BCE (ELECTRA: 50)"
+    )
     _masking: MaskedLM = field(init=False, repr=False, compare=False)  # the MaskedLM doing the masking
 
     name = "electra"
@@ -168,7 +175,9 @@ def replace_masked(batch: Batch, sampled: torch.Tensor) -> tuple[torch.Tensor, t
     masked = batch.labels != IGNORE_INDEX  # (B, T)
     flat = masked.flatten().nonzero().squeeze(-1)  # (M,) row-major
     if sampled.shape != flat.shape:
-        raise ValueError(f"sampled must hold one token per masked position, shape {tuple(flat.shape)}, got {tuple(sampled.shape)}")
+        raise ValueError(
+            f"sampled must hold one token per masked position, shape {tuple(flat.shape)}, got {tuple(sampled.shape)}"
+        )
     original = torch.where(masked, batch.labels, batch.input_ids)  # (B, T)
     fake = original.flatten().index_put((flat,), sampled.to(original.dtype)).view_as(original)  # (B, T)
     return fake, fake != original

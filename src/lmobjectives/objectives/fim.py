@@ -27,9 +27,9 @@ from typing import Any
 import torch
 
 from .._checks import check_choice, check_generator, check_int, check_probability, int_rows
-from ..vocab import Vocab
-from ..batch import Batch
 from .._option import option
+from ..batch import Batch
+from ..vocab import Vocab
 from .clm import CausalLM
 
 __all__ = ["FillInTheMiddle", "fim_reassemble"]
@@ -156,7 +156,9 @@ class FillInTheMiddle:
     fim_rate: float = option(0.5, "probability that a document (fragment, at context level) is FIM-transformed")
     spm_rate: float = option(0.5, "probability that a FIM example is laid out SPM rather than PSM")
     seq_len: int = option(2048, "tokens per output row (>= 2; the run's --seq-len sets it)")
-    level: str = option("context", "\"context\": FIM per document fragment of a packed row (paper's choice) | \"document\"")
+    level: str = option(
+        "context", '"context": FIM per document fragment of a packed row (paper\'s choice) | "document"'
+    )
 
     name = "fim"
 
@@ -164,9 +166,10 @@ class FillInTheMiddle:
         if not isinstance(self.vocab, Vocab):
             raise TypeError(f"FillInTheMiddle: vocab must be a lmobjectives.Vocab, got {type(self.vocab).__name__}")
         self.vocab.require(
-            "eos_id", *_FIM_IDS,
+            "eos_id",
+            *_FIM_IDS,
             who="FillInTheMiddle (reserve <|fim_prefix|>, <|fim_middle|>, <|fim_suffix|> in the tokenizer)",
-        )  # fmt: skip
+        )
         ids = {name: getattr(self.vocab, name) for name in ("eos_id", *_FIM_IDS)}
         if len(set(ids.values())) != len(ids):
             raise ValueError(f"FillInTheMiddle: the EOS and FIM ids of the vocab must be distinct, got {ids}")
@@ -239,8 +242,9 @@ class FillInTheMiddle:
         fim_docs = is_fim.nonzero().flatten().tolist()
         plain_docs = (~is_fim).nonzero().flatten().tolist()
         pieces, piece_len = self._pieces(tokenizer, [texts[d] for d in fim_docs], cuts[fim_docs].tolist())  # (F, 3)
-        plain, plain_len = int_rows([tokenizer.encode(texts[d]) for d in plain_docs],
-                                    "FillInTheMiddle: tokenizer.encode's results")  # fmt: skip
+        plain, plain_len = int_rows(
+            [tokenizer.encode(texts[d]) for d in plain_docs], "FillInTheMiddle: tokenizer.encode's results"
+        )
         self._check_ids(torch.cat([pieces, plain]))
         source, sentinels, eos, (_, plain_base) = self._sources(pieces, plain)
 
@@ -269,7 +273,9 @@ class FillInTheMiddle:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         D, T = len(texts), self.seq_len
         encoded = [_encode_with_char_starts(tokenizer, text) for text in texts]
-        tokens, lengths = int_rows([ids for ids, _ in encoded], "FillInTheMiddle: tokenizer.encode's results")  # (n,), (D,)
+        tokens, lengths = int_rows(
+            [ids for ids, _ in encoded], "FillInTheMiddle: tokenizer.encode's results"
+        )  # (n,), (D,)
         char_start, n_starts = int_rows([starts for _, starts in encoded], "FillInTheMiddle: character offsets")  # (n,)
         if not torch.equal(n_starts, lengths):
             d = int((n_starts != lengths).nonzero()[0])

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from .._checks import check_choice, check_like, check_positive_int, check_probability
+from .._option import option
+from ..batch import Batch, checked_tokens
 from ..constants import IGNORE_INDEX
 from ..vocab import Vocab
-from ..batch import Batch, checked_tokens
-from .._option import option
 from ._masking import (
     BernoulliTokens,
     BernoulliWords,
@@ -52,7 +52,9 @@ def _check_counts(counts: object, vocab: Vocab) -> torch.Tensor:
     if not bool(torch.isfinite(c).all()) or bool((c < 0).any()):
         raise ValueError("unigram counts must be finite and >= 0")
     if float(torch.where(vocab.special_mask(), 0.0, c).sum()) <= 0:
-        raise ValueError("unigram counts are all zero on the ordinary (non-special) ids: nothing to draw random ids from")
+        raise ValueError(
+            "unigram counts are all zero on the ordinary (non-special) ids: nothing to draw random ids from"
+        )
     return c
 
 
@@ -153,16 +155,22 @@ class MaskedLM:
     """
 
     vocab: Vocab  # vocabulary: mask_id is required; special_ids are never selected nor drawn
-    probability: float = option(0.15, "selection rate in (0, 1]: per unit (bernoulli) or budget fraction (exact, span, ngram)")
+    probability: float = option(
+        0.15, "selection rate in (0, 1]: per unit (bernoulli) or budget fraction (exact, span, ngram)"
+    )
     mask_fraction: float = option(0.8, "share of selected tokens replaced by [MASK]")
     random_fraction: float = option(0.1, "share replaced by a random non-special id; the rest are kept")
-    unit: str = option("token", "\"token\" | \"word\" (whole-word masking) | \"span\" (SpanBERT) | \"ngram\" (ALBERT)")
-    selection: str = option("bernoulli", "\"bernoulli\" (independent draws) | \"exact\" (fixed count per row, BERT)")
-    max_predictions: int | None = option(None, "cap on targets per row (BERT max_predictions_per_seq); budgeted modes only")
+    unit: str = option("token", '"token" | "word" (whole-word masking) | "span" (SpanBERT) | "ngram" (ALBERT)')
+    selection: str = option("bernoulli", '"bernoulli" (independent draws) | "exact" (fixed count per row, BERT)')
+    max_predictions: int | None = option(
+        None, "cap on targets per row (BERT max_predictions_per_seq); budgeted modes only"
+    )
     span_geometric_p: float = option(0.2, "span: parameter of the geometric span length (SpanBERT p)")
     max_span_length: int = option(10, "span: longest span, in words (SpanBERT l_max)")
     max_ngram: int = option(3, "ngram: longest n-gram, in words (ALBERT n); P(n) proportional to 1/n")
-    random_ids: str = option("uniform", "random replacements: \"uniform\" over ordinary ids, or \"unigram\" (corpus counts, SpanBERT)")
+    random_ids: str = option(
+        "uniform", 'random replacements: "uniform" over ordinary ids, or "unigram" (corpus counts, SpanBERT)'
+    )
     _unigram: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)  # counts (V,)
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # per-device lookup tables
     _select: Callable[[Tokens, torch.Generator | None], Selection] | None = field(

@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
 from .._checks import check_choice, check_like, check_positive_int
+from .._option import option
+from ..batch import Batch, checked_tokens
 from ..constants import IGNORE_INDEX
 from ..vocab import Vocab
-from ..batch import Batch, checked_tokens
-from .._option import option
 from .clm import documents_from_eos, positions_within_documents
 
 __all__ = [
@@ -92,11 +92,19 @@ class MultiTokenPrediction:
     """
 
     vocab: Vocab  # vocabulary (eos_id marks document boundaries, pad_id padding)
-    n_future: int = option(2, "tokens predicted at each position (t+1 ... t+n_future); 1 is plain next-token prediction")
-    head_design: HeadDesign = option("parallel", "'parallel': Gloeckle et al.'s independent heads; 'sequential': DeepSeek-V3's chained modules")
+    n_future: int = option(
+        2, "tokens predicted at each position (t+1 ... t+n_future); 1 is plain next-token prediction"
+    )
+    head_design: HeadDesign = option(
+        "parallel", "'parallel': Gloeckle et al.'s independent heads; 'sequential': DeepSeek-V3's chained modules"
+    )
     document_masking: bool = option(False, "also no attention across documents, positions restarting per document")
-    mtp_weight: float = option(0.3, "sequential heads: lambda, the weight of the mean loss of the extra depths (DeepSeek-V3)")
-    memory_efficient: bool = option(True, "parallel heads: one head's forward and backward at a time (Gloeckle et al. Fig. 2)")
+    mtp_weight: float = option(
+        0.3, "sequential heads: lambda, the weight of the mean loss of the extra depths (DeepSeek-V3)"
+    )
+    memory_efficient: bool = option(
+        True, "parallel heads: one head's forward and backward at a time (Gloeckle et al. Fig. 2)"
+    )
 
     name = "mtp"
 
@@ -159,5 +167,3 @@ class MultiTokenPrediction:
             position_ids=position_ids,
             has_targets=has_targets,
         )
-
-

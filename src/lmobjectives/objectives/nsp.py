@@ -25,10 +25,10 @@ from .._checks import (
     check_probability,
     check_token_ids,
 )
+from .._option import option
+from ..batch import Batch, padding_mask
 from ..constants import IGNORE_INDEX
 from ..vocab import Vocab
-from ..batch import Batch, padding_mask
-from .._option import option
 from .mlm import MaskedLM
 
 __all__ = ["NextSentencePrediction", "SentenceOrderPrediction", "SentencePairs"]
@@ -86,7 +86,12 @@ class _SentencePairObjective:
         check_positive_int(self.max_predictions, "max_predictions", allow_none=True)
         check_choice(self.unit, "unit", _UNITS)  # the masked-LM unit on the pairs
         budgeted = self.unit in ("span", "ngram")  # these have a token budget under "bernoulli" too
-        if self.mlm_selection == "bernoulli" and self.max_predictions is not None and self.mlm_probability > 0 and not budgeted:
+        if (
+            self.mlm_selection == "bernoulli"
+            and self.max_predictions is not None
+            and self.mlm_probability > 0
+            and not budgeted
+        ):
             # say it in this objective's terms (MaskedLM would name its own options)
             raise ValueError(
                 f"{who}: max_predictions={self.max_predictions!r} caps the fixed count of mlm_selection='exact'; "
@@ -171,8 +176,10 @@ class _SentencePairObjective:
             words = check_like(word_ids, ids, "word_ids")  # (S, L)
             if words.numel() and int(words.min()) < -1:
                 raise ValueError(f"word_ids must be >= -1 (-1 = not part of a word), got {int(words.min())}")
-            real = padding_mask(ids, self.vocab.pad_id) if attention_mask is None else check_like(
-                attention_mask, ids, "attention_mask", dtype="bool"
+            real = (
+                padding_mask(ids, self.vocab.pad_id)
+                if attention_mask is None
+                else check_like(attention_mask, ids, "attention_mask", dtype="bool")
             )
             per_row = words.masked_fill(~real, -1).amax(-1).clamp(min=-1) + 1  # (S,) words of each sentence
             offset = per_row.cumsum(0) - per_row  # (S,)
@@ -437,12 +444,20 @@ class NextSentencePrediction(_SentencePairObjective):
 
     vocab: Vocab  # needs cls_id, sep_id, pad_id (and mask_id when mlm_probability > 0)
     max_seq_length: int = option(128, "length of every output row, [CLS] A [SEP] B [SEP] included (>= 5)")
-    short_seq_prob: float = option(0.1, "probability that a document's target length is uniform in [2, max_seq_length - 3]")
+    short_seq_prob: float = option(
+        0.1, "probability that a document's target length is uniform in [2, max_seq_length - 3]"
+    )
     random_next_prob: float = option(0.5, "probability that B comes from another document (label 1)")
-    mlm_probability: float = option(0.15, "MaskedLM masking rate on the pairs; 0 turns MLM off (labels all IGNORE_INDEX)")
-    mlm_selection: str = option("exact", "MaskedLM selection: \"exact\" (BERT's fixed count per row) or \"bernoulli\"")
-    max_predictions: int | None = option(20, "MaskedLM cap per row (BERT's max_predictions_per_seq); None for \"bernoulli\"")
-    unit: str = option("token", "MaskedLM unit on the pairs: \"token\", \"word\" (BERT wwm), \"span\" (SpanBERT), \"ngram\" (ALBERT)")
+    mlm_probability: float = option(
+        0.15, "MaskedLM masking rate on the pairs; 0 turns MLM off (labels all IGNORE_INDEX)"
+    )
+    mlm_selection: str = option("exact", 'MaskedLM selection: "exact" (BERT\'s fixed count per row) or "bernoulli"')
+    max_predictions: int | None = option(
+        20, 'MaskedLM cap per row (BERT\'s max_predictions_per_seq); None for "bernoulli"'
+    )
+    unit: str = option(
+        "token", 'MaskedLM unit on the pairs: "token", "word" (BERT wwm), "span" (SpanBERT), "ngram" (ALBERT)'
+    )
     _mlm: MaskedLM | None = field(default=None, init=False, repr=False, compare=False)  # built from the mlm_* options
 
     name = "nsp"
@@ -514,12 +529,20 @@ class SentenceOrderPrediction(_SentencePairObjective):
 
     vocab: Vocab  # needs cls_id, sep_id, pad_id (and mask_id when mlm_probability > 0)
     max_seq_length: int = option(128, "length of every output row, [CLS] A [SEP] B [SEP] included (>= 5)")
-    short_seq_prob: float = option(0.1, "probability that a document's target length is uniform in [2, max_seq_length - 3]")
+    short_seq_prob: float = option(
+        0.1, "probability that a document's target length is uniform in [2, max_seq_length - 3]"
+    )
     swap_prob: float = option(0.5, "probability that A and B are swapped (label 1)")
-    mlm_probability: float = option(0.15, "MaskedLM masking rate on the pairs; 0 turns MLM off (labels all IGNORE_INDEX)")
-    mlm_selection: str = option("exact", "MaskedLM selection: \"exact\" (BERT's fixed count per row) or \"bernoulli\"")
-    max_predictions: int | None = option(20, "MaskedLM cap per row (BERT's max_predictions_per_seq); None for \"bernoulli\"")
-    unit: str = option("token", "MaskedLM unit on the pairs: \"token\", \"word\" (BERT wwm), \"span\" (SpanBERT), \"ngram\" (ALBERT)")
+    mlm_probability: float = option(
+        0.15, "MaskedLM masking rate on the pairs; 0 turns MLM off (labels all IGNORE_INDEX)"
+    )
+    mlm_selection: str = option("exact", 'MaskedLM selection: "exact" (BERT\'s fixed count per row) or "bernoulli"')
+    max_predictions: int | None = option(
+        20, 'MaskedLM cap per row (BERT\'s max_predictions_per_seq); None for "bernoulli"'
+    )
+    unit: str = option(
+        "token", 'MaskedLM unit on the pairs: "token", "word" (BERT wwm), "span" (SpanBERT), "ngram" (ALBERT)'
+    )
     _mlm: MaskedLM | None = field(default=None, init=False, repr=False, compare=False)  # built from the mlm_* options
 
     name = "sop"

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import torch
 
 from .._checks import check_positive_int, check_probability
+from .._option import option
+from ..batch import Batch, checked_tokens
 from ..constants import IGNORE_INDEX
 from ..vocab import Vocab
-from ..batch import Batch, checked_tokens
-from .._option import option
 
 __all__ = ["PermutationLM"]
 

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 import torch
 
 from .._checks import check_like
+from .._option import option
+from ..batch import Batch, checked_tokens
 from ..constants import IGNORE_INDEX
 from ..vocab import Vocab
-from ..batch import Batch, checked_tokens
-from .._option import option
 from .clm import masking_document_ids, positions_within_documents
 
 __all__ = ["PrefixLM", "document_lengths", "prefix_lm_batch"]
@@ -276,7 +276,9 @@ class PrefixLM:
     """
 
     vocab: Vocab  # vocabulary (eos_id for document boundaries, pad_id for padding)
-    document_masking: bool = option(True, "each document is an example: own split, no attention across, positions restart")
+    document_masking: bool = option(
+        True, "each document is an example: own split, no attention across, positions restart"
+    )
 
     name = "prefix_lm"
 
@@ -289,8 +291,9 @@ class PrefixLM:
         generator: torch.Generator | None = None,
     ) -> Batch:
         input_ids, real = checked_tokens(input_ids, self.vocab, attention_mask, generator)  # (B, T), (B, T)
-        document_ids = masking_document_ids(input_ids, document_ids, self.vocab, self.document_masking, "PrefixLM",
-                                            check=_check_document_ids)  # fmt: skip
+        document_ids = masking_document_ids(
+            input_ids, document_ids, self.vocab, self.document_masking, "PrefixLM", check=_check_document_ids
+        )
         index = _document_index(document_ids, input_ids.shape, input_ids.device)  # (B, T)
         lengths, rank = _lengths_and_ranks(real, index)  # (B, T) column k = document k, (B, T) per token
         u = torch.rand(lengths.shape, generator=generator, device=input_ids.device, dtype=torch.float64)  # (B, T)

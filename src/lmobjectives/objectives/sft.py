@@ -12,19 +12,16 @@ document ids so that no token attends across conversations and positions restart
 
 from __future__ import annotations
 
-import bisect
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from .._checks import check_choice, check_like
-from ..constants import IGNORE_INDEX
-from ..vocab import Vocab
-from ..batch import Batch, checked_tokens
-from ..data.chat_template import ASSISTANT, COMPLETION, PROMPT, TRAIN_ON, learned_mask
 from .._option import option
+from ..batch import Batch, checked_tokens
+from ..constants import IGNORE_INDEX
+from ..data.chat_template import ASSISTANT, COMPLETION, PROMPT, TRAIN_ON, learned_mask
+from ..vocab import Vocab
 from .clm import CausalLM
 
 __all__ = [
@@ -74,14 +71,22 @@ class SupervisedFineTuning:
     """
 
     vocab: Vocab  # vocabulary (pad_id / eos_id only for the uniform token checks)
-    train_on: str = option("assistant", "tokens learned: \"assistant\" (every assistant turn + its end-of-turn) | \"completion\" (final turn only) | \"all\"")
-    normalize: str = option("token", "loss normalisation: \"token\" (mean over the batch's target tokens) | \"sequence\" (mean over conversations)")
+    train_on: str = option(
+        "assistant",
+        'tokens learned: "assistant" (every assistant turn + its end-of-turn) | "completion" (final turn only) | "all"',
+    )
+    normalize: str = option(
+        "token",
+        'loss normalisation: "token" (mean over the batch\'s target tokens) | "sequence" (mean over conversations)',
+    )
 
     name = "sft"
 
     def __post_init__(self) -> None:
         if not isinstance(self.vocab, Vocab):
-            raise TypeError(f"SupervisedFineTuning: vocab must be a lmobjectives.Vocab, got {type(self.vocab).__name__}")
+            raise TypeError(
+                f"SupervisedFineTuning: vocab must be a lmobjectives.Vocab, got {type(self.vocab).__name__}"
+            )
         check_choice(self.train_on, "train_on", TRAIN_ON)
         check_choice(self.normalize, "normalize", NORMALIZATIONS)
 
@@ -102,8 +107,10 @@ class SupervisedFineTuning:
             )
         roles = check_like(roles, ids, "roles")  # (B, T)
         if roles.numel() and (int(roles.min()) < PROMPT or int(roles.max()) > COMPLETION):
-            raise ValueError(f"roles must hold {PROMPT}, {ASSISTANT} or {COMPLETION}, got values in "
-                             f"[{int(roles.min())}, {int(roles.max())}]")  # fmt: skip
+            raise ValueError(
+                f"roles must hold {PROMPT}, {ASSISTANT} or {COMPLETION}, got values in "
+                f"[{int(roles.min())}, {int(roles.max())}]"
+            )
         if document_ids is None:
             document_ids = torch.zeros_like(ids)  # (B, T) one conversation per row
         clm = CausalLM(self.vocab, document_masking=True)(ids, attention_mask=real, document_ids=document_ids)

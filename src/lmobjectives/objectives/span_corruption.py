@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 import torch
 
 from .._checks import check_choice, check_generator, check_int, check_like, check_probability
+from .._option import option
+from ..batch import Batch, checked_tokens
 from ..constants import IGNORE_INDEX
 from ..vocab import Vocab
-from ..batch import Batch, checked_tokens
-from .._option import option
 
 __all__ = [
     "SpanCorruption",
@@ -129,9 +129,7 @@ def raw_length_for_inputs(
     return n, span_corruption_lengths(n, d, mu)[1]
 
 
-def raw_length_for_total(
-    total_length: int, noise_density: float = 0.15, mean_noise_span_length: float = 3.0
-) -> int:
+def raw_length_for_total(total_length: int, noise_density: float = 0.15, mean_noise_span_length: float = 3.0) -> int:
     """The most raw tokens whose inputs and targets together (EOS on each) fit in ``total_length``: the
     decoder-only layout's length helper (inputs + targets = ``raw + 2 * spans + 2``).
 
@@ -152,7 +150,9 @@ def _per_row(value: object, B: int, name: str, device: torch.device) -> torch.Te
     """A float or a ``(B,)`` tensor as a float64 ``(B,)`` tensor on ``device``."""
     if isinstance(value, torch.Tensor):
         if value.dim() != 1 or value.shape[0] != B:
-            raise ValueError(f"{name} must be a float or a tensor of shape (B,) = ({B},), got shape {tuple(value.shape)}")
+            raise ValueError(
+                f"{name} must be a float or a tensor of shape (B,) = ({B},), got shape {tuple(value.shape)}"
+            )
         if value.dtype == torch.bool or value.dtype.is_complex:
             raise TypeError(f"{name} must be a real tensor, got dtype {value.dtype}")
         return value.to(device=device, dtype=torch.float64)
@@ -387,9 +387,16 @@ def _too_few_sentinels(row: int, spans: int, sentinels: int) -> ValueError:
 
 
 def _fixed_inputs_targets(
-    ids: torch.Tensor, n: int, d: float, mu: float, sentinels: torch.Tensor, eos_id: int, pad_id: int,
-    widths: tuple[int, int], generator,
-) -> SpanInputsTargets:  # fmt: skip
+    ids: torch.Tensor,
+    n: int,
+    d: float,
+    mu: float,
+    sentinels: torch.Tensor,
+    eos_id: int,
+    pad_id: int,
+    widths: tuple[int, int],
+    generator,
+) -> SpanInputsTargets:
     """Span corruption of rows whose real tokens are the first ``n`` of every row (the same count for
     all): T5's mask (:func:`random_spans_noise_mask`'s law) and its inputs and targets
     (:func:`noise_spans_to_inputs_targets`) built directly from the span lengths, at fixed shapes.
@@ -615,7 +622,7 @@ class SpanCorruption:
     vocab: Vocab  # vocabulary: eos_id, pad_id (padding and decoder start) and sentinel_ids are required
     noise_density: float = option(0.15, "fraction of each row's tokens that are corrupted, in (0, 1) (T5: 0.15)")
     mean_noise_span_length: float = option(3.0, "mean length in tokens of a corrupted span, >= 1 (T5: 3)")
-    layout: str = option("encoder_decoder", "\"encoder_decoder\" (T5) or \"decoder\" (inputs then targets, prefix LM)")
+    layout: str = option("encoder_decoder", '"encoder_decoder" (T5) or "decoder" (inputs then targets, prefix LM)')
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # per-device sentinel ids
 
     name = "span_corruption"

@@ -16,10 +16,10 @@ from typing import NamedTuple
 import torch
 
 from .._checks import check_like, check_positive_int
+from .._option import option
+from ..batch import Batch
 from ..constants import IGNORE_INDEX
 from ..vocab import Vocab
-from ..batch import Batch
-from .._option import option
 from .mlm import MaskedLM
 
 __all__ = ["SpanBERT", "SpanBoundaryTargets", "span_boundary_targets"]
@@ -133,12 +133,14 @@ class SpanBERT:
     probability: float = option(0.15, "share of maskable tokens to mask (SpanBERT mask_ratio)")
     mask_fraction: float = option(0.8, "share of spans replaced by [MASK]")
     random_fraction: float = option(0.1, "share of spans replaced by random ids; the rest are kept")
-    selection: str = option("exact", "\"exact\" (fixed token budget per row, SpanBERT) | \"bernoulli\" (Binomial budget)")
+    selection: str = option("exact", '"exact" (fixed token budget per row, SpanBERT) | "bernoulli" (Binomial budget)')
     max_predictions: int | None = option(None, "cap on masked tokens per row; None = no cap")
     span_geometric_p: float = option(0.2, "parameter of the geometric span length (SpanBERT p)")
     max_span_length: int = option(10, "longest span, in words (SpanBERT l_max)")
     max_pair_targets: int = option(15, "SBO: tokens of a span that are SBO targets (SpanBERT --max-pair-targets)")
-    random_ids: str = option("uniform", "random replacements: \"uniform\" over ordinary ids, or \"unigram\" (corpus counts, SpanBERT)")
+    random_ids: str = option(
+        "uniform", 'random replacements: "uniform" over ordinary ids, or "unigram" (corpus counts, SpanBERT)'
+    )
     _mlm: MaskedLM | None = field(default=None, init=False, repr=False, compare=False)  # built from the options
 
     name = "spanbert"

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 import torch
 
 from .._checks import check_choice, check_finite_float, check_int, check_probability
+from .._option import option
+from ..batch import Batch, checked_tokens
 from ..constants import IGNORE_INDEX, PARADIGM_TOKENS
 from ..vocab import Vocab
-from ..batch import Batch, checked_tokens
-from .._option import option
 from .prefix_lm import prefix_lm_batch
 from .span_corruption import (
     LAYOUTS,
@@ -128,11 +128,15 @@ class UL2:
     """
 
     vocab: Vocab  # vocabulary: eos_id, pad_id, sentinel_ids and the paradigm ids nlu_id/nlg_id/s2s_id in use
-    mean_noise_span_lengths: tuple[float, ...] = option((3.0, 8.0, 3.0, 8.0, 64.0, 64.0), "span length μ per span denoiser")
-    noise_densities: tuple[float, ...] = option((0.15, 0.15, 0.5, 0.5, 0.15, 0.5), "corruption rate r per span denoiser")
+    mean_noise_span_lengths: tuple[float, ...] = option(
+        (3.0, 8.0, 3.0, 8.0, 64.0, 64.0), "span length μ per span denoiser"
+    )
+    noise_densities: tuple[float, ...] = option(
+        (0.15, 0.15, 0.5, 0.5, 0.15, 0.5), "corruption rate r per span denoiser"
+    )
     use_prefix_lm_task: bool = option(True, "add the S-denoiser (prefix LM, [S2S]) as the last task")
     rates: tuple[float, ...] = option((0.2, 0.2, 0.1, 0.1, 0.1, 0.1, 0.2), "probability of each task, S last; sum 1")
-    layout: str = option("encoder_decoder", "\"encoder_decoder\" (UL2) or \"decoder\" (one row, prefix-LM attention)")
+    layout: str = option("encoder_decoder", '"encoder_decoder" (UL2) or "decoder" (one row, prefix-LM attention)')
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # per-device lookup tables
 
     name = "ul2"
@@ -337,9 +341,15 @@ class UL2:
             span_real = real & ~is_s[:, None]  # (B, T)
             noise = span_real & compact.gather(1, (rank - 1).clamp(min=0))  # (B, T) back at the real tokens' places
             out = noise_spans_to_inputs_targets(
-                ids, noise, span_real, tab.sentinels, eos_id=eos, pad_id=pad,
-                inputs_width=w.inputs, targets_width=w.targets,
-            )  # type: ignore[arg-type]  # fmt: skip
+                ids,
+                noise,
+                span_real,
+                tab.sentinels,
+                eos_id=eos,
+                pad_id=pad,
+                inputs_width=w.inputs,
+                targets_width=w.targets,
+            )  # type: ignore[arg-type]
             parts.append((out.inputs, out.inputs_length, out.targets, out.targets_length))
         if len(parts) == 2:  # each row takes its family's pieces
             s_part, span_part = parts

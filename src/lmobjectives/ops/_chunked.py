@@ -197,13 +197,9 @@ class _Problem:
         grads: dict[str, Tensor] = {}
         device = self.input.device
         if need_input:  # rows are written once, so the GEMM dtype is enough
-            grads["input"] = torch.empty(
-                self.num_tokens, self.input.shape[1], dtype=self.gemm_dtype, device=device
-            )
+            grads["input"] = torch.empty(self.num_tokens, self.input.shape[1], dtype=self.gemm_dtype, device=device)
         if need_weight:
-            grads["weight"] = torch.zeros(
-                self.vocab_size, self.input.shape[1], dtype=self.acc_dtype, device=device
-            )
+            grads["weight"] = torch.zeros(self.vocab_size, self.input.shape[1], dtype=self.acc_dtype, device=device)
         if need_bias:
             grads["bias"] = torch.zeros(self.vocab_size, dtype=self.acc_dtype, device=device)
         return grads
@@ -252,9 +248,7 @@ def _forward(
     return lse, z_target, z_sum, argmax
 
 
-def _backward_recompute(
-    problem: _Problem, lse: Tensor, row_scale: Tensor, grads: dict[str, Tensor]
-) -> None:
+def _backward_recompute(problem: _Problem, lse: Tensor, row_scale: Tensor, grads: dict[str, Tensor]) -> None:
     """Recompute the logits chunk by chunk with the saved ``lse`` and accumulate gradients."""
     for start, end in problem.chunks():
         x_g, z, t = problem.logits(start, end)
@@ -306,20 +300,10 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         problem, valid = _problem(input, weight, bias, target, options, chunk_size)
         # Gradients in the forward only where nothing is rounded to half precision before the
         # upstream gradient is known (see the module docstring).
-        grads_in_forward = (
-            any(need_grads)
-            and options.reduction != "none"
-            and problem.gemm_dtype == problem.acc_dtype
-        )
-        row_scale = (
-            row_scale_for_reduction(valid, options.reduction, problem.acc_dtype)
-            if grads_in_forward
-            else None
-        )
+        grads_in_forward = any(need_grads) and options.reduction != "none" and problem.gemm_dtype == problem.acc_dtype
+        row_scale = row_scale_for_reduction(valid, options.reduction, problem.acc_dtype) if grads_in_forward else None
         grads = problem.new_grads(*need_grads) if grads_in_forward else {}
-        lse, z_target, z_sum, argmax = _forward(
-            problem, want_argmax=want_argmax, row_scale=row_scale, grads=grads
-        )
+        lse, z_target, z_sum, argmax = _forward(problem, want_argmax=want_argmax, row_scale=row_scale, grads=grads)
         loss = loss_from_stats(lse, z_target, z_sum, valid, options, vocab_size=problem.vocab_size)
 
         ctx.grads_in_forward = grads_in_forward
@@ -353,9 +337,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
 
         input, weight, bias, target, lse = ctx.saved_tensors
         problem, valid = _problem(input, weight, bias, target, ctx.options, ctx.chunk_size)
-        row_scale = row_scale_for_reduction(
-            valid, ctx.options.reduction, problem.acc_dtype, grad_loss
-        )  # (N,)
+        row_scale = row_scale_for_reduction(valid, ctx.options.reduction, problem.acc_dtype, grad_loss)  # (N,)
         grads = problem.new_grads(*ctx.need_grads)
         _backward_recompute(problem, lse, row_scale, grads)
         dx, dw, db = _finish_grads(grads, input, weight, bias)

@@ -145,9 +145,7 @@ def validate_tensors(input: Tensor, weight: Tensor, target: Tensor, bias: Tensor
     if not input.is_floating_point():
         raise TypeError(f"input must be a floating-point tensor, got dtype {input.dtype}")
     if weight.dtype != input.dtype:
-        raise TypeError(
-            f"weight dtype {weight.dtype} must match input dtype {input.dtype}"
-        )
+        raise TypeError(f"weight dtype {weight.dtype} must match input dtype {input.dtype}")
     if target.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
         raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
     if input.dim() < 1:
@@ -162,10 +160,7 @@ def validate_tensors(input: Tensor, weight: Tensor, target: Tensor, bias: Tensor
     if weight.shape[0] < 1:
         raise ValueError(f"weight must have at least one row (class), got {tuple(weight.shape)}")
     if target.shape != input.shape[:-1]:
-        raise ValueError(
-            f"target shape {tuple(target.shape)} must equal input.shape[:-1] "
-            f"= {tuple(input.shape[:-1])}"
-        )
+        raise ValueError(f"target shape {tuple(target.shape)} must equal input.shape[:-1] = {tuple(input.shape[:-1])}")
     if bias is not None:
         if not isinstance(bias, Tensor):
             raise TypeError(f"bias must be a torch.Tensor or None, got {type(bias).__name__}")
@@ -178,9 +173,7 @@ def validate_tensors(input: Tensor, weight: Tensor, target: Tensor, bias: Tensor
         raise ValueError(f"input, weight, target (and bias) must share one device, got {devices}")
 
 
-def check_target_range(
-    target: Tensor, *, vocab_size: int, ignore_index: int, vocab_offset: int = 0
-) -> None:
+def check_target_range(target: Tensor, *, vocab_size: int, ignore_index: int, vocab_offset: int = 0) -> None:
     """Fail if a target is neither ``ignore_index`` nor in ``[offset, offset + vocab_size)``.
 
     On CPU in eager mode this raises a ``ValueError`` showing a bad value (reading a CPU tensor
@@ -253,10 +246,11 @@ def backward_once(impl: str):
     def decorate(backward):
         @functools.wraps(backward)
         def wrapper(ctx, *grad_outputs):
-            deps = [
-                t for t in (*grad_outputs, *ctx.saved_tensors)
-                if isinstance(t, Tensor) and t.requires_grad
-            ] if torch.is_grad_enabled() else []
+            deps = (
+                [t for t in (*grad_outputs, *ctx.saved_tensors) if isinstance(t, Tensor) and t.requires_grad]
+                if torch.is_grad_enabled()
+                else []
+            )
             with torch.no_grad():
                 grads = backward(ctx, *grad_outputs)
             present = [g for g in grads if isinstance(g, Tensor)]

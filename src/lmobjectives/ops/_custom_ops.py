@@ -28,8 +28,6 @@ error if a second backward (``create_graph=True``, then differentiating the grad
 it, instead of the dispatcher's "no autograd formula" or a silently wrong result.
 """
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 
@@ -48,6 +46,7 @@ __all__ = [
     "triton_linear_cross_entropy",
     "vocab_chunked_linear_cross_entropy",
 ]
+
 
 def _module(impl: str):
     if impl == "triton":
@@ -77,13 +76,13 @@ def _forward(
     impl: str,
     x: Tensor,
     weight: Tensor,
-    bias: Optional[Tensor],
+    bias: Tensor | None,
     target: Tensor,
     ignore_index: int,
     reduction: str,
     label_smoothing: float,
     z_loss: float,
-    softcap: Optional[float],
+    softcap: float | None,
     chunk: int,
     epilogue: str,
     borrow: bool,
@@ -92,20 +91,37 @@ def _forward(
     del borrow  # a backward option, kept here so that the autograd context has it
     options = LossOptions(ignore_index, reduction, label_smoothing, z_loss, softcap)
     lse, z_target, z_sum, argmax = _module(impl).forward_stats(
-        x, weight, bias, target, options, need_argmax=want_argmax,
+        x,
+        weight,
+        bias,
+        target,
+        options,
+        need_argmax=want_argmax,
         **_impl_options(impl, chunk, epilogue),
     )
-    loss = loss_from_stats(
-        lse, z_target, z_sum, target != ignore_index, options, vocab_size=weight.shape[0]
-    )
+    loss = loss_from_stats(lse, z_target, z_sum, target != ignore_index, options, vocab_size=weight.shape[0])
     if argmax is None:
         argmax = torch.empty(0, dtype=torch.int64, device=x.device)
     return loss, lse, argmax
 
 
 @_forward.register_fake
-def _forward_fake(impl, x, weight, bias, target, ignore_index, reduction, label_smoothing,
-                  z_loss, softcap, chunk, epilogue, borrow, want_argmax):
+def _forward_fake(
+    impl,
+    x,
+    weight,
+    bias,
+    target,
+    ignore_index,
+    reduction,
+    label_smoothing,
+    z_loss,
+    softcap,
+    chunk,
+    epilogue,
+    borrow,
+    want_argmax,
+):
     n, acc = x.shape[0], accumulation_dtype(x.dtype)
     loss = x.new_empty((n,) if reduction == "none" else (), dtype=acc)
     lse = x.new_empty((n,), dtype=acc)
@@ -119,14 +135,14 @@ def _backward(
     grad_loss: Tensor,
     x: Tensor,
     weight: Tensor,
-    bias: Optional[Tensor],
+    bias: Tensor | None,
     target: Tensor,
     lse: Tensor,
     ignore_index: int,
     reduction: str,
     label_smoothing: float,
     z_loss: float,
-    softcap: Optional[float],
+    softcap: float | None,
     chunk: int,
     epilogue: str,
     borrow: bool,
@@ -137,16 +153,40 @@ def _backward(
     options = LossOptions(ignore_index, reduction, label_smoothing, z_loss, softcap)
     row_scale = row_scale_for_reduction(target != ignore_index, reduction, lse.dtype, grad_loss)
     grads = _module(impl).backward_grads(
-        x, weight, bias, target, lse, row_scale, options, need=(need_dx, need_dw, need_db),
+        x,
+        weight,
+        bias,
+        target,
+        lse,
+        row_scale,
+        options,
+        need=(need_dx, need_dw, need_db),
         **_impl_options(impl, chunk, epilogue, borrow),
     )
     return tuple(x.new_empty(0) if g is None else g for g in grads)
 
 
 @_backward.register_fake
-def _backward_fake(impl, grad_loss, x, weight, bias, target, lse, ignore_index, reduction,
-                   label_smoothing, z_loss, softcap, chunk, epilogue, borrow, need_dx,
-                   need_dw, need_db):
+def _backward_fake(
+    impl,
+    grad_loss,
+    x,
+    weight,
+    bias,
+    target,
+    lse,
+    ignore_index,
+    reduction,
+    label_smoothing,
+    z_loss,
+    softcap,
+    chunk,
+    epilogue,
+    borrow,
+    need_dx,
+    need_dw,
+    need_db,
+):
     return (
         torch.empty_like(x) if need_dx else x.new_empty(0),
         torch.empty_like(weight) if need_dw else x.new_empty(0),
@@ -169,10 +209,8 @@ def _backward_formula(ctx, grad_loss, grad_lse, grad_argmax):
     nones = (None,) * 10  # target and the options
     if not (need_dx or need_dw or need_db):
         return (None, None, None, None, *nones)
-    dx, dw, db = _backward(ctx.impl, grad_loss, x, weight, bias, target, lse, *ctx.args,
-                           need_dx, need_dw, need_db)
-    return (None, dx if need_dx else None, dw if need_dw else None,
-            db if need_db else None, *nones)
+    dx, dw, db = _backward(ctx.impl, grad_loss, x, weight, bias, target, lse, *ctx.args, need_dx, need_dw, need_db)
+    return (None, dx if need_dx else None, dw if need_dw else None, db if need_db else None, *nones)
 
 
 _forward.register_autograd(_backward_formula, setup_context=_setup_context)
@@ -207,8 +245,20 @@ def linear_cross_entropy_op(
     ``x``, ``weight`` and ``bias``, one opaque operator to ``torch.compile``."""
     o = options  # the one place where the options become the operators' primitive arguments
     loss, lse, argmax = _forward(
-        impl, x, weight, bias, target, o.ignore_index, o.reduction, o.label_smoothing,
-        o.z_loss, o.softcap, chunk, epilogue, borrow, want_argmax,
+        impl,
+        x,
+        weight,
+        bias,
+        target,
+        o.ignore_index,
+        o.reduction,
+        o.label_smoothing,
+        o.z_loss,
+        o.softcap,
+        chunk,
+        epilogue,
+        borrow,
+        want_argmax,
     )
     return loss, lse, argmax if want_argmax else None
 
@@ -247,8 +297,16 @@ def vocab_chunked_linear_cross_entropy(
         epilogue = _vocab_chunked.default_epilogue(input.device, input.dtype)
     check_choice(epilogue, "epilogue", ("torch", "triton"))
     return linear_cross_entropy_op(
-        "vocab_chunked", input, weight, bias, target, options, chunk=max(1, min(chunk, v)),
-        epilogue=epilogue, borrow=borrow_dweight, want_argmax=want_argmax,
+        "vocab_chunked",
+        input,
+        weight,
+        bias,
+        target,
+        options,
+        chunk=max(1, min(chunk, v)),
+        epilogue=epilogue,
+        borrow=borrow_dweight,
+        want_argmax=want_argmax,
     )
 
 
@@ -264,7 +322,11 @@ def triton_linear_cross_entropy(
     """Triton forward/backward on flattened, validated tensors; same conventions as
     ``chunked_linear_cross_entropy`` (float64 is refused before this, by ``_resolve_impl``)."""
     return linear_cross_entropy_op(
-        "triton", input.contiguous(), weight.contiguous(),
-        None if bias is None else bias.contiguous(), target.contiguous(), options,
+        "triton",
+        input.contiguous(),
+        weight.contiguous(),
+        None if bias is None else bias.contiguous(),
+        target.contiguous(),
+        options,
         want_argmax=want_argmax,
     )

@@ -36,9 +36,7 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def launch_config(
-    kind: str, *, upcast: bool, interpret: bool | None = None
-) -> dict[str, int]:
+def launch_config(kind: str, *, upcast: bool, interpret: bool | None = None) -> dict[str, int]:
     """Tile sizes and launch options of the ``"forward"`` or ``"backward"`` kernel; ``upcast``
     is the kernels' ``UPCAST`` (float32 matmuls: float32 inputs). Small tiles under the (slow,
     CPU) interpreter (``interpret``, default: ``TRITON_INTERPRET=1``) so that tests with a few
@@ -102,9 +100,7 @@ def forward_stats(
     sumexp = torch.empty(splits, n, **f32)  # (S, N)
     z_target = torch.empty(splits, n, **f32)  # (S, N)
     z_sum = torch.empty(splits, n, **f32) if need_zsum else run_max  # (S, N)
-    argmax = (
-        torch.empty(splits, n, dtype=torch.int64, device=x.device) if need_argmax else target
-    )  # (S, N)
+    argmax = torch.empty(splits, n, dtype=torch.int64, device=x.device) if need_argmax else target  # (S, N)
     if n > 0:
         lce_forward_kernel[(row_blocks, splits)](
             x,

@@ -77,9 +77,7 @@ def _logits_tile(
             other=0.0,
         )  # (BLOCK_V, BLOCK_D)
         if UPCAST:
-            acc = tl.dot(
-                x.to(tl.float32), tl.trans(w.to(tl.float32)), acc, input_precision="ieee"
-            )
+            acc = tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)), acc, input_precision="ieee")
         else:
             acc = tl.dot(x, tl.trans(w), acc)
     if HAS_BIAS:
@@ -132,8 +130,21 @@ def lce_forward_kernel(
         cols = v_begin + j * BLOCK_V + tl.arange(0, BLOCK_V)  # (BLOCK_V,) int64
         col_mask = cols < V
         z = _logits_tile(
-            x_ptr, w_ptr, b_ptr, rows, cols, N, V, D, stride_x, stride_w,
-            HAS_BIAS, UPCAST, BLOCK_N, BLOCK_V, BLOCK_D,
+            x_ptr,
+            w_ptr,
+            b_ptr,
+            rows,
+            cols,
+            N,
+            V,
+            D,
+            stride_x,
+            stride_w,
+            HAS_BIAS,
+            UPCAST,
+            BLOCK_N,
+            BLOCK_V,
+            BLOCK_D,
         )  # (BLOCK_N, BLOCK_V)
         if HAS_SOFTCAP:
             z = softcap * _tanh(z / softcap)
@@ -143,9 +154,7 @@ def lce_forward_kernel(
             tile_arg = tl.argmax(z, axis=1).to(tl.int64) + v_begin + j * BLOCK_V
             best = tl.where(tile_max > run_max, tile_arg, best)  # strict: first max wins
         new_max = tl.maximum(run_max, tile_max)
-        run_sum = run_sum * tl.exp(run_max - new_max) + tl.sum(
-            tl.exp(z - new_max[:, None]), axis=1
-        )
+        run_sum = run_sum * tl.exp(run_max - new_max) + tl.sum(tl.exp(z - new_max[:, None]), axis=1)
         run_max = new_max
         # col_mask: a target past V (check_targets=False) must not pick a padded -inf column.
         is_target = (cols[None, :] == target[:, None]) & col_mask[None, :]
@@ -203,8 +212,21 @@ def lce_backward_kernel(
     col_mask = cols < V
 
     logits = _logits_tile(
-        x_ptr, w_ptr, b_ptr, rows, cols, N, V, D, stride_x, stride_w,
-        HAS_BIAS, UPCAST, BLOCK_N, BLOCK_V, BLOCK_D,
+        x_ptr,
+        w_ptr,
+        b_ptr,
+        rows,
+        cols,
+        N,
+        V,
+        D,
+        stride_x,
+        stride_w,
+        HAS_BIAS,
+        UPCAST,
+        BLOCK_N,
+        BLOCK_V,
+        BLOCK_D,
     )  # (BLOCK_N, BLOCK_V)
     if HAS_SOFTCAP:
         th = _tanh(logits / softcap)

@@ -41,14 +41,25 @@ _ARG_TYPES = {
     **dict.fromkeys(("x_ptr", "w_ptr", "b_ptr", "logits_ptr", "bias_ptr"), "*DTYPE"),
     **dict.fromkeys(("target_ptr", "argmax_ptr"), "*i64"),
     **dict.fromkeys(
-        ("max_ptr", "sumexp_ptr", "ztarget_ptr", "zsum_ptr", "lse_ptr", "coef_a_ptr",
-         "coef_b_ptr", "coef_c_ptr", "dx_ptr", "dw_ptr", "db_ptr", "row_scale_ptr"),
+        (
+            "max_ptr",
+            "sumexp_ptr",
+            "ztarget_ptr",
+            "zsum_ptr",
+            "lse_ptr",
+            "coef_a_ptr",
+            "coef_b_ptr",
+            "coef_c_ptr",
+            "dx_ptr",
+            "dw_ptr",
+            "db_ptr",
+            "row_scale_ptr",
+        ),
         "*fp32",
     ),
     **dict.fromkeys(("softcap", "smoothing", "z_loss", "smoothing_per_class"), "fp32"),
     **dict.fromkeys(
-        ("N", "V", "D", "C", "stride_x", "stride_w", "blocks_per_split", "num_row_blocks",
-         "v_offset"),
+        ("N", "V", "D", "C", "stride_x", "stride_w", "blocks_per_split", "num_row_blocks", "v_offset"),
         "i32",
     ),
 }
@@ -87,8 +98,12 @@ def variants() -> list[Variant]:
     kernels = [
         (fused[0], "forward", ("HAS_BIAS", "HAS_SOFTCAP", "NEED_ZSUM", "NEED_ARGMAX"), ()),
         (fused[1], "backward", ("HAS_BIAS", "HAS_SOFTCAP", "NEED_DB"), ("NEED_DX", "NEED_DW")),
-        (_vocab_chunked_kernels._forward_epilogue_kernel, None,
-         ("HAS_BIAS", "HAS_SOFTCAP", "NEED_ZSUM", "NEED_ARGMAX"), ()),
+        (
+            _vocab_chunked_kernels._forward_epilogue_kernel,
+            None,
+            ("HAS_BIAS", "HAS_SOFTCAP", "NEED_ZSUM", "NEED_ARGMAX"),
+            (),
+        ),
         (_vocab_chunked_kernels._backward_epilogue_kernel, None, ("HAS_BIAS", "HAS_SOFTCAP"), ()),
     ]
     out = []
@@ -134,9 +149,10 @@ def compile_resources(variant: Variant, target: GPUTarget = HOPPER) -> KernelRes
             f.write(compiled.asm["ptx"])
         arch = f"sm_{target.arch}{'a' if target.arch >= 90 else ''}"
         report = subprocess.run(
-            [get_ptxas(target.arch).path, "-v", f"--gpu-name={arch}", ptx,
-             "-o", os.path.join(tmp, "kernel.cubin")],
-            capture_output=True, text=True, check=True,
+            [get_ptxas(target.arch).path, "-v", f"--gpu-name={arch}", ptx, "-o", os.path.join(tmp, "kernel.cubin")],
+            capture_output=True,
+            text=True,
+            check=True,
         ).stderr
     regs = re.search(r"Used (\d+) registers", report)
     spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", report)

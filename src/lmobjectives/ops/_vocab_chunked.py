@@ -296,9 +296,7 @@ def _forward_epilogue_torch(logits, bias, target, v_offset, state: _State, *, so
     c_max = z.amax(1)  # (N,)
     c_sum = torch.exp(z - c_max.unsqueeze(1)).sum(1)  # (N,)
     new_max = torch.maximum(state.max, c_max)
-    state.sumexp.copy_(
-        state.sumexp * _exp_diff(state.max, new_max) + c_sum * _exp_diff(c_max, new_max)
-    )
+    state.sumexp.copy_(state.sumexp * _exp_diff(state.max, new_max) + c_sum * _exp_diff(c_max, new_max))
     col = target - v_offset  # (N,)
     hit = (col >= 0) & (col < c)
     picked = z.gather(1, col.clamp(0, c - 1).unsqueeze(1)).squeeze(1)
@@ -311,7 +309,16 @@ def _forward_epilogue_torch(logits, bias, target, v_offset, state: _State, *, so
 
 
 def _backward_epilogue_torch(
-    logits, bias, target, v_offset, lse, row_scale, *, softcap, label_smoothing, z_loss,
+    logits,
+    bias,
+    target,
+    v_offset,
+    lse,
+    row_scale,
+    *,
+    softcap,
+    label_smoothing,
+    z_loss,
     vocab_size,
 ) -> None:
     """Torch version of ``_vocab_chunked_kernels.backward_epilogue`` (same math)."""
@@ -344,9 +351,7 @@ class _Problem:
         self.epilogue = epilogue
         self.acc_dtype = accumulation_dtype(x.dtype)
         # One (N, C) chunk, reused; chunk i views its first N * C_i elements.
-        self.buffer = torch.empty(
-            self.num_tokens * min(chunk, self.vocab_size), dtype=x.dtype, device=x.device
-        )
+        self.buffer = torch.empty(self.num_tokens * min(chunk, self.vocab_size), dtype=x.dtype, device=x.device)
         if epilogue == "triton":
             from lmobjectives.ops import _vocab_chunked_kernels as kernels
 
@@ -364,12 +369,20 @@ class _Problem:
         logits = self.logits(v0, v1)
         if self.epilogue == "triton":
             self.kernels.forward_epilogue(
-                logits, self.bias_chunk(v0, v1), self.target, v0, state.as_tuple(),
+                logits,
+                self.bias_chunk(v0, v1),
+                self.target,
+                v0,
+                state.as_tuple(),
                 softcap=self.options.softcap,
             )
         else:
             _forward_epilogue_torch(
-                logits, self.bias_chunk(v0, v1), self.target, v0, state,
+                logits,
+                self.bias_chunk(v0, v1),
+                self.target,
+                v0,
+                state,
                 softcap=self.options.softcap,
             )
 
@@ -377,16 +390,11 @@ class _Problem:
         """``(N, v1 - v0)`` dlogits in the input dtype (in the buffer)."""
         logits = self.logits(v0, v1)
         o = self.options
-        kw = dict(softcap=o.softcap, label_smoothing=o.label_smoothing, z_loss=o.z_loss,
-                  vocab_size=self.vocab_size)
+        kw = dict(softcap=o.softcap, label_smoothing=o.label_smoothing, z_loss=o.z_loss, vocab_size=self.vocab_size)
         if self.epilogue == "triton":
-            self.kernels.backward_epilogue(
-                logits, self.bias_chunk(v0, v1), self.target, v0, lse, row_scale, **kw
-            )
+            self.kernels.backward_epilogue(logits, self.bias_chunk(v0, v1), self.target, v0, lse, row_scale, **kw)
         else:
-            _backward_epilogue_torch(
-                logits, self.bias_chunk(v0, v1), self.target, v0, lse, row_scale, **kw
-            )
+            _backward_epilogue_torch(logits, self.bias_chunk(v0, v1), self.target, v0, lse, row_scale, **kw)
         return logits
 
 

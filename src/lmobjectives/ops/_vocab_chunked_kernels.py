@@ -47,8 +47,16 @@ def launch_config(*, interpret: bool | None = None) -> dict[str, int]:
 
 @triton.jit
 def _load_z(
-    logits_ptr, bias_ptr, rows, cols, row_mask, col_mask, C, softcap,
-    HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+    logits_ptr,
+    bias_ptr,
+    rows,
+    cols,
+    row_mask,
+    col_mask,
+    C,
+    softcap,
+    HAS_BIAS: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
 ):
     """``(BLOCK_N, BLOCK_V)`` float32 ``(z, tanh)``: logits + bias, capped; ``tanh`` is
     ``tanh((logits + bias) / softcap)`` with a cap (else ``z`` again, unused)."""
@@ -98,8 +106,16 @@ def _forward_epilogue_kernel(
         cols = start + tl.arange(0, BLOCK_V)  # (BLOCK_V,) column within the chunk
         col_mask = cols < C
         z, th = _load_z(
-            logits_ptr, bias_ptr, rows, cols, row_mask, col_mask, C, softcap,
-            HAS_BIAS, HAS_SOFTCAP,
+            logits_ptr,
+            bias_ptr,
+            rows,
+            cols,
+            row_mask,
+            col_mask,
+            C,
+            softcap,
+            HAS_BIAS,
+            HAS_SOFTCAP,
         )
         z = tl.where(col_mask[None, :], z, float("-inf"))
         tile_max = tl.max(z, axis=1)  # (BLOCK_N,)
@@ -107,9 +123,7 @@ def _forward_epilogue_kernel(
             tile_arg = tl.argmax(z, axis=1).to(tl.int64) + start
             best = tl.where(tile_max > run_max, tile_arg, best)  # strict: first max wins
         new_max = tl.maximum(run_max, tile_max)
-        run_sum = run_sum * tl.exp(run_max - new_max) + tl.sum(
-            tl.exp(z - new_max[:, None]), axis=1
-        )
+        run_sum = run_sum * tl.exp(run_max - new_max) + tl.sum(tl.exp(z - new_max[:, None]), axis=1)
         run_max = new_max
         is_target = (cols[None, :] == target_col[:, None]) & col_mask[None, :]
         z_target += tl.sum(tl.where(is_target, z, 0.0), axis=1)
@@ -167,8 +181,16 @@ def _backward_epilogue_kernel(
         cols = start + tl.arange(0, BLOCK_V)
         col_mask = cols < C
         z, th = _load_z(
-            logits_ptr, bias_ptr, rows, cols, row_mask, col_mask, C, softcap,
-            HAS_BIAS, HAS_SOFTCAP,
+            logits_ptr,
+            bias_ptr,
+            rows,
+            cols,
+            row_mask,
+            col_mask,
+            C,
+            softcap,
+            HAS_BIAS,
+            HAS_SOFTCAP,
         )
         dz = coef_a[:, None] * tl.exp(z - lse[:, None])
         dz -= tl.where(cols[None, :] == target_col[:, None], coef_b[:, None], 0.0)
@@ -257,4 +279,3 @@ def backward_epilogue(
         HAS_SOFTCAP=softcap is not None,
         **cfg,
     )
-

@@ -108,9 +108,7 @@ class LinearCrossEntropyOutput:
         return self.correct.sum().float() / self.num_valid.clamp_min(1).float()
 
 
-def _resolve_impl(
-    impl: str | Impl, device: torch.device, dtype: torch.dtype = torch.float32
-) -> Impl:
+def _resolve_impl(impl: str | Impl, device: torch.device, dtype: torch.dtype = torch.float32) -> Impl:
     check_choice(impl, "impl", [i.value for i in Impl])
     impl = Impl(impl)
     if impl == Impl.AUTO:
@@ -118,17 +116,11 @@ def _resolve_impl(
         return Impl.VOCAB_CHUNKED if on_gpu else Impl.CHUNKED
     if impl == Impl.TRITON:
         if dtype == torch.float64:  # the kernels accumulate in float32
-            raise TypeError(
-                "impl='triton' supports float16, bfloat16 and float32 inputs, not float64"
-            )
+            raise TypeError("impl='triton' supports float16, bfloat16 and float32 inputs, not float64")
         if not TRITON_AVAILABLE:
-            raise ValueError(
-                "impl='triton' needs the optional dependency triton (pip install triton)"
-            )
+            raise ValueError("impl='triton' needs the optional dependency triton (pip install triton)")
         if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-            raise ValueError(
-                f"impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1), got device {device}"
-            )
+            raise ValueError(f"impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1), got device {device}")
     return impl
 
 
@@ -163,7 +155,12 @@ def _run(
             from lmobjectives.ops._chunked import chunked_linear_cross_entropy
 
             loss, lse, argmax = chunked_linear_cross_entropy(
-                x.contiguous(), weight, t, bias, options, chunk_size=chunk_size,
+                x.contiguous(),
+                weight,
+                t,
+                bias,
+                options,
+                chunk_size=chunk_size,
                 want_argmax=want_argmax,
             )
         elif resolved == Impl.VOCAB_CHUNKED:
@@ -175,9 +172,7 @@ def _run(
         else:
             from lmobjectives.ops._custom_ops import triton_linear_cross_entropy
 
-            loss, lse, argmax = triton_linear_cross_entropy(
-                x, weight, t, bias, options, want_argmax=want_argmax
-            )
+            loss, lse, argmax = triton_linear_cross_entropy(x, weight, t, bias, options, want_argmax=want_argmax)
         return loss, lse, argmax, t
 
 

@@ -110,7 +110,14 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
     ) -> Tensor:
         valid = target != options.ignore_index  # (N,)
         problem = _shard_problem(
-            input, weight_shard, bias_shard, target, valid, vocab_start, total_vocab, options,
+            input,
+            weight_shard,
+            bias_shard,
+            target,
+            valid,
+            vocab_start,
+            total_vocab,
+            options,
             chunk_size,
         )
         lse_local, z_target, z_sum, _ = _forward(problem, want_argmax=False, row_scale=None, grads={})
@@ -159,9 +166,7 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
             ctx.options,
             ctx.chunk_size,
         )
-        row_scale = row_scale_for_reduction(
-            valid, ctx.options.reduction, problem.acc_dtype, grad_loss
-        )
+        row_scale = row_scale_for_reduction(valid, ctx.options.reduction, problem.acc_dtype, grad_loss)
         # dinput must be all-reduced even on ranks that would not need it locally.
         grads = problem.new_grads(ctx.needs[0], ctx.needs[1], ctx.needs[2])
         _backward_recompute(problem, lse, row_scale, grads)
@@ -221,7 +226,14 @@ def linear_cross_entropy_vocab_parallel(
         if chunk_size is None:
             chunk_size = default_chunk_size(x.shape[0], shard_size, x.dtype)
         loss = _VocabParallelLinearCrossEntropy.apply(
-            x, weight_shard, bias_shard, t, group, vocab_start, total_vocab, options,
+            x,
+            weight_shard,
+            bias_shard,
+            t,
+            group,
+            vocab_start,
+            total_vocab,
+            options,
             max(1, chunk_size),
         )
         return loss.reshape(target.shape) if reduction == "none" else loss

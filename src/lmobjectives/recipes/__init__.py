@@ -65,6 +65,7 @@ def _layout_model(objective: SpanCorruption | UL2) -> ModelSpec:
     """The encoder-decoder for ``layout="encoder_decoder"``, else the one-stack transformer (prefix LM)."""
     return ModelSpec(architecture="encoder_decoder") if objective.layout == "encoder_decoder" else ModelSpec()
 
+
 OBJECTIVES: dict[str, Recipe] = {
     "clm": Recipe(
         CausalLM,
@@ -128,7 +129,9 @@ OBJECTIVES: dict[str, Recipe] = {
         MultiTokenPrediction,
         "multi-token prediction (Gloeckle et al. 2024 parallel heads; DeepSeek-V3 sequential modules): t+1 ... t+n",
         block_extras=lambda o: ("document_ids",) if o.document_masking else (),
-        model=lambda o: ModelSpec(architecture="multi_token", kwargs={"n_future": o.n_future, "head_design": o.head_design}),
+        model=lambda o: ModelSpec(
+            architecture="multi_token", kwargs={"n_future": o.n_future, "head_design": o.head_design}
+        ),
         loss=mtp_step_loss,
     ),
     "fim": Recipe(
@@ -170,5 +173,7 @@ def get_objective(name: str, *, vocab: Vocab, **options: Any) -> Objective:
     valid = [f.name for f in dataclasses.fields(cls) if f.name != "vocab" and f.init]
     unknown = sorted(set(options) - set(valid))
     if unknown:
-        raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} for objective {name!r}; valid options: {', '.join(valid)}")
+        raise ValueError(
+            f"unknown option(s) {', '.join(map(repr, unknown))} for objective {name!r}; valid options: {', '.join(valid)}"
+        )
     return cls(vocab=vocab, **options)

@@ -18,7 +18,9 @@ class Preset:
     question: str  # the question the comparison answers, one sentence (the report's opening line)
     objectives: tuple[str, ...]  # objective specs (see parse_objective)
     tasks: tuple[str, ...] | None = None  # evaluation tasks; None: every task that applies to a run
-    task_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # keyword arguments per task (CompareConfig's)
+    task_options: dict[str, dict[str, Any]] = field(
+        default_factory=dict
+    )  # keyword arguments per task (CompareConfig's)
     settings: dict[str, Any] = field(default_factory=dict)  # CompareConfig fields the preset sets (steps, seeds, ...)
     expect: str = ""  # what the original papers found, for the report to hold the numbers against
 

@@ -46,7 +46,9 @@ Architecture = str  # a key of lmobjectives.models.MODELS: "transformer", "encod
 class ModelSpec:
     """The model an objective needs; the run's sizes (width, depth, ...) come from the run's config."""
 
-    architecture: Architecture = "transformer"  # "transformer" (encoder or decoder: the batch says) or "encoder_decoder"
+    architecture: Architecture = (
+        "transformer"  # "transformer" (encoder or decoder: the batch says) or "encoder_decoder"
+    )
     n_token_types: int = 0  # segment embeddings (2 for sentence pairs), 0 = none
     n_sentence_classes: int = 0  # classes of the [CLS] sentence head (2 for NSP/SOP), 0 = no head
     kwargs: dict[str, Any] = field(default_factory=dict)  # JSON values passed to MODELS[architecture](config, **kwargs)
@@ -73,7 +75,9 @@ class Recipe:
     data: DataLayout = "blocks"  # what the trainer hands the objective each step (see DataLayout)
     length_option: str | None = None  # the option the run's --seq-len sets (not a CLI flag), e.g. NSP's max_seq_length
     block_length: Callable[[Any, int], int] = _same_length  # blocks: raw tokens per block for a model input of seq_len
-    block_extras: Callable[[Any], tuple[str, ...]] = _no_names  # blocks, sentences: extras it reads: "document_ids", "word_ids"
+    block_extras: Callable[[Any], tuple[str, ...]] = (
+        _no_names  # blocks, sentences: extras it reads: "document_ids", "word_ids"
+    )
     special_tokens: tuple[str, ...] = ()  # tokens the run's tokenizer must reserve (sentinels, paradigm, FIM tokens)
     model: Callable[[Any], ModelSpec] = _plain_model  # the architecture and heads the objective needs
     loss: Callable[[Any, torch.nn.Module, Batch], StepLoss] = lm_step_loss  # (objective, model, batch) -> StepLoss

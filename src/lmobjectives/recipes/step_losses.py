@@ -6,7 +6,6 @@ They need a model, so they live here, above the objectives (pure transforms) and
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -41,9 +40,12 @@ class StepLoss:
 
     total: torch.Tensor  # 0-dim, the quantity to backpropagate
     terms: dict[str, LossOutput]  # reported separately: metrics "<name>_loss", "<name>_accuracy" ("lm": "accuracy")
-    metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # other 0-dim values, reported as their mean over steps
-    weights: dict[str, float] = field(default_factory=dict)  # a term's weight in the reported "loss" (default 1), as in total
-
+    metrics: dict[str, torch.Tensor] = field(
+        default_factory=dict
+    )  # other 0-dim values, reported as their mean over steps
+    weights: dict[str, float] = field(
+        default_factory=dict
+    )  # a term's weight in the reported "loss" (default 1), as in total
 
 
 def lm_step_loss(objective: Any, model: torch.nn.Module, batch: Batch) -> StepLoss:
@@ -135,7 +137,9 @@ def electra_loss(
     disc_logits = model.replaced_logits(hidden)  # (B, T)
     disc_logits = disc_logits.to(torch.promote_types(disc_logits.dtype, torch.float32))
     real = batch.attention_mask  # (B, T)
-    per_token = F.binary_cross_entropy_with_logits(disc_logits, replaced.to(disc_logits.dtype), reduction="none")  # (B, T)
+    per_token = F.binary_cross_entropy_with_logits(
+        disc_logits, replaced.to(disc_logits.dtype), reduction="none"
+    )  # (B, T)
     n_real = real.sum()
     disc_loss = torch.where(real, per_token, 0.0).sum() / n_real.clamp(min=1)
     predicted = (disc_logits > 0) & real  # (B, T): ELECTRA's preds = round((sign(logit) + 1) / 2)
@@ -206,7 +210,9 @@ def _check_labels(model: Any, batch: Batch, heads: str) -> torch.Tensor:
     """``batch.labels`` ``(B, T, N)`` checked against the model: a multi-token model of the same design and N."""
 
     if not isinstance(model, MultiTokenTransformer):
-        raise TypeError(f"the mtp loss needs a MultiTokenTransformer (architecture 'multi_token'), got {type(model).__name__}")
+        raise TypeError(
+            f"the mtp loss needs a MultiTokenTransformer (architecture 'multi_token'), got {type(model).__name__}"
+        )
     if model.head_design != heads:
         raise ValueError(f"the {heads} heads loss got a model with head_design={model.head_design!r}")
     labels = batch.labels
@@ -290,8 +296,9 @@ def parallel_heads_loss(model: Any, batch: Batch, *, memory_efficient: bool = Tr
             for p, g in zip(params, got):
                 if g is not None:
                     grads[p] = g if p not in grads else grads[p].add_(g)
-        terms[head_term_name(k)] = type(term)(loss=term.loss.detach(), num_tokens=term.num_tokens,
-                                              num_correct=term.num_correct)  # fmt: skip
+        terms[head_term_name(k)] = type(term)(
+            loss=term.loss.detach(), num_tokens=term.num_tokens, num_correct=term.num_correct
+        )
     value = sum(t.loss for t in terms.values())
     targets = ([trunk] if trunk_grad is not None else []) + list(grads)
     if not targets:
@@ -311,8 +318,10 @@ def sequential_modules_loss(model: Any, batch: Batch, *, weight: float = 0.3) ->
     """
     labels = _check_labels(model, batch, "sequential")
     out = model(batch)
-    terms = {head_term_name(k): _head_loss(out.heads[:, :, k], model.output_weight, labels[..., k])
-             for k in range(model.n_future)}  # fmt: skip
+    terms = {
+        head_term_name(k): _head_loss(out.heads[:, :, k], model.output_weight, labels[..., k])
+        for k in range(model.n_future)
+    }
     main = terms["lm"].loss
     D = model.n_future - 1
     if D == 0:

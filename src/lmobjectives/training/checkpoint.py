@@ -39,7 +39,6 @@ from safetensors.torch import load_file, save_file
 
 from .._checks import check_positive_int
 
-
 __all__ = ["CheckpointError", "checkpoint_steps", "load_checkpoint", "save_checkpoint", "weight_steps"]
 
 KEEP_CHECKPOINTS = 2  # complete checkpoints kept by default: the newest and one to fall back on
@@ -137,7 +136,9 @@ def optimizer_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer) 
     return flat
 
 
-def load_optimizer_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer, flat: dict[str, torch.Tensor]) -> None:
+def load_optimizer_tensors(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, flat: dict[str, torch.Tensor]
+) -> None:
     """Inverse of :func:`optimizer_tensors` (AdamW keeps ``step`` on the CPU, the moments on the parameter's device)."""
     params = dict(model.named_parameters())
     state: dict[str, dict[str, torch.Tensor]] = {}
@@ -194,7 +195,10 @@ def save_checkpoint(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     step = int(state["step"])
-    weights = {model_file(step): _on_cpu(model.state_dict()), optimizer_file(step): _on_cpu(optimizer_tensors(model, optimizer))}
+    weights = {
+        model_file(step): _on_cpu(model.state_dict()),
+        optimizer_file(step): _on_cpu(optimizer_tensors(model, optimizer)),
+    }
     written = [model_file(step), optimizer_file(step), state_file(step)]
     existed = {name for name in written if (directory / name).exists()}  # a re-save of a committed step
     try:
@@ -256,7 +260,11 @@ def _damage(directory: Path, step: int, state: dict[str, Any], names: list[str])
         return f"{state_file(step)} records no file checksums"
     for name in names:
         path, record = directory / name, files.get(name)
-        if not isinstance(record, dict) or type(record.get("bytes")) is not int or not isinstance(record.get("sha256"), str):
+        if (
+            not isinstance(record, dict)
+            or type(record.get("bytes")) is not int
+            or not isinstance(record.get("sha256"), str)
+        ):
             return f"{state_file(step)} records no size and checksum of {name}"
         if not path.is_file():
             return f"{name} is missing"
@@ -283,7 +291,9 @@ def load_checkpoint(
     """
     directory = Path(directory)
     steps = checkpoint_steps(directory)
-    weight_steps = {int(m.group(1)) for p in directory.iterdir() if (m := _WEIGHTS.match(p.name))} if directory.is_dir() else set()
+    weight_steps = (
+        {int(m.group(1)) for p in directory.iterdir() if (m := _WEIGHTS.match(p.name))} if directory.is_dir() else set()
+    )
     if not steps and not weight_steps:
         raise FileNotFoundError(f"no checkpoint in {directory} (no state-NNNNNNN.json)")
     problems = []
@@ -302,7 +312,9 @@ def load_checkpoint(
         state.pop("files")
         notes = [f"skipped the damaged {'; '.join(problems)}"] if problems else []
         if state.pop(CONTENT_KEY) is None:
-            notes.append(f"{state_file(step)} has no checksum of its own (an older version wrote it): its entries are not verified")
+            notes.append(
+                f"{state_file(step)} has no checksum of its own (an older version wrote it): its entries are not verified"
+            )
         if notes and report is not None:
             report(f"using the checkpoint of step {step}, the newest intact one in {directory}; " + "; ".join(notes))
         return state

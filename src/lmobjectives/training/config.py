@@ -30,7 +30,9 @@ class TrainConfig:
     # every field but options is a flag of lmobj train (--field-name); its help is the flag's --help text
     # what to train
     objective: str = option(DEFAULT_OBJECTIVE, "training objective")  # a name of lmobjectives.OBJECTIVES
-    options: dict[str, Any] = field(default_factory=dict)  # the objective's options (its dataclass fields); unset = default
+    options: dict[str, Any] = field(
+        default_factory=dict
+    )  # the objective's options (its dataclass fields); unset = default
     data: str = option(
         "builtin",
         "corpus: 'builtin' (English prose shipped with Python, nothing downloaded), a .txt / .jsonl file or folder of "
@@ -55,9 +57,13 @@ class TrainConfig:
         None, "output folder for metrics.jsonl, config.json, tokenizer/ and checkpoint/ (default: runs/<objective>)"
     )  # None: runs/<objective>, or runs/<objective>-2, -3, ... if that holds a run
     # optimisation
-    steps: int = option(1000, "optimizer steps (also the length of the cosine schedule)")  # clm: ~1.5 min on 2 CPU cores
+    steps: int = option(
+        1000, "optimizer steps (also the length of the cosine schedule)"
+    )  # clm: ~1.5 min on 2 CPU cores
     batch_size: int = option(16, "sequences per step (blocks, sentence pairs, ...)")
-    seq_len: int = option(128, "tokens per model input (block size, pair length, encoder input length)")  # the recipe says which
+    seq_len: int = option(
+        128, "tokens per model input (block size, pair length, encoder input length)"
+    )  # the recipe says which
     lr: float = option(2e-3, "peak learning rate of AdamW")
     warmup_steps: int = option(30, "steps of linear warm-up before the cosine decay")  # from lr/warmup_steps to lr
     min_lr_ratio: float = option(0.1, "final learning rate as a fraction of --lr")
@@ -84,7 +90,9 @@ class TrainConfig:
         "add the loss on held-out batches (eval_loss, eval_accuracy, ...) to the metrics line every N steps (a multiple "
         "of --log-every) and at the end; default: 10 x --log-every when documents are held out; 0 = never",
     )  # None: the default (eval_interval)
-    eval_batches: int = option(8, "held-out batches per evaluation (the same ones every time)")  # fewer if there are fewer
+    eval_batches: int = option(
+        8, "held-out batches per evaluation (the same ones every time)"
+    )  # fewer if there are fewer
     save_every: int = option(200, "checkpoint every N steps, and always at the end and on Ctrl-C (0 = only then)")
     keep_checkpoints: int = option(2, "complete checkpoints kept; a damaged newest one falls back on the next")
     resume: bool = option(
@@ -95,15 +103,29 @@ class TrainConfig:
     stop_after: int | None = option(
         None, "stop with a checkpoint after this step, as if interrupted (continue later with --resume)"
     )
-    progress: bool = option(True, "no progress bar (metrics.jsonl and the summary are still written)")  # --no-progress's help
+    progress: bool = option(
+        True, "no progress bar (metrics.jsonl and the summary are still written)"
+    )  # --no-progress's help
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {self.objective!r}; choose one of: {', '.join(OBJECTIVES)}")
         if self.recipe.untrainable:
-            raise ValueError(f"objective {self.objective!r} cannot be trained by lmobjectives: {self.recipe.untrainable}")
+            raise ValueError(
+                f"objective {self.objective!r} cannot be trained by lmobjectives: {self.recipe.untrainable}"
+            )
         self.options = self._full_options(self.options)
-        for name in ("steps", "batch_size", "seq_len", "log_every", "d_model", "n_layers", "n_heads", "d_ff", "keep_checkpoints"):
+        for name in (
+            "steps",
+            "batch_size",
+            "seq_len",
+            "log_every",
+            "d_model",
+            "n_layers",
+            "n_heads",
+            "d_ff",
+            "keep_checkpoints",
+        ):
             _positive_int(name, getattr(self, name))
         for name in ("warmup_steps", "save_every"):
             value = getattr(self, name)

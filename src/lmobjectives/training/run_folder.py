@@ -74,8 +74,19 @@ SAVED_BEFORE = {"heldout": 0.0}  # fields a run saved before they existed had, i
 
 # TrainConfig fields that may differ between a run and its resumption. None changes the losses except
 # steps, which stretches the cosine schedule (allowed, with a note); log_every only regroups the metrics lines.
-RESUMABLE_CHANGES = ("device", "log_every", "save_every", "keep_checkpoints", "resume", "stop_after", "progress", "out", "steps",
-                     "eval_every", "eval_batches")  # fmt: skip
+RESUMABLE_CHANGES = (
+    "device",
+    "log_every",
+    "save_every",
+    "keep_checkpoints",
+    "resume",
+    "stop_after",
+    "progress",
+    "out",
+    "steps",
+    "eval_every",
+    "eval_batches",
+)
 # of those, the ones that describe one invocation rather than the run: resume_config never takes them from config.json
 INVOCATION_FIELDS = ("device", "resume", "stop_after", "progress", "out")
 
@@ -94,7 +105,9 @@ class RunConfig:
 
     train: dict[str, Any]  # TrainConfig.to_dict() with the resolved "out"
     model: dict[str, Any]  # the TransformerConfig's fields
-    architecture: str = "transformer"  # key of lmobjectives.models.MODELS (runs saved before architectures: transformer)
+    architecture: str = (
+        "transformer"  # key of lmobjectives.models.MODELS (runs saved before architectures: transformer)
+    )
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # JSON values passed to MODELS[architecture]
     split: dict[str, Any] = field(default_factory=dict)  # the held-out split: document counts, salt, rule
 
@@ -110,9 +123,15 @@ def write_run_config(out: str | Path, run: RunConfig) -> Path:
     """Write ``out/config.json`` with the marker :data:`RUN_FORMAT`, atomically (a temporary file flushed to disk,
     then renamed: a reader sees the old file or the new one, never a part); returns its path."""
     path = Path(out) / CONFIG_FILE
-    record = {"format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION, "train": run.train,
-              "architecture": run.architecture, "model": run.model, "model_kwargs": run.model_kwargs,
-              "split": run.split}  # fmt: skip
+    record = {
+        "format": RUN_FORMAT,
+        "format_version": RUN_FORMAT_VERSION,
+        "train": run.train,
+        "architecture": run.architecture,
+        "model": run.model,
+        "model_kwargs": run.model_kwargs,
+        "split": run.split,
+    }
     tmp = path.with_name(CONFIG_FILE + ".tmp")
     with open(tmp, "w") as f:
         f.write(json.dumps(record, indent=2) + "\n")
@@ -135,8 +154,13 @@ def read_run_config(out: str | Path) -> RunConfig:
         raise ValueError(f"{out} is not an lmobj run ({problem})")
     saved = json.loads((Path(out) / CONFIG_FILE).read_text())
     architecture = saved.get("architecture", "transformer")
-    return RunConfig(train=saved["train"], model=saved["model"], architecture=LEGACY_ARCHITECTURES.get(architecture, architecture),
-                     model_kwargs=saved.get("model_kwargs", {}), split=saved.get("split", {}))  # fmt: skip
+    return RunConfig(
+        train=saved["train"],
+        model=saved["model"],
+        architecture=LEGACY_ARCHITECTURES.get(architecture, architecture),
+        model_kwargs=saved.get("model_kwargs", {}),
+        split=saved.get("split", {}),
+    )
 
 
 def build_model(run: RunConfig) -> torch.nn.Module:
@@ -157,8 +181,10 @@ def load_run_tokenizer(out: str | Path) -> Any:
     folder = Path(out) / TOKENIZER_DIR
     if not folder.is_dir() or not any(folder.iterdir()):
         state = "missing" if not folder.exists() else "empty" if folder.is_dir() else "not a folder"
-        raise FileNotFoundError(f"{out} is a damaged run: its tokenizer folder {folder} is {state} (lmobj train saves "
-                                "the run's tokenizer there); the run cannot be read without it")  # fmt: skip
+        raise FileNotFoundError(
+            f"{out} is a damaged run: its tokenizer folder {folder} is {state} (lmobj train saves "
+            "the run's tokenizer there); the run cannot be read without it"
+        )
     try:
         return load_tokenizer(str(folder))
     except ValueError as e:
@@ -179,8 +205,10 @@ def check_metrics_row(row: Any, path: str | Path, number: int, keys: tuple[str, 
     missing += [f'"{key}"' for key in keys if not isinstance(row, dict) or key not in row]
     if missing:
         text = json.dumps(row)
-        raise ValueError(f"{path} line {number} is not a metrics line of lmobj train (no {', no '.join(missing)}): "
-                         f"{text if len(text) <= 80 else text[:77] + '...'}")  # fmt: skip
+        raise ValueError(
+            f"{path} line {number} is not a metrics line of lmobj train (no {', no '.join(missing)}): "
+            f"{text if len(text) <= 80 else text[:77] + '...'}"
+        )
     return row
 
 
@@ -217,8 +245,10 @@ def run_problem(path: str | Path) -> str | None:
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         return f'{CONFIG_FILE} has no valid "format_version" (got {json.dumps(version)})'
     if version > RUN_FORMAT_VERSION:
-        return (f'{CONFIG_FILE} has "format_version": {version}, written by a newer lmobjectives (this one reads '
-                f"up to {RUN_FORMAT_VERSION}): upgrade lmobjectives")  # fmt: skip
+        return (
+            f'{CONFIG_FILE} has "format_version": {version}, written by a newer lmobjectives (this one reads '
+            f"up to {RUN_FORMAT_VERSION}): upgrade lmobjectives"
+        )
     for key in ("train", "model"):
         if not isinstance(saved.get(key), dict):
             return f'{CONFIG_FILE} is damaged: its "{key}" entry is not an object'
@@ -248,8 +278,10 @@ def _legacy_problem(path: Path, saved: dict[str, Any]) -> str | None:
         return None
     problem = f'{CONFIG_FILE} has no "format": "{RUN_FORMAT}" marker'
     if "train" in saved:  # looks like a run, but is not laid out exactly as one written before the marker
-        problem += (f", and is not laid out as an older lmobj run (TrainConfig's fields in \"train\", the model's "
-                    f"in \"model\", a {CHECKPOINT_DIR}/ with a state file)")  # fmt: skip
+        problem += (
+            f", and is not laid out as an older lmobj run (TrainConfig's fields in \"train\", the model's "
+            f'in "model", a {CHECKPOINT_DIR}/ with a state file)'
+        )
     return problem
 
 
@@ -410,12 +442,21 @@ def resume_config(out: str | Path, *, flag: Callable[[str], str] | None = None, 
         raise ValueError(_differ(out, [(name("objective"), saved.objective, changes["objective"])], name))
     given_options = dict(changes.pop("options", None) or {})
     defaults = {f.name: f.default for f in fields(TrainConfig) if f.name in INVOCATION_FIELDS}
-    config = TrainConfig(**{**saved.to_dict(), **defaults, **changes, "options": {**saved.options, **given_options},
-                            "resume": True, "out": str(out)})  # fmt: skip
+    config = TrainConfig(
+        **{
+            **saved.to_dict(),
+            **defaults,
+            **changes,
+            "options": {**saved.options, **given_options},
+            "resume": True,
+            "out": str(out),
+        }
+    )
     now, then = config.to_dict(), saved.to_dict()
     differences = [(name(k), then[k], now[k]) for k in changes if k not in RESUMABLE_CHANGES and now[k] != then[k]]
-    differences += [(name(k), saved.options[k], config.options[k]) for k in given_options
-                    if config.options[k] != saved.options[k]]  # fmt: skip
+    differences += [
+        (name(k), saved.options[k], config.options[k]) for k in given_options if config.options[k] != saved.options[k]
+    ]
     if differences:
         raise ValueError(_differ(out, differences, name))
     return config
@@ -425,7 +466,11 @@ def _differ(out: Path, differences: list[tuple[str, Any, Any]], name: Callable[[
     def show(value: Any) -> str:
         return value if isinstance(value, str) else repr(value)
 
-    listed = "; ".join(f"{what} {show(new)}, but the run was trained with {what} {show(old)}" for what, old, new in differences)
+    listed = "; ".join(
+        f"{what} {show(new)}, but the run was trained with {what} {show(old)}" for what, old, new in differences
+    )
     changeable = ", ".join(name(k) for k in RESUMABLE_CHANGES if k not in ("resume", "out"))
-    return (f"cannot resume {out}: {listed} (a resumed run keeps its settings; only {changeable} may differ: leave "
-            "the setting out to keep the run's value, or choose another --out for a new run)")  # fmt: skip
+    return (
+        f"cannot resume {out}: {listed} (a resumed run keeps its settings; only {changeable} may differ: leave "
+        "the setting out to keep the run's value, or choose another --out for a new run)"
+    )

@@ -35,10 +35,8 @@ The held-out split is :mod:`lmobjectives.data.heldout`; the trainer lays out onl
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import fields, replace
 from functools import lru_cache
 from typing import Any
@@ -46,6 +44,7 @@ from typing import Any
 import torch
 
 from .._checks import check_positive_int
+from ..batch import Batch, Objective
 from ..data.packing import (
     pack_chat,
     pack_documents,
@@ -54,7 +53,6 @@ from ..data.packing import (
     tokenize_corpus_words,
     tokenize_documents,
 )
-from ..batch import Batch, Objective
 from ..recipes import Recipe
 
 __all__ = [
@@ -116,8 +114,16 @@ def corruption_generator(seed: int, step: int) -> torch.Generator:
 class BlockStream:
     """Packed blocks ``(N, T)`` and their per-token extras; ``stream(step)`` is the step's :class:`Batch`."""
 
-    def __init__(self, objective: Objective, input_ids: torch.Tensor, extras: dict[str, torch.Tensor], *, batch_size: int,
-                 seed: int, dupe_factor: int | None = None):  # fmt: skip
+    def __init__(
+        self,
+        objective: Objective,
+        input_ids: torch.Tensor,
+        extras: dict[str, torch.Tensor],
+        *,
+        batch_size: int,
+        seed: int,
+        dupe_factor: int | None = None,
+    ):
         check_positive_int(dupe_factor, "dupe_factor (static masking; None: dynamic)", allow_none=True)
         self.objective = objective
         self.input_ids = input_ids  # (N, T) long
@@ -208,7 +214,9 @@ class _WindowStream:
         self.batch_size = batch_size
         self.seed = seed
         if self.num_documents < 2:
-            raise ValueError(f"{objective.name} needs at least 2 documents to draw examples from, got {self.num_documents}")
+            raise ValueError(
+                f"{objective.name} needs at least 2 documents to draw examples from, got {self.num_documents}"
+            )
         self.docs_per_step = docs_per_step if docs_per_step is not None else self._estimate_docs_per_step()
 
     @property
@@ -285,7 +293,9 @@ class SentenceStream(_WindowStream):
         counts = torch.bincount(doc_index)  # (D,)
         self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])  # (D+1,)
         self.num_documents = self.offsets.numel() - 1
-        self.fingerprint = data_fingerprint(input_ids, self.order, self.offsets, *([] if word_ids is None else [word_ids]))
+        self.fingerprint = data_fingerprint(
+            input_ids, self.order, self.offsets, *([] if word_ids is None else [word_ids])
+        )
         super().__init__(objective, batch_size=batch_size, seed=seed, docs_per_step=docs_per_step)
 
     def _rows(self, docs: torch.Tensor, generator: torch.Generator) -> Batch:
@@ -299,8 +309,16 @@ class SentenceStream(_WindowStream):
 class DocumentStream(_WindowStream):
     """Raw document texts; ``stream(step)`` hands a window of them and the tokenizer to the objective (fim)."""
 
-    def __init__(self, objective: Objective, texts: list[str], tokenizer: Any, *, batch_size: int, seed: int,
-                 docs_per_step: int | None = None):  # fmt: skip
+    def __init__(
+        self,
+        objective: Objective,
+        texts: list[str],
+        tokenizer: Any,
+        *,
+        batch_size: int,
+        seed: int,
+        docs_per_step: int | None = None,
+    ):
         self.texts = texts  # one string per document
         self.tokenizer = tokenizer  # handed to the objective, which tokenises after cutting the text
         self.num_documents = len(texts)
@@ -319,18 +337,35 @@ class ConversationStream(BlockStream):
     :meth:`position`, which the trainer prints when it starts).
     """
 
-    def __init__(self, objective: Objective, input_ids: torch.Tensor, extras: dict[str, torch.Tensor],
-                 report: dict[str, int], *, batch_size: int, seed: int):  # fmt: skip
+    def __init__(
+        self,
+        objective: Objective,
+        input_ids: torch.Tensor,
+        extras: dict[str, torch.Tensor],
+        report: dict[str, int],
+        *,
+        batch_size: int,
+        seed: int,
+    ):
         super().__init__(objective, input_ids, extras, batch_size=batch_size, seed=seed)
         self.report = report  # conversations: read, kept, truncated, no_target (dropped), with_merges, boundary_merges
 
     @classmethod
-    def from_conversations(cls, objective: Objective, conversations: Sequence[Any], tokenizer: Any, *, seq_len: int,
-                           batch_size: int, seed: int) -> ConversationStream:  # fmt: skip
+    def from_conversations(
+        cls,
+        objective: Objective,
+        conversations: Sequence[Any],
+        tokenizer: Any,
+        *,
+        seq_len: int,
+        batch_size: int,
+        seed: int,
+    ) -> ConversationStream:
         """The conversations tokenised and packed by :func:`~lmobjectives.data.packing.pack_chat` under the
         objective's ``train_on``, drawn as blocks are."""
-        packed, report = pack_chat(conversations, tokenizer, seq_len=seq_len,
-                                   train_on=getattr(objective, "train_on", "assistant"))  # fmt: skip
+        packed, report = pack_chat(
+            conversations, tokenizer, seq_len=seq_len, train_on=getattr(objective, "train_on", "assistant")
+        )
         extras = {"attention_mask": packed.attention_mask, "document_ids": packed.document_ids, "roles": packed.roles}
         return cls(objective, packed.input_ids, extras, report, batch_size=batch_size, seed=seed)
 
@@ -339,9 +374,16 @@ class ConversationStream(BlockStream):
 
 
 def build_stream(
-    recipe: Recipe, objective: Objective, documents: list[Any], tokenizer: Any, *, seq_len: int,
-    batch_size: int, seed: int, dupe_factor: int | None = None,
-) -> BlockStream | SentenceStream | DocumentStream | ConversationStream:  # fmt: skip
+    recipe: Recipe,
+    objective: Objective,
+    documents: list[Any],
+    tokenizer: Any,
+    *,
+    seq_len: int,
+    batch_size: int,
+    seed: int,
+    dupe_factor: int | None = None,
+) -> BlockStream | SentenceStream | DocumentStream | ConversationStream:
     """The step -> batch function of a run: the corpus tokenised once and laid out as ``recipe.data`` says.
 
     ``stream(step)`` is exactly the batch ``lmobj train`` trains on at data position ``step`` (0-based) with
@@ -357,8 +399,9 @@ def build_stream(
     vocab = tokenizer.vocab
     wanted = recipe.block_extras(objective)
     if recipe.data == "conversations":
-        return ConversationStream.from_conversations(objective, documents, tokenizer, seq_len=seq_len,
-                                                     batch_size=batch_size, seed=seed)  # fmt: skip
+        return ConversationStream.from_conversations(
+            objective, documents, tokenizer, seq_len=seq_len, batch_size=batch_size, seed=seed
+        )
     if recipe.data == "sentences":
         if "word_ids" in wanted:
             ids, words = tokenize_corpus_words(documents, tokenizer)
@@ -367,8 +410,9 @@ def build_stream(
         table = sentence_table(ids, pad_id=vocab.pad_id, max_length=seq_len, word_ids=words)
         real = torch.arange(table.input_ids.shape[1])[None] < table.lengths[:, None]
         objective = _bind_corpus_counts(objective, table.input_ids[real], vocab.size)
-        return SentenceStream(objective, table.input_ids, table.document_ids, batch_size=batch_size, seed=seed,
-                              word_ids=table.word_ids)  # fmt: skip
+        return SentenceStream(
+            objective, table.input_ids, table.document_ids, batch_size=batch_size, seed=seed, word_ids=table.word_ids
+        )
     if recipe.data == "documents":
         texts = [" ".join(doc) for doc in documents]
         return DocumentStream(objective, texts, tokenizer, batch_size=batch_size, seed=seed)
@@ -387,8 +431,11 @@ def build_stream(
     first = slice(0, batch_size)
     try:  # drawn from a generator of its own: the stream's batches are unchanged
         if packed.input_ids.shape[0]:
-            objective(packed.input_ids[first], generator=torch.Generator().manual_seed(seed),
-                      **{name: value[first] for name, value in extras.items()})  # fmt: skip
+            objective(
+                packed.input_ids[first],
+                generator=torch.Generator().manual_seed(seed),
+                **{name: value[first] for name, value in extras.items()},
+            )
     except ValueError as e:
         raise ValueError(f"{where}: blocks of {length} token{'s' if length != 1 else ''}): {e}") from None
     return BlockStream(objective, packed.input_ids, extras, batch_size=batch_size, seed=seed, dupe_factor=dupe_factor)
@@ -412,6 +459,9 @@ def _concat_rows(parts: list[Batch]) -> Batch:
     """The batches' rows one after the other (same fields set in each; non-tensor fields from the first)."""
     if len(parts) == 1:
         return parts[0]
-    joined = {f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(parts[0])
-              if isinstance(getattr(parts[0], f.name), torch.Tensor)}  # fmt: skip
+    joined = {
+        f.name: torch.cat([getattr(p, f.name) for p in parts])
+        for f in fields(parts[0])
+        if isinstance(getattr(parts[0], f.name), torch.Tensor)
+    }
     return replace(parts[0], **joined)

@@ -45,12 +45,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..data.tokenizers import load_tokenizer
-from ..models import MODELS, TransformerConfig
 from ..batch import Batch, Objective
-from ..recipes import Recipe, StepLoss
 from ..data.heldout import HELDOUT_SALT, heldout_split
 from ..data.sources import data_texts, load_data
+from ..data.tokenizers import load_tokenizer
+from ..models import MODELS, TransformerConfig
+from ..recipes import Recipe, StepLoss
 from .checkpoint import checkpoint_steps, load_checkpoint, save_checkpoint
 from .config import TrainConfig, resolve_device
 from .run_folder import (
@@ -145,7 +145,14 @@ def learning_rate(step: int, config: TrainConfig) -> float:
     return min_lr + 0.5 * (config.lr - min_lr) * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch, grad_clip: float, recipe: Recipe, objective: Objective) -> StepLoss:
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch,
+    grad_clip: float,
+    recipe: Recipe,
+    objective: Objective,
+) -> StepLoss:
     """One update on one batch; returns the recipe's loss terms (each a mean over this batch).
 
     The whole batch is one micro-batch, so the mean over its targets is the
@@ -186,8 +193,12 @@ class Meter:
         self.sums: dict[str, list[float]] = {}  # term -> [loss * count, count, correct]
         self.metric_sums: dict[str, float] = {}  # other metric -> sum over steps
         self.weights: dict[str, float] = {}  # term -> its weight in "loss" (StepLoss.weights; 1 by default)
-        self.pending: list[tuple[int | None, dict[str, torch.Tensor], dict[str, torch.Tensor]]] = []  # steps not yet summed
-        self.non_finite: tuple[int | None, str, float] | None = None  # the first (step, term, loss) not finite, once summed
+        self.pending: list[
+            tuple[int | None, dict[str, torch.Tensor], dict[str, torch.Tensor]]
+        ] = []  # steps not yet summed
+        self.non_finite: tuple[int | None, str, float] | None = (
+            None  # the first (step, term, loss) not finite, once summed
+        )
         self.tokens = 0
         self.seconds = 0.0  # time spent in this window by earlier processes (resumed runs)
         self.started = time.perf_counter()
@@ -196,15 +207,23 @@ class Meter:
         """The open window, for the checkpoint (JSON)."""
         self._flush()
         seconds = self.seconds + time.perf_counter() - self.started
-        return {"steps": self.steps, "tokens": self.tokens, "seconds": seconds, "sums": self.sums,
-                "metric_sums": self.metric_sums, "weights": self.weights}  # fmt: skip
+        return {
+            "steps": self.steps,
+            "tokens": self.tokens,
+            "seconds": seconds,
+            "sums": self.sums,
+            "metric_sums": self.metric_sums,
+            "weights": self.weights,
+        }
 
     def add(self, step_loss: StepLoss, tokens: int, step: int | None = None) -> None:
         """Record a step without a host sync: its values stay on the device until the window is read."""
         self.steps += 1
         self.weights.update(step_loss.weights)
-        terms = {name: torch.stack([t.loss.detach().double() * t.num_tokens, t.num_tokens.double(), t.num_correct.double()])
-                 for name, t in step_loss.terms.items()}  # fmt: skip  # name -> (3,) float64 on the device
+        terms = {
+            name: torch.stack([t.loss.detach().double() * t.num_tokens, t.num_tokens.double(), t.num_correct.double()])
+            for name, t in step_loss.terms.items()
+        }  # name -> (3,) float64 on the device
         metrics = {name: torch.as_tensor(v).detach().double() for name, v in step_loss.metrics.items()}
         self.pending.append((step, terms, metrics))
         self.tokens += tokens
@@ -244,20 +263,36 @@ class Meter:
         return row
 
 
-def heldout_eval_batches(recipe: Recipe, objective: Objective, documents: list[Any], tokenizer: Any, config: TrainConfig) -> list[Batch]:
+def heldout_eval_batches(
+    recipe: Recipe, objective: Objective, documents: list[Any], tokenizer: Any, config: TrainConfig
+) -> list[Batch]:
     """The fixed held-out batches of the run's evaluations: the held-out documents laid out as the training data,
     the first ``config.eval_batches`` batches of one pass over them in corpus order (:meth:`BlockStream.one_pass`,
     draws seeded from ``derive_seed(config.seed, "heldout")``). ``objective`` should be the training stream's
     (with any corpus counts bound from the training data). Empty when there is no held-out document."""
     if not documents:
         return []
-    stream = build_stream(recipe, objective, documents, tokenizer, seq_len=config.seq_len, batch_size=config.batch_size,
-                          seed=derive_seed(config.seed, "heldout"))  # fmt: skip
+    stream = build_stream(
+        recipe,
+        objective,
+        documents,
+        tokenizer,
+        seq_len=config.seq_len,
+        batch_size=config.batch_size,
+        seed=derive_seed(config.seed, "heldout"),
+    )
     return [b for b in itertools.islice(stream.one_pass(), config.eval_batches) if b.input_ids.shape[0]]
 
 
-def heldout_metrics(model: torch.nn.Module, recipe: Recipe, objective: Objective, batches: list[Batch], *, seed: int,
-                    device: torch.device | str = "cpu") -> dict[str, float]:  # fmt: skip
+def heldout_metrics(
+    model: torch.nn.Module,
+    recipe: Recipe,
+    objective: Objective,
+    batches: list[Batch],
+    *,
+    seed: int,
+    device: torch.device | str = "cpu",
+) -> dict[str, float]:
     """The recipe's loss over ``batches`` without gradient, in eval mode: ``{"eval_loss": ..., "eval_accuracy":
     ..., "eval_<term>_loss": ...}`` (the keys of a metrics line, token-weighted over the batches as
     :class:`Meter` does, prefixed with ``eval_``). Batch ``i``'s draws in the loss (if any) are seeded from
@@ -294,7 +329,7 @@ class StopOnCtrlC:
             file=sys.stderr,
         )
 
-    def __enter__(self) -> "StopOnCtrlC":
+    def __enter__(self) -> StopOnCtrlC:
         if threading.current_thread() is threading.main_thread():
             self.previous = signal.signal(signal.SIGINT, self._handler)
         return self
@@ -315,7 +350,9 @@ def _check_resumable(saved: dict[str, Any], config: TrainConfig, out: Path) -> N
             "builds the config of a resumption from the run's own settings"
         )
     if saved.get("steps") != config.steps:
-        tqdm.write(f"note: steps changed {saved.get('steps')} -> {config.steps}; the cosine schedule stretches accordingly")
+        tqdm.write(
+            f"note: steps changed {saved.get('steps')} -> {config.steps}; the cosine schedule stretches accordingly"
+        )
 
 
 def _keep_metrics_up_to(path: Path, step: int) -> None:
@@ -377,7 +414,12 @@ def _check_single_process() -> None:
 
 def _train(config: TrainConfig, device: torch.device, lock: RunLock) -> TrainResult:
     out = resolve_out(config)
-    checkpoint_dir, metrics_path, config_path, tokenizer_dir = out / CHECKPOINT_DIR, out / METRICS_FILE, out / CONFIG_FILE, out / TOKENIZER_DIR
+    checkpoint_dir, metrics_path, config_path, tokenizer_dir = (
+        out / CHECKPOINT_DIR,
+        out / METRICS_FILE,
+        out / CONFIG_FILE,
+        out / TOKENIZER_DIR,
+    )
     resuming = config.resume and bool(checkpoint_steps(checkpoint_dir))
     if config.resume and not resuming:
         tqdm.write(f"note: --resume, but {out} has no checkpoint yet: starting from step 0")
@@ -396,35 +438,58 @@ def _train(config: TrainConfig, device: torch.device, lock: RunLock) -> TrainRes
         texts = data_texts(documents)
         tokenizer = load_tokenizer(config.tokenizer, texts=texts, extra_special_tokens=recipe.special_tokens)
     objective = recipe.build(tokenizer.vocab, config.options, seq_len=config.seq_len)
-    stream = build_stream(recipe, objective, documents, tokenizer, seq_len=config.seq_len, batch_size=config.batch_size,
-                          seed=config.seed, dupe_factor=config.dupe_factor)  # fmt: skip
+    stream = build_stream(
+        recipe,
+        objective,
+        documents,
+        tokenizer,
+        seq_len=config.seq_len,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        dupe_factor=config.dupe_factor,
+    )
     eval_interval = config.eval_interval
     eval_batches: list[Batch] = []
     if eval_interval:
         try:
             eval_batches = heldout_eval_batches(recipe, stream.objective, heldout_documents, tokenizer, config)
         except ValueError as e:  # too few held-out documents for this layout (e.g. one, for sentence pairs)
-            tqdm.write(f"note: no held-out evaluation: the {len(heldout_documents)} held-out documents make no batch ({e})")
+            tqdm.write(
+                f"note: no held-out evaluation: the {len(heldout_documents)} held-out documents make no batch ({e})"
+            )
         else:
             if not eval_batches:
-                tqdm.write(f"note: no held-out evaluation: heldout={config.heldout} holds out none of the {len(corpus)} documents")
+                tqdm.write(
+                    f"note: no held-out evaluation: heldout={config.heldout} holds out none of the {len(corpus)} documents"
+                )
 
     spec = recipe.model(objective)
     model_config = model_config_for(config, recipe, objective, tokenizer.vocab.size)
     tqdm.write(f"model config: {json.dumps(vars(model_config))}")
-    split = {"documents": len(corpus), "heldout_documents": len(heldout_documents), "salt": HELDOUT_SALT,
-             "rule": "held out iff sha256(salt, words of the document) / 2**256 < heldout (data.heldout.heldout_split)"}  # fmt: skip
+    split = {
+        "documents": len(corpus),
+        "heldout_documents": len(heldout_documents),
+        "salt": HELDOUT_SALT,
+        "rule": "held out iff sha256(salt, words of the document) / 2**256 < heldout (data.heldout.heldout_split)",
+    }
     if config.heldout:
         note = f"held-out split: {len(heldout_documents)} of {len(corpus)} documents (heldout={config.heldout})"
         if eval_batches:
             note += f"; {len(eval_batches)} held-out batches evaluated every {eval_interval} steps and at the end"
         tqdm.write(note)
-    run_config = RunConfig(train={**config.to_dict(), "out": str(out)}, model=vars(model_config),
-                           architecture=spec.architecture, model_kwargs=spec.kwargs, split=split)  # fmt: skip
+    run_config = RunConfig(
+        train={**config.to_dict(), "out": str(out)},
+        model=vars(model_config),
+        architecture=spec.architecture,
+        model_kwargs=spec.kwargs,
+        split=split,
+    )
 
     # the folder: locked for the run's life, checked again under the lock, config.json (the marker) written first
     if bool(lock.claim(out, resume=config.resume)) != resuming:
-        raise FileExistsError(f"{out} changed while this run was starting (another lmobj train wrote a checkpoint); run the command again")
+        raise FileExistsError(
+            f"{out} changed while this run was starting (another lmobj train wrote a checkpoint); run the command again"
+        )
     write_run_config(out, run_config)
     if not resuming:  # a start-up stopped earlier may have left a tokenizer of other settings
         shutil.rmtree(tokenizer_dir, ignore_errors=True)
@@ -436,7 +501,14 @@ def _train(config: TrainConfig, device: torch.device, lock: RunLock) -> TrainRes
     optimizer = make_optimizer(model, config)
     tqdm.write(f"model: {model.num_parameters():,} parameters on {device}; data: {stream.position(0)}")
 
-    state: dict[str, Any] = {"step": 0, "tokens": 0, "elapsed_s": 0.0, "first_loss": None, "final_loss": None, "best_loss": None}
+    state: dict[str, Any] = {
+        "step": 0,
+        "tokens": 0,
+        "elapsed_s": 0.0,
+        "first_loss": None,
+        "final_loss": None,
+        "best_loss": None,
+    }
     if resuming:
         state = load_checkpoint(checkpoint_dir, model, optimizer, report=tqdm.write)
         then, now = state["data"], stream.position(state["step"])
@@ -459,9 +531,14 @@ def _train(config: TrainConfig, device: torch.device, lock: RunLock) -> TrainRes
         if state["step"] == saved_step:  # nothing new since the checkpoint we resumed from
             return
         window = meter.state()
-        _stop_if_not_finite(meter, config, checkpoint_dir, state["step"], model, optimizer)  # never a non-finite checkpoint
+        _stop_if_not_finite(
+            meter, config, checkpoint_dir, state["step"], model, optimizer
+        )  # never a non-finite checkpoint
         state["data"] = stream.position(state["step"])
-        state["seeds"] = {"seed": config.seed, "rule": "data order, corruption and dropout at step s are seeded from (seed, s)"}
+        state["seeds"] = {
+            "seed": config.seed,
+            "rule": "data order, corruption and dropout at step s are seeded from (seed, s)",
+        }
         save_checkpoint(checkpoint_dir, model, optimizer, {**state, "window": window}, keep=config.keep_checkpoints)
         saved_step = state["step"]
 
@@ -533,8 +610,14 @@ def _train(config: TrainConfig, device: torch.device, lock: RunLock) -> TrainRes
     return result
 
 
-def _stop_if_not_finite(meter: Meter, config: TrainConfig, checkpoint_dir: Path, step: int, model: torch.nn.Module | None = None,
-                        optimizer: torch.optim.Optimizer | None = None) -> None:  # fmt: skip
+def _stop_if_not_finite(
+    meter: Meter,
+    config: TrainConfig,
+    checkpoint_dir: Path,
+    step: int,
+    model: torch.nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> None:
     """Raise :class:`NonFiniteLossError` at the first NaN or infinite loss of the open window; given ``model``
     (before each save), also when a weight or an optimizer moment is not finite after update ``step``.
 
@@ -551,7 +634,11 @@ def _stop_if_not_finite(meter: Meter, config: TrainConfig, checkpoint_dir: Path,
     else:
         return
     kept = checkpoint_steps(checkpoint_dir)
-    where = f"the checkpoint of step {kept[0]} is kept and nothing after it was saved" if kept else "no checkpoint was saved"
+    where = (
+        f"the checkpoint of step {kept[0]} is kept and nothing after it was saved"
+        if kept
+        else "no checkpoint was saved"
+    )
     raise NonFiniteLossError(f"training stopped: {what}; {where}", step=at, term=term, kept=kept[0] if kept else None)
 
 
@@ -563,9 +650,14 @@ def _first_non_finite_tensor(model: torch.nn.Module, optimizer: torch.optim.Opti
     temporary of its size) decide; only a sum that is not finite (or that overflows) is looked at closely."""
     names = {p: name for name, p in model.named_parameters()}
     tensors = {f"the weight {name}": p.detach() for name, p in model.named_parameters()}
-    for param, entries in (optimizer.state.items() if optimizer is not None else []):
-        tensors.update({f"the optimizer's {names[param]}.{key}": v for key, v in entries.items()
-                        if isinstance(v, torch.Tensor) and v.is_floating_point()})  # fmt: skip
+    for param, entries in optimizer.state.items() if optimizer is not None else []:
+        tensors.update(
+            {
+                f"the optimizer's {names[param]}.{key}": v
+                for key, v in entries.items()
+                if isinstance(v, torch.Tensor) and v.is_floating_point()
+            }
+        )
     sums: dict[torch.device, list[torch.Tensor]] = {}
     for t in tensors.values():
         sums.setdefault(t.device, []).append(t.sum(dtype=torch.float32))
@@ -586,8 +678,14 @@ class ProgressBar:
         self.tty = config.progress and sys.stderr.isatty()
         self.plain = config.progress and not self.tty
         self.total = config.steps
-        self.bar = tqdm(total=config.steps, initial=start_step, desc=config.objective, unit="step",
-                        disable=not self.tty, dynamic_ncols=True)  # fmt: skip
+        self.bar = tqdm(
+            total=config.steps,
+            initial=start_step,
+            desc=config.objective,
+            unit="step",
+            disable=not self.tty,
+            dynamic_ncols=True,
+        )
         self.step = start_step
 
     def update(self, step: int) -> None:
@@ -598,8 +696,12 @@ class ProgressBar:
         if self.tty:
             self.bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:,.0f}", lr=f"{row['lr']:.2e}")
         elif self.plain:
-            print(f"step {row['step']}/{self.total}: loss {row['loss']:.4f}, {row['tokens_per_s']:,.0f} tokens/s, "
-                  f"lr {row['lr']:.2e}", file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"step {row['step']}/{self.total}: loss {row['loss']:.4f}, {row['tokens_per_s']:,.0f} tokens/s, "
+                f"lr {row['lr']:.2e}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def close(self) -> None:
         self.bar.close()
@@ -607,13 +709,26 @@ class ProgressBar:
 
 def print_summary(result: TrainResult, config: TrainConfig, file=None) -> None:
     file = file or sys.stdout
-    status = f"stopped at step {result.steps} of {config.steps} (continue with --resume)" if result.interrupted else f"done: {result.steps} steps"
-    print(f"\n{status} in {result.elapsed_s:.1f} s, {result.tokens:,} tokens ({result.tokens_per_s:,.0f} tokens/s)", file=file)
-    print(f"loss: {result.first_loss:.4f} (first log) -> {result.final_loss:.4f} (last), best {result.best_loss:.4f}; "
-          f"the trained total: each term's mean (nats per target) times its weight", file=file)  # fmt: skip
+    status = (
+        f"stopped at step {result.steps} of {config.steps} (continue with --resume)"
+        if result.interrupted
+        else f"done: {result.steps} steps"
+    )
+    print(
+        f"\n{status} in {result.elapsed_s:.1f} s, {result.tokens:,} tokens ({result.tokens_per_s:,.0f} tokens/s)",
+        file=file,
+    )
+    print(
+        f"loss: {result.first_loss:.4f} (first log) -> {result.final_loss:.4f} (last), best {result.best_loss:.4f}; "
+        f"the trained total: each term's mean (nats per target) times its weight",
+        file=file,
+    )
     if result.vocab_size:
-        print(f"reference: a uniform guess over the {result.vocab_size:,}-token vocabulary scores "
-              f"{math.log(result.vocab_size):.4f} nats per target in a cross-entropy term", file=file)  # fmt: skip
+        print(
+            f"reference: a uniform guess over the {result.vocab_size:,}-token vocabulary scores "
+            f"{math.log(result.vocab_size):.4f} nats per target in a cross-entropy term",
+            file=file,
+        )
     last = result.last_metrics
     if last is not None:
         skip = {"step", "loss", "tokens", "tokens_per_s", "lr"}
