@@ -568,7 +568,7 @@ def test_noise_mask_docstring_example():
 def test_candidate_draw_is_a_uniform_subset(gaps, cuts, starve, monkeypatch):
     # the cheap path of _random_cuts (keys for Bernoulli candidates only) against the uniform law; with
     # starve, candidates are so rare that most rows hold too few and are redrawn: the law must not change
-    from lmobjectives.objectives import span_corruption as sc
+    from lmobjectives.objectives import _noise_spans as sc
 
     B = 100000
     g_, c_ = torch.full((B,), gaps), torch.full((B,), cuts)
@@ -669,7 +669,7 @@ def test_fast_path_span_lengths_follow_the_reference_at_t5_scale(monkeypatch):
 
 @pytest.mark.parametrize("gaps, cuts", [(6, 2), (6, 4), (7, 3), (5, 0), (5, 5), (1, 1)])
 def test_fixed_cuts_is_a_uniform_subset(gaps, cuts):
-    from lmobjectives.objectives import span_corruption as sc
+    from lmobjectives.objectives import _noise_spans as sc
 
     B = 30000
     chosen = sc._fixed_cuts(B, gaps, cuts, torch.Generator().manual_seed(0), torch.device("cpu"))
