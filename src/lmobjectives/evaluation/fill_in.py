@@ -31,6 +31,21 @@ token either way. How each kind of model fills them in (:data:`~.run.Reads`):
   positions showing their true tokens; ``max_positions`` of them (each costs ``candidates`` forward rows).
   Whole words are not scored this way (a word of ``k`` tokens has ``V^k`` candidates): ``unit="word"`` does
   not apply to a causal model.
+
+How the candidates' scores are computed (``impl``, :data:`IMPLS`; both give the same scores to float rounding):
+
+- ``"reference"``: each candidate's whole block through the model, ``log p(c | x_<t) + log p(x_>t | x_<t, c)``
+  summed from the losses at positions ``t - 1 .. T - 2`` (``log p(x_<t)`` is the same for every candidate and
+  left out: the choice among the candidates does not change).
+- ``"cached"``: the left context runs once per block. Its keys and values (each layer's, positions ``< t``) are
+  kept; ``log p(c | x_<t)`` of every candidate at once is the block's own next-token distribution at ``t - 1``;
+  only the positions ``t .. T - 2`` run per candidate, many candidates of a position per forward
+  (:data:`CANDIDATE_TOKENS` positions), their queries attending to the kept keys and to their own. With causal
+  attention nothing before ``t`` depends on the candidate, so this is the same computation without its repeated
+  part (and without the reference's ``16 x 256`` whole blocks per forward: a fraction of its peak memory). It
+  runs the model's blocks itself (:func:`_stack_forward`), so it applies only to the plain causal stack
+  (:func:`cache_unsupported`).
+- ``"auto"`` (the default): ``"cached"`` where it applies, else ``"reference"``.
 """
 
 from __future__ import annotations
@@ -38,21 +53,42 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from .._checks import check_choice, check_int, check_positive_int, check_probability
 from ..constants import IGNORE_INDEX
 from ..losses import lm_logits, lm_token_losses
+from ..models import MultiTokenTransformer, Transformer
+from ..models.attention import alibi_bias
+from ..models.transformer import Block, SelfAttention, apply_rope, rope_cos_sin
 from ..objectives.span_corruption import noise_spans_to_inputs_targets
 from .result import TaskResult, encoder_decoder_batch, finite, plain_batch
-from .run import NotApplicable, Run, eval_generator, heldout_batches, heldout_blocks, heldout_word_ids, token_byte_lengths
+from .run import (
+    NotApplicable,
+    Run,
+    eval_generator,
+    heldout_batches,
+    heldout_blocks,
+    heldout_word_ids,
+    token_byte_lengths,
+)
 
-__all__ = ["UNITS", "fill_in", "fill_in_positions", "sentinel_budget"]
+__all__ = ["IMPLS", "UNITS", "fill_in", "fill_in_positions", "sentinel_budget"]
 
 UNITS = ("token", "word")
 """What ``fill_in`` hides: single tokens, or whole words."""
 
+CANDIDATE_TOKENS = 8192  # the cached path: candidate positions per forward (bounds its memory; 2048-32768 ran
+# about as fast on the demo's model, more than 32768 slower)
 
-def fill_in_positions(run: Run, blocks: torch.Tensor, rate: float, word_ids: torch.Tensor | None = None) -> torch.Tensor:
+IMPLS = ("auto", "cached", "reference")
+"""How a causal model's candidates are scored (see the module docstring): ``"cached"`` runs the left context once
+per block, ``"reference"`` runs every candidate's whole block, ``"auto"`` is ``"cached"`` where it applies."""
+
+
+def fill_in_positions(
+    run: Run, blocks: torch.Tensor, rate: float, word_ids: torch.Tensor | None = None
+) -> torch.Tensor:
     """The hidden positions ``(N, T)`` bool, drawn from a fixed seed (the same positions for the same blocks,
     whatever the run): each text token (not a special one) with probability ``rate``; with ``word_ids``
     ``(N, T)`` (:func:`~.run.heldout_word_ids`), each word with probability ``rate``, all its tokens at once."""
@@ -93,17 +129,29 @@ def split_runs(hidden_at: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Ten
 
 
 @torch.no_grad()
-def fill_in(run: Run, *, rate: float = 0.15, max_blocks: int = 32, candidates: int = 16, max_positions: int = 64,
-            batch_size: int = 16, spans_per_input: int | None = None, unit: str = "token") -> TaskResult:  # fmt: skip
-    """Fill-in loss and accuracy at ``rate`` of the held-out tokens, or words (see the module docstring)."""
+def fill_in(
+    run: Run,
+    *,
+    rate: float = 0.15,
+    max_blocks: int = 32,
+    candidates: int = 16,
+    max_positions: int = 64,
+    batch_size: int = 16,
+    spans_per_input: int | None = None,
+    unit: str = "token",
+    impl: str = "auto",
+) -> TaskResult:
+    """Fill-in loss and accuracy at ``rate`` of the held-out tokens, or words (see the module docstring);
+    ``impl`` (:data:`IMPLS`) says how a causal model's candidates are scored, and changes no number."""
     check_choice(unit, "unit", UNITS)
+    check_choice(impl, "impl", IMPLS)
     if unit == "word" and run.reads == "causal":
         raise NotApplicable("a causal model fills in by scoring candidates for one token; a whole word has too many")
     blocks = heldout_blocks(run, max_blocks=max_blocks)  # (N, T)
     words = heldout_word_ids(run, max_blocks=max_blocks) if unit == "word" else None  # (N, T)
     hidden_at = fill_in_positions(run, blocks, rate, words)  # (N, T)
     if run.reads == "causal":
-        return _candidates(run, blocks, hidden_at, candidates, max_positions, batch_size, rate)
+        return _candidates(run, blocks, hidden_at, candidates, max_positions, batch_size, rate, impl)
     n_blocks, info = blocks.shape[0], {}
     if run.reads == "encoder_decoder":
         blocks, hidden_at = _fit_encoder(run, blocks, hidden_at)
@@ -136,10 +184,20 @@ def fill_in(run: Run, *, rate: float = 0.15, max_blocks: int = 32, candidates: i
     method = "masked" if run.reads == "bidirectional" else "sentinels"
     return TaskResult(
         "fill_in" if unit == "token" else "fill_in_words",
-        metrics={"accuracy": float(correct[hidden_at].float().mean()) if n else 0.0, "loss": finite(total / max(n, 1)),
-                 "bits_per_byte": finite(total / math.log(2) / max(size, 1))},
-        info={"method": method, "unit": unit, "rate": rate, "hidden_tokens": n, "blocks": n_blocks,
-              "block_length": blocks.shape[1], **info},  # fmt: skip
+        metrics={
+            "accuracy": float(correct[hidden_at].float().mean()) if n else 0.0,
+            "loss": finite(total / max(n, 1)),
+            "bits_per_byte": finite(total / math.log(2) / max(size, 1)),
+        },
+        info={
+            "method": method,
+            "unit": unit,
+            "rate": rate,
+            "hidden_tokens": n,
+            "blocks": n_blocks,
+            "block_length": blocks.shape[1],
+            **info,
+        },
     )
 
 
@@ -171,8 +229,16 @@ def _sentinel_batch(run: Run, x: torch.Tensor, m: torch.Tensor):
     return batch, (rows_x, cols_x, rows_t, cols_t)
 
 
-def _candidates(run: Run, blocks: torch.Tensor, hidden_at: torch.Tensor, k: int, max_positions: int,
-                batch_size: int, rate: float) -> TaskResult:  # fmt: skip
+def _candidates(
+    run: Run,
+    blocks: torch.Tensor,
+    hidden_at: torch.Tensor,
+    k: int,
+    max_positions: int,
+    batch_size: int,
+    rate: float,
+    impl: str,
+) -> TaskResult:
     """Candidate scoring for a causal model (see the module docstring)."""
     check_int(k, "candidates", low=2)
     hidden_at = hidden_at.clone()
@@ -182,18 +248,78 @@ def _candidates(run: Run, blocks: torch.Tensor, hidden_at: torch.Tensor, k: int,
     P = rows.numel()
     if P == 0:
         raise ValueError("no position to fill in: the held-out blocks are too short or too few")
-    weight = run.model.output_weight
     special = run.vocab.special_mask()
     # candidates: the true token first, then the likeliest others from the left context
-    hidden = torch.cat([run.forward_hidden(plain_batch(blocks[i : i + batch_size], None, causal=True)).cpu()
-                        for i in range(0, blocks.shape[0], batch_size)])  # (N, T, d)  # fmt: skip
-    logits = lm_logits(hidden[rows, cols - 1], weight.detach().cpu())  # (P, V)
+    logits = _left_logits(run, blocks, rows, cols, batch_size)  # (P, V)
+    left = torch.log_softmax(logits, dim=-1)  # (P, V): log p(c | x_<t) of every token c
     truth = blocks[rows, cols]  # (P,)
     logits[torch.arange(P), truth] = -math.inf
     logits[:, special] = -math.inf
     cand = torch.cat([truth[:, None], logits.topk(k - 1, dim=-1).indices], 1)  # (P, K)
+    scores = candidate_scores(run, blocks, rows, cols, cand, batch_size=batch_size, impl=impl, left=left)  # (P, K)
+    logp = torch.log_softmax(scores.double(), dim=-1)[:, 0]  # (P,)
+    correct = scores[:, 0] > scores[:, 1:].max(1).values  # (P,) ties count as wrong
+    return TaskResult(
+        "fill_in",
+        metrics={"accuracy": float(correct.float().mean()), "loss": finite(-logp.mean())},
+        info={
+            "method": "candidates",
+            "candidates": k,
+            "rate": rate,
+            "hidden_tokens": P,
+            "blocks": blocks.shape[0],
+            "block_length": blocks.shape[1],
+            "chance_accuracy": 1 / k,
+            "note": "loss over the candidates, not the vocabulary; each position scored alone",
+        },
+    )
+
+
+def _left_logits(
+    run: Run, blocks: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, batch_size: int
+) -> torch.Tensor:
+    """``(P, V)`` on the CPU: the causal model's logits for position ``cols[p]`` of block ``rows[p]`` from its left
+    context (the block's own output at ``cols[p] - 1``), ``batch_size`` blocks per forward."""
+    hidden = torch.cat(
+        [
+            run.forward_hidden(plain_batch(blocks[i : i + batch_size], None, causal=True)).cpu()
+            for i in range(0, blocks.shape[0], batch_size)
+        ]
+    )  # (N, T, d)
+    return lm_logits(hidden[rows, cols - 1], run.model.output_weight.detach().cpu())  # (P, V)
+
+
+def candidate_scores(
+    run: Run,
+    blocks: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    cand: torch.Tensor,
+    *,
+    batch_size: int = 16,
+    impl: str = "auto",
+    left: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``(P, K)``: for each position ``(rows[p], cols[p])`` of ``blocks`` ``(N, T)`` (``cols >= 1``) and each of its
+    candidates ``cand[p]``, ``log p(c | x_<t) + log p(x_>t | x_<t, c)`` under the causal ``run``'s model, float32.
+    ``impl``: :data:`IMPLS` (the same scores to float rounding). ``left`` ``(P, V)``: ``log p(· | x_<t)`` at each
+    position when the caller has it (the cached path reads the candidates' own term from it)."""
+    check_choice(impl, "impl", IMPLS)
+    reason = cache_unsupported(run.model)
+    if impl == "cached" and reason is not None:
+        raise ValueError(f"impl='cached' does not apply to this model: {reason}")
+    if impl == "reference" or reason is not None:
+        return _reference_scores(run, blocks, rows, cols, cand, batch_size)
+    return _cached_scores(run, blocks, rows, cols, cand, batch_size, left)
+
+
+def _reference_scores(
+    run: Run, blocks: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, cand: torch.Tensor, batch_size: int
+) -> torch.Tensor:
+    """:func:`candidate_scores` by running every candidate's whole block, ``batch_size`` positions per forward."""
+    weight = run.model.output_weight
+    (P, k), T = cand.shape, blocks.shape[1]
     scores = torch.empty(P, k)
-    T = blocks.shape[1]
     for first in range(0, P, max(1, batch_size)):
         p = torch.arange(first, min(first + batch_size, P))
         ids = blocks[rows[p]][:, None, :].repeat(1, k, 1)  # (p, K, T)
@@ -204,12 +330,97 @@ def _candidates(run: Run, blocks: torch.Tensor, hidden_at: torch.Tensor, k: int,
         labels[:, :-1] = torch.where(after[:, 1:], ids[:, 1:], IGNORE_INDEX)  # the output at j - 1 predicts j >= t
         out = lm_token_losses(run.forward_hidden(plain_batch(ids, None, causal=True)), weight, labels.to(run.device))
         scores[p] = -out.loss.float().cpu().sum(1).reshape(-1, k)  # log p of the block from t on
-    logp = torch.log_softmax(scores.double(), dim=-1)[:, 0]  # (P,)
-    correct = scores[:, 0] > scores[:, 1:].max(1).values  # (P,) ties count as wrong
-    return TaskResult(
-        "fill_in",
-        metrics={"accuracy": float(correct.float().mean()), "loss": finite(-logp.mean())},
-        info={"method": "candidates", "candidates": k, "rate": rate, "hidden_tokens": P, "blocks": blocks.shape[0],
-              "block_length": T, "chance_accuracy": 1 / k,
-              "note": "loss over the candidates, not the vocabulary; each position scored alone"},
-    )
+    return scores
+
+
+def _cached_scores(
+    run: Run,
+    blocks: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    cand: torch.Tensor,
+    batch_size: int,
+    left: torch.Tensor | None,
+) -> torch.Tensor:
+    """:func:`candidate_scores` from each block's left context, run once (see the module docstring)."""
+    model, device = run.model, run.device
+    weight = model.output_weight
+    (P, k), T = cand.shape, blocks.shape[1]
+    if left is None:
+        left = torch.log_softmax(_left_logits(run, blocks, rows, cols, batch_size), dim=-1)  # (P, V)
+    scores = left.float().gather(1, cand)  # (P, K): log p(c | x_<t)
+    cache_row, cache = None, None
+    for p in range(P):
+        b, t = int(rows[p]), int(cols[p])
+        if t == T - 1:  # the last position: nothing after it to score
+            continue
+        if b != cache_row:  # the block's keys and values, positions 0 .. T - 2 (positions come row by row)
+            _, cache = _stack_forward(model, blocks[b : b + 1, : T - 1].to(device))
+            cache_row = b
+        past = [(key[:, :, :t], value[:, :, :t]) for key, value in cache]  # (1, nh, t, hs) each
+        S = T - 1 - t  # positions t .. T - 2 run per candidate
+        step = max(1, CANDIDATE_TOKENS // S)  # candidates per forward
+        for first in range(0, k, step):
+            c = cand[p, first : first + step]  # (k',)
+            ids = blocks[b, t : T - 1].repeat(c.numel(), 1)  # (k', S)
+            ids[:, 0] = c
+            hidden, _ = _stack_forward(model, ids.to(device), past, keep=False)  # (k', S, d)
+            labels = blocks[b, t + 1 :].expand(c.numel(), -1)  # (k', S): the output at j predicts j + 1
+            out = lm_token_losses(hidden, weight, labels.to(device))
+            scores[p, first : first + step] += -out.loss.float().cpu().sum(1)  # log p(x_>t | x_<t, c)
+    return scores
+
+
+def cache_unsupported(model: torch.nn.Module) -> str | None:
+    """Why :func:`_stack_forward` cannot stand in for ``model``'s forward, or None: it reproduces the plain
+    :class:`~lmobjectives.models.Transformer` stack (also the next-token output of a
+    :class:`~lmobjectives.models.MultiTokenTransformer`) in eval mode, and nothing else."""
+    if type(model) not in (Transformer, MultiTokenTransformer):
+        return f"{type(model).__name__} is not the plain causal transformer stack"
+    if model.training:
+        return "the model is in training mode (dropout)"
+    if any(type(b) is not Block or type(b.attn) is not SelfAttention or b.cross_attn is not None for b in model.blocks):
+        return "a block is not the plain self-attention block"
+    return None
+
+
+def _stack_forward(
+    model: Transformer,
+    ids: torch.Tensor,
+    past: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    keep: bool = True,
+) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """The causal stack of ``model`` (see :func:`cache_unsupported`) on ``ids`` ``(B, S)`` at positions
+    ``L .. L + S - 1``, after ``L`` positions whose keys and values per layer are ``past`` (each ``(1, nh, L, hs)``,
+    shared by every row): the hidden states after the final norm ``(B, S, d)``, as ``model(batch).hidden`` of the
+    whole rows gives them at these positions, and the ``S`` positions' own keys and values per layer
+    (``(B, nh, S, hs)`` each, RoPE applied; none with ``keep=False``). The blocks' computation as
+    :class:`~lmobjectives.models.Transformer` does it, with the earlier positions' keys in front."""
+    config = model.config
+    B, S = ids.shape
+    L = 0 if past is None else past[0][0].shape[2]
+    C, nh = config.d_model, config.n_heads
+    positions = torch.arange(L + S, device=ids.device)  # (L + S,)
+    allowed = positions[None, :] <= positions[L:, None]  # (S, L + S): causal
+    if config.positions == "alibi":
+        mask = alibi_bias(positions[None], model.alibi_slopes, rows=slice(L, L + S))  # (1, nh, S, L + S)
+        mask = mask.masked_fill(~allowed, float("-inf"))
+        rope = None
+    else:
+        mask, rope = allowed, rope_cos_sin(positions[None, L:], C // nh)  # (S, L + S); (1, 1, S, hs/2) each
+    x = model.tok_emb(ids)  # (B, S, d)
+    present = []
+    for i, block in enumerate(model.blocks):
+        q, key, value = block.attn.qkv(block.ln_1(x)).split(C, dim=2)  # (B, S, C) each
+        q, key, value = (z.view(B, S, nh, C // nh).transpose(1, 2) for z in (q, key, value))  # (B, nh, S, hs)
+        if rope is not None:
+            q, key = apply_rope(q, *rope), apply_rope(key, *rope)
+        if keep:
+            present.append((key, value))
+        if past is not None:  # the earlier positions' keys and values in front: (B, nh, L + S, hs)
+            key = torch.cat([past[i][0].expand(B, -1, -1, -1), key], dim=2)
+            value = torch.cat([past[i][1].expand(B, -1, -1, -1), value], dim=2)
+        y = F.scaled_dot_product_attention(q, key, value, attn_mask=mask)  # (B, nh, S, hs)
+        x = x + block.attn.proj(y.transpose(1, 2).reshape(B, S, C))
+        x = x + block.mlp(block.ln_2(x))
+    return model.ln_f(x), present
