@@ -283,6 +283,14 @@ def test_out_folder_that_is_not_a_comparison_is_refused(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 
+def test_several_processes_are_refused_before_anything_is_written(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun --nproc-per-node 2 sets it
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(ValueError, match=r"WORLD_SIZE=2 \(rank 1\): lmobj compare trains in one process"):
+        compare(CompareConfig(objectives=("clm",), steps=1, out=str(tmp_path / "cmp"), **TINY_CONFIG))
+    assert not (tmp_path / "cmp").exists()
+
+
 def test_cli_errors(capsys):
     with pytest.raises(SystemExit) as e:
         main(["compare", "clm", "mlm:unit=wrd"])

@@ -33,6 +33,7 @@ from ..constants import DEFAULT_SEED
 from ..data.tokenizers import load_tokenizer
 from ..training import TrainConfig, train
 from ..training.run_folder import check_metrics_row
+from ..training.trainer import check_single_process
 from .specs import PRESETS, RunSpec, parse_objective
 
 __all__ = ["CompareConfig", "CompareResult", "compare", "evaluate_run"]
@@ -236,6 +237,7 @@ def compare(config: CompareConfig) -> CompareResult:
         write_report,
     )
 
+    check_single_process("lmobj compare")  # before anything is written: under torchrun every rank would write
     out = config.out_dir
     _claim(out, config)
     started = time.perf_counter()

@@ -70,7 +70,15 @@ from .run_folder import (
 )
 from .streams import build_stream, derive_seed
 
-__all__ = ["RESUMABLE_CHANGES", "NonFiniteLossError", "TrainResult", "heldout_eval_batches", "heldout_metrics", "train"]
+__all__ = [
+    "RESUMABLE_CHANGES",
+    "NonFiniteLossError",
+    "TrainResult",
+    "check_single_process",
+    "heldout_eval_batches",
+    "heldout_metrics",
+    "train",
+]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -391,14 +399,14 @@ def train(config: TrainConfig) -> TrainResult:
     folder is locked for the run's life (:class:`~.run_folder.RunLock`); ``config.json`` is its first file, so
     a start-up stopped at any moment leaves a folder that the same call reuses.
     """
-    _check_single_process()
+    check_single_process()
     device = resolve_device(config.device)
     cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda), RunLock() as lock:
         return _train(config, device, lock)
 
 
-def _check_single_process() -> None:
+def check_single_process(command: str = "lmobj train") -> None:
     """A ``ValueError`` in one line when this process is one of several (``WORLD_SIZE`` > 1, as ``torchrun`` sets):
     each would train its own copy into the same folder."""
     world = os.environ.get("WORLD_SIZE")
@@ -406,7 +414,7 @@ def _check_single_process() -> None:
         return
     rank = os.environ.get("RANK", "?")
     raise ValueError(
-        f"WORLD_SIZE={world} (rank {rank}): lmobj train trains in one process; multi-process training (torchrun "
+        f"WORLD_SIZE={world} (rank {rank}): {command} trains in one process; multi-process training (torchrun "
         "--nproc-per-node N > 1) is not supported yet, and each process would train its own copy into the same "
         "--out: run it without torchrun (or with --nproc-per-node 1)"
     )
