@@ -10,7 +10,7 @@ import torch
 from ._checks import check_choice, check_generator, check_like, check_token_ids
 from .constants import IGNORE_INDEX
 
-__all__ = ["Batch", "Objective", "attention_mask_4d", "checked_tokens", "padding_mask"]
+__all__ = ["Batch", "Objective", "attention_mask_4d", "attention_mask_rows", "checked_tokens", "padding_mask"]
 
 
 @dataclass
@@ -138,33 +138,58 @@ def attention_mask_4d(batch: Batch, part: AttentionPart = "self") -> torch.Tenso
             [1, 1, 1, 0],
             [1, 1, 1, 1]], dtype=torch.int32)
     """
-    check_choice(part, "attention_mask_4d: part", ("self", "decoder", "cross"))
+    return attention_mask_rows(batch, part).contiguous()  # (B, 1, Tq, Tk)
+
+
+def attention_mask_rows(
+    batch: Batch, part: AttentionPart = "self", rows: slice = slice(None), keys: slice = slice(None)
+) -> torch.Tensor:
+    """``attention_mask_4d(batch, part)[:, :, rows, keys]``, built from the batch's ``(B, T)`` fields only.
+
+    Memory is ``O(B * len(rows) * len(keys))``; the rows of :func:`attention_mask_4d` in chunks concatenate to it
+    (a test checks every pattern). ``rows`` and ``keys`` are slices with step 1.
+
+    >>> b = Batch(input_ids=torch.zeros(1, 4, dtype=torch.long), labels=torch.zeros(1, 4, dtype=torch.long),
+    ...           attention_mask=torch.tensor([[True, True, True, False]]), causal=True,
+    ...           prefix_mask=torch.tensor([[True, True, False, False]]))
+    >>> attention_mask_rows(b, rows=slice(1, 3))[0, 0].int()   # rows 1 and 2 of attention_mask_4d's example
+    tensor([[1, 1, 0, 0],
+            [1, 1, 1, 0]], dtype=torch.int32)
+    """
+    check_choice(part, "attention mask: part", ("self", "decoder", "cross"))
     if part == "self":
-        B, T = batch.input_ids.shape
-        device = batch.input_ids.device
-        allowed = batch.attention_mask[:, None, :].expand(B, T, T)  # (B, Tq, Tk)
+        n_queries = n_keys = batch.input_ids.shape[1]
+    elif batch.decoder_input_ids is None:
+        raise ValueError(f"attention mask: part={part!r} needs an encoder-decoder batch (decoder_input_ids is None)")
+    else:
+        n_queries = batch.decoder_input_ids.shape[1]
+        n_keys = n_queries if part == "decoder" else batch.input_ids.shape[1]
+    q0, q1, qstep = rows.indices(n_queries)
+    k0, k1, kstep = keys.indices(n_keys)
+    if qstep != 1 or kstep != 1:
+        raise ValueError(f"attention_mask_rows: rows and keys must be slices with step 1, got {rows!r}, {keys!r}")
+    device = batch.input_ids.device
+    q = torch.arange(q0, max(q0, q1), device=device)[:, None]  # (C, 1) query positions
+    k = torch.arange(k0, max(k0, k1), device=device)[None, :]  # (1, K) key positions
+    rows, keys = slice(q0, max(q0, q1)), slice(k0, max(k0, k1))
+    if part == "self":
+        allowed = batch.attention_mask[:, None, keys]  # (B, 1, K): key padding
         if batch.causal:
-            visible = torch.ones(T, T, dtype=torch.bool, device=device).tril()  # (T, T)
-            if batch.prefix_mask is not None:
-                visible = visible | (batch.prefix_mask[:, :, None] & batch.prefix_mask[:, None, :])  # (B, T, T)
+            visible = k <= q  # (C, K)
+            if batch.prefix_mask is not None:  # inside the prefix, queries also see the later prefix keys
+                visible = visible | (batch.prefix_mask[:, rows, None] & batch.prefix_mask[:, None, keys])  # (B, C, K)
             allowed = allowed & visible
         if batch.document_ids is not None:
-            allowed = allowed & (batch.document_ids[:, :, None] == batch.document_ids[:, None, :])
+            allowed = allowed & (batch.document_ids[:, rows, None] == batch.document_ids[:, None, keys])  # (B, C, K)
         if batch.perm_mask is not None:
-            allowed = allowed & ~batch.perm_mask
-        allowed = allowed | torch.eye(T, dtype=torch.bool, device=device)
-        return allowed[:, None]  # (B, 1, T, T)
-    if batch.decoder_input_ids is None:
-        raise ValueError(f"attention_mask_4d: part={part!r} needs an encoder-decoder batch (decoder_input_ids is None)")
-    B, Td = batch.decoder_input_ids.shape
-    device = batch.decoder_input_ids.device
-    decoder_real = batch.decoder_attention_mask
-    if decoder_real is None:
-        decoder_real = torch.ones(B, Td, dtype=torch.bool, device=device)
-    if part == "decoder":
-        allowed = decoder_real[:, None, :] & torch.ones(Td, Td, dtype=torch.bool, device=device).tril()  # (B, Td, Td)
-        return (allowed | torch.eye(Td, dtype=torch.bool, device=device))[:, None]  # (B, 1, Td, Td)
-    T = batch.input_ids.shape[1]  # part == "cross"
-    allowed = batch.attention_mask[:, None, :].expand(B, Td, T)  # (B, Td, T)
-    empty = ~allowed.any(-1, keepdim=True)  # (B, Td, 1): an encoder row without a real token
-    return (allowed | empty)[:, None]  # (B, 1, Td, T), never an empty row
+            allowed = allowed & ~batch.perm_mask[:, rows, keys]
+        allowed = allowed | (k == q)  # every query sees itself: no empty row
+    elif part == "decoder":
+        real = batch.decoder_attention_mask
+        allowed = (k <= q) if real is None else real[:, None, keys] & (k <= q)  # (B or 1, C, K)
+        allowed = allowed | (k == q)
+    else:  # cross: every real encoder key; a row without a real key sees every key
+        real = batch.attention_mask  # (B, T)
+        allowed = real[:, None, keys] | ~real.any(-1)[:, None, None]  # (B, 1, K)
+    B = batch.input_ids.shape[0]
+    return allowed.expand(B, q.shape[0], k.shape[1])[:, None]  # (B, 1, C, K)
