@@ -1,14 +1,16 @@
 """What the benchmark scripts share: in-process timing of several paths round-robin, and rounds of child
 processes (one per method, interleaved so that every method sees the same machine load), with the load
-average before and after. Scripts import it as a sibling module (``python benchmarks/NAME.py``)."""
+average before and after, and a child's peak resident memory. Scripts import it as a sibling module (``python benchmarks/NAME.py``)."""
 
 from __future__ import annotations
 
 import os
+import re
 import resource
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 
 def time_interleaved(paths: dict[str, Callable[[], object]], calls: dict[str, int], warmup: int, rounds: int) -> dict:
@@ -56,3 +58,30 @@ def child_rounds(
 def stats(values: list[float]) -> dict:
     """Median, min, max and the values themselves."""
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "values": values}
+
+
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}
+"""glibc thresholds for a child that measures memory: freed blocks go back to the OS, so RSS follows tensors."""
+
+
+def _proc_status(key: str) -> int:
+    """A ``/proc/self/status`` field in KiB (Linux)."""
+    return int(re.search(rf"^{key}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE).group(1))
+
+
+def reset_peak_rss() -> int:
+    """Reset the kernel's resident-set high-water mark to the current RSS (``clear_refs`` 5); return it (KiB).
+    Without it (not Linux), ``ru_maxrss`` is the process's high-water mark so far."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return _proc_status("VmHWM")
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def peak_rss() -> int:
+    """The resident-set high-water mark (KiB) since :func:`reset_peak_rss`."""
+    try:
+        return _proc_status("VmHWM")
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -34,38 +34,21 @@ import argparse
 import json
 import os
 import platform
-import re
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from _harness import child_rounds, stats  # benchmarks/_harness.py (the script's folder is on sys.path)
+from _harness import (
+    MALLOC_ENV,
+    child_rounds,
+    peak_rss,
+    reset_peak_rss,
+    stats,
+)  # benchmarks/_harness.py (the script's folder is on sys.path)
 
 IMPLS = ("dense", "chunked")
 POSITIONS = ("alibi", "rope")
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}
-
-
-def _proc_status(key: str) -> int:
-    """A ``/proc/self/status`` field in KiB (Linux)."""
-    return int(re.search(rf"^{key}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE).group(1))
-
-
-def _reset_peak_rss() -> int:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return _proc_status("VmHWM")
-    except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
-def _peak_rss() -> int:
-    try:
-        return _proc_status("VmHWM")
-    except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def documents(T: int, B: int, seed: int):
@@ -101,7 +84,7 @@ def call_child(args: argparse.Namespace, impl: str, T: int) -> None:
     doc, pos = documents(T, B, seed=2)
     slopes = alibi_slopes(nh)
     flex_warning = ""
-    base_kib = _reset_peak_rss()
+    base_kib = reset_peak_rss()
     started = time.perf_counter()
     with torch.no_grad():
         if impl == "flex":
@@ -131,7 +114,7 @@ def call_child(args: argparse.Namespace, impl: str, T: int) -> None:
             config = TransformerConfig(vocab_size=2, d_model=args.d_model, n_heads=nh, max_seq_len=T)
             y = attend(q, k, v, self_attention_inputs(batch, config, slopes, impl=AttentionImpl(impl)))
     elapsed = time.perf_counter() - started
-    peak_kib = _peak_rss()
+    peak_kib = peak_rss()
     print(
         json.dumps(
             {
@@ -183,12 +166,12 @@ def child(args: argparse.Namespace) -> None:
         document_ids=doc,
         position_ids=pos,
     )
-    base_kib = _reset_peak_rss()
+    base_kib = reset_peak_rss()
     started = time.perf_counter()
     with torch.no_grad():
         hidden = model(batch).hidden
     elapsed = time.perf_counter() - started
-    peak_kib = _peak_rss()
+    peak_kib = peak_rss()
     rows = AttentionImpl().rows_per_chunk(args.batch, args.n_heads, T)
     print(
         json.dumps(

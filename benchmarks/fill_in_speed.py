@@ -27,38 +27,21 @@ import io
 import json
 import os
 import platform
-import re
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _harness import child_rounds, stats  # benchmarks/_harness.py (the script's folder is on sys.path)
+from _harness import (
+    MALLOC_ENV,
+    child_rounds,
+    peak_rss,
+    reset_peak_rss,
+    stats,
+)  # benchmarks/_harness.py (the script's folder is on sys.path)
 
 IMPLS = ("reference", "cached")
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}
-
-
-def _proc_status(key: str) -> int:
-    """A ``/proc/self/status`` field in KiB (Linux)."""
-    return int(re.search(rf"^{key}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE).group(1))
-
-
-def _reset_peak_rss() -> int:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return _proc_status("VmHWM")
-    except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
-def _peak_rss() -> int:
-    try:
-        return _proc_status("VmHWM")
-    except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def child(args: argparse.Namespace) -> None:
@@ -70,11 +53,11 @@ def child(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     run = load_run(args.run)
     every = int((~run.vocab.special_mask()).sum())  # candidates="all", as lmobjectives.compare.runner reads it
-    base_kib = _reset_peak_rss()
+    base_kib = reset_peak_rss()
     started = time.perf_counter()
     result = fill_in(run, candidates=every, max_positions=args.max_positions, impl=args.child)
     elapsed = time.perf_counter() - started
-    peak_kib = _peak_rss()
+    peak_kib = peak_rss()
     print(
         json.dumps(
             {

@@ -40,17 +40,20 @@ import argparse
 import json
 import os
 import platform
-import re
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from _harness import child_rounds, stats  # benchmarks/_harness.py (the script's folder is on sys.path)
+from _harness import (
+    MALLOC_ENV,
+    child_rounds,
+    peak_rss,
+    reset_peak_rss,
+    stats,
+)  # benchmarks/_harness.py (the script's folder is on sys.path)
 
 VARIANTS = ("naive", "efficient", "one_head")
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}
 
 
 def _setup(args: argparse.Namespace, n_future: int):
@@ -78,28 +81,6 @@ def _setup(args: argparse.Namespace, n_future: int):
     return torch, model, batch
 
 
-def _proc_status(key: str) -> int:
-    """A ``/proc/self/status`` field in KiB (Linux)."""
-    return int(re.search(rf"^{key}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE).group(1))
-
-
-def _reset_peak_rss() -> int:
-    """Reset the kernel's resident-set high-water mark to the current RSS (``clear_refs`` 5); return it (KiB).
-    Without it (not Linux), ``ru_maxrss`` is the process's high-water mark so far."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return _proc_status("VmHWM")
-    except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
-def _peak_rss() -> int:
-    try:
-        return _proc_status("VmHWM")
-    except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
 def child(args: argparse.Namespace) -> None:
     from lmobjectives.recipes.step_losses import parallel_heads_loss
 
@@ -113,9 +94,9 @@ def child(args: argparse.Namespace) -> None:
         loss.total.backward()
         return float(loss.total.detach())
 
-    base_kib = _reset_peak_rss()
+    base_kib = reset_peak_rss()
     value = step()
-    peak_kib = _peak_rss()
+    peak_kib = peak_rss()
     times = []
     for _ in range(args.steps):
         started = time.perf_counter()
