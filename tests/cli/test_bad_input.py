@@ -21,23 +21,7 @@ from lmobjectives.cli import EXIT_USAGE
 from lmobjectives.cli._flags import flag_name
 from lmobjectives.recipes import OBJECTIVES, options_of
 
-TINY = [
-    "--d-model",
-    "32",
-    "--layers",
-    "1",
-    "--heads",
-    "2",
-    "--d-ff",
-    "64",
-    "--seq-len",
-    "32",
-    "--batch-size",
-    "4",
-    "--warmup-steps",
-    "1",
-    "--no-progress",
-]
+TINY = "--d-model 32 --layers 1 --heads 2 --d-ff 64 --seq-len 32 --batch-size 4 --warmup-steps 1 --no-progress".split()
 TRAINABLE = [name for name, recipe in OBJECTIVES.items() if not recipe.untrainable]
 DATA_ONLY = [name for name, recipe in OBJECTIVES.items() if recipe.untrainable]
 

@@ -18,23 +18,7 @@ from lmobjectives.cli import train as train_command
 from lmobjectives.compare import CompareConfig
 from lmobjectives.training import TrainConfig
 
-TINY = [
-    "--d-model",
-    "32",
-    "--layers",
-    "1",
-    "--heads",
-    "2",
-    "--d-ff",
-    "64",
-    "--seq-len",
-    "32",
-    "--batch-size",
-    "4",
-    "--warmup-steps",
-    "1",
-    "--no-progress",
-]
+TINY = "--d-model 32 --layers 1 --heads 2 --d-ff 64 --seq-len 32 --batch-size 4 --warmup-steps 1 --no-progress".split()
 
 
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:

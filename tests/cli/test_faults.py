@@ -18,23 +18,7 @@ from lmobjectives.cli import EXIT_FAILURE, EXIT_USAGE, main
 from lmobjectives.cli import train as train_command
 from lmobjectives.training import TrainConfig, train
 
-TINY = [
-    "--d-model",
-    "32",
-    "--layers",
-    "1",
-    "--heads",
-    "2",
-    "--d-ff",
-    "64",
-    "--seq-len",
-    "32",
-    "--batch-size",
-    "4",
-    "--warmup-steps",
-    "1",
-    "--no-progress",
-]
+TINY = "--d-model 32 --layers 1 --heads 2 --d-ff 64 --seq-len 32 --batch-size 4 --warmup-steps 1 --no-progress".split()
 TINY_CONFIG = dict(d_model=32, n_layers=1, n_heads=2, d_ff=64, seq_len=32, batch_size=4, warmup_steps=1, progress=False)
 
 

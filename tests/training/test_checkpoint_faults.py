@@ -30,23 +30,7 @@ from lmobjectives.training.checkpoint import (
     save_checkpoint,
 )
 
-TINY = [
-    "--d-model",
-    "32",
-    "--layers",
-    "1",
-    "--heads",
-    "2",
-    "--d-ff",
-    "64",
-    "--seq-len",
-    "32",
-    "--batch-size",
-    "4",
-    "--warmup-steps",
-    "1",
-    "--no-progress",
-]
+TINY = "--d-model 32 --layers 1 --heads 2 --d-ff 64 --seq-len 32 --batch-size 4 --warmup-steps 1 --no-progress".split()
 TINY_CONFIG = dict(d_model=32, n_layers=1, n_heads=2, d_ff=64, seq_len=32, batch_size=4, warmup_steps=1, progress=False)
 WALL_CLOCK = ("elapsed_s", CONTENT_KEY)  # state entries that differ between equal runs (the checksum covers elapsed_s)
 

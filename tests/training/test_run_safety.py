@@ -22,25 +22,7 @@ from lmobjectives.training import trainer as trainer_module
 from lmobjectives.training.checkpoint import checkpoint_steps
 from lmobjectives.training.run_folder import CONFIG_FILE, LOCK_FILE, resolve_out, resume_config, run_problem
 
-TINY = [
-    "--d-model",
-    "32",
-    "--layers",
-    "1",
-    "--heads",
-    "2",
-    "--d-ff",
-    "64",
-    "--seq-len",
-    "32",
-    "--batch-size",
-    "4",
-    "--warmup-steps",
-    "1",
-    "--no-progress",
-    "--threads",
-    "1",
-]
+TINY = "--d-model 32 --layers 1 --heads 2 --d-ff 64 --seq-len 32 --batch-size 4 --warmup-steps 1 --no-progress --threads 1".split()
 TINY_CONFIG = dict(d_model=32, n_layers=1, n_heads=2, d_ff=64, seq_len=32, batch_size=4, warmup_steps=1, progress=False)
 USERS_CONFIG = '{"train": {"lr": 0.1, "epochs": 3}, "model": {"layers": 12}}'  # a user's file, not ours
 
